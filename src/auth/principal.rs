@@ -1,0 +1,90 @@
+use std::{fmt, str::FromStr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Merchant,
+    Driver,
+    Admin,
+    Support,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Self::Customer,
+        Self::Merchant,
+        Self::Driver,
+        Self::Admin,
+        Self::Support,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Merchant => "merchant",
+            Self::Driver => "driver",
+            Self::Admin => "admin",
+            Self::Support => "support",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownRole;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or(UnknownRole)
+    }
+}
+
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("unknown role (expected customer, merchant, driver, admin or support)")]
+pub struct UnknownRole;
+
+/// A verified client: the claims of its token that the relay acts on.
+/// Cheap to clone, as it travels in every socket's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal(Arc<PrincipalInner>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct PrincipalInner {
+    sub: String,
+    role: Role,
+    store_ids: Vec<String>,
+}
+
+impl Principal {
+    pub fn new(sub: impl Into<String>, role: Role, store_ids: Vec<String>) -> Self {
+        Self(Arc::new(PrincipalInner {
+            sub: sub.into(),
+            role,
+            store_ids,
+        }))
+    }
+
+    /// The user id (`sub` claim).
+    pub fn sub(&self) -> &str {
+        &self.0.sub
+    }
+
+    pub fn role(&self) -> Role {
+        self.0.role
+    }
+
+    /// Stores a merchant may receive orders for; empty for other roles.
+    pub fn store_ids(&self) -> &[String] {
+        &self.0.store_ids
+    }
+}

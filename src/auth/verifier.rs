@@ -1,0 +1,249 @@
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde_json::{Map, Value};
+
+use super::{Principal, Rejection, Role};
+use crate::config::{JwtConfig, JwtKeySource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: not a PEM public key of type RSA, EC (P-256) or Ed25519")]
+    UnsupportedPem { path: String },
+}
+
+/// Verifies client tokens against the one configured key. The algorithm is
+/// pinned by the key, so `alg: none` and algorithm-confusion tokens fail.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(config: &JwtConfig) -> Result<Self, KeyError> {
+        let (key, algorithm) = match &config.key {
+            JwtKeySource::Secret(secret) => (
+                DecodingKey::from_secret(secret.expose().as_bytes()),
+                Algorithm::HS256,
+            ),
+            JwtKeySource::PublicKeyPem { path, pem } => public_key(pem).ok_or_else(|| {
+                KeyError::UnsupportedPem {
+                    path: path.display().to_string(),
+                }
+            })?,
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        // jsonwebtoken only compares iss/aud when present: a configured one must also be required.
+        let mut required = vec!["exp"];
+        required.extend(config.issuer.as_ref().map(|_| "iss"));
+        required.extend(config.audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
+        match &config.issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &config.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            // Without a configured audience a token's `aud` is not ours to judge.
+            None => validation.validate_aud = false,
+        }
+        Ok(Self { key, validation })
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.validation.algorithms[0]
+    }
+
+    /// Checks signature, time and claims; never logs the token itself.
+    pub fn verify(&self, token: &str) -> Result<Principal, Rejection> {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| {
+                tracing::debug!(error = %e, "token refused");
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => Rejection::TokenExpired,
+                    ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+                        Rejection::InvalidClaims
+                    }
+                    _ => Rejection::InvalidToken,
+                }
+            })?;
+        principal_from_claims(&data.claims)
+    }
+}
+
+fn public_key(pem: &[u8]) -> Option<(DecodingKey, Algorithm)> {
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Some((key, Algorithm::RS256));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Some((key, Algorithm::ES256));
+    }
+    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+        return Some((key, Algorithm::EdDSA));
+    }
+    None
+}
+
+fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, Rejection> {
+    let sub = claims
+        .get("sub")
+        .and_then(id_string)
+        .ok_or(Rejection::InvalidClaims)?;
+    let role = match claims.get("role") {
+        Some(Value::String(role)) => role.parse::<Role>().map_err(|_| Rejection::RoleNotAllowed)?,
+        _ => return Err(Rejection::InvalidClaims),
+    };
+    let store_ids = if role == Role::Merchant {
+        let ids = match claims.get("store_ids") {
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .map(id_string)
+                .collect::<Option<Vec<_>>>()
+                .ok_or(Rejection::InvalidClaims)?,
+            _ => return Err(Rejection::InvalidClaims),
+        };
+        if ids.is_empty() {
+            return Err(Rejection::InvalidClaims);
+        }
+        let mut ids = ids;
+        ids.sort();
+        ids.dedup();
+        ids
+    } else {
+        Vec::new()
+    };
+    Ok(Principal::new(sub, role, store_ids))
+}
+
+/// Ids are strings by contract; integers are accepted too because many
+/// backends mint numeric user and store ids.
+fn id_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
+        Value::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Secret;
+
+    const SECRET: &str = "test-secret";
+
+    fn verifier(issuer: Option<&str>, audience: Option<&str>) -> Verifier {
+        Verifier::new(&JwtConfig {
+            key: JwtKeySource::Secret(Secret::new(SECRET)),
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+            leeway: Duration::from_secs(5),
+        })
+        .expect("hs256 key")
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+    }
+
+    fn sign(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    #[test]
+    fn accepts_a_valid_customer() {
+        let p = verifier(None, None)
+            .verify(&sign(
+                json!({"sub": "42", "role": "customer", "exp": now() + 60}),
+            ))
+            .expect("valid");
+        assert_eq!((p.sub(), p.role()), ("42", Role::Customer));
+    }
+
+    #[test]
+    fn numeric_ids_become_strings() {
+        let p = verifier(None, None)
+            .verify(&sign(json!({"sub": 7, "role": "merchant", "store_ids": [3, "s2", 3], "exp": now() + 60})))
+            .expect("valid");
+        assert_eq!(p.sub(), "7");
+        assert_eq!(p.store_ids(), ["3", "s2"]);
+    }
+
+    #[test]
+    fn maps_each_failure_to_its_contract_message() {
+        let v = verifier(None, None);
+        let cases = [
+            (json!({"sub": "1", "role": "customer", "exp": now() - 60}), Rejection::TokenExpired),
+            (json!({"sub": "1", "role": "customer"}), Rejection::InvalidClaims),
+            (json!({"sub": "1", "role": "chef", "exp": now() + 60}), Rejection::RoleNotAllowed),
+            (json!({"sub": "1", "exp": now() + 60}), Rejection::InvalidClaims),
+            (json!({"role": "customer", "exp": now() + 60}), Rejection::InvalidClaims),
+            (json!({"sub": "1", "role": "merchant", "exp": now() + 60}), Rejection::InvalidClaims),
+            (json!({"sub": "1", "role": "merchant", "store_ids": [], "exp": now() + 60}), Rejection::InvalidClaims),
+            (json!({"sub": "1", "role": "customer", "exp": now() + 60, "nbf": now() + 600}), Rejection::InvalidToken),
+        ];
+        for (claims, expected) in cases {
+            assert_eq!(v.verify(&sign(claims.clone())), Err(expected), "{claims}");
+        }
+        assert_eq!(v.verify("not.a.jwt"), Err(Rejection::InvalidToken));
+    }
+
+    #[test]
+    fn leeway_tolerates_small_clock_skew() {
+        let token = sign(json!({"sub": "1", "role": "driver", "exp": now() - 2}));
+        assert!(verifier(None, None).verify(&token).is_ok());
+    }
+
+    #[test]
+    fn rejects_alg_none_and_other_algorithms() {
+        let v = verifier(None, None);
+        // {"alg":"none","typ":"JWT"} . {"sub":"1","role":"admin","exp":9999999999} . (empty)
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIiwicm9sZSI6ImFkbWluIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert_eq!(v.verify(none), Err(Rejection::InvalidToken));
+        let hs384 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS384),
+            &json!({"sub": "1", "role": "admin", "exp": now() + 60}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign");
+        assert_eq!(v.verify(&hs384), Err(Rejection::InvalidToken));
+    }
+
+    #[test]
+    fn checks_issuer_and_audience_when_configured() {
+        let v = verifier(Some("orders"), Some("relay"));
+        let good = json!({"sub": "1", "role": "admin", "exp": now() + 60, "iss": "orders", "aud": "relay"});
+        assert!(v.verify(&sign(good)).is_ok());
+        let wrong_iss = json!({"sub": "1", "role": "admin", "exp": now() + 60, "iss": "x", "aud": "relay"});
+        assert_eq!(v.verify(&sign(wrong_iss)), Err(Rejection::InvalidToken));
+        let no_aud = json!({"sub": "1", "role": "admin", "exp": now() + 60, "iss": "orders"});
+        assert!(v.verify(&sign(no_aud)).is_err());
+        let no_iss = json!({"sub": "1", "role": "admin", "exp": now() + 60, "aud": "relay"});
+        assert!(v.verify(&sign(no_iss)).is_err());
+        // Unconfigured: a token's own aud is accepted.
+        let any_aud = json!({"sub": "1", "role": "admin", "exp": now() + 60, "aud": "other"});
+        assert!(verifier(None, None).verify(&sign(any_aud)).is_ok());
+    }
+}

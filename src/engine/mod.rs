@@ -1,0 +1,89 @@
+//! The two engines behind one seam: Redis (shared by every node) and memory
+//! (embedded single-node mode). The gateway and everything above it are
+//! generic over [`Engine`], never branching on which one runs.
+
+pub mod memory;
+pub mod redis;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use socketioxide::adapter::{Adapter, Emitter};
+use socketioxide_core::adapter::CoreAdapter;
+use socketioxide_core::adapter::DefinedAdapter;
+use tokio_util::sync::CancellationToken;
+
+/// State handed to socketioxide to build the adapter of each namespace.
+pub type AdapterState<E> = <<E as Engine>::Adapter as CoreAdapter<Emitter>>::State;
+/// What the adapter's namespace initialisation returns.
+pub type AdapterInit<E> = <<E as Engine>::Adapter as CoreAdapter<Emitter>>::InitRes;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
+
+pub trait Engine: Send + Sync + 'static {
+    type Adapter: Adapter + DefinedAdapter;
+
+    /// Short name for logs and metrics: `redis` or `memory`.
+    fn name(&self) -> &'static str;
+
+    fn adapter_state(&self) -> AdapterState<Self>;
+
+    /// Completes a namespace's adapter initialisation (for Redis: the
+    /// pub/sub subscriptions). Errors are retried by the caller.
+    fn finish_init(init: AdapterInit<Self>) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Watches the backing store until `shutdown`, keeping `health` current.
+    fn watch_health(
+        &self,
+        health: Health,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// What `/readyz` is made of. Each part is set by the component that owns it.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<HealthInner>);
+
+#[derive(Debug, Default)]
+struct HealthInner {
+    store_up: AtomicBool,
+    adapter_ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn set_store_up(&self, up: bool) {
+        self.0.store_up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_adapter_ready(&self) {
+        self.0.adapter_ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_draining(&self) {
+        self.0.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn store_up(&self) -> bool {
+        self.0.store_up.load(Ordering::Relaxed)
+    }
+
+    pub fn adapter_ready(&self) -> bool {
+        self.0.adapter_ready.load(Ordering::Relaxed)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.store_up() && self.adapter_ready() && !self.draining()
+    }
+}

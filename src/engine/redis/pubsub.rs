@@ -1,0 +1,144 @@
+//! The socketioxide-redis [`Driver`] this relay uses instead of the stock
+//! one. The stock driver holds a `MultiplexedConnection` that never
+//! reconnects nor resubscribes: after a Redis restart the nodes silently stop
+//! hearing each other for good. This one sits on a [`ConnectionManager`],
+//! which reconnects by itself and, with automatic resubscription, restores
+//! every channel the adapter listens on.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, RwLock},
+};
+
+use redis::{PushInfo, PushKind, Value, aio::ConnectionManager};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::mpsc;
+
+use crate::metrics;
+
+type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
+
+#[derive(Clone)]
+pub struct PubSubDriver {
+    conn: ConnectionManager,
+    handlers: Handlers,
+}
+
+impl PubSubDriver {
+    /// Builds the driver without touching the network: the connection is made
+    /// on first use and remade whenever it drops.
+    pub fn new(
+        client: redis::Client,
+        config: redis::aio::ConnectionManagerConfig,
+    ) -> redis::RedisResult<Self> {
+        let handlers: Handlers = Arc::default();
+        let route = {
+            let handlers = handlers.clone();
+            move |push: PushInfo| {
+                route_push(push, &handlers);
+                Ok::<(), Infallible>(())
+            }
+        };
+        let config = config
+            .set_push_sender(route)
+            .set_automatic_resubscription();
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn, handlers })
+    }
+
+    /// The manager behind the driver, for health checks of the pub/sub link.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+fn route_push(push: PushInfo, handlers: &Handlers) {
+    if !matches!(push.kind, PushKind::Message) || push.data.len() < 2 {
+        return;
+    }
+    let mut data = push.data.into_iter();
+    let (Some(Value::BulkString(chan)), Some(Value::BulkString(payload))) = (data.next(), data.next())
+    else {
+        metrics::adapter_error("decode");
+        return;
+    };
+    let Ok(chan) = String::from_utf8(chan) else {
+        metrics::adapter_error("decode");
+        return;
+    };
+    metrics::adapter_message("receive");
+    let handlers = handlers.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = handlers.get(&chan) {
+        // Never block the connection's reader: a full buffer drops, visibly.
+        if tx.try_send((chan, payload)).is_err() {
+            metrics::adapter_error("buffer_full");
+            tracing::warn!("adapter inbound buffer full, message dropped");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("redis pub/sub: {0}")]
+pub struct PubSubError(#[from] redis::RedisError);
+
+impl Driver for PubSubDriver {
+    type Error = PubSubError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        let mut conn = self.conn.clone();
+        let res: redis::RedisResult<Value> = redis::cmd("PUBLISH")
+            .arg(chan)
+            .arg(val)
+            .query_async(&mut conn)
+            .await;
+        match res {
+            Ok(_) => {
+                metrics::adapter_message("publish");
+                Ok(())
+            }
+            Err(e) => {
+                metrics::adapter_error("publish");
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        let (tx, rx) = mpsc::channel(size);
+        // Registered before SUBSCRIBE so the first message cannot outrun it.
+        self.write_handlers().insert(chan.clone(), tx);
+        if let Err(e) = self.conn.clone().subscribe(&chan).await {
+            self.write_handlers().remove(&chan);
+            metrics::adapter_error("subscribe");
+            return Err(e.into());
+        }
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        self.write_handlers().remove(&chan);
+        self.conn.clone().unsubscribe(chan).await?;
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        let mut conn = self.conn.clone();
+        let (_, count): (String, u16) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(chan)
+            .query_async(&mut conn)
+            .await?;
+        Ok(count)
+    }
+}
+
+impl PubSubDriver {
+    fn write_handlers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, mpsc::Sender<ChanItem>>> {
+        self.handlers.write().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,136 @@
+//! The Socket.IO gateway: transport settings, the handshake, and the
+//! namespace every client connects to.
+
+mod connection;
+mod handshake;
+
+use std::{sync::Arc, time::Duration};
+
+use socketioxide::{
+    SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use handshake::token_from;
+
+use crate::{
+    auth::{Principal, Role, Verifier},
+    config::TransportConfig,
+    engine::{Engine, Health},
+    metrics,
+};
+
+/// Shared with every handler through socketioxide's state.
+#[derive(Clone)]
+pub struct GatewayState {
+    verifier: Arc<Verifier>,
+}
+
+/// A client that has not finished the Socket.IO handshake by then is dropped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Gateway<E: Engine> {
+    io: SocketIo<E::Adapter>,
+}
+
+impl<E: Engine> Clone for Gateway<E> {
+    fn clone(&self) -> Self {
+        Self {
+            io: self.io.clone(),
+        }
+    }
+}
+
+impl<E: Engine> Gateway<E> {
+    pub fn new(
+        engine: &E,
+        transport: &TransportConfig,
+        verifier: Verifier,
+    ) -> (Self, SocketIoLayer<E::Adapter>) {
+        let builder = SocketIo::builder()
+            .ping_interval(transport.ping_interval)
+            .ping_timeout(transport.ping_timeout)
+            .max_payload(transport.polling_max_payload_bytes)
+            .ws_max_message_size(transport.ws_max_message_bytes)
+            .ws_max_frame_size(transport.ws_max_frame_bytes)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .with_state(GatewayState {
+                verifier: Arc::new(verifier),
+            });
+        let builder = if transport.websocket_only {
+            builder.transports([TransportType::Websocket])
+        } else {
+            builder.transports([TransportType::Polling, TransportType::Websocket])
+        };
+        let (layer, io) = builder
+            .with_adapter::<E::Adapter>(engine.adapter_state())
+            .build_layer();
+        (Self { io }, layer)
+    }
+
+    pub fn io(&self) -> &SocketIo<E::Adapter> {
+        &self.io
+    }
+
+    /// Opens the namespace, retrying until the adapter is initialised (with
+    /// Redis: until its channels are subscribed). Until then clients are
+    /// refused and the node reports unready.
+    pub async fn open(&self, health: &Health, shutdown: &CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let handler = connection::on_connect::<E::Adapter>
+                .with(handshake::authenticate::<E::Adapter>);
+            let init = tokio::select! {
+                () = shutdown.cancelled() => return,
+                res = E::finish_init(self.io.ns("/", handler)) => res,
+            };
+            match init {
+                Ok(()) => {
+                    health.set_adapter_ready();
+                    tracing::info!("socket.io namespace open");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "adapter not ready");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Disconnects every local client: the official clients reconnect by
+    /// themselves, through the load balancer, to another node.
+    pub async fn close(&self) {
+        self.io.close().await;
+    }
+
+    /// Counts local sockets by role and transport into the gauge.
+    pub fn record_census(&self) {
+        let Some(ns) = self.io.of("/") else {
+            metrics::set_connected_sockets(&[]);
+            return;
+        };
+        let mut counts: Vec<(Role, &'static str, usize)> = Vec::new();
+        for socket in ns.sockets() {
+            let Some(principal) = socket.extensions.get::<Principal>() else {
+                continue;
+            };
+            let transport = match socket.transport_type() {
+                TransportType::Websocket => "websocket",
+                TransportType::Polling => "polling",
+            };
+            match counts
+                .iter_mut()
+                .find(|(r, t, _)| *r == principal.role() && *t == transport)
+            {
+                Some(entry) => entry.2 += 1,
+                None => counts.push((principal.role(), transport, 1)),
+            }
+        }
+        metrics::set_connected_sockets(&counts);
+    }
+}

@@ -1,0 +1,17 @@
+//! relay: a real-time event relay for a food-delivery platform.
+//!
+//! Layers, each importing only the ones listed before it:
+//! `config` -> `auth`, `rooms`, `metrics` -> `engine` (Redis | memory) ->
+//! `gateway` (Socket.IO) -> `http` -> `server` -> `cli`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod gateway;
+pub mod http;
+pub mod metrics;
+pub mod rooms;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

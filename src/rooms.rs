@@ -1,0 +1,75 @@
+//! Room names of CONTRACT §2: the only place they are spelled out.
+
+use std::fmt;
+
+use crate::auth::{Principal, Role};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Room {
+    Customer(String),
+    Merchant(String),
+    Driver(String),
+    Order(String),
+    AdminUpdates,
+}
+
+impl Room {
+    pub fn order(id: impl Into<String>) -> Self {
+        Self::Order(id.into())
+    }
+
+    /// The rooms a principal joins at connect because of who it is. Order
+    /// rooms come on top of these, from the order state.
+    pub fn for_principal(principal: &Principal) -> Vec<Room> {
+        let sub = principal.sub();
+        match principal.role() {
+            Role::Customer => vec![Self::Customer(sub.to_owned())],
+            Role::Merchant => principal
+                .store_ids()
+                .iter()
+                .map(|store| Self::Merchant(store.clone()))
+                .collect(),
+            Role::Driver => vec![Self::Driver(sub.to_owned())],
+            Role::Admin => vec![Self::AdminUpdates],
+            Role::Support => Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Room {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Customer(id) => write!(f, "customer_{id}"),
+            Self::Merchant(store) => write!(f, "merchant_{store}"),
+            Self::Driver(id) => write!(f, "driver_{id}"),
+            Self::Order(id) => write!(f, "order_{id}"),
+            Self::AdminUpdates => f.write_str("admin_updates"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(p: &Principal) -> Vec<String> {
+        Room::for_principal(p).iter().map(Room::name).collect()
+    }
+
+    #[test]
+    fn each_role_gets_its_contract_rooms() {
+        assert_eq!(names(&Principal::new("c1", Role::Customer, vec![])), ["customer_c1"]);
+        assert_eq!(
+            names(&Principal::new("m1", Role::Merchant, vec!["s1".into(), "s2".into()])),
+            ["merchant_s1", "merchant_s2"]
+        );
+        assert_eq!(names(&Principal::new("d1", Role::Driver, vec![])), ["driver_d1"]);
+        assert_eq!(names(&Principal::new("a1", Role::Admin, vec![])), ["admin_updates"]);
+        assert!(names(&Principal::new("s1", Role::Support, vec![])).is_empty());
+        assert_eq!(Room::order("o9").name(), "order_o9");
+    }
+}
