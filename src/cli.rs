@@ -12,7 +12,11 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "relay", version, about = "Real-time event relay: Redis Streams to Socket.IO v4 clients")]
+#[command(
+    name = "relay",
+    version,
+    about = "Real-time event relay: Redis Streams to Socket.IO v4 clients"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,7 +58,9 @@ const EXIT_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(with_default_subcommand(std::env::args_os())) {
         Ok(cli) => cli,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
         Err(e) => {
             eprintln!("relay: {}", one_line(&e));
             return ExitCode::from(EXIT_CONFIG);
@@ -120,7 +126,9 @@ fn token(args: TokenArgs) -> ExitCode {
 }
 
 /// `relay` and `relay --addr ...` mean `relay serve ...`.
-fn with_default_subcommand(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+fn with_default_subcommand(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
     let mut args: Vec<_> = args.collect();
     let first = args.get(1).and_then(|a| a.to_str()).map(str::to_owned);
     let needs_serve = match first.as_deref() {
@@ -151,7 +159,10 @@ fn one_line(e: &clap::Error) -> String {
             let flag = arg.split_whitespace().next().unwrap_or(&arg).to_owned();
             let env = env_name(&flag);
             let value = value.map(|v| format!(" '{v}'")).unwrap_or_default();
-            let detail = first.rsplit_once(": ").map(|(_, d)| d).unwrap_or("invalid value");
+            let detail = first
+                .rsplit_once(": ")
+                .map(|(_, d)| d)
+                .unwrap_or("invalid value");
             format!("invalid setting {env} ({flag}){value}: {detail}")
         }
         _ => first,
@@ -159,14 +170,23 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 fn env_name(flag: &str) -> String {
-    let name = flag.trim_start_matches('-').replace('-', "_").to_uppercase();
-    if name == "REDIS_URL" { name } else { format!("RELAY_{name}") }
+    let name = flag
+        .trim_start_matches('-')
+        .replace('-', "_")
+        .to_uppercase();
+    if name == "REDIS_URL" {
+        name
+    } else {
+        format!("RELAY_{name}")
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a duration like 90s, 15m, 1h or 7d"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration like 90s, 15m, 1h or 7d"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -194,7 +214,10 @@ mod tests {
     fn serve_is_the_default_subcommand() {
         let args = |v: &[&str]| with_default_subcommand(v.iter().map(Into::into));
         assert_eq!(args(&["relay"]), ["relay", "serve"]);
-        assert_eq!(args(&["relay", "--addr", "x"]), ["relay", "serve", "--addr", "x"]);
+        assert_eq!(
+            args(&["relay", "--addr", "x"]),
+            ["relay", "serve", "--addr", "x"]
+        );
         assert_eq!(args(&["relay", "token"]), ["relay", "token"]);
         assert_eq!(args(&["relay", "--help"]), ["relay", "--help"]);
     }

@@ -298,7 +298,10 @@ impl Config {
         positive("RELAY_PING_INTERVAL_MS", args.ping_interval_ms)?;
         positive("RELAY_PING_TIMEOUT_MS", args.ping_timeout_ms)?;
         positive("RELAY_SHUTDOWN_GRACE_S", args.shutdown_grace_s)?;
-        positive("RELAY_POLLING_MAX_PAYLOAD_BYTES", args.polling_max_payload_bytes)?;
+        positive(
+            "RELAY_POLLING_MAX_PAYLOAD_BYTES",
+            args.polling_max_payload_bytes,
+        )?;
         // Below 1 KiB not even a merchant's ack fits; tungstenite also needs a frame <= message.
         if args.ws_max_message_bytes < 1024 {
             return Err(ConfigError::new(

@@ -1,6 +1,8 @@
 //! Every metric the relay exports: names, labels and the one recorder.
 //! Label values are bounded sets (roles, reasons, transports), never ids.
 
+use std::sync::OnceLock;
+
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -18,11 +20,20 @@ pub const BUILD_INFO: &str = "relay_build_info";
 
 pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
-/// Installs the process-wide recorder. Call once, before anything counts.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder on first use; later calls (several
+/// in-process nodes, as in tests) share it.
 pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| e.to_string())?;
+    let handle = match HANDLE.get() {
+        Some(handle) => handle.clone(),
+        None => {
+            let handle = PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| e.to_string())?;
+            HANDLE.get_or_init(|| handle).clone()
+        }
+    };
     describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned(), "engine" => engine)
         .set(1.0);
@@ -37,7 +48,10 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
 }
 
 fn describe() {
-    describe_gauge!(CONNECTED_SOCKETS, "Sockets connected to this node, by role and transport.");
+    describe_gauge!(
+        CONNECTED_SOCKETS,
+        "Sockets connected to this node, by role and transport."
+    );
     describe_counter!(CONNECTS, "Sockets that completed the handshake, by role.");
     describe_counter!(DISCONNECTS, "Socket disconnections, by role and reason.");
     describe_counter!(HANDSHAKE_REJECTIONS, "Refused handshakes, by reason.");
@@ -45,10 +59,19 @@ fn describe() {
         ADAPTER_MESSAGES,
         "Node-to-node adapter messages through Redis pub/sub, by direction."
     );
-    describe_counter!(ADAPTER_ERRORS, "Node-to-node adapter failures, by operation.");
+    describe_counter!(
+        ADAPTER_ERRORS,
+        "Node-to-node adapter failures, by operation."
+    );
     describe_gauge!(READY, "1 when this node reports ready on /readyz.");
-    describe_gauge!(STORE_UP, "1 when the backing store (Redis, or memory) answers.");
-    describe_gauge!(BUILD_INFO, "Always 1; labels carry the version, node and engine.");
+    describe_gauge!(
+        STORE_UP,
+        "1 when the backing store (Redis, or memory) answers."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels carry the version, node and engine."
+    );
 }
 
 pub fn handshake_rejected(rejection: Rejection) {

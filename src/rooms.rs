@@ -62,13 +62,26 @@ mod tests {
 
     #[test]
     fn each_role_gets_its_contract_rooms() {
-        assert_eq!(names(&Principal::new("c1", Role::Customer, vec![])), ["customer_c1"]);
         assert_eq!(
-            names(&Principal::new("m1", Role::Merchant, vec!["s1".into(), "s2".into()])),
+            names(&Principal::new("c1", Role::Customer, vec![])),
+            ["customer_c1"]
+        );
+        assert_eq!(
+            names(&Principal::new(
+                "m1",
+                Role::Merchant,
+                vec!["s1".into(), "s2".into()]
+            )),
             ["merchant_s1", "merchant_s2"]
         );
-        assert_eq!(names(&Principal::new("d1", Role::Driver, vec![])), ["driver_d1"]);
-        assert_eq!(names(&Principal::new("a1", Role::Admin, vec![])), ["admin_updates"]);
+        assert_eq!(
+            names(&Principal::new("d1", Role::Driver, vec![])),
+            ["driver_d1"]
+        );
+        assert_eq!(
+            names(&Principal::new("a1", Role::Admin, vec![])),
+            ["admin_updates"]
+        );
         assert!(names(&Principal::new("s1", Role::Support, vec![])).is_empty());
         assert_eq!(Room::order("o9").name(), "order_o9");
     }

@@ -1,16 +1,17 @@
 //! One node: picks the engine, wires the gateway and HTTP onto one port,
-//! and runs until a signal, then drains within the grace period.
+//! and runs until told to stop, then drains within the grace period.
 
-use std::sync::Arc;
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
-use tokio::net::TcpListener;
+use serde_json::Value;
+use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::Verifier,
     config::{Config, ConfigError},
     engine::{Engine, EngineError, Health, memory::MemoryEngine, redis::RedisEngine},
-    gateway::Gateway,
+    gateway::{BroadcastFailed, Gateway},
     http::{self, HttpState},
     metrics, shutdown,
 };
@@ -23,7 +24,7 @@ pub enum ServeError {
     Engine(#[from] EngineError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("metrics recorder: {0}")]
@@ -32,6 +33,8 @@ pub enum ServeError {
     Signal(std::io::Error),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("node task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Everything that can be checked before binding a port.
@@ -52,23 +55,94 @@ impl Prepared {
     }
 }
 
-pub async fn serve(prepared: Prepared) -> Result<(), ServeError> {
-    match &prepared.config.redis_url {
-        Some(url) => {
-            let engine = RedisEngine::new(url, &prepared.config.key_prefix)?;
-            run(engine, prepared).await
-        }
-        None => run(MemoryEngine, prepared).await,
+type BroadcastFn = dyn Fn(
+        Vec<String>,
+        String,
+        Value,
+    ) -> Pin<Box<dyn Future<Output = Result<(), BroadcastFailed>> + Send>>
+    + Send
+    + Sync;
+
+/// A node running in this process.
+pub struct RunningNode {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+    broadcast: Arc<BroadcastFn>,
+}
+
+impl RunningNode {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cancelling it starts the drain, as SIGTERM does.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Emits `event` to `rooms` on every node of the cluster, as the event
+    /// dispatcher does.
+    pub async fn broadcast(
+        &self,
+        rooms: Vec<String>,
+        event: &str,
+        data: Value,
+    ) -> Result<(), BroadcastFailed> {
+        (self.broadcast)(rooms, event.to_owned(), data).await
+    }
+
+    /// Starts the drain and waits until the node has stopped.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        self.stop.cancel();
+        self.task.await?
+    }
+
+    pub async fn wait(self) -> Result<(), ServeError> {
+        self.task.await?
     }
 }
 
-async fn run<E: Engine>(engine: E, prepared: Prepared) -> Result<(), ServeError> {
+/// Runs a node until SIGTERM or SIGINT, then drains: the `relay serve` command.
+pub async fn serve(prepared: Prepared) -> Result<(), ServeError> {
+    let node = start(prepared).await?;
+    shutdown::listen(node.stop_token()).map_err(ServeError::Signal)?;
+    node.wait().await
+}
+
+/// Binds the configured address and starts a node in the background.
+pub async fn start(prepared: Prepared) -> Result<RunningNode, ServeError> {
+    let addr = prepared.config.addr;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    start_on(prepared, listener).await
+}
+
+/// Starts a node on an already bound listener (tests bind `127.0.0.1:0`).
+pub async fn start_on(
+    prepared: Prepared,
+    listener: TcpListener,
+) -> Result<RunningNode, ServeError> {
+    match &prepared.config.redis_url {
+        Some(url) => {
+            let engine = RedisEngine::new(url, &prepared.config.key_prefix)?;
+            launch(engine, prepared, listener)
+        }
+        None => launch(MemoryEngine, prepared, listener),
+    }
+}
+
+fn launch<E: Engine>(
+    engine: E,
+    prepared: Prepared,
+    listener: TcpListener,
+) -> Result<RunningNode, ServeError> {
     let Prepared { config, verifier } = prepared;
     let prometheus =
         metrics::install(&config.node_id, engine.name()).map_err(ServeError::Metrics)?;
     let health = Health::default();
-    let shutdown = CancellationToken::new();
-    shutdown::listen(shutdown.clone()).map_err(ServeError::Signal)?;
+    let stop = CancellationToken::new();
 
     let (gateway, layer) = Gateway::new(&engine, &config.transport, verifier);
     let census = {
@@ -82,14 +156,9 @@ async fn run<E: Engine>(engine: E, prepared: Prepared) -> Result<(), ServeError>
     })
     .layer(layer);
 
-    let listener = TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.addr,
-            source,
-        })?;
+    let addr = listener.local_addr()?;
     tracing::info!(
-        addr = %listener.local_addr()?,
+        %addr,
         node = %config.node_id,
         engine = engine.name(),
         version = env!("CARGO_PKG_VERSION"),
@@ -98,32 +167,51 @@ async fn run<E: Engine>(engine: E, prepared: Prepared) -> Result<(), ServeError>
 
     let engine = Arc::new(engine);
     let health_task = tokio::spawn({
-        let (engine, health, shutdown) = (engine.clone(), health.clone(), shutdown.clone());
-        async move { engine.watch_health(health, shutdown).await }
+        let (engine, health, stop) = (engine.clone(), health.clone(), stop.clone());
+        async move { engine.watch_health(health, stop).await }
     });
     tokio::spawn({
-        let (gateway, health, shutdown) = (gateway.clone(), health.clone(), shutdown.clone());
-        async move { gateway.open(&health, &shutdown).await }
+        let (gateway, health, stop) = (gateway.clone(), health.clone(), stop.clone());
+        async move { gateway.open(&health, &stop).await }
     });
-
     let server = axum::serve(listener, app).with_graceful_shutdown({
-        let shutdown = shutdown.clone();
-        async move { shutdown.cancelled().await }
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
     });
     let server = tokio::spawn(async move { server.await });
 
-    shutdown.cancelled().await;
-    health.set_draining();
-    let drain = async {
-        gateway.close().await;
-        let _ = health_task.await;
-        server.await
+    let broadcast: Arc<BroadcastFn> = {
+        let gateway = gateway.clone();
+        Arc::new(move |rooms, event, data| {
+            let gateway = gateway.clone();
+            Box::pin(async move { gateway.emit_to(rooms, &event, &data).await })
+        })
     };
-    match tokio::time::timeout(config.shutdown_grace, drain).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
-        Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period over, exiting"),
-    }
-    tracing::info!("relay stopped");
-    Ok(())
+
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            health.set_draining();
+            let drain = async {
+                gateway.close().await;
+                let _ = health_task.await;
+                server.await
+            };
+            match tokio::time::timeout(config.shutdown_grace, drain).await {
+                Ok(result) => result??,
+                Err(_) => {
+                    tracing::warn!(grace = ?config.shutdown_grace, "grace period over, exiting")
+                }
+            }
+            tracing::info!("relay stopped");
+            Ok(())
+        }
+    });
+    Ok(RunningNode {
+        addr,
+        stop,
+        task,
+        broadcast,
+    })
 }

@@ -33,11 +33,11 @@ impl Verifier {
                 DecodingKey::from_secret(secret.expose().as_bytes()),
                 Algorithm::HS256,
             ),
-            JwtKeySource::PublicKeyPem { path, pem } => public_key(pem).ok_or_else(|| {
-                KeyError::UnsupportedPem {
+            JwtKeySource::PublicKeyPem { path, pem } => {
+                public_key(pem).ok_or_else(|| KeyError::UnsupportedPem {
                     path: path.display().to_string(),
-                }
-            })?,
+                })?
+            }
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = config.leeway.as_secs();
@@ -67,15 +67,15 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Principal, Rejection> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| {
-                tracing::debug!(error = %e, "token refused");
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => Rejection::TokenExpired,
-                    ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                        Rejection::InvalidClaims
-                    }
-                    _ => Rejection::InvalidToken,
+            tracing::debug!(error = %e, "token refused");
+            match e.kind() {
+                ErrorKind::ExpiredSignature => Rejection::TokenExpired,
+                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+                    Rejection::InvalidClaims
                 }
-            })?;
+                _ => Rejection::InvalidToken,
+            }
+        })?;
         principal_from_claims(&data.claims)
     }
 }
@@ -99,7 +99,9 @@ fn principal_from_claims(claims: &Map<String, Value>) -> Result<Principal, Rejec
         .and_then(id_string)
         .ok_or(Rejection::InvalidClaims)?;
     let role = match claims.get("role") {
-        Some(Value::String(role)) => role.parse::<Role>().map_err(|_| Rejection::RoleNotAllowed)?,
+        Some(Value::String(role)) => role
+            .parse::<Role>()
+            .map_err(|_| Rejection::RoleNotAllowed)?,
         _ => return Err(Rejection::InvalidClaims),
     };
     let store_ids = if role == Role::Merchant {
@@ -185,7 +187,9 @@ mod tests {
     #[test]
     fn numeric_ids_become_strings() {
         let p = verifier(None, None)
-            .verify(&sign(json!({"sub": 7, "role": "merchant", "store_ids": [3, "s2", 3], "exp": now() + 60})))
+            .verify(&sign(
+                json!({"sub": 7, "role": "merchant", "store_ids": [3, "s2", 3], "exp": now() + 60}),
+            ))
             .expect("valid");
         assert_eq!(p.sub(), "7");
         assert_eq!(p.store_ids(), ["3", "s2"]);
@@ -195,14 +199,38 @@ mod tests {
     fn maps_each_failure_to_its_contract_message() {
         let v = verifier(None, None);
         let cases = [
-            (json!({"sub": "1", "role": "customer", "exp": now() - 60}), Rejection::TokenExpired),
-            (json!({"sub": "1", "role": "customer"}), Rejection::InvalidClaims),
-            (json!({"sub": "1", "role": "chef", "exp": now() + 60}), Rejection::RoleNotAllowed),
-            (json!({"sub": "1", "exp": now() + 60}), Rejection::InvalidClaims),
-            (json!({"role": "customer", "exp": now() + 60}), Rejection::InvalidClaims),
-            (json!({"sub": "1", "role": "merchant", "exp": now() + 60}), Rejection::InvalidClaims),
-            (json!({"sub": "1", "role": "merchant", "store_ids": [], "exp": now() + 60}), Rejection::InvalidClaims),
-            (json!({"sub": "1", "role": "customer", "exp": now() + 60, "nbf": now() + 600}), Rejection::InvalidToken),
+            (
+                json!({"sub": "1", "role": "customer", "exp": now() - 60}),
+                Rejection::TokenExpired,
+            ),
+            (
+                json!({"sub": "1", "role": "customer"}),
+                Rejection::InvalidClaims,
+            ),
+            (
+                json!({"sub": "1", "role": "chef", "exp": now() + 60}),
+                Rejection::RoleNotAllowed,
+            ),
+            (
+                json!({"sub": "1", "exp": now() + 60}),
+                Rejection::InvalidClaims,
+            ),
+            (
+                json!({"role": "customer", "exp": now() + 60}),
+                Rejection::InvalidClaims,
+            ),
+            (
+                json!({"sub": "1", "role": "merchant", "exp": now() + 60}),
+                Rejection::InvalidClaims,
+            ),
+            (
+                json!({"sub": "1", "role": "merchant", "store_ids": [], "exp": now() + 60}),
+                Rejection::InvalidClaims,
+            ),
+            (
+                json!({"sub": "1", "role": "customer", "exp": now() + 60, "nbf": now() + 600}),
+                Rejection::InvalidToken,
+            ),
         ];
         for (claims, expected) in cases {
             assert_eq!(v.verify(&sign(claims.clone())), Err(expected), "{claims}");
@@ -236,7 +264,8 @@ mod tests {
         let v = verifier(Some("orders"), Some("relay"));
         let good = json!({"sub": "1", "role": "admin", "exp": now() + 60, "iss": "orders", "aud": "relay"});
         assert!(v.verify(&sign(good)).is_ok());
-        let wrong_iss = json!({"sub": "1", "role": "admin", "exp": now() + 60, "iss": "x", "aud": "relay"});
+        let wrong_iss =
+            json!({"sub": "1", "role": "admin", "exp": now() + 60, "iss": "x", "aud": "relay"});
         assert_eq!(v.verify(&sign(wrong_iss)), Err(Rejection::InvalidToken));
         let no_aud = json!({"sub": "1", "role": "admin", "exp": now() + 60, "iss": "orders"});
         assert!(v.verify(&sign(no_aud)).is_err());

@@ -37,7 +37,8 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.
-    fn finish_init(init: AdapterInit<Self>) -> impl Future<Output = Result<(), EngineError>> + Send;
+    fn finish_init(init: AdapterInit<Self>)
+    -> impl Future<Output = Result<(), EngineError>> + Send;
 
     /// Watches the backing store until `shutdown`, keeping `health` current.
     fn watch_health(

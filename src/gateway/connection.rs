@@ -9,7 +9,10 @@ use socketioxide::{
 
 use crate::{auth::Principal, metrics, rooms::Room};
 
-pub async fn on_connect<A: Adapter>(socket: SocketRef<A>, Extension(principal): Extension<Principal>) {
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    Extension(principal): Extension<Principal>,
+) {
     // Order rooms (active orders of customers and drivers) join here too once
     // the order state exists; role rooms depend on the token alone.
     let rooms: Vec<String> = Room::for_principal(&principal)

@@ -73,7 +73,10 @@ mod tests {
     #[test]
     fn reads_auth_payload_first() {
         let auth = json!({"token": "from-auth"});
-        assert_eq!(token_from(Some(&auth), Some("token=from-query")).as_deref(), Some("from-auth"));
+        assert_eq!(
+            token_from(Some(&auth), Some("token=from-query")).as_deref(),
+            Some("from-auth")
+        );
     }
 
     #[test]
@@ -92,6 +95,9 @@ mod tests {
 
     #[test]
     fn strips_a_bearer_prefix() {
-        assert_eq!(token_from(Some(&json!({"token": "Bearer abc"})), None).as_deref(), Some("abc"));
+        assert_eq!(
+            token_from(Some(&json!({"token": "Bearer abc"})), None).as_deref(),
+            Some("abc")
+        );
     }
 }

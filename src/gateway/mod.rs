@@ -6,9 +6,7 @@ mod handshake;
 
 use std::{sync::Arc, time::Duration};
 
-use socketioxide::{
-    SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer,
-};
+use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer};
 use tokio_util::sync::CancellationToken;
 
 pub use handshake::token_from;
@@ -25,6 +23,11 @@ use crate::{
 pub struct GatewayState {
     verifier: Arc<Verifier>,
 }
+
+/// An emit that did not reach the other nodes (the adapter's publish failed).
+#[derive(Debug, thiserror::Error)]
+#[error("broadcast failed: {0}")]
+pub struct BroadcastFailed(pub String);
 
 /// A client that has not finished the Socket.IO handshake by then is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,8 +81,8 @@ impl<E: Engine> Gateway<E> {
     pub async fn open(&self, health: &Health, shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let handler = connection::on_connect::<E::Adapter>
-                .with(handshake::authenticate::<E::Adapter>);
+            let handler =
+                connection::on_connect::<E::Adapter>.with(handshake::authenticate::<E::Adapter>);
             let init = tokio::select! {
                 () = shutdown.cancelled() => return,
                 res = E::finish_init(self.io.ns("/", handler)) => res,
@@ -106,6 +109,24 @@ impl<E: Engine> Gateway<E> {
     /// themselves, through the load balancer, to another node.
     pub async fn close(&self) {
         self.io.close().await;
+    }
+
+    /// Emits to every socket of `rooms` on every node, each socket once.
+    pub async fn emit_to(
+        &self,
+        rooms: Vec<String>,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), BroadcastFailed> {
+        // `io.to` panics before the namespace exists (adapter still connecting).
+        let ns = self
+            .io
+            .of("/")
+            .ok_or_else(|| BroadcastFailed("namespace not open yet".into()))?;
+        ns.to(rooms)
+            .emit(event, data)
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))
     }
 
     /// Counts local sockets by role and transport into the gauge.

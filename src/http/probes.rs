@@ -36,7 +36,10 @@ pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     (state.census)();
     metrics::set_health(state.health.ready(), state.health.store_up());
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.prometheus.render(),
     )
 }

@@ -40,9 +40,7 @@ impl PubSubDriver {
                 Ok::<(), Infallible>(())
             }
         };
-        let config = config
-            .set_push_sender(route)
-            .set_automatic_resubscription();
+        let config = config.set_push_sender(route).set_automatic_resubscription();
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self { conn, handlers })
     }
@@ -58,7 +56,8 @@ fn route_push(push: PushInfo, handlers: &Handlers) {
         return;
     }
     let mut data = push.data.into_iter();
-    let (Some(Value::BulkString(chan)), Some(Value::BulkString(payload))) = (data.next(), data.next())
+    let (Some(Value::BulkString(chan)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
     else {
         metrics::adapter_error("decode");
         return;
@@ -138,7 +137,9 @@ impl Driver for PubSubDriver {
 }
 
 impl PubSubDriver {
-    fn write_handlers(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, mpsc::Sender<ChanItem>>> {
+    fn write_handlers(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, mpsc::Sender<ChanItem>>> {
         self.handlers.write().unwrap_or_else(|e| e.into_inner())
     }
 }
