@@ -126,7 +126,8 @@ pub async fn start_on(
 ) -> Result<RunningNode, ServeError> {
     match &prepared.config.redis_url {
         Some(url) => {
-            let engine = RedisEngine::new(url, &prepared.config.key_prefix)?;
+            let engine =
+                RedisEngine::new(url, &prepared.config.key_prefix, &prepared.config.node_id)?;
             launch(engine, prepared, listener)
         }
         None => launch(MemoryEngine, prepared, listener),

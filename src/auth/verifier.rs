@@ -275,4 +275,81 @@ mod tests {
         let any_aud = json!({"sub": "1", "role": "admin", "exp": now() + 60, "aud": "other"});
         assert!(verifier(None, None).verify(&sign(any_aud)).is_ok());
     }
+
+    fn pem_verifier(public: &[u8]) -> Verifier {
+        Verifier::new(&JwtConfig {
+            key: JwtKeySource::PublicKeyPem {
+                path: "test.pem".into(),
+                pem: public.to_vec(),
+            },
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+        })
+        .expect("public key")
+    }
+
+    const RSA_PUBLIC: &[u8] = include_bytes!("../../tests/fixtures/rsa_public.pem");
+    const RSA_PRIVATE: &[u8] = include_bytes!("../../tests/fixtures/rsa_private.pem");
+    const EC_PUBLIC: &[u8] = include_bytes!("../../tests/fixtures/ec_public.pem");
+    const EC_PRIVATE: &[u8] = include_bytes!("../../tests/fixtures/ec_private.pem");
+    const ED_PUBLIC: &[u8] = include_bytes!("../../tests/fixtures/ed_public.pem");
+    const ED_PRIVATE: &[u8] = include_bytes!("../../tests/fixtures/ed_private.pem");
+
+    #[test]
+    fn public_keys_pin_their_algorithm() {
+        let claims = json!({"sub": "1", "role": "driver", "exp": now() + 60});
+        let cases = [
+            (
+                RSA_PUBLIC,
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(RSA_PRIVATE).expect("rsa"),
+            ),
+            (
+                EC_PUBLIC,
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(EC_PRIVATE).expect("ec"),
+            ),
+            (
+                ED_PUBLIC,
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(ED_PRIVATE).expect("ed"),
+            ),
+        ];
+        for (public, alg, private) in &cases {
+            let v = pem_verifier(public);
+            assert_eq!(v.algorithm(), *alg);
+            let token = jsonwebtoken::encode(&Header::new(*alg), &claims, private).expect("sign");
+            assert!(v.verify(&token).is_ok(), "{alg:?}");
+            // Algorithm confusion: an HMAC token keyed with the public key itself.
+            let confused = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(public),
+            )
+            .expect("sign");
+            assert_eq!(v.verify(&confused), Err(Rejection::InvalidToken), "{alg:?}");
+        }
+        // A token signed by another key type fails too.
+        let rsa_token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &cases[0].2)
+            .expect("sign");
+        assert_eq!(
+            pem_verifier(EC_PUBLIC).verify(&rsa_token),
+            Err(Rejection::InvalidToken)
+        );
+    }
+
+    #[test]
+    fn garbage_pem_is_a_key_error() {
+        let err = Verifier::new(&JwtConfig {
+            key: JwtKeySource::PublicKeyPem {
+                path: "bad.pem".into(),
+                pem: b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_vec(),
+            },
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+        });
+        assert!(matches!(err, Err(KeyError::UnsupportedPem { .. })));
+    }
 }

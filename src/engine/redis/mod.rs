@@ -4,9 +4,13 @@ mod pubsub;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::{IntoConnectionInfo, ProtocolVersion, aio::ConnectionManagerConfig};
 use socketioxide::adapter::Emitter;
-use socketioxide_redis::{CustomRedisAdapter, InitRes, RedisAdapterConfig, RedisAdapterCtr};
+use socketioxide_redis::{
+    CustomRedisAdapter, InitRes, RedisAdapterConfig, RedisAdapterCtr,
+    drivers::{ChanItem, Driver, MessageStream},
+};
 use tokio_util::sync::CancellationToken;
 
 pub use pubsub::PubSubDriver;
@@ -20,12 +24,13 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 pub struct RedisEngine {
     driver: PubSubDriver,
     channel_prefix: String,
+    probe_channel: String,
 }
 
 impl RedisEngine {
     /// Prepares the connections without dialing: a node starts (unready)
     /// while Redis is still unreachable.
-    pub fn new(url: &Secret, key_prefix: &str) -> Result<Self, EngineError> {
+    pub fn new(url: &Secret, key_prefix: &str, node_id: &str) -> Result<Self, EngineError> {
         let info = url
             .expose()
             .into_connection_info()
@@ -43,6 +48,7 @@ impl RedisEngine {
             driver,
             // The stock `socket.io` prefix would collide with Node's adapter.
             channel_prefix: format!("{key_prefix}sio"),
+            probe_channel: format!("{key_prefix}health#{node_id}#{}", std::process::id()),
         })
     }
 }
@@ -76,15 +82,25 @@ impl Engine for RedisEngine {
         init.await.map_err(|e| EngineError(e.to_string()))
     }
 
+    /// Redis counts as up when a message published through the adapter's
+    /// connection comes back on a channel subscribed through it: a bare PING
+    /// would pass while the subscriptions are still being restored.
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {
-        let mut conn = self.driver.connection();
+        let mut probe: Option<MessageStream<ChanItem>> = None;
+        let mut seq: u64 = 0;
         loop {
-            let ping = tokio::time::timeout(
-                HEALTH_INTERVAL,
-                redis::cmd("PING").query_async::<String>(&mut conn),
-            )
-            .await;
-            let up = matches!(ping, Ok(Ok(_)));
+            if probe.is_none() {
+                probe = self
+                    .driver
+                    .subscribe(self.probe_channel.clone(), 4)
+                    .await
+                    .ok();
+            }
+            seq += 1;
+            let up = match probe.as_mut() {
+                Some(stream) => self.round_trip(stream, seq).await,
+                None => false,
+            };
             if up != health.store_up() {
                 if up {
                     tracing::info!("redis reachable");
@@ -98,5 +114,31 @@ impl Engine for RedisEngine {
                 () = tokio::time::sleep(HEALTH_INTERVAL) => {}
             }
         }
+    }
+}
+
+impl RedisEngine {
+    async fn round_trip(&self, stream: &mut MessageStream<ChanItem>, seq: u64) -> bool {
+        let nonce = seq.to_string().into_bytes();
+        let sent = self
+            .driver
+            .publish(self.probe_channel.clone(), nonce.clone())
+            .await
+            .is_ok();
+        if !sent {
+            return false;
+        }
+        // Earlier probes that came back late are skipped.
+        let echoed = async {
+            while let Some((_, payload)) = stream.next().await {
+                if payload == nonce {
+                    return true;
+                }
+            }
+            false
+        };
+        tokio::time::timeout(HEALTH_INTERVAL, echoed)
+            .await
+            .unwrap_or(false)
     }
 }

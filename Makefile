@@ -1,0 +1,45 @@
+# Recipes everyone runs. `make help` lists them.
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= auto
+
+.PHONY: help build release run run-embedded test lint fmt deps clean
+
+help:
+	@echo "make run           Redis + two nodes when redis-server is installed, else one embedded node"
+	@echo "make run-embedded  one node, everything in memory (no Redis)"
+	@echo "make test          the whole test suite (installs redis-server when missing and possible)"
+	@echo "make lint          rustfmt check and clippy with warnings as errors"
+	@echo "make release       optimised binary at target/release/relay"
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+run: release
+	scripts/run.sh
+
+run-embedded: release
+	RELAY_EMBEDDED=1 scripts/run.sh
+
+deps:
+	scripts/ensure-deps.sh
+
+test: deps
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --all-targets --no-fail-fast && $(CARGO) test --doc --quiet; \
+	else \
+		$(CARGO) test --workspace --all-targets --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf target/run

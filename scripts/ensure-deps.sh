@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Makes sure the programs the test suite runs for real are installed:
+# installs them with apt-get when that is possible, else names the package.
+set -euo pipefail
+
+need() { # program debian-package
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+      if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo"; else
+        echo "make test needs '$1': install the Debian package '$2' (apt-get install $2)" >&2; exit 1
+      fi
+    fi
+    echo "installing $2 (for $1)..." >&2
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  else
+    echo "make test needs '$1' (Debian/Ubuntu package '$2', Homebrew formula 'redis')" >&2
+    exit 1
+  fi
+  command -v "$1" >/dev/null 2>&1 || { echo "installing $2 did not provide $1" >&2; exit 1; }
+}
+
+need redis-server redis-server

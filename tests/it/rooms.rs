@@ -1,0 +1,82 @@
+//! CONTRACT §2: the rooms each role joins at connect.
+
+use relay::auth::Role;
+use relay::client::{Client, ConnectOptions, Transport};
+use serde_json::json;
+
+use crate::support::{InProcessNode, WAIT, merchant_token, token};
+
+async fn connect(node: &InProcessNode, jwt: &str) -> Client {
+    Client::connect(
+        ConnectOptions::new(node.url())
+            .transport(Transport::WebSocket)
+            .auth(json!({ "token": jwt }))
+            .timeout(WAIT),
+    )
+    .await
+    .expect("connect")
+}
+
+/// The next event a client gets is `name`.
+async fn next_is(client: &mut Client, name: &str) -> serde_json::Value {
+    let event = client.next_event(WAIT).await.expect("an event");
+    assert_eq!(event.name, name, "unexpected event {event:?}");
+    event.data().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_joins_exactly_its_rooms() {
+    let node = InProcessNode::start_ready(&[]).await;
+    let mut customer = connect(&node, &token("42", Role::Customer)).await;
+    let mut merchant = connect(&node, &merchant_token("m1", &["s1", "s2"])).await;
+    let mut driver = connect(&node, &token("d7", Role::Driver)).await;
+    let mut admin = connect(&node, &token("a1", Role::Admin)).await;
+    let mut support = connect(&node, &token("sup", Role::Support)).await;
+
+    let all_rooms = [
+        "customer_42",
+        "merchant_s1",
+        "merchant_s2",
+        "driver_d7",
+        "admin_updates",
+        "customer_other",
+        "driver_42",
+    ];
+    for room in all_rooms {
+        node.broadcast(&[room], "probe", json!({ "room": room }))
+            .await;
+    }
+    // A marker through a room each client is in (support: none) ends the
+    // sequence, so "nothing else arrived" is checked without waiting.
+    node.broadcast(
+        &["customer_42", "merchant_s1", "driver_d7", "admin_updates"],
+        "marker",
+        json!({}),
+    )
+    .await;
+
+    assert_eq!(next_is(&mut customer, "probe").await["room"], "customer_42");
+    next_is(&mut customer, "marker").await;
+    assert_eq!(next_is(&mut merchant, "probe").await["room"], "merchant_s1");
+    assert_eq!(next_is(&mut merchant, "probe").await["room"], "merchant_s2");
+    next_is(&mut merchant, "marker").await;
+    assert_eq!(next_is(&mut driver, "probe").await["room"], "driver_d7");
+    next_is(&mut driver, "marker").await;
+    assert_eq!(next_is(&mut admin, "probe").await["room"], "admin_updates");
+    next_is(&mut admin, "marker").await;
+    assert!(
+        support.next_event(crate::support::QUIET).await.is_err(),
+        "support joins no room at connect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_in_several_target_rooms_gets_the_event_once() {
+    let node = InProcessNode::start_ready(&[]).await;
+    let mut merchant = connect(&node, &merchant_token("m1", &["s1", "s2"])).await;
+    node.broadcast(&["merchant_s1", "merchant_s2"], "once", json!({}))
+        .await;
+    node.broadcast(&["merchant_s1"], "marker", json!({})).await;
+    next_is(&mut merchant, "once").await;
+    next_is(&mut merchant, "marker").await;
+}
