@@ -44,7 +44,7 @@ struct TokenArgs {
     /// Lifetime: seconds, or a number with s, m, h or d.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     ttl: Duration,
-    #[arg(long, env = "RELAY_JWT_SECRET")]
+    #[arg(long, env = "RELAY_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Secret,
     #[arg(long, env = "RELAY_JWT_ISSUER")]
     jwt_issuer: Option<String>,

@@ -50,11 +50,11 @@ pub struct ServeArgs {
     pub addr: SocketAddr,
 
     /// Redis to share state through; unset = embedded single-node mode.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
 
     /// HS256 secret for client tokens.
-    #[arg(long, env = "RELAY_JWT_SECRET")]
+    #[arg(long, env = "RELAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
     /// Path to a PEM public key (RS256, ES256 or EdDSA) for client tokens.
@@ -74,7 +74,7 @@ pub struct ServeArgs {
     pub jwt_leeway_s: u64,
 
     /// Bearer key for the publish API; unset = publish API off.
-    #[arg(long, env = "RELAY_API_KEY")]
+    #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
 
     /// This node's name in metrics, logs and stream consumer names [default: hostname-pid].

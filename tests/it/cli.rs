@@ -93,3 +93,19 @@ fn token_refuses_a_merchant_without_stores() {
     );
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn help_never_prints_secret_values_from_the_environment() {
+    let output = relay(
+        &["serve", "--help"],
+        &[
+            ("RELAY_JWT_SECRET", "hunter2"),
+            ("RELAY_API_KEY", "k3y"),
+            ("REDIS_URL", "redis://:pw9@h"),
+        ],
+    );
+    let help = String::from_utf8_lossy(&output.stdout);
+    for secret in ["hunter2", "k3y", "pw9"] {
+        assert!(!help.contains(secret), "{secret} printed by --help");
+    }
+}
