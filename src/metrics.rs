@@ -3,10 +3,14 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, describe_counter, describe_gauge, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::auth::{Rejection, Role};
+use crate::{
+    auth::{Rejection, Role},
+    events::EventKind,
+    outcome::{OFFER_EVENTS, OutcomeKind},
+};
 
 pub const CONNECTED_SOCKETS: &str = "relay_connected_sockets";
 pub const CONNECTS: &str = "relay_connects_total";
@@ -17,6 +21,29 @@ pub const ADAPTER_ERRORS: &str = "relay_adapter_errors_total";
 pub const READY: &str = "relay_ready";
 pub const STORE_UP: &str = "relay_store_up";
 pub const BUILD_INFO: &str = "relay_build_info";
+pub const EMITS: &str = "relay_emits_total";
+pub const STORE_ERRORS: &str = "relay_store_errors_total";
+pub const STREAM_CONSUMED: &str = "relay_stream_consumed_total";
+pub const STREAM_ACKED: &str = "relay_stream_acked_total";
+pub const STREAM_RETRIES: &str = "relay_stream_retries_total";
+pub const STREAM_DEAD_LETTERED: &str = "relay_stream_dead_lettered_total";
+pub const STREAM_CLAIMED: &str = "relay_stream_claimed_total";
+pub const STREAM_LAG: &str = "relay_stream_lag";
+pub const STREAM_PENDING: &str = "relay_stream_pending";
+pub const STREAM_OLDEST_PENDING: &str = "relay_stream_oldest_pending_seconds";
+pub const STREAM_IN_FLIGHT: &str = "relay_stream_in_flight";
+pub const ORDER_WAIT: &str = "relay_order_sequence_wait_seconds";
+pub const ACK_OUTCOMES: &str = "relay_ack_outcomes_total";
+pub const ACK_LATENCY: &str = "relay_ack_latency_seconds";
+pub const EVENTS_PUBLISHED: &str = "relay_events_published_total";
+pub const PUBLISH_REJECTED: &str = "relay_publish_rejected_total";
+
+/// Ack latency: from a quick tap (50 ms) to a merchant using most of its minute.
+const ACK_LATENCY_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0,
+];
+/// Waiting for an order's earlier event on another node: usually nothing.
+const ORDER_WAIT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
 pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
@@ -29,6 +56,14 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         Some(handle) => handle.clone(),
         None => {
             let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(ACK_LATENCY.to_owned()), &ACK_LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(ORDER_WAIT.to_owned()),
+                        &ORDER_WAIT_BUCKETS,
+                    )
+                })
+                .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
             HANDLE.get_or_init(|| handle).clone()
@@ -44,6 +79,17 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for role in Role::ALL {
         counter!(CONNECTS, "role" => role.as_str()).absolute(0);
     }
+    for kind in EventKind::ALL {
+        for name in [STREAM_CONSUMED, STREAM_ACKED, STREAM_RETRIES] {
+            counter!(name, "type" => kind.as_str()).absolute(0);
+        }
+    }
+    for event in OFFER_EVENTS {
+        for outcome in OutcomeKind::ALL {
+            counter!(ACK_OUTCOMES, "event" => event, "outcome" => outcome.as_str()).absolute(0);
+        }
+    }
+    counter!(STREAM_CLAIMED).absolute(0);
     Ok(handle)
 }
 
@@ -72,6 +118,135 @@ fn describe() {
         BUILD_INFO,
         "Always 1; labels carry the version, node and engine."
     );
+    describe_counter!(EMITS, "Events emitted to clients, by event name.");
+    describe_counter!(
+        STORE_ERRORS,
+        "Failed operations on the backing store, by operation."
+    );
+    describe_counter!(
+        STREAM_CONSUMED,
+        "Stream entries taken up by this node, by type."
+    );
+    describe_counter!(
+        STREAM_ACKED,
+        "Stream entries acknowledged after their effect, by type."
+    );
+    describe_counter!(
+        STREAM_RETRIES,
+        "Dispatch attempts that failed and were retried, by type."
+    );
+    describe_counter!(
+        STREAM_DEAD_LETTERED,
+        "Stream entries copied to the dead letters, by type and reason."
+    );
+    describe_counter!(
+        STREAM_CLAIMED,
+        "Entries of stopped consumers claimed by this node."
+    );
+    describe_gauge!(
+        STREAM_LAG,
+        "Entries of the event stream not yet delivered to the consumer group."
+    );
+    describe_gauge!(
+        STREAM_PENDING,
+        "Entries delivered to the group but not yet acknowledged."
+    );
+    describe_gauge!(
+        STREAM_OLDEST_PENDING,
+        "Age of the oldest pending entry, in seconds."
+    );
+    describe_gauge!(
+        STREAM_IN_FLIGHT,
+        "Entries this node is working on (including offers waiting for acks)."
+    );
+    describe_histogram!(
+        ORDER_WAIT,
+        "Time an entry waited for its order's earlier entries, in seconds."
+    );
+    describe_counter!(ACK_OUTCOMES, "Offer outcomes, by event and outcome.");
+    describe_histogram!(
+        ACK_LATENCY,
+        "Time from an offer to its first ack, in seconds, by event."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events appended through the publish API, by type."
+    );
+    describe_counter!(PUBLISH_REJECTED, "Publish API requests refused, by reason.");
+}
+
+pub fn emitted(event: &str) {
+    // Event names are the contract's fixed set; anything else is bucketed.
+    let event = match event {
+        "order:status_update" => "order:status_update",
+        "merchant:new_order" => "merchant:new_order",
+        "delivery:new_request" => "delivery:new_request",
+        "admin:alert" => "admin:alert",
+        "order:driver_location" => "order:driver_location",
+        _ => "other",
+    };
+    counter!(EMITS, "event" => event).increment(1);
+}
+
+pub fn store_error(op: &'static str) {
+    counter!(STORE_ERRORS, "op" => op).increment(1);
+}
+
+/// The `type` label of a stream entry: a known kind, or `unknown`.
+pub fn entry_type(kind: Option<&str>) -> &'static str {
+    kind.and_then(EventKind::parse)
+        .map_or("unknown", EventKind::as_str)
+}
+
+pub fn stream_consumed(kind: &'static str) {
+    counter!(STREAM_CONSUMED, "type" => kind).increment(1);
+}
+
+pub fn stream_acked(kind: &'static str) {
+    counter!(STREAM_ACKED, "type" => kind).increment(1);
+}
+
+pub fn stream_retried(kind: &'static str) {
+    counter!(STREAM_RETRIES, "type" => kind).increment(1);
+}
+
+pub fn stream_dead_lettered(kind: &'static str, reason: &'static str) {
+    counter!(STREAM_DEAD_LETTERED, "type" => kind, "reason" => reason).increment(1);
+}
+
+pub fn stream_claimed(n: usize) {
+    counter!(STREAM_CLAIMED).increment(n as u64);
+}
+
+pub fn set_stream_stats(lag: Option<u64>, pending: u64, oldest_pending_s: f64) {
+    if let Some(lag) = lag {
+        gauge!(STREAM_LAG).set(lag as f64);
+    }
+    gauge!(STREAM_PENDING).set(pending as f64);
+    gauge!(STREAM_OLDEST_PENDING).set(oldest_pending_s);
+}
+
+pub fn set_in_flight(n: usize) {
+    gauge!(STREAM_IN_FLIGHT).set(n as f64);
+}
+
+pub fn order_waited(seconds: f64) {
+    histogram!(ORDER_WAIT).record(seconds);
+}
+
+pub fn ack_outcome(event: &'static str, outcome: OutcomeKind, latency_s: Option<f64>) {
+    counter!(ACK_OUTCOMES, "event" => event, "outcome" => outcome.as_str()).increment(1);
+    if let Some(latency) = latency_s {
+        histogram!(ACK_LATENCY, "event" => event).record(latency);
+    }
+}
+
+pub fn event_published(kind: EventKind) {
+    counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).increment(1);
+}
+
+pub fn publish_rejected(reason: &'static str) {
+    counter!(PUBLISH_REJECTED, "reason" => reason).increment(1);
 }
 
 pub fn handshake_rejected(rejection: Rejection) {

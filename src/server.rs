@@ -1,7 +1,7 @@
 //! One node: picks the engine, wires the gateway and HTTP onto one port,
 //! and runs until told to stop, then drains within the grace period.
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -10,7 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::Verifier,
     config::{Config, ConfigError},
-    engine::{Engine, EngineError, Health, memory::MemoryEngine, redis::RedisEngine},
+    consumer::{Consumer, ConsumerSettings},
+    dispatch::Dispatcher,
+    engine::{
+        Engine, EngineError, Health,
+        memory::MemoryEngine,
+        redis::{RedisEngine, RedisSettings},
+    },
     gateway::{BroadcastFailed, Gateway},
     http::{self, HttpState},
     metrics, shutdown,
@@ -36,6 +42,9 @@ pub enum ServeError {
     #[error("node task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
+
+/// Stream entries one node works on at once (offers waiting for acks included).
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// Everything that can be checked before binding a port.
 pub struct Prepared {
@@ -126,11 +135,20 @@ pub async fn start_on(
 ) -> Result<RunningNode, ServeError> {
     match &prepared.config.redis_url {
         Some(url) => {
-            let engine =
-                RedisEngine::new(url, &prepared.config.key_prefix, &prepared.config.node_id)?;
+            let config = &prepared.config;
+            let engine = RedisEngine::new(RedisSettings {
+                url,
+                key_prefix: &config.key_prefix,
+                node_id: &config.node_id,
+                claim_idle: config.stream.claim_idle,
+                max_deliveries: config.stream.max_deliveries,
+            })?;
             launch(engine, prepared, listener)
         }
-        None => launch(MemoryEngine, prepared, listener),
+        None => {
+            let engine = MemoryEngine::new(&prepared.config.node_id, prepared.config.location.ttl);
+            launch(engine, prepared, listener)
+        }
     }
 }
 
@@ -144,8 +162,10 @@ fn launch<E: Engine>(
         metrics::install(&config.node_id, engine.name()).map_err(ServeError::Metrics)?;
     let health = Health::default();
     let stop = CancellationToken::new();
+    let engine = Arc::new(engine);
+    let verifier = Arc::new(verifier);
 
-    let (gateway, layer) = Gateway::new(&engine, &config.transport, verifier);
+    let (gateway, layer) = Gateway::new(engine.clone(), &config.transport, verifier.clone());
     let census = {
         let gateway = gateway.clone();
         Arc::new(move || gateway.record_census())
@@ -154,6 +174,9 @@ fn launch<E: Engine>(
         health: health.clone(),
         prometheus,
         census,
+        engine: engine.clone(),
+        verifier,
+        api_key: config.api_key.clone(),
     })
     .layer(layer);
 
@@ -166,14 +189,34 @@ fn launch<E: Engine>(
         "relay listening"
     );
 
-    let engine = Arc::new(engine);
     let health_task = tokio::spawn({
         let (engine, health, stop) = (engine.clone(), health.clone(), stop.clone());
         async move { engine.watch_health(health, stop).await }
     });
-    tokio::spawn({
+    let dispatcher = Arc::new(Dispatcher::new(
+        engine.clone(),
+        gateway.clone(),
+        config.node_id.clone(),
+        stop.clone(),
+    ));
+    let consumer = Consumer::new(
+        engine.clone(),
+        dispatcher,
+        health.clone(),
+        ConsumerSettings {
+            max_in_flight: MAX_IN_FLIGHT,
+            claim_idle: config.stream.claim_idle,
+            drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
+        },
+        stop.clone(),
+    );
+    // The consumer starts once clients can be reached: emits need the namespace.
+    let consumer_task = tokio::spawn({
         let (gateway, health, stop) = (gateway.clone(), health.clone(), stop.clone());
-        async move { gateway.open(&health, &stop).await }
+        async move {
+            gateway.open(&health, &stop).await;
+            consumer.run().await;
+        }
     });
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let stop = stop.clone();
@@ -195,6 +238,8 @@ fn launch<E: Engine>(
             stop.cancelled().await;
             health.set_draining();
             let drain = async {
+                // Stream work first (finish or hand back), then the clients.
+                let _ = consumer_task.await;
                 gateway.close().await;
                 let _ = health_task.await;
                 server.await

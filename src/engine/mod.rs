@@ -4,6 +4,12 @@
 
 pub mod memory;
 pub mod redis;
+mod traits;
+
+pub use traits::{
+    Claimed, DeadLetter, DriverLocation, EventStream, LocationCache, OrderStore, StoreError,
+    StoreResult, StreamEntry, StreamStats,
+};
 
 use std::{
     future::Future,
@@ -29,11 +35,18 @@ pub struct EngineError(pub String);
 
 pub trait Engine: Send + Sync + 'static {
     type Adapter: Adapter + DefinedAdapter;
+    type Stream: EventStream;
+    type Orders: OrderStore;
+    type Locations: LocationCache;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
 
     fn adapter_state(&self) -> AdapterState<Self>;
+
+    fn stream(&self) -> &Self::Stream;
+    fn orders(&self) -> &Self::Orders;
+    fn locations(&self) -> &Self::Locations;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.
@@ -56,6 +69,7 @@ pub struct Health(Arc<HealthInner>);
 struct HealthInner {
     store_up: AtomicBool,
     adapter_ready: AtomicBool,
+    consumer_running: AtomicBool,
     draining: AtomicBool,
 }
 
@@ -66,6 +80,14 @@ impl Health {
 
     pub fn set_adapter_ready(&self) {
         self.0.adapter_ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_consumer_running(&self, running: bool) {
+        self.0.consumer_running.store(running, Ordering::Relaxed);
+    }
+
+    pub fn consumer_running(&self) -> bool {
+        self.0.consumer_running.load(Ordering::Relaxed)
     }
 
     pub fn set_draining(&self) {
@@ -85,6 +107,6 @@ impl Health {
     }
 
     pub fn ready(&self) -> bool {
-        self.store_up() && self.adapter_ready() && !self.draining()
+        self.store_up() && self.adapter_ready() && self.consumer_running() && !self.draining()
     }
 }

@@ -1,25 +1,61 @@
-//! A connected socket's life: the rooms it joins at connect and the
-//! bookkeeping when it leaves.
+//! A connected socket's life: the rooms it joins before its CONNECT reply,
+//! and the bookkeeping when it leaves.
+
+use std::sync::Arc;
 
 use socketioxide::{
     adapter::Adapter,
-    extract::{Extension, SocketRef},
+    extract::{Extension, SocketRef, State},
     socket::DisconnectReason,
 };
 
-use crate::{auth::Principal, metrics, rooms::Room};
+use crate::{
+    auth::{Principal, Rejection, Role},
+    engine::{Engine, OrderStore},
+    metrics,
+    rooms::Room,
+};
+
+/// Joins the role rooms and the rooms of the principal's active orders.
+/// Runs as a middleware, so a client that sees "connected" is already in
+/// all of its rooms. A store failure is not worth refusing the client: it
+/// keeps its role rooms and resyncs orders with `GET /orders/active`.
+pub async fn join_rooms<E: Engine>(
+    socket: SocketRef<E::Adapter>,
+    Extension(principal): Extension<Principal>,
+    State(engine): State<Arc<E>>,
+) -> Result<(), Rejection> {
+    let mut rooms: Vec<String> = Room::for_principal(&principal)
+        .iter()
+        .map(Room::name)
+        .collect();
+    // Role rooms first: an order event processed meanwhile reaches the
+    // socket through them (see the dispatcher's cluster-wide joins).
+    socket.join(rooms.clone());
+    if matches!(principal.role(), Role::Customer | Role::Driver) {
+        match engine.orders().active_for(&principal).await {
+            Ok(orders) => {
+                let order_rooms: Vec<String> = orders
+                    .iter()
+                    .map(|o| Room::order(&o.order_id).name())
+                    .collect();
+                socket.join(order_rooms.clone());
+                rooms.extend(order_rooms);
+            }
+            Err(e) => {
+                metrics::store_error("connect_orders");
+                tracing::warn!(error = %e, "active orders unavailable at connect");
+            }
+        }
+    }
+    tracing::trace!(sid = %socket.id, ?rooms, "joined");
+    Ok(())
+}
 
 pub async fn on_connect<A: Adapter>(
     socket: SocketRef<A>,
     Extension(principal): Extension<Principal>,
 ) {
-    // Order rooms (active orders of customers and drivers) join here too once
-    // the order state exists; role rooms depend on the token alone.
-    let rooms: Vec<String> = Room::for_principal(&principal)
-        .iter()
-        .map(Room::name)
-        .collect();
-    socket.join(rooms);
     metrics::connected(principal.role());
     tracing::debug!(
         sid = %socket.id,

@@ -3,6 +3,7 @@
 
 mod connection;
 mod handshake;
+mod offer;
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,12 +11,14 @@ use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::Sock
 use tokio_util::sync::CancellationToken;
 
 pub use handshake::token_from;
+pub use offer::{OfferResult, OfferSent};
 
 use crate::{
     auth::{Principal, Role, Verifier},
     config::TransportConfig,
     engine::{Engine, Health},
     metrics,
+    rooms::Room,
 };
 
 /// Shared with every handler through socketioxide's state.
@@ -46,10 +49,11 @@ impl<E: Engine> Clone for Gateway<E> {
 
 impl<E: Engine> Gateway<E> {
     pub fn new(
-        engine: &E,
+        engine: Arc<E>,
         transport: &TransportConfig,
-        verifier: Verifier,
+        verifier: Arc<Verifier>,
     ) -> (Self, SocketIoLayer<E::Adapter>) {
+        let adapter_state = engine.adapter_state();
         let builder = SocketIo::builder()
             .ping_interval(transport.ping_interval)
             .ping_timeout(transport.ping_timeout)
@@ -57,16 +61,15 @@ impl<E: Engine> Gateway<E> {
             .ws_max_message_size(transport.ws_max_message_bytes)
             .ws_max_frame_size(transport.ws_max_frame_bytes)
             .connect_timeout(CONNECT_TIMEOUT)
-            .with_state(GatewayState {
-                verifier: Arc::new(verifier),
-            });
+            .with_state(GatewayState { verifier })
+            .with_state(engine);
         let builder = if transport.websocket_only {
             builder.transports([TransportType::Websocket])
         } else {
             builder.transports([TransportType::Polling, TransportType::Websocket])
         };
         let (layer, io) = builder
-            .with_adapter::<E::Adapter>(engine.adapter_state())
+            .with_adapter::<E::Adapter>(adapter_state)
             .build_layer();
         (Self { io }, layer)
     }
@@ -81,8 +84,11 @@ impl<E: Engine> Gateway<E> {
     pub async fn open(&self, health: &Health, shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let handler =
-                connection::on_connect::<E::Adapter>.with(handshake::authenticate::<E::Adapter>);
+            // `.with(a).with(b)` runs b first: authenticate, then join the
+            // rooms, both before the client sees its CONNECT reply.
+            let handler = connection::on_connect::<E::Adapter>
+                .with(connection::join_rooms::<E>)
+                .with(handshake::authenticate::<E::Adapter>);
             let init = tokio::select! {
                 () = shutdown.cancelled() => return,
                 res = E::finish_init(self.io.ns("/", handler)) => res,
@@ -111,6 +117,15 @@ impl<E: Engine> Gateway<E> {
         self.io.close().await;
     }
 
+    /// `io.to` and friends panic before the namespace exists.
+    fn ns(
+        &self,
+    ) -> Result<socketioxide::operators::BroadcastOperators<E::Adapter>, BroadcastFailed> {
+        self.io
+            .of("/")
+            .ok_or_else(|| BroadcastFailed("namespace not open yet".into()))
+    }
+
     /// Emits to every socket of `rooms` on every node, each socket once.
     pub async fn emit_to(
         &self,
@@ -118,15 +133,61 @@ impl<E: Engine> Gateway<E> {
         event: &str,
         data: &serde_json::Value,
     ) -> Result<(), BroadcastFailed> {
-        // `io.to` panics before the namespace exists (adapter still connecting).
-        let ns = self
-            .io
-            .of("/")
-            .ok_or_else(|| BroadcastFailed("namespace not open yet".into()))?;
-        ns.to(rooms)
+        self.ns()?
+            .to(rooms)
             .emit(event, data)
             .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?;
+        metrics::emitted(event);
+        Ok(())
+    }
+
+    /// Every socket in `members`, on every node, joins `room`.
+    pub async fn join_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
+        self.ns()?
+            .within(members.name())
+            .join(room.name())
+            .await
             .map_err(|e| BroadcastFailed(e.to_string()))
+    }
+
+    /// Every socket in `members`, on every node, leaves `room`.
+    pub async fn leave_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
+        self.ns()?
+            .within(members.name())
+            .leave(room.name())
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))
+    }
+
+    /// Sends `event` with an ack request to every socket of `room`; an empty
+    /// room is known at once.
+    pub async fn offer(
+        &self,
+        room: &Room,
+        event: &'static str,
+        payload: &serde_json::Value,
+        timer: Duration,
+    ) -> Result<OfferSent, BroadcastFailed> {
+        let ns = self.ns()?;
+        let recipients = ns
+            .clone()
+            .within(room.name())
+            .fetch_sockets()
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?
+            .len();
+        if recipients == 0 {
+            return Ok(OfferSent::nobody());
+        }
+        let acks = ns
+            .to(room.name())
+            .timeout(timer)
+            .emit_with_ack::<_, serde_json::Value>(event, payload)
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?;
+        metrics::emitted(event);
+        Ok(OfferSent::new(recipients, acks))
     }
 
     /// Counts local sockets by role and transport into the gauge.

@@ -1,29 +1,64 @@
-//! The HTTP surface on the Socket.IO port: probes and metrics (CONTRACT §5).
+//! The HTTP surface on the Socket.IO port (CONTRACT §5): probes, metrics,
+//! the resync endpoint for clients and the publish API for backends.
 
+mod api;
+mod errors;
+mod orders;
 mod probes;
 
 use std::sync::Arc;
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::engine::Health;
+use crate::{
+    auth::Verifier,
+    config::Secret,
+    engine::{Engine, Health},
+};
 
 /// Refreshes gauges that are counted rather than tracked (connected sockets)
 /// right before a scrape.
 pub type Census = Arc<dyn Fn() + Send + Sync>;
 
-#[derive(Clone)]
-pub struct HttpState {
+/// Largest publish API body: an order with a long item list fits easily.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub struct HttpState<E: Engine> {
     pub health: Health,
     pub prometheus: PrometheusHandle,
     pub census: Census,
+    pub engine: Arc<E>,
+    pub verifier: Arc<Verifier>,
+    pub api_key: Option<Secret>,
 }
 
-pub fn router(state: HttpState) -> Router {
+impl<E: Engine> Clone for HttpState<E> {
+    fn clone(&self) -> Self {
+        Self {
+            health: self.health.clone(),
+            prometheus: self.prometheus.clone(),
+            census: self.census.clone(),
+            engine: self.engine.clone(),
+            verifier: self.verifier.clone(),
+            api_key: self.api_key.clone(),
+        }
+    }
+}
+
+pub fn router<E: Engine>(state: HttpState<E>) -> Router {
     Router::new()
         .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics))
+        .route("/readyz", get(probes::readyz::<E>))
+        .route("/metrics", get(probes::metrics::<E>))
+        .route("/orders/active", get(orders::active::<E>))
+        .route("/api/events", post(api::publish::<E>))
+        .route("/api/outcomes", get(api::outcomes::<E>))
+        .route("/api/dead-letters", get(api::dead_letters::<E>))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

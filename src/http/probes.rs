@@ -7,7 +7,7 @@ use axum::{
 use serde_json::json;
 
 use super::HttpState;
-use crate::metrics;
+use crate::{engine::Engine, metrics};
 
 /// The process is up and serving HTTP.
 pub async fn healthz() -> impl IntoResponse {
@@ -15,7 +15,7 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready for traffic: store reachable, adapter subscribed, not shutting down.
-pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+pub async fn readyz<E: Engine>(State(state): State<HttpState<E>>) -> impl IntoResponse {
     let health = &state.health;
     let ready = health.ready();
     let status = if ready {
@@ -27,12 +27,13 @@ pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         "ready": ready,
         "store": health.store_up(),
         "adapter": health.adapter_ready(),
+        "consumer": health.consumer_running(),
         "draining": health.draining(),
     });
     (status, Json(body))
 }
 
-pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+pub async fn metrics<E: Engine>(State(state): State<HttpState<E>>) -> impl IntoResponse {
     (state.census)();
     metrics::set_health(state.health.ready(), state.health.store_up());
     (

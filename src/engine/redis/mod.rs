@@ -1,6 +1,10 @@
 //! The Redis engine: what every node of a cluster shares.
 
+mod locations;
+mod orders;
 mod pubsub;
+mod stream;
+mod values;
 
 use std::time::Duration;
 
@@ -13,7 +17,10 @@ use socketioxide_redis::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use locations::RedisLocations;
+pub use orders::RedisOrders;
 pub use pubsub::PubSubDriver;
+pub use stream::{RedisStream, StreamSettings};
 
 use super::{Engine, EngineError, Health};
 use crate::config::Secret;
@@ -25,30 +32,68 @@ pub struct RedisEngine {
     driver: PubSubDriver,
     channel_prefix: String,
     probe_channel: String,
+    stream: RedisStream,
+    orders: RedisOrders,
+    locations: RedisLocations,
+}
+
+/// What the Redis engine needs from the configuration.
+pub struct RedisSettings<'a> {
+    pub url: &'a Secret,
+    pub key_prefix: &'a str,
+    pub node_id: &'a str,
+    pub claim_idle: Duration,
+    pub max_deliveries: u32,
 }
 
 impl RedisEngine {
     /// Prepares the connections without dialing: a node starts (unready)
-    /// while Redis is still unreachable.
-    pub fn new(url: &Secret, key_prefix: &str, node_id: &str) -> Result<Self, EngineError> {
-        let info = url
+    /// while Redis is still unreachable. Must run inside the runtime.
+    pub fn new(settings: RedisSettings<'_>) -> Result<Self, EngineError> {
+        let info = settings
+            .url
             .expose()
             .into_connection_info()
             .map_err(|e| EngineError(format!("REDIS_URL: {:?}", e.kind())))?;
+        let resp2 = redis::Client::open(info.clone()).map_err(|e| EngineError(e.to_string()))?;
         // The adapter's pub/sub rides on RESP3 push messages, whatever the URL says.
         let redis_settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(|e| EngineError(e.to_string()))?;
-        let driver = PubSubDriver::new(client, connection_config())
+        let resp3 = redis::Client::open(info.set_redis_settings(redis_settings))
             .map_err(|e| EngineError(e.to_string()))?;
+        let driver = PubSubDriver::new(resp3, connection_config())
+            .map_err(|e| EngineError(e.to_string()))?;
+        let lazy = |config| {
+            redis::aio::ConnectionManager::new_lazy_with_config(resp2.clone(), config)
+                .map_err(|e| EngineError(e.to_string()))
+        };
+        let commands = lazy(connection_config())?;
+        // XREAD BLOCK needs its own connection and a response timeout above
+        // the block time: the default 500 ms would fail every blocking read.
+        let blocking =
+            lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?;
+        let prefix = settings.key_prefix;
+        let stream = RedisStream::new(
+            commands.clone(),
+            blocking,
+            driver.clone(),
+            StreamSettings {
+                prefix,
+                node: settings.node_id,
+                claim_idle: settings.claim_idle,
+                max_deliveries: settings.max_deliveries,
+            },
+        );
         Ok(Self {
             driver,
             // The stock `socket.io` prefix would collide with Node's adapter.
-            channel_prefix: format!("{key_prefix}sio"),
-            probe_channel: format!("{key_prefix}health#{node_id}#{}", std::process::id()),
+            channel_prefix: format!("{prefix}sio"),
+            probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
+            stream,
+            orders: RedisOrders::new(commands.clone(), prefix),
+            locations: RedisLocations::new(commands, prefix),
         })
     }
 }
@@ -66,6 +111,21 @@ fn connection_config() -> ConnectionManagerConfig {
 
 impl Engine for RedisEngine {
     type Adapter = CustomRedisAdapter<Emitter, PubSubDriver>;
+    type Stream = RedisStream;
+    type Orders = RedisOrders;
+    type Locations = RedisLocations;
+
+    fn stream(&self) -> &RedisStream {
+        &self.stream
+    }
+
+    fn orders(&self) -> &RedisOrders {
+        &self.orders
+    }
+
+    fn locations(&self) -> &RedisLocations {
+        &self.locations
+    }
 
     fn name(&self) -> &'static str {
         "redis"

@@ -1,0 +1,335 @@
+//! What each event does (CONTRACT §3): order state, room membership, emits,
+//! and offers whose outcomes go back to the backend (CONTRACT §4).
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    engine::{Engine, EventStream, LocationCache, OrderStore, StoreError},
+    events::{
+        AdminAlert, DeliveryRequest, DeliveryTarget, OrderAssigned, OrderCreated, OrderEvent,
+        OrderStatus, is_terminal, now_ms, rfc3339,
+    },
+    gateway::{BroadcastFailed, Gateway, OfferResult, OfferSent},
+    metrics,
+    orders::ActiveOrder,
+    outcome::{Outcome, OutcomeKind},
+    rooms::Room,
+};
+
+pub const STATUS_UPDATE: &str = "order:status_update";
+pub const NEW_ORDER: &str = "merchant:new_order";
+pub const DELIVERY_REQUEST: &str = "delivery:new_request";
+pub const ADMIN_ALERT: &str = "admin:alert";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broadcast(#[from] BroadcastFailed),
+}
+
+/// Waits for the outcomes of offers already sent and appends them; resolves
+/// to `false` when cancelled before every outcome was written.
+pub type OutcomesPending = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// What is left of an event once its emits are out.
+pub enum Effect {
+    Done,
+    /// Offers are out; the entry is complete once their outcomes are written.
+    Offers(OutcomesPending),
+}
+
+pub struct Dispatcher<E: Engine> {
+    engine: Arc<E>,
+    gateway: Gateway<E>,
+    node: String,
+    stop: CancellationToken,
+}
+
+impl<E: Engine> Dispatcher<E> {
+    pub fn new(engine: Arc<E>, gateway: Gateway<E>, node: String, stop: CancellationToken) -> Self {
+        Self {
+            engine,
+            gateway,
+            node,
+            stop,
+        }
+    }
+
+    /// Applies one event. Safe to repeat: a retried or redelivered event
+    /// emits again with the same `event_id`, which clients drop.
+    pub async fn handle(
+        &self,
+        event_id: &str,
+        event: &OrderEvent,
+    ) -> Result<Effect, DispatchError> {
+        match event {
+            OrderEvent::Created(e) => self.order_created(event_id, e).await,
+            OrderEvent::Status(e) => self.order_status(event_id, e).await.map(|()| Effect::Done),
+            OrderEvent::Assigned(e) => self.order_assigned(e).await.map(|()| Effect::Done),
+            OrderEvent::DeliveryRequest(e) => self.delivery_request(event_id, e).await,
+            OrderEvent::AdminAlert(e) => self.admin_alert(event_id, e).await.map(|()| Effect::Done),
+        }
+    }
+
+    async fn order_created(
+        &self,
+        event_id: &str,
+        e: &OrderCreated,
+    ) -> Result<Effect, DispatchError> {
+        let order = ActiveOrder::placed(&e.order_id, &e.customer_id, &e.store_id, now_ms());
+        // State first, then the join: a customer connecting meanwhile either
+        // reads the order at connect or is already in its customer room.
+        self.engine.orders().create(&order).await?;
+        self.gateway
+            .join_members(
+                &Room::Customer(e.customer_id.clone()),
+                &Room::order(&e.order_id),
+            )
+            .await?;
+        let timer = Duration::from_secs(u64::from(e.accept_timeout_s));
+        let payload = json!({
+            "event_id": event_id,
+            "order_id": e.order_id,
+            "store_id": e.store_id,
+            "items": e.items,
+            "timer": e.accept_timeout_s,
+        });
+        let room = Room::Merchant(e.store_id.clone());
+        let sent = self
+            .gateway
+            .offer(&room, NEW_ORDER, &payload, timer)
+            .await?;
+        Ok(Effect::Offers(self.outcomes(
+            event_id,
+            NEW_ORDER,
+            &e.order_id,
+            vec![(room.name(), sent)],
+            timer,
+        )))
+    }
+
+    async fn order_status(&self, event_id: &str, e: &OrderStatus) -> Result<(), DispatchError> {
+        let now = now_ms();
+        let order = self
+            .engine
+            .orders()
+            .set_status(&e.order_id, &e.status, now)
+            .await?;
+        let order_room = Room::order(&e.order_id);
+        let mut rooms = vec![order_room.name()];
+        if let Some(order) = &order {
+            rooms.push(Room::Customer(order.customer_id.clone()).name());
+            rooms.push(Room::Merchant(order.store_id.clone()).name());
+            if let Some(driver) = &order.driver_id {
+                rooms.push(Room::Driver(driver.clone()).name());
+            }
+        }
+        let timestamp = e.timestamp.clone().unwrap_or_else(|| rfc3339(now));
+        let payload = json!({
+            "event_id": event_id,
+            "order_id": e.order_id,
+            "status": e.status,
+            "timestamp": timestamp,
+        });
+        self.gateway.emit_to(rooms, STATUS_UPDATE, &payload).await?;
+        if is_terminal(&e.status) {
+            // Everyone leaves only after the terminal status reached them.
+            self.gateway.leave_members(&order_room, &order_room).await?;
+            self.engine.orders().end(&e.order_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn order_assigned(&self, e: &OrderAssigned) -> Result<(), DispatchError> {
+        let previous = self
+            .engine
+            .orders()
+            .get(&e.order_id)
+            .await?
+            .and_then(|o| o.driver_id);
+        self.engine
+            .orders()
+            .assign(&e.order_id, &e.driver_id, now_ms())
+            .await?;
+        let order_room = Room::order(&e.order_id);
+        if let Some(previous) = previous.filter(|p| *p != e.driver_id) {
+            self.gateway
+                .leave_members(&Room::Driver(previous), &order_room)
+                .await?;
+        }
+        self.gateway
+            .join_members(&Room::Driver(e.driver_id.clone()), &order_room)
+            .await?;
+        Ok(())
+    }
+
+    async fn delivery_request(
+        &self,
+        event_id: &str,
+        e: &DeliveryRequest,
+    ) -> Result<Effect, DispatchError> {
+        let timer = Duration::from_secs(u64::from(e.timer_s));
+        let drivers = match &e.target {
+            DeliveryTarget::Driver(driver) => vec![driver.clone()],
+            DeliveryTarget::Nearby {
+                radius_m,
+                max_drivers,
+            } => {
+                self.engine
+                    .locations()
+                    .nearby(e.pickup.lat, e.pickup.lng, *radius_m, *max_drivers as usize)
+                    .await?
+            }
+        };
+        if drivers.is_empty() {
+            // A geo request that finds no fresh driver: one outcome, at once.
+            return Ok(Effect::Offers(self.outcomes(
+                event_id,
+                DELIVERY_REQUEST,
+                &e.order_id,
+                vec![],
+                timer,
+            )));
+        }
+        let mut pickup = serde_json::Map::from_iter([
+            ("lat".to_owned(), json!(e.pickup.lat)),
+            ("lng".to_owned(), json!(e.pickup.lng)),
+        ]);
+        pickup.extend(e.pickup.extra.clone());
+        let payload = json!({
+            "event_id": event_id,
+            "order_id": e.order_id,
+            "pickup": pickup,
+            "drop": e.drop,
+            "fare": e.fare,
+            "timer": e.timer_s,
+        });
+        let mut offers = Vec::with_capacity(drivers.len());
+        for driver in drivers {
+            let room = Room::Driver(driver);
+            let sent = self
+                .gateway
+                .offer(&room, DELIVERY_REQUEST, &payload, timer)
+                .await?;
+            offers.push((room.name(), sent));
+        }
+        Ok(Effect::Offers(self.outcomes(
+            event_id,
+            DELIVERY_REQUEST,
+            &e.order_id,
+            offers,
+            timer,
+        )))
+    }
+
+    async fn admin_alert(&self, event_id: &str, e: &AdminAlert) -> Result<(), DispatchError> {
+        let mut payload = e.extra.clone();
+        payload.insert("event_id".into(), json!(event_id));
+        payload.insert("level".into(), json!(e.level));
+        payload.insert("message".into(), json!(e.message));
+        self.gateway
+            .emit_to(
+                vec![Room::AdminUpdates.name()],
+                ADMIN_ALERT,
+                &Value::Object(payload),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits for every offer's outcome (all share the event's timer) and
+    /// appends one outcome per offer; no offers at all means a geo request
+    /// that found nobody.
+    fn outcomes(
+        &self,
+        event_id: &str,
+        event: &'static str,
+        order_id: &str,
+        offers: Vec<(String, OfferSent)>,
+        timer: Duration,
+    ) -> OutcomesPending {
+        let stream = self.engine.clone();
+        let stop = self.stop.clone();
+        let base = Outcome {
+            event_id: event_id.to_owned(),
+            event,
+            order_id: order_id.to_owned(),
+            target: "geo".to_owned(),
+            outcome: OutcomeKind::NoRecipient,
+            response: None,
+            latency_ms: 0,
+            node: self.node.clone(),
+        };
+        Box::pin(async move {
+            let deadline = Instant::now() + timer;
+            let outcomes: Vec<Outcome> = if offers.is_empty() {
+                vec![base]
+            } else {
+                let waits = offers.into_iter().map(|(target, sent)| {
+                    let base = base.clone();
+                    async move {
+                        let sent_at = sent.sent_at;
+                        let (outcome, response) = match sent.outcome(deadline).await {
+                            OfferResult::Acked { response, .. } => {
+                                (OutcomeKind::Acked, Some(response))
+                            }
+                            OfferResult::Unanswered => (OutcomeKind::Timeout, None),
+                            OfferResult::Nobody => (OutcomeKind::NoRecipient, None),
+                        };
+                        Outcome {
+                            target,
+                            outcome,
+                            response,
+                            latency_ms: sent_at.elapsed().as_millis() as u64,
+                            ..base
+                        }
+                    }
+                });
+                tokio::select! {
+                    outcomes = join_all(waits) => outcomes,
+                    () = stop.cancelled() => return false,
+                }
+            };
+            for outcome in &outcomes {
+                if !append_outcome(stream.stream(), outcome, &stop).await {
+                    return false;
+                }
+                let latency = (outcome.outcome == OutcomeKind::Acked)
+                    .then(|| outcome.latency_ms as f64 / 1000.0);
+                metrics::ack_outcome(outcome.event, outcome.outcome, latency);
+            }
+            true
+        })
+    }
+}
+
+/// Appends with retries: an outcome that cannot be written keeps its stream
+/// entry pending, so it is redelivered rather than lost.
+async fn append_outcome<S: EventStream>(
+    stream: &S,
+    outcome: &Outcome,
+    stop: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match stream.append_outcome(outcome).await {
+            Ok(()) => return true,
+            Err(e) => {
+                metrics::store_error("append_outcome");
+                tracing::warn!(error = %e, event_id = %outcome.event_id, "outcome not written yet");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,85 @@
+//! The driver location cache in process: a map and a linear nearby scan,
+//! plenty for one development node.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use crate::{
+    engine::traits::{DriverLocation, LocationCache, StoreResult},
+    events::now_ms,
+};
+
+pub struct MemoryLocations {
+    drivers: Mutex<HashMap<String, DriverLocation>>,
+    ttl: Duration,
+}
+
+impl MemoryLocations {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            drivers: Mutex::default(),
+            ttl,
+        }
+    }
+
+    pub fn put(&self, driver_id: &str, location: DriverLocation) {
+        self.drivers().insert(driver_id.to_owned(), location);
+    }
+
+    fn drivers(&self) -> std::sync::MutexGuard<'_, HashMap<String, DriverLocation>> {
+        self.drivers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fresh(&self, location: &DriverLocation) -> bool {
+        now_ms().saturating_sub(location.ts) < self.ttl.as_millis() as u64
+    }
+}
+
+/// Great-circle distance in metres (the haversine formula Redis GEO uses).
+pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
+    const EARTH_RADIUS_M: f64 = 6_372_797.560_856;
+    let (phi1, phi2) = (lat1.to_radians(), lat2.to_radians());
+    let dphi = (lat2 - lat1).to_radians();
+    let dlambda = (lng2 - lng1).to_radians();
+    let a = (dphi / 2.0).sin().powi(2) + phi1.cos() * phi2.cos() * (dlambda / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_M * a.sqrt().asin()
+}
+
+impl LocationCache for MemoryLocations {
+    async fn latest(&self, driver_id: &str) -> StoreResult<Option<DriverLocation>> {
+        Ok(self
+            .drivers()
+            .get(driver_id)
+            .filter(|l| self.fresh(l))
+            .copied())
+    }
+
+    async fn nearby(
+        &self,
+        lat: f64,
+        lng: f64,
+        radius_m: f64,
+        max: usize,
+    ) -> StoreResult<Vec<String>> {
+        let mut found: Vec<(f64, String)> = self
+            .drivers()
+            .iter()
+            .filter(|(_, l)| self.fresh(l))
+            .map(|(id, l)| (distance_m(lat, lng, l.lat, l.lng), id.clone()))
+            .filter(|(d, _)| *d <= radius_m)
+            .collect();
+        found.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        Ok(found.into_iter().take(max).map(|(_, id)| id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance_matches_a_known_pair() {
+        // Bengaluru MG Road to Indiranagar 100ft Road: about 3.5 km.
+        let d = distance_m(12.9756, 77.6050, 12.9719, 77.6412);
+        assert!((3_800.0..4_100.0).contains(&d), "{d}");
+    }
+}

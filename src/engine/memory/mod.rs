@@ -1,0 +1,67 @@
+//! The memory engine: embedded single-node mode, for trying the relay out
+//! and for development. Nothing leaves the process.
+
+mod locations;
+mod orders;
+mod stream;
+
+use std::time::Duration;
+
+use socketioxide::adapter::LocalAdapter;
+use tokio_util::sync::CancellationToken;
+
+pub use locations::{MemoryLocations, distance_m};
+pub use orders::MemoryOrders;
+pub use stream::MemoryStream;
+
+use super::{Engine, EngineError, Health};
+
+pub struct MemoryEngine {
+    stream: MemoryStream,
+    orders: MemoryOrders,
+    locations: MemoryLocations,
+}
+
+impl MemoryEngine {
+    pub fn new(node_id: &str, location_ttl: Duration) -> Self {
+        Self {
+            stream: MemoryStream::new(node_id),
+            orders: MemoryOrders::default(),
+            locations: MemoryLocations::new(location_ttl),
+        }
+    }
+}
+
+impl Engine for MemoryEngine {
+    type Adapter = LocalAdapter;
+    type Stream = MemoryStream;
+    type Orders = MemoryOrders;
+    type Locations = MemoryLocations;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn adapter_state(&self) {}
+
+    fn stream(&self) -> &MemoryStream {
+        &self.stream
+    }
+
+    fn orders(&self) -> &MemoryOrders {
+        &self.orders
+    }
+
+    fn locations(&self) -> &MemoryLocations {
+        &self.locations
+    }
+
+    async fn finish_init((): ()) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn watch_health(&self, health: Health, shutdown: CancellationToken) {
+        health.set_store_up(true);
+        shutdown.cancelled().await;
+    }
+}

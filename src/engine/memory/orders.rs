@@ -1,0 +1,84 @@
+//! Active orders in process.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use crate::{
+    auth::{Principal, Role},
+    engine::traits::{OrderStore, StoreResult},
+    events::Timestamp,
+    orders::ActiveOrder,
+};
+
+#[derive(Default)]
+pub struct MemoryOrders {
+    orders: Mutex<HashMap<String, ActiveOrder>>,
+}
+
+impl MemoryOrders {
+    fn orders(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveOrder>> {
+        self.orders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl OrderStore for MemoryOrders {
+    async fn create(&self, order: &ActiveOrder) -> StoreResult<()> {
+        self.orders().insert(order.order_id.clone(), order.clone());
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        order_id: &str,
+        status: &str,
+        at: Timestamp,
+    ) -> StoreResult<Option<ActiveOrder>> {
+        Ok(self.orders().get_mut(order_id).map(|order| {
+            order.status = status.to_owned();
+            order.updated_at = at;
+            order.clone()
+        }))
+    }
+
+    async fn assign(
+        &self,
+        order_id: &str,
+        driver_id: &str,
+        at: Timestamp,
+    ) -> StoreResult<Option<ActiveOrder>> {
+        Ok(self.orders().get_mut(order_id).map(|order| {
+            order.driver_id = Some(driver_id.to_owned());
+            order.updated_at = at;
+            order.clone()
+        }))
+    }
+
+    async fn end(&self, order_id: &str) -> StoreResult<Option<ActiveOrder>> {
+        Ok(self.orders().remove(order_id))
+    }
+
+    async fn get(&self, order_id: &str) -> StoreResult<Option<ActiveOrder>> {
+        Ok(self.orders().get(order_id).cloned())
+    }
+
+    async fn active_for(&self, principal: &Principal) -> StoreResult<Vec<ActiveOrder>> {
+        let sub = principal.sub();
+        let mine = |o: &ActiveOrder| match principal.role() {
+            Role::Customer => o.customer_id == sub,
+            Role::Driver => o.driver_id.as_deref() == Some(sub),
+            Role::Merchant => principal.store_ids().contains(&o.store_id),
+            Role::Admin | Role::Support => false,
+        };
+        let mut orders: Vec<ActiveOrder> = self
+            .orders()
+            .values()
+            .filter(|o| mine(o))
+            .cloned()
+            .collect();
+        orders.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.order_id.cmp(&b.order_id))
+        });
+        Ok(orders)
+    }
+}

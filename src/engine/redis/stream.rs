@@ -1,0 +1,689 @@
+//! The event stream on Redis: one consumer group shared by every node, plus
+//! per-order sequencing so that an order's events are emitted in stream
+//! order whichever nodes read them (docs/design.md, "Ordering").
+//!
+//! Sequencing: the read script takes new entries with XREADGROUP and, in the
+//! same atomic step, appends each entry's id to its order's queue
+//! (`{prefix}seq:{order_id}`). Reads are atomic and in id order, so every
+//! queue is in stream order. An entry is emitted only when it is at the head
+//! of its queue; emitting pops it and wakes the node holding the next one
+//! through a pub/sub notice on `{prefix}seq`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use redis::{Script, Value, aio::ConnectionManager};
+use socketioxide_redis::drivers::Driver;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::PubSubDriver;
+use super::values::{bulk_string, field_map, int, parse_entries, parse_entry};
+use crate::{
+    engine::traits::{
+        Claimed, DeadLetter, EventStream, StoreError, StoreResult, StreamEntry, StreamStats,
+    },
+    events::{now_ms, sequence_key},
+    outcome::Outcome,
+};
+
+/// Dead letters and outcomes are the relay's own streams: capped, roughly.
+const DEAD_LETTERS_MAXLEN: usize = 10_000;
+const OUTCOMES_MAXLEN: usize = 100_000;
+/// A sequencing queue outlives any sane wait for its head.
+const QUEUE_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Longest XREAD BLOCK; the loop re-checks shutdown in between.
+const BLOCK: Duration = Duration::from_secs(2);
+/// Without a notice, an order's waiter re-checks its queue this often.
+const TURN_POLL: Duration = Duration::from_millis(200);
+/// After this long at the back of a queue, check the head is still alive.
+const STALE_HEAD_CHECK: Duration = Duration::from_secs(1);
+
+/// XREADGROUP of new entries and their registration in the order queues,
+/// as one atomic step. Returns {entries, last id of the stream}.
+const READ_SCRIPT: &str = r"
+local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+local entries = {}
+if res then entries = res[1][2] end
+for _, e in ipairs(entries) do
+  local f = e[2]
+  local data = nil
+  if f then
+    for i = 1, #f, 2 do if f[i] == 'data' then data = f[i + 1] end end
+  end
+  if data then
+    local ok, obj = pcall(cjson.decode, data)
+    if ok and type(obj) == 'table' and type(obj['order_id']) == 'string' and obj['order_id'] ~= '' then
+      local q = ARGV[4] .. obj['order_id']
+      redis.call('RPUSH', q, e[1])
+      redis.call('PEXPIRE', q, ARGV[5])
+    end
+  end
+end
+local last = '0-0'
+if #entries == 0 then
+  local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if tail[1] then last = tail[1][1] end
+end
+return {entries, last}
+";
+
+/// 1: the entry is at the head of its queue; 2: not queued (already
+/// emitted once, or never registered); 0: earlier entries first.
+const TURN_SCRIPT: &str = r"
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head then return {2, ''} end
+if head == ARGV[1] then return {1, head} end
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then return {2, head} end
+return {0, head}
+";
+
+/// Removes the entry from its queue and tells whoever waits on that order.
+const ADVANCE_SCRIPT: &str = r"
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
+  redis.call('LPOP', KEYS[1])
+else
+  redis.call('LREM', KEYS[1], 1, ARGV[1])
+end
+if redis.call('LLEN', KEYS[1]) > 0 then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return 1
+";
+
+/// Resets the idle time of entries this consumer still owns (never takes
+/// one another consumer has claimed meanwhile). ARGV[3] is the idle time
+/// to set: 0 keeps them, a large value hands them back.
+const TOUCH_SCRIPT: &str = r"
+local n = 0
+for i = 4, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+";
+
+pub struct RedisStream {
+    conn: ConnectionManager,
+    blocking: ConnectionManager,
+    keys: Keys,
+    node: String,
+    claim_idle: Duration,
+    max_deliveries: u32,
+    /// Last stream id seen by an empty read: XREAD BLOCK waits for newer ones.
+    last_seen: Mutex<String>,
+    waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    read: Script,
+    turn: Script,
+    advance: Script,
+    touch: Script,
+}
+
+struct Keys {
+    stream: String,
+    group: String,
+    dead: String,
+    outcomes: String,
+    seq_prefix: String,
+    seq_channel: String,
+}
+
+pub struct StreamSettings<'a> {
+    pub prefix: &'a str,
+    pub node: &'a str,
+    pub claim_idle: Duration,
+    pub max_deliveries: u32,
+}
+
+impl RedisStream {
+    pub fn new(
+        conn: ConnectionManager,
+        blocking: ConnectionManager,
+        driver: PubSubDriver,
+        settings: StreamSettings<'_>,
+    ) -> Self {
+        let prefix = settings.prefix;
+        let keys = Keys {
+            stream: format!("{prefix}events"),
+            group: format!("{prefix}relay"),
+            dead: format!("{prefix}events:dead"),
+            outcomes: format!("{prefix}outcomes"),
+            seq_prefix: format!("{prefix}seq:"),
+            seq_channel: format!("{prefix}seq"),
+        };
+        let waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
+        tokio::spawn(forward_notices(
+            driver,
+            keys.seq_channel.clone(),
+            waiters.clone(),
+        ));
+        Self {
+            conn,
+            blocking,
+            keys,
+            node: settings.node.to_owned(),
+            claim_idle: settings.claim_idle,
+            max_deliveries: settings.max_deliveries,
+            last_seen: Mutex::new("0-0".to_owned()),
+            waiters,
+            read: Script::new(READ_SCRIPT),
+            turn: Script::new(TURN_SCRIPT),
+            advance: Script::new(ADVANCE_SCRIPT),
+            touch: Script::new(TOUCH_SCRIPT),
+        }
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn read_once(&self, count: usize) -> redis::RedisResult<Vec<StreamEntry>> {
+        let reply: Value = self
+            .read
+            .key(&self.keys.stream)
+            .arg(&self.keys.group)
+            .arg(&self.node)
+            .arg(count.max(1))
+            .arg(&self.keys.seq_prefix)
+            .arg(QUEUE_TTL_MS)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let Value::Array(mut parts) = reply else {
+            return Ok(Vec::new());
+        };
+        let last = parts.pop().and_then(bulk_string);
+        let entries = parts.pop().map(parse_entries).unwrap_or_default();
+        if let Some(last) = last
+            && entries.is_empty()
+        {
+            *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = last;
+        }
+        Ok(entries)
+    }
+
+    async fn touch(&self, ids: &[String], idle_ms: u64) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.touch.key(&self.keys.stream);
+        invocation
+            .arg(&self.keys.group)
+            .arg(&self.node)
+            .arg(idle_ms);
+        for id in ids {
+            invocation.arg(id);
+        }
+        let _: i64 = invocation.invoke_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// A head whose entry is no longer pending (acked by a path that did not
+    /// advance, or trimmed from the stream) would block its order forever.
+    async fn drop_dead_head(&self, order: &str, head: &str) -> StoreResult<()> {
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&self.keys.stream)
+            .arg(&self.keys.group)
+            .arg(head)
+            .arg(head)
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        let still_pending = matches!(&pending, Value::Array(items) if !items.is_empty());
+        if !still_pending {
+            tracing::warn!(order, head, "sequencing queue head is not pending: dropped");
+            self.advance(order, head).await?;
+        }
+        Ok(())
+    }
+
+    fn waiter(&self, order: &str) -> Arc<Notify> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(order.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn forget_waiter(&self, order: &str) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(order);
+    }
+}
+
+/// Wakes the local waiter of an order when another node emits its predecessor.
+async fn forward_notices(
+    driver: PubSubDriver,
+    channel: String,
+    waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+) {
+    loop {
+        match driver.subscribe(channel.clone(), 1024).await {
+            Ok(mut notices) => {
+                while let Some((_, order)) = notices.next().await {
+                    let order = String::from_utf8_lossy(&order);
+                    let waiter = waiters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(order.as_ref())
+                        .cloned();
+                    if let Some(waiter) = waiter {
+                        waiter.notify_one();
+                    }
+                }
+                return;
+            }
+            // Redis not there yet: waiters fall back to polling meanwhile.
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.to_string().contains("NOGROUP")
+}
+
+impl EventStream for RedisStream {
+    async fn prepare(&self) -> StoreResult<()> {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.keys.stream)
+            .arg(&self.keys.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn())
+            .await;
+        match created {
+            Ok(()) => {
+                tracing::info!(stream = %self.keys.stream, group = %self.keys.group, "consumer group created");
+                Ok(())
+            }
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn own_pending(&self, count: usize) -> StoreResult<Vec<StreamEntry>> {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.keys.group)
+            .arg(&self.node)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&self.keys.stream)
+            .arg("0")
+            .query_async(&mut self.conn())
+            .await?;
+        // [[stream, [entries]]]
+        let entries = match reply {
+            Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
+                Value::Array(mut pair) if pair.len() == 2 => parse_entries(pair.swap_remove(1)),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        Ok(entries)
+    }
+
+    async fn read_new(&self, count: usize) -> StoreResult<Vec<StreamEntry>> {
+        match self.read_once(count).await {
+            Ok(entries) => Ok(entries),
+            Err(e) if is_nogroup(&e) => {
+                tracing::warn!("consumer group missing (stream deleted?): re-creating it");
+                self.prepare().await?;
+                Ok(self.read_once(count).await?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn wait_new(&self, timeout: Duration) -> StoreResult<()> {
+        let after = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let block = timeout.min(BLOCK);
+        let _: Value = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&self.keys.stream)
+            .arg(after)
+            .query_async(&mut self.blocking.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_stale(&self, in_flight: &[String]) -> StoreResult<Claimed> {
+        let idle_ms = self.claim_idle.as_millis() as u64;
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(&self.keys.stream)
+            .arg(&self.keys.group)
+            .arg("IDLE")
+            .arg(idle_ms)
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .query_async(&mut self.conn())
+            .await?;
+        let Value::Array(rows) = pending else {
+            return Ok(Claimed::default());
+        };
+        let mut claim = Vec::new();
+        let mut claimed = Claimed::default();
+        for row in rows {
+            let Value::Array(mut cols) = row else {
+                continue;
+            };
+            if cols.len() < 4 {
+                continue;
+            }
+            let deliveries = int(&cols[3]).unwrap_or(0);
+            let Some(id) = bulk_string(cols.swap_remove(0)) else {
+                continue;
+            };
+            if in_flight.contains(&id) {
+                continue;
+            }
+            if deliveries >= i64::from(self.max_deliveries) {
+                let range: Value = redis::cmd("XRANGE")
+                    .arg(&self.keys.stream)
+                    .arg(&id)
+                    .arg(&id)
+                    .query_async(&mut self.conn())
+                    .await?;
+                let entry = parse_entries(range)
+                    .into_iter()
+                    .next()
+                    .unwrap_or(StreamEntry {
+                        id: id.clone(),
+                        kind: None,
+                        data: None,
+                    });
+                self.dead_letter(
+                    &entry,
+                    &format!("max_deliveries: delivered {deliveries} times"),
+                )
+                .await?;
+                claimed.dead_lettered += 1;
+            } else {
+                claim.push(id);
+            }
+        }
+        if !claim.is_empty() {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(&self.keys.stream)
+                .arg(&self.keys.group)
+                .arg(&self.node)
+                .arg(idle_ms)
+                .arg(&claim);
+            let reply: Value = cmd.query_async(&mut self.conn()).await?;
+            claimed.entries = parse_entries(reply);
+        }
+        Ok(claimed)
+    }
+
+    async fn keep_alive(&self, ids: &[String]) -> StoreResult<()> {
+        self.touch(ids, 0).await
+    }
+
+    async fn hand_back(&self, ids: &[String]) -> StoreResult<()> {
+        // Idle "for a day": the next claim round of any node takes them.
+        self.touch(ids, 86_400_000).await
+    }
+
+    async fn wait_turn(
+        &self,
+        order: &str,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> StoreResult<()> {
+        let queue = format!("{}{order}", self.keys.seq_prefix);
+        let waiter = self.waiter(order);
+        let started = tokio::time::Instant::now();
+        let mut next_stale_check = started + STALE_HEAD_CHECK;
+        let result = loop {
+            let notified = waiter.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (state, head): (i64, String) = match self
+                .turn
+                .key(&queue)
+                .arg(id)
+                .invoke_async(&mut self.conn())
+                .await
+            {
+                Ok(reply) => reply,
+                Err(e) => break Err(e.into()),
+            };
+            if state != 0 {
+                break Ok(());
+            }
+            if tokio::time::Instant::now() >= next_stale_check {
+                if let Err(e) = self.drop_dead_head(order, &head).await {
+                    break Err(e);
+                }
+                next_stale_check = tokio::time::Instant::now() + STALE_HEAD_CHECK;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break Err(StoreError("shutting down".into())),
+                () = notified => {}
+                () = tokio::time::sleep(TURN_POLL) => {}
+            }
+        };
+        self.forget_waiter(order);
+        let waited = started.elapsed();
+        if waited > Duration::from_millis(100) {
+            tracing::debug!(order, id, ?waited, "waited for earlier events of the order");
+        }
+        result
+    }
+
+    async fn advance(&self, order: &str, id: &str) -> StoreResult<()> {
+        let _: i64 = self
+            .advance
+            .key(format!("{}{order}", self.keys.seq_prefix))
+            .arg(id)
+            .arg(&self.keys.seq_channel)
+            .arg(order)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn ack(&self, id: &str) -> StoreResult<()> {
+        let _: i64 = redis::cmd("XACK")
+            .arg(&self.keys.stream)
+            .arg(&self.keys.group)
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, entry: &StreamEntry, reason: &str) -> StoreResult<()> {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.dead)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(DEAD_LETTERS_MAXLEN)
+            .arg("*")
+            .arg("id")
+            .arg(&entry.id);
+        if let Some(kind) = &entry.kind {
+            xadd.arg("type").arg(kind);
+        }
+        if let Some(data) = &entry.data {
+            xadd.arg("data").arg(data);
+        }
+        xadd.arg("reason").arg(reason).arg("node").arg(&self.node);
+        let mut xack = redis::cmd("XACK");
+        xack.arg(&self.keys.stream)
+            .arg(&self.keys.group)
+            .arg(&entry.id);
+        let _: Value = redis::pipe()
+            .atomic()
+            .add_command(xadd)
+            .add_command(xack)
+            .query_async(&mut self.conn())
+            .await?;
+        if let Some(order) = sequence_key(entry.data.as_deref()) {
+            self.advance(&order, &entry.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn append(&self, kind: &str, data: &str) -> StoreResult<String> {
+        let id: String = redis::cmd("XADD")
+            .arg(&self.keys.stream)
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("data")
+            .arg(data)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(id)
+    }
+
+    async fn append_outcome(&self, outcome: &Outcome) -> StoreResult<()> {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.outcomes)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(OUTCOMES_MAXLEN)
+            .arg("*");
+        for (field, value) in outcome.fields() {
+            xadd.arg(field).arg(value);
+        }
+        let _: String = xadd.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> StoreResult<StreamStats> {
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.keys.stream)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut stats = StreamStats::default();
+        if let Value::Array(groups) = groups {
+            for group in groups {
+                let fields = field_map(group);
+                if fields
+                    .get("name")
+                    .and_then(|v| bulk_string(v.clone()))
+                    .as_deref()
+                    != Some(self.keys.group.as_str())
+                {
+                    continue;
+                }
+                stats.lag = fields.get("lag").and_then(int).map(|v| v.max(0) as u64);
+                stats.pending = fields.get("pending").and_then(int).unwrap_or(0).max(0) as u64;
+            }
+        }
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(&self.keys.stream)
+            .arg(&self.keys.group)
+            .query_async(&mut self.conn())
+            .await?;
+        if let Value::Array(mut parts) = summary
+            && parts.len() >= 2
+            && let Some(oldest) = bulk_string(parts.swap_remove(1))
+            && let Some(ms) = oldest
+                .split('-')
+                .next()
+                .and_then(|ms| ms.parse::<u64>().ok())
+        {
+            stats.oldest_pending = Some(Duration::from_millis(now_ms().saturating_sub(ms)));
+        }
+        Ok(stats)
+    }
+
+    async fn recent_outcomes(
+        &self,
+        limit: usize,
+    ) -> StoreResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&self.keys.outcomes)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        let Value::Array(rows) = reply else {
+            return Ok(Vec::new());
+        };
+        let mut outcomes: Vec<_> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let Value::Array(mut pair) = row else {
+                    return None;
+                };
+                let fields = field_map(pair.pop()?);
+                let mut out = serde_json::Map::new();
+                for (k, v) in fields {
+                    let v = bulk_string(v).unwrap_or_default();
+                    let v = match k.as_str() {
+                        "response" => {
+                            serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v))
+                        }
+                        "latency_ms" => v
+                            .parse::<u64>()
+                            .map(Into::into)
+                            .unwrap_or(serde_json::Value::String(v)),
+                        _ => serde_json::Value::String(v),
+                    };
+                    out.insert(k, v);
+                }
+                Some(out)
+            })
+            .collect();
+        outcomes.reverse();
+        Ok(outcomes)
+    }
+
+    async fn recent_dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&self.keys.dead)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        let Value::Array(rows) = reply else {
+            return Ok(Vec::new());
+        };
+        let mut dead: Vec<_> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let (_, mut fields) = parse_entry(row)?;
+                let mut take = |k: &str| fields.remove(k).and_then(bulk_string);
+                Some(DeadLetter {
+                    id: take("id").unwrap_or_default(),
+                    kind: take("type"),
+                    data: take("data"),
+                    reason: take("reason").unwrap_or_default(),
+                    node: take("node").unwrap_or_default(),
+                })
+            })
+            .collect();
+        dead.reverse();
+        Ok(dead)
+    }
+}

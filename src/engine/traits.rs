@@ -1,0 +1,188 @@
+//! What an engine stores and streams, independent of where.
+
+use std::{future::Future, time::Duration};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{auth::Principal, events::Timestamp, orders::ActiveOrder, outcome::Outcome};
+
+/// Any failure of the backing store; the caller retries or reports 503.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One entry of the event stream, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub kind: Option<String>,
+    pub data: Option<String>,
+}
+
+/// A dead-lettered entry, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub data: Option<String>,
+    pub reason: String,
+    pub node: String,
+}
+
+/// Entries of stopped consumers, taken over by this one.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub entries: Vec<StreamEntry>,
+    /// Entries that were delivered too often and went to the dead letters.
+    pub dead_lettered: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StreamStats {
+    /// Entries not yet delivered to any consumer (None when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered but not yet acknowledged.
+    pub pending: u64,
+    /// Age of the oldest pending entry, from its id's timestamp.
+    pub oldest_pending: Option<Duration>,
+}
+
+/// The backend's event stream and one consumer's view of the group.
+pub trait EventStream: Send + Sync + 'static {
+    /// Creates the consumer group from id 0 (and the stream) if needed.
+    fn prepare(&self) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// This consumer's own pending entries, oldest first (after a restart).
+    fn own_pending(
+        &self,
+        count: usize,
+    ) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
+
+    /// Undelivered entries, without blocking; each is registered for
+    /// per-order sequencing in the same step.
+    fn read_new(&self, count: usize) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
+
+    /// Returns when new entries may be there, or after `timeout`.
+    fn wait_new(&self, timeout: Duration) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Takes over entries idle longer than the claim time; entries delivered
+    /// `max_deliveries` times go to the dead letters instead.
+    fn claim_stale(
+        &self,
+        in_flight: &[String],
+    ) -> impl Future<Output = StoreResult<Claimed>> + Send;
+
+    /// Keeps entries this consumer is working on from being claimed.
+    fn keep_alive(&self, ids: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Makes entries claimable by other consumers at once (shutdown).
+    fn hand_back(&self, ids: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Waits until every earlier entry of `order` has been emitted.
+    fn wait_turn(
+        &self,
+        order: &str,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Marks `id` emitted: the next entry of `order` may go.
+    fn advance(&self, order: &str, id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
+    fn ack(&self, id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Copies the entry to the dead letters, releases its order and acks it.
+    fn dead_letter(
+        &self,
+        entry: &StreamEntry,
+        reason: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Appends an event, as the backend's XADD does; returns its id.
+    fn append(&self, kind: &str, data: &str) -> impl Future<Output = StoreResult<String>> + Send;
+
+    fn append_outcome(&self, outcome: &Outcome) -> impl Future<Output = StoreResult<()>> + Send;
+
+    fn stats(&self) -> impl Future<Output = StoreResult<StreamStats>> + Send;
+
+    /// The most recent outcomes and dead letters, newest last (operations API).
+    fn recent_outcomes(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<serde_json::Map<String, serde_json::Value>>>> + Send;
+    fn recent_dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<DeadLetter>>> + Send;
+}
+
+/// Active orders, indexed by customer, store and driver.
+pub trait OrderStore: Send + Sync + 'static {
+    fn create(&self, order: &ActiveOrder) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Sets the status; None when the order is not active.
+    fn set_status(
+        &self,
+        order_id: &str,
+        status: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    /// Records the driver (replacing an earlier one); None when not active.
+    fn assign(
+        &self,
+        order_id: &str,
+        driver_id: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    /// Forgets the order; returns it as it was.
+    fn end(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    fn get(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    /// The principal's active orders: a customer's, a merchant's stores', a
+    /// driver's; none for admin and support.
+    fn active_for(
+        &self,
+        principal: &Principal,
+    ) -> impl Future<Output = StoreResult<Vec<ActiveOrder>>> + Send;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DriverLocation {
+    pub lat: f64,
+    pub lng: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    pub ts: Timestamp,
+}
+
+/// Where drivers are, as fresh as `RELAY_LOCATION_TTL_S` allows.
+pub trait LocationCache: Send + Sync + 'static {
+    fn latest(
+        &self,
+        driver_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<DriverLocation>>> + Send;
+
+    /// Drivers with a fresh location within `radius_m`, nearest first.
+    fn nearby(
+        &self,
+        lat: f64,
+        lng: f64,
+        radius_m: f64,
+        max: usize,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+}

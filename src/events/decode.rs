@@ -1,0 +1,346 @@
+//! Stream entry -> [`OrderEvent`], with a bounded reason for every refusal.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{
+    AdminAlert, DeliveryRequest, DeliveryTarget, EventKind, GeoPoint, OrderAssigned, OrderCreated,
+    OrderEvent, OrderStatus, time::is_rfc3339,
+};
+
+/// Why an entry cannot be handled. `reason` is the metric label and the
+/// dead letter's `reason` prefix; `detail` tells a human what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct DecodeError {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl DecodeError {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+pub const DECODE_REASONS: [&str; 6] = [
+    "missing_type",
+    "unknown_type",
+    "missing_data",
+    "bad_json",
+    "missing_field",
+    "invalid_field",
+];
+
+const MAX_ID_LEN: usize = 128;
+
+/// Decodes the `type` and `data` fields of a stream entry (or of a publish
+/// API body; both go through here so they accept exactly the same events).
+pub fn decode(kind: Option<&str>, data: Option<&str>) -> Result<OrderEvent, DecodeError> {
+    let kind = kind.ok_or_else(|| DecodeError::new("missing_type", "entry has no `type` field"))?;
+    let kind = EventKind::parse(kind)
+        .ok_or_else(|| DecodeError::new("unknown_type", format!("unknown event type `{kind}`")))?;
+    let data = data.ok_or_else(|| DecodeError::new("missing_data", "entry has no `data` field"))?;
+    let value: Value = serde_json::from_str(data)
+        .map_err(|e| DecodeError::new("bad_json", format!("`data` is not JSON: {e}")))?;
+    decode_value(kind, value)
+}
+
+pub fn decode_value(kind: EventKind, value: Value) -> Result<OrderEvent, DecodeError> {
+    if !value.is_object() {
+        return Err(DecodeError::new(
+            "invalid_field",
+            "`data` must be a JSON object",
+        ));
+    }
+    let event = match kind {
+        EventKind::OrderCreated => {
+            let e: OrderCreated = fields(value)?;
+            ids(&[
+                ("order_id", &e.order_id),
+                ("customer_id", &e.customer_id),
+                ("store_id", &e.store_id),
+            ])?;
+            range("accept_timeout_s", e.accept_timeout_s, 1, 3600)?;
+            OrderEvent::Created(e)
+        }
+        EventKind::OrderStatus => {
+            let e: OrderStatus = fields(value)?;
+            ids(&[("order_id", &e.order_id), ("status", &e.status)])?;
+            if let Some(ts) = &e.timestamp
+                && !is_rfc3339(ts)
+            {
+                return Err(DecodeError::new(
+                    "invalid_field",
+                    "`timestamp` must be RFC 3339",
+                ));
+            }
+            OrderEvent::Status(e)
+        }
+        EventKind::OrderAssigned => {
+            let e: OrderAssigned = fields(value)?;
+            ids(&[("order_id", &e.order_id), ("driver_id", &e.driver_id)])?;
+            OrderEvent::Assigned(e)
+        }
+        EventKind::DeliveryRequest => OrderEvent::DeliveryRequest(delivery_request(value)?),
+        EventKind::AdminAlert => {
+            let e: AdminAlert = fields(value)?;
+            ids(&[("level", &e.level)])?;
+            OrderEvent::AdminAlert(e)
+        }
+    };
+    Ok(event)
+}
+
+/// The order an entry belongs to, for per-order sequencing: the `order_id`
+/// string of a JSON object `data`, whatever the type. The stream read script
+/// applies the same rule (see `engine/redis/stream.rs`).
+pub fn sequence_key(data: Option<&str>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Keyed {
+        order_id: Option<Value>,
+    }
+    let keyed: Keyed = serde_json::from_str(data?).ok()?;
+    match keyed.order_id? {
+        Value::String(id) if !id.is_empty() => Some(id),
+        _ => None,
+    }
+}
+
+fn fields<T: DeserializeOwned>(value: Value) -> Result<T, DecodeError> {
+    serde_json::from_value(value).map_err(|e| {
+        let detail = e.to_string();
+        let reason = if detail.starts_with("missing field") {
+            "missing_field"
+        } else {
+            "invalid_field"
+        };
+        DecodeError::new(reason, detail)
+    })
+}
+
+fn ids(values: &[(&str, &str)]) -> Result<(), DecodeError> {
+    for (name, value) in values {
+        if value.is_empty() || value.len() > MAX_ID_LEN {
+            return Err(DecodeError::new(
+                "invalid_field",
+                format!("`{name}` must be a non-empty string of at most {MAX_ID_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn range<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<(), DecodeError> {
+    if v < min || v > max {
+        return Err(DecodeError::new(
+            "invalid_field",
+            format!("`{name}` must be between {min} and {max}"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct RawDeliveryRequest {
+    order_id: String,
+    pickup: GeoPoint,
+    drop: Value,
+    fare: Value,
+    driver_id: Option<String>,
+    radius_m: Option<f64>,
+    max_drivers: Option<u32>,
+    timer_s: Option<u32>,
+}
+
+fn delivery_request(value: Value) -> Result<DeliveryRequest, DecodeError> {
+    let raw: RawDeliveryRequest = fields(value)?;
+    ids(&[("order_id", &raw.order_id)])?;
+    let p = &raw.pickup;
+    if !(p.lat.is_finite()
+        && (-90.0..=90.0).contains(&p.lat)
+        && p.lng.is_finite()
+        && (-180.0..=180.0).contains(&p.lng))
+    {
+        return Err(DecodeError::new(
+            "invalid_field",
+            "`pickup` needs lat in [-90, 90] and lng in [-180, 180]",
+        ));
+    }
+    if !raw.drop.is_object() {
+        return Err(DecodeError::new(
+            "invalid_field",
+            "`drop` must be an object",
+        ));
+    }
+    if !raw.fare.is_number() {
+        return Err(DecodeError::new("invalid_field", "`fare` must be a number"));
+    }
+    let target = match (raw.driver_id, raw.radius_m) {
+        (Some(driver), None) => {
+            ids(&[("driver_id", &driver)])?;
+            DeliveryTarget::Driver(driver)
+        }
+        (None, Some(radius_m)) => {
+            if !(radius_m.is_finite() && radius_m > 0.0 && radius_m <= 100_000.0) {
+                return Err(DecodeError::new(
+                    "invalid_field",
+                    "`radius_m` must be in (0, 100000]",
+                ));
+            }
+            let max_drivers = raw.max_drivers.unwrap_or(10);
+            range("max_drivers", max_drivers, 1, 100)?;
+            DeliveryTarget::Nearby {
+                radius_m,
+                max_drivers,
+            }
+        }
+        (Some(_), Some(_)) => {
+            return Err(DecodeError::new(
+                "invalid_field",
+                "give either `driver_id` or `radius_m`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(DecodeError::new(
+                "missing_field",
+                "missing field `driver_id` or `radius_m`",
+            ));
+        }
+    };
+    let timer_s = raw.timer_s.unwrap_or(30);
+    range("timer_s", timer_s, 1, 600)?;
+    Ok(DeliveryRequest {
+        order_id: raw.order_id,
+        pickup: raw.pickup,
+        drop: raw.drop,
+        fare: raw.fare,
+        target,
+        timer_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(kind: Option<&str>, data: Option<&str>) -> &'static str {
+        decode(kind, data).expect_err("must fail").reason
+    }
+
+    #[test]
+    fn decodes_every_kind() {
+        let created = decode(
+            Some("order.created"),
+            Some(r#"{"order_id":"o1","customer_id":"c1","store_id":"s1","items":[{"sku":"x"}]}"#),
+        )
+        .expect("created");
+        assert!(matches!(
+            created,
+            OrderEvent::Created(OrderCreated {
+                accept_timeout_s: 60,
+                ..
+            })
+        ));
+        let status = decode(
+            Some("order.status"),
+            Some(r#"{"order_id":"o1","status":"preparing"}"#),
+        )
+        .expect("status");
+        assert_eq!(status.order_id(), Some("o1"));
+        decode(
+            Some("order.assigned"),
+            Some(r#"{"order_id":"o1","driver_id":"d1"}"#),
+        )
+        .expect("assigned");
+        let geo = decode(
+            Some("delivery.request"),
+            Some(r#"{"order_id":"o1","pickup":{"lat":12.9,"lng":77.5,"name":"Store"},"drop":{"lat":1,"lng":2},"fare":50,"radius_m":3000}"#),
+        )
+        .expect("geo request");
+        let OrderEvent::DeliveryRequest(geo) = geo else {
+            panic!("kind")
+        };
+        assert_eq!(
+            geo.target,
+            DeliveryTarget::Nearby {
+                radius_m: 3000.0,
+                max_drivers: 10
+            }
+        );
+        assert_eq!(geo.timer_s, 30);
+        assert_eq!(geo.pickup.extra["name"], "Store");
+        let alert = decode(
+            Some("admin.alert"),
+            Some(r#"{"level":"warn","message":"m","zone":"north"}"#),
+        )
+        .expect("alert");
+        let OrderEvent::AdminAlert(alert) = alert else {
+            panic!("kind")
+        };
+        assert_eq!(alert.extra["zone"], "north");
+    }
+
+    #[test]
+    fn refuses_malformed_entries_with_a_reason() {
+        assert_eq!(reason(None, Some("{}")), "missing_type");
+        assert_eq!(reason(Some("order.exploded"), Some("{}")), "unknown_type");
+        assert_eq!(reason(Some("order.status"), None), "missing_data");
+        assert_eq!(reason(Some("order.status"), Some("{nope")), "bad_json");
+        assert_eq!(
+            reason(Some("order.status"), Some(r#"{"order_id":"o1"}"#)),
+            "missing_field"
+        );
+        assert_eq!(
+            reason(Some("order.status"), Some(r#"{"order_id":7,"status":"x"}"#)),
+            "invalid_field"
+        );
+        assert_eq!(
+            reason(
+                Some("order.status"),
+                Some(r#"{"order_id":"o1","status":""}"#)
+            ),
+            "invalid_field"
+        );
+        assert_eq!(
+            reason(
+                Some("order.status"),
+                Some(r#"{"order_id":"o1","status":"x","timestamp":"noon"}"#)
+            ),
+            "invalid_field"
+        );
+        assert_eq!(reason(Some("order.status"), Some("[1,2]")), "invalid_field");
+        let no_target = r#"{"order_id":"o1","pickup":{"lat":1,"lng":2},"drop":{},"fare":1}"#;
+        assert_eq!(
+            reason(Some("delivery.request"), Some(no_target)),
+            "missing_field"
+        );
+        let bad_pickup =
+            r#"{"order_id":"o1","pickup":{"lat":91,"lng":2},"drop":{},"fare":1,"driver_id":"d"}"#;
+        assert_eq!(
+            reason(Some("delivery.request"), Some(bad_pickup)),
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn sequence_key_is_the_order_id_string() {
+        assert_eq!(
+            sequence_key(Some(r#"{"order_id":"o1","x":1}"#)).as_deref(),
+            Some("o1")
+        );
+        assert_eq!(sequence_key(Some(r#"{"order_id":5}"#)), None);
+        assert_eq!(sequence_key(Some(r#"{"level":"x"}"#)), None);
+        assert_eq!(sequence_key(Some("nope")), None);
+        assert_eq!(sequence_key(None), None);
+    }
+}

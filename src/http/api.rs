@@ -1,0 +1,125 @@
+//! The server API for backends: `POST /api/events` (the way in for
+//! embedded mode, and a checked alternative to XADD), plus read access to
+//! recent outcomes and dead letters. All behind `RELAY_API_KEY`.
+
+use axum::{
+    Json,
+    extract::{Query, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::{
+    HttpState,
+    errors::{ApiError, bearer},
+};
+use crate::{
+    engine::{Engine, EventStream},
+    events::{EventKind, decode_value},
+    metrics,
+};
+
+#[derive(Deserialize)]
+pub struct PublishBody {
+    #[serde(rename = "type")]
+    kind: String,
+    data: Value,
+}
+
+/// 404 when the API is off, 401 for a wrong or missing key. The comparison
+/// takes the same time wherever the keys differ.
+fn authorize<E: Engine>(state: &HttpState<E>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.api_key else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "the publish API is off (RELAY_API_KEY is not set)",
+        ));
+    };
+    let given = bearer(headers).unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(key.expose().as_bytes())) {
+        Ok(())
+    } else {
+        metrics::publish_rejected("unauthorized");
+        Err(ApiError::unauthorized("wrong or missing API key"))
+    }
+}
+
+pub async fn publish<E: Engine>(
+    State(state): State<HttpState<E>>,
+    headers: HeaderMap,
+    body: Result<Json<PublishBody>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    authorize(&state, &headers)?;
+    let Json(body) = body.map_err(|e| {
+        metrics::publish_rejected("bad_body");
+        ApiError::bad_request(format!(
+            "body must be {{\"type\": ..., \"data\": {{...}}}}: {}",
+            e.body_text()
+        ))
+    })?;
+    let kind = EventKind::parse(&body.kind).ok_or_else(|| {
+        metrics::publish_rejected("unknown_type");
+        ApiError::bad_request(format!("unknown event type `{}`", body.kind))
+    })?;
+    let data = body.data.to_string();
+    decode_value(kind, body.data).map_err(|e| {
+        metrics::publish_rejected("invalid_event");
+        ApiError::bad_request(e.to_string())
+    })?;
+    let event_id = state
+        .engine
+        .stream()
+        .append(kind.as_str(), &data)
+        .await
+        .map_err(|e| {
+            metrics::publish_rejected("store_unavailable");
+            metrics::store_error("append");
+            ApiError::unavailable(format!("event not stored: {e}"))
+        })?;
+    metrics::event_published(kind);
+    Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))))
+}
+
+#[derive(Deserialize)]
+pub struct Recent {
+    limit: Option<usize>,
+}
+
+impl Recent {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(100).clamp(1, 1000)
+    }
+}
+
+pub async fn outcomes<E: Engine>(
+    State(state): State<HttpState<E>>,
+    headers: HeaderMap,
+    Query(recent): Query<Recent>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let outcomes = state
+        .engine
+        .stream()
+        .recent_outcomes(recent.limit())
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({ "outcomes": outcomes })))
+}
+
+pub async fn dead_letters<E: Engine>(
+    State(state): State<HttpState<E>>,
+    headers: HeaderMap,
+    Query(recent): Query<Recent>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let dead = state
+        .engine
+        .stream()
+        .recent_dead_letters(recent.limit())
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(json!({ "dead_letters": dead })))
+}
