@@ -3,7 +3,7 @@
 //! stopped nodes, and acknowledges an entry only once its effect is done.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -37,7 +37,9 @@ pub struct ConsumerSettings {
 
 struct Job {
     entry: StreamEntry,
-    permit: OwnedSemaphorePermit,
+    /// Claimed entries carry none: they may be the very ones that entries
+    /// holding every slot wait for, so they must never wait for a slot.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 pub struct Consumer<E: Engine> {
@@ -48,8 +50,6 @@ pub struct Consumer<E: Engine> {
     permits: Arc<Semaphore>,
     /// Entries this node holds (for keep-alive, claim exclusion, hand-back).
     in_flight: Arc<Mutex<HashSet<String>>>,
-    /// Per order, the entries waiting behind the one being handled.
-    chains: Arc<Mutex<HashMap<String, VecDeque<Job>>>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -63,7 +63,6 @@ impl<E: Engine> Clone for Consumer<E> {
             settings: self.settings.clone(),
             permits: self.permits.clone(),
             in_flight: self.in_flight.clone(),
-            chains: self.chains.clone(),
             tasks: self.tasks.clone(),
             stop: self.stop.clone(),
         }
@@ -85,7 +84,6 @@ impl<E: Engine> Consumer<E> {
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
             in_flight: Arc::default(),
-            chains: Arc::default(),
             tasks: TaskTracker::new(),
             stop,
         }
@@ -139,7 +137,10 @@ impl<E: Engine> Consumer<E> {
                     }
                     for entry in entries {
                         match self.permits.clone().acquire_owned().await {
-                            Ok(permit) => self.schedule(Job { entry, permit }),
+                            Ok(permit) => self.schedule(Job {
+                                entry,
+                                permit: Some(permit),
+                            }),
                             Err(_) => return,
                         }
                     }
@@ -191,7 +192,10 @@ impl<E: Engine> Consumer<E> {
                     self.health.set_consumer_running(true);
                     backoff = Duration::from_millis(100);
                     for (entry, permit) in entries.into_iter().zip(permits) {
-                        self.schedule(Job { entry, permit });
+                        self.schedule(Job {
+                            entry,
+                            permit: Some(permit),
+                        });
                     }
                 }
                 Err(e) => {
@@ -241,9 +245,6 @@ impl<E: Engine> Consumer<E> {
     }
 
     async fn claim(&self, held: &[String]) {
-        if self.permits.available_permits() == 0 {
-            return;
-        }
         match self.stream().claim_stale(held).await {
             Ok(claimed) => {
                 if claimed.dead_lettered > 0 {
@@ -257,10 +258,10 @@ impl<E: Engine> Consumer<E> {
                     metrics::stream_claimed(claimed.entries.len());
                 }
                 for entry in claimed.entries {
-                    match self.permits.clone().acquire_owned().await {
-                        Ok(permit) => self.schedule(Job { entry, permit }),
-                        Err(_) => return,
-                    }
+                    self.schedule(Job {
+                        entry,
+                        permit: None,
+                    });
                 }
             }
             Err(e) => {
@@ -293,46 +294,17 @@ impl<E: Engine> Consumer<E> {
             .remove(id);
     }
 
-    /// Entries of one order run one after the other on this node (and, by
-    /// the stream's sequencing, across nodes); other entries run at once.
+    /// Every entry runs in a task of its own; entries of one order wait for
+    /// each other through the stream's sequencing, on this node and across
+    /// nodes alike, so an earlier entry that arrives late (claimed from a
+    /// stopped node) is never stuck behind a later one.
     fn schedule(&self, job: Job) {
         self.hold(&job.entry.id);
         metrics::stream_consumed(metrics::entry_type(job.entry.kind.as_deref()));
-        let Some(order) = sequence_key(job.entry.data.as_deref()) else {
-            let this = self.clone();
-            self.tasks
-                .spawn(async move { this.process(job, None).await });
-            return;
-        };
-        {
-            let mut chains = self.chains.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(queue) = chains.get_mut(&order) {
-                queue.push_back(job);
-                return;
-            }
-            chains.insert(order.clone(), VecDeque::from([job]));
-        }
+        let order = sequence_key(job.entry.data.as_deref());
         let this = self.clone();
-        self.tasks.spawn(async move { this.run_chain(order).await });
-    }
-
-    async fn run_chain(self, order: String) {
-        loop {
-            let job = {
-                let mut chains = self.chains.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(queue) = chains.get_mut(&order) else {
-                    return;
-                };
-                match queue.pop_front() {
-                    Some(job) => job,
-                    None => {
-                        chains.remove(&order);
-                        return;
-                    }
-                }
-            };
-            self.process(job, Some(&order)).await;
-        }
+        self.tasks
+            .spawn(async move { this.process(job, order.as_deref()).await });
     }
 
     /// Handles one entry up to its emits; offers finish in a task of their own.

@@ -6,9 +6,12 @@
 #[allow(dead_code)]
 mod support;
 
+mod api;
 mod cli;
 mod cluster;
+mod events;
 mod handshake;
 mod lifecycle;
 mod rooms;
+mod stream;
 mod transport;

@@ -2,7 +2,7 @@
 //! one consumer. The publish API is the only way in.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::Mutex,
     time::Duration,
 };
@@ -12,8 +12,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engine::traits::{Claimed, DeadLetter, EventStream, StoreResult, StreamEntry, StreamStats},
-    events::now_ms,
+    engine::traits::{
+        Claimed, DeadLetter, EventStream, StoreError, StoreResult, StreamEntry, StreamStats,
+    },
+    events::{now_ms, sequence_key},
     outcome::Outcome,
 };
 
@@ -36,11 +38,15 @@ struct State {
     pending: BTreeSet<Id>,
     outcomes: VecDeque<Map<String, Value>>,
     dead: VecDeque<DeadLetter>,
+    /// Per order, the ids read and not yet emitted, in stream order.
+    queues: HashMap<String, VecDeque<String>>,
 }
 
 pub struct MemoryStream {
     state: Mutex<State>,
     arrived: Notify,
+    /// Woken whenever any order's queue moves; waiters re-check their own.
+    advanced: Notify,
     node: String,
 }
 
@@ -49,6 +55,7 @@ impl MemoryStream {
         Self {
             state: Mutex::default(),
             arrived: Notify::new(),
+            advanced: Notify::new(),
             node: node.to_owned(),
         }
     }
@@ -100,9 +107,16 @@ impl EventStream for MemoryStream {
                 )
             })
             .collect();
-        for (id, _) in &batch {
+        for (id, entry) in &batch {
             state.pending.insert(*id);
             state.cursor = *id;
+            if let Some(order) = sequence_key(entry.data.as_deref()) {
+                state
+                    .queues
+                    .entry(order)
+                    .or_default()
+                    .push_back(entry.id.clone());
+            }
         }
         Ok(batch.into_iter().map(|(_, e)| e).collect())
     }
@@ -124,18 +138,45 @@ impl EventStream for MemoryStream {
         Ok(())
     }
 
-    /// One consumer reads in order and runs each order's entries one after
-    /// the other: its turn has always come.
+    /// The same sequencing as the Redis stream, in process: entries are
+    /// queued per order when read and emitted from the head.
     async fn wait_turn(
         &self,
-        _order: &str,
-        _id: &str,
-        _cancel: &CancellationToken,
+        order: &str,
+        id: &str,
+        cancel: &CancellationToken,
     ) -> StoreResult<()> {
-        Ok(())
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            let my_turn = match self.state().queues.get(order) {
+                Some(queue) => {
+                    queue.front().map(String::as_str) == Some(id) || !queue.iter().any(|q| q == id)
+                }
+                None => true,
+            };
+            if my_turn {
+                return Ok(());
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return Err(StoreError("shutting down".into())),
+                () = advanced => {}
+            }
+        }
     }
 
-    async fn advance(&self, _order: &str, _id: &str) -> StoreResult<()> {
+    async fn advance(&self, order: &str, id: &str) -> StoreResult<()> {
+        {
+            let mut state = self.state();
+            if let Some(queue) = state.queues.get_mut(order) {
+                queue.retain(|queued| queued != id);
+                if queue.is_empty() {
+                    state.queues.remove(order);
+                }
+            }
+        }
+        self.advanced.notify_waiters();
         Ok(())
     }
 
@@ -158,6 +199,9 @@ impl EventStream for MemoryStream {
             node: self.node.clone(),
         };
         push_capped(&mut self.state().dead, letter);
+        if let Some(order) = sequence_key(entry.data.as_deref()) {
+            self.advance(&order, &entry.id).await?;
+        }
         self.ack(&entry.id).await
     }
 

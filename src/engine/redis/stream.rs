@@ -252,15 +252,32 @@ impl RedisStream {
             .clone()
     }
 
-    fn forget_waiter(&self, order: &str) {
-        self.waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(order);
+    /// Drops the order's notifier once its last local waiter is done.
+    fn forget_waiter(&self, order: &str, waiter: Arc<Notify>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody else waits on this order here.
+        if Arc::strong_count(&waiter) <= 2 {
+            waiters.remove(order);
+        }
+    }
+
+    fn wake(&self, order: &str) {
+        wake(&self.waiters, order);
     }
 }
 
-/// Wakes the local waiter of an order when another node emits its predecessor.
+fn wake(waiters: &Mutex<HashMap<String, Arc<Notify>>>, order: &str) {
+    let waiter = waiters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(order)
+        .cloned();
+    if let Some(waiter) = waiter {
+        waiter.notify_waiters();
+    }
+}
+
+/// Wakes the local waiters of an order when another node emits one of its entries.
 async fn forward_notices(
     driver: PubSubDriver,
     channel: String,
@@ -270,15 +287,7 @@ async fn forward_notices(
         match driver.subscribe(channel.clone(), 1024).await {
             Ok(mut notices) => {
                 while let Some((_, order)) = notices.next().await {
-                    let order = String::from_utf8_lossy(&order);
-                    let waiter = waiters
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(order.as_ref())
-                        .cloned();
-                    if let Some(waiter) = waiter {
-                        waiter.notify_one();
-                    }
+                    wake(&waiters, &String::from_utf8_lossy(&order));
                 }
                 return;
             }
@@ -484,7 +493,7 @@ impl EventStream for RedisStream {
                 () = tokio::time::sleep(TURN_POLL) => {}
             }
         };
-        self.forget_waiter(order);
+        self.forget_waiter(order, waiter);
         let waited = started.elapsed();
         if waited > Duration::from_millis(100) {
             tracing::debug!(order, id, ?waited, "waited for earlier events of the order");
@@ -501,6 +510,8 @@ impl EventStream for RedisStream {
             .arg(order)
             .invoke_async(&mut self.conn())
             .await?;
+        // Local waiters need not wait for the notice's round trip.
+        self.wake(order);
         Ok(())
     }
 

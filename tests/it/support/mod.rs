@@ -1,6 +1,7 @@
 //! Real parts for the integration tests: a redis-server child process, relay
 //! nodes as child processes or in this process, tokens and HTTP helpers.
 
+pub mod cluster;
 pub mod node;
 pub mod redis_server;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use relay::auth::{Role, mint_hs256};
 use relay::config::Secret;
 
+pub use cluster::{API_KEY, Cluster, connect, expect_event};
 pub use node::{InProcessNode, NodeProcess};
 pub use redis_server::RedisServer;
 

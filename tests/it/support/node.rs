@@ -85,6 +85,13 @@ impl NodeProcess {
             .expect("node is running")
     }
 
+    /// SIGKILL: the node dies without a chance to hand anything back.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
     /// Sends SIGTERM, as Kubernetes does.
     pub fn terminate(&self) {
         let status = std::process::Command::new("kill")
