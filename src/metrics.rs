@@ -22,6 +22,7 @@ pub const READY: &str = "relay_ready";
 pub const STORE_UP: &str = "relay_store_up";
 pub const BUILD_INFO: &str = "relay_build_info";
 pub const EMITS: &str = "relay_emits_total";
+pub const CLIENT_EVENTS: &str = "relay_client_events_total";
 pub const STORE_ERRORS: &str = "relay_store_errors_total";
 pub const STREAM_CONSUMED: &str = "relay_stream_consumed_total";
 pub const STREAM_ACKED: &str = "relay_stream_acked_total";
@@ -120,6 +121,10 @@ fn describe() {
     );
     describe_counter!(EMITS, "Events emitted to clients, by event name.");
     describe_counter!(
+        CLIENT_EVENTS,
+        "Events received from clients, by event and outcome."
+    );
+    describe_counter!(
         STORE_ERRORS,
         "Failed operations on the backing store, by operation."
     );
@@ -186,6 +191,11 @@ pub fn emitted(event: &str) {
         _ => "other",
     };
     counter!(EMITS, "event" => event).increment(1);
+}
+
+/// A client -> server event, by name and outcome (`ok`, `rejected`, ...).
+pub fn client_event(event: &'static str, outcome: &'static str) {
+    counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).increment(1);
 }
 
 pub fn store_error(op: &'static str) {

@@ -9,6 +9,7 @@ use socketioxide::{
     socket::DisconnectReason,
 };
 
+use super::subscriptions;
 use crate::{
     auth::{Principal, Rejection, Role},
     engine::{Engine, OrderStore},
@@ -16,7 +17,8 @@ use crate::{
     rooms::Room,
 };
 
-/// Joins the role rooms and the rooms of the principal's active orders.
+/// Joins the role rooms and the rooms of the principal's active orders,
+/// and registers the client event handlers.
 /// Runs as a middleware, so a client that sees "connected" is already in
 /// all of its rooms. A store failure is not worth refusing the client: it
 /// keeps its role rooms and resyncs orders with `GET /orders/active`.
@@ -49,6 +51,10 @@ pub async fn join_rooms<E: Engine>(
         }
     }
     tracing::trace!(sid = %socket.id, ?rooms, "joined");
+    // Handlers too are in place before the CONNECT reply: an event the
+    // client sends the moment it is connected must not find none.
+    socket.on("order:subscribe", subscriptions::subscribe::<E>);
+    socket.on("order:unsubscribe", subscriptions::unsubscribe::<E>);
     Ok(())
 }
 

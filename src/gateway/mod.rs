@@ -4,6 +4,7 @@
 mod connection;
 mod handshake;
 mod offer;
+mod subscriptions;
 
 use std::{sync::Arc, time::Duration};
 

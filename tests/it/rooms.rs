@@ -80,3 +80,116 @@ async fn a_socket_in_several_target_rooms_gets_the_event_once() {
     next_is(&mut merchant, "once").await;
     next_is(&mut merchant, "marker").await;
 }
+
+async fn publish(node: &InProcessNode, kind: &str, data: serde_json::Value) {
+    let response = crate::support::http()
+        .post(format!("{}/api/events", node.url()))
+        .bearer_auth(crate::support::API_KEY)
+        .json(&json!({ "type": kind, "data": data }))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status().as_u16(), 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_subscribe_joins_allowed_order_rooms_only() {
+    let node = InProcessNode::start_ready(&[("RELAY_API_KEY", crate::support::API_KEY)]).await;
+    let mut owner = connect(&node, &token("c1", Role::Customer)).await;
+    let mut support = connect(&node, &token("sup", Role::Support)).await;
+    let stranger = connect(&node, &token("c2", Role::Customer)).await;
+    let merchant = connect(&node, &merchant_token("m1", &["s1"])).await;
+    publish(
+        &node,
+        "order.created",
+        json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}),
+    )
+    .await;
+    publish(
+        &node,
+        "order.status",
+        json!({"order_id": "o1", "status": "accepted"}),
+    )
+    .await;
+    next_is(&mut owner, "order:status_update").await;
+
+    let ack = |r: Vec<serde_json::Value>| r.into_iter().next().expect("ack payload");
+    let sub = |o: &str| json!({ "order_id": o });
+    let ok = json!({"ok": true});
+    assert_eq!(
+        ack(support
+            .emit_with_ack("order:subscribe", sub("o1"), WAIT)
+            .await
+            .expect("ack")),
+        ok
+    );
+    assert_eq!(
+        ack(merchant
+            .emit_with_ack("order:subscribe", sub("o1"), WAIT)
+            .await
+            .expect("ack")),
+        ok
+    );
+    let refused = ack(stranger
+        .emit_with_ack("order:subscribe", sub("o1"), WAIT)
+        .await
+        .expect("ack"));
+    assert_eq!(refused, json!({"ok": false, "error": "not allowed"}));
+    let unknown = ack(stranger
+        .emit_with_ack("order:subscribe", sub("nope"), WAIT)
+        .await
+        .expect("ack"));
+    assert_eq!(unknown["ok"], false);
+    let invalid = ack(stranger
+        .emit_with_ack("order:subscribe", json!({"id": 1}), WAIT)
+        .await
+        .expect("ack"));
+    assert_eq!(invalid["ok"], false);
+
+    publish(
+        &node,
+        "order.status",
+        json!({"order_id": "o1", "status": "preparing"}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut support, "order:status_update").await["status"],
+        "preparing"
+    );
+
+    let left = ack(support
+        .emit_with_ack("order:unsubscribe", sub("o1"), WAIT)
+        .await
+        .expect("ack"));
+    assert_eq!(left, ok);
+    publish(
+        &node,
+        "order.status",
+        json!({"order_id": "o1", "status": "ready"}),
+    )
+    .await;
+    // The owner hears it; support, no longer in the room, hears the next
+    // thing sent to it instead: an order it subscribes to afresh.
+    assert_eq!(
+        next_is(&mut owner, "order:status_update").await["status"],
+        "preparing"
+    );
+    assert_eq!(
+        next_is(&mut owner, "order:status_update").await["status"],
+        "ready"
+    );
+    support
+        .emit_with_ack("order:subscribe", sub("o2"), WAIT)
+        .await
+        .expect("ack");
+    publish(
+        &node,
+        "order.status",
+        json!({"order_id": "o2", "status": "other"}),
+    )
+    .await;
+    assert_eq!(
+        next_is(&mut support, "order:status_update").await["order_id"],
+        "o2"
+    );
+}

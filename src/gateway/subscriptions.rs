@@ -1,0 +1,95 @@
+//! `order:subscribe` and `order:unsubscribe`: joining an order room on request.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+
+use crate::{
+    auth::{Principal, Role},
+    engine::{Engine, OrderStore},
+    metrics,
+    orders::ActiveOrder,
+    rooms::Room,
+};
+
+#[derive(Deserialize)]
+pub struct OrderRef {
+    order_id: String,
+}
+
+fn order_ref(data: Result<OrderRef, impl std::fmt::Display>) -> Result<String, &'static str> {
+    match data {
+        Ok(r) if !r.order_id.is_empty() && r.order_id.len() <= 128 => Ok(r.order_id),
+        _ => Err("invalid payload: expected { \"order_id\": \"...\" }"),
+    }
+}
+
+/// Whether `principal` may watch `order`: admin and support any order; the
+/// others only their own active ones.
+fn may_watch(principal: &Principal, order: Option<&ActiveOrder>) -> bool {
+    let sub = principal.sub();
+    match (principal.role(), order) {
+        (Role::Admin | Role::Support, _) => true,
+        (_, None) => false,
+        (Role::Customer, Some(o)) => o.customer_id == sub,
+        (Role::Driver, Some(o)) => o.driver_id.as_deref() == Some(sub),
+        (Role::Merchant, Some(o)) => principal.store_ids().contains(&o.store_id),
+    }
+}
+
+fn reply(ack: AckSender<impl socketioxide::adapter::Adapter>, result: Result<(), &str>) {
+    let body = match result {
+        Ok(()) => json!({ "ok": true }),
+        Err(error) => json!({ "ok": false, "error": error }),
+    };
+    // A client that asked for no ack gets none; a gone client cannot be told.
+    let _ = ack.send(&body);
+}
+
+pub async fn subscribe<E: Engine>(
+    socket: SocketRef<E::Adapter>,
+    TryData(data): TryData<OrderRef>,
+    ack: AckSender<E::Adapter>,
+    Extension(principal): Extension<Principal>,
+    State(engine): State<Arc<E>>,
+) {
+    let result = async {
+        let order_id = order_ref(data)?;
+        let order = if matches!(principal.role(), Role::Admin | Role::Support) {
+            None
+        } else {
+            engine.orders().get(&order_id).await.map_err(|e| {
+                metrics::store_error("subscribe");
+                tracing::warn!(error = %e, "order state unavailable for subscribe");
+                "temporarily unavailable"
+            })?
+        };
+        if !may_watch(&principal, order.as_ref()) {
+            // Same answer for someone else's order and for no order at all.
+            return Err("not allowed");
+        }
+        socket.join(Room::order(&order_id).name());
+        Ok(())
+    }
+    .await;
+    metrics::client_event(
+        "order:subscribe",
+        if result.is_ok() { "ok" } else { "rejected" },
+    );
+    reply(ack, result);
+}
+
+pub async fn unsubscribe<E: Engine>(
+    socket: SocketRef<E::Adapter>,
+    TryData(data): TryData<OrderRef>,
+    ack: AckSender<E::Adapter>,
+) {
+    let result = order_ref(data).map(|order_id| socket.leave(Room::order(&order_id).name()));
+    metrics::client_event(
+        "order:unsubscribe",
+        if result.is_ok() { "ok" } else { "rejected" },
+    );
+    reply(ack, result);
+}
