@@ -14,7 +14,9 @@ use crate::{
         AdminAlert, DeliveryRequest, DeliveryTarget, OrderAssigned, OrderCreated, OrderEvent,
         OrderStatus, is_terminal, now_ms, rfc3339,
     },
-    gateway::{BroadcastFailed, Gateway, OfferResult, OfferSent},
+    gateway::{
+        BroadcastFailed, DRIVER_LOCATION, DriverLocationEvent, Gateway, OfferResult, OfferSent,
+    },
     metrics,
     orders::ActiveOrder,
     outcome::{Outcome, OutcomeKind},
@@ -164,9 +166,15 @@ impl<E: Engine> Dispatcher<E> {
                 .leave_members(&Room::Driver(previous), &order_room)
                 .await?;
         }
-        self.gateway
-            .join_members(&Room::Driver(e.driver_id.clone()), &order_room)
-            .await?;
+        let driver_room = Room::Driver(e.driver_id.clone());
+        self.gateway.join_members(&driver_room, &order_room).await?;
+        // The customer's map shows the new driver at once, not at its next update.
+        if let Some(location) = self.engine.locations().latest(&e.driver_id).await? {
+            let event = DriverLocationEvent::new(&e.order_id, &location);
+            self.gateway
+                .emit_except(&order_room, &driver_room, DRIVER_LOCATION, &event)
+                .await?;
+        }
         Ok(())
     }
 

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod location;
 pub mod metrics;
 pub mod orders;
 pub mod outcome;

@@ -23,6 +23,11 @@ pub const STORE_UP: &str = "relay_store_up";
 pub const BUILD_INFO: &str = "relay_build_info";
 pub const EMITS: &str = "relay_emits_total";
 pub const CLIENT_EVENTS: &str = "relay_client_events_total";
+pub const LOCATION_UPDATES: &str = "relay_location_updates_total";
+pub const LOCATION_REJECTED: &str = "relay_location_rejected_total";
+pub const LOCATION_FANOUT: &str = "relay_location_fanout_total";
+pub const LOCATION_FLUSH_SIZE: &str = "relay_location_cache_batch_size";
+pub const LOCATION_FLUSH_SECONDS: &str = "relay_location_cache_flush_seconds";
 pub const STORE_ERRORS: &str = "relay_store_errors_total";
 pub const STREAM_CONSUMED: &str = "relay_stream_consumed_total";
 pub const STREAM_ACKED: &str = "relay_stream_acked_total";
@@ -43,6 +48,12 @@ pub const PUBLISH_REJECTED: &str = "relay_publish_rejected_total";
 const ACK_LATENCY_BUCKETS: [f64; 14] = [
     0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0,
 ];
+/// Drivers per cache pipeline.
+const FLUSH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 350.0, 512.0];
+/// One pipeline round trip to Redis.
+const FLUSH_SECONDS_BUCKETS: [f64; 10] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
 /// Waiting for an order's earlier event on another node: usually nothing.
 const ORDER_WAIT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
@@ -62,6 +73,18 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
                     b.set_buckets_for_metric(
                         Matcher::Full(ORDER_WAIT.to_owned()),
                         &ORDER_WAIT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(LOCATION_FLUSH_SIZE.to_owned()),
+                        &FLUSH_SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(LOCATION_FLUSH_SECONDS.to_owned()),
+                        &FLUSH_SECONDS_BUCKETS,
                     )
                 })
                 .map_err(|e| e.to_string())?
@@ -91,6 +114,13 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         }
     }
     counter!(STREAM_CLAIMED).absolute(0);
+    for outcome in ["received", "accepted", "rejected"] {
+        counter!(LOCATION_UPDATES, "outcome" => outcome).absolute(0);
+    }
+    for reason in crate::location::Reject::ALL {
+        counter!(LOCATION_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
+    counter!(LOCATION_FANOUT).absolute(0);
     Ok(handle)
 }
 
@@ -196,6 +226,25 @@ pub fn emitted(event: &str) {
 /// A client -> server event, by name and outcome (`ok`, `rejected`, ...).
 pub fn client_event(event: &'static str, outcome: &'static str) {
     counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).increment(1);
+}
+
+pub fn location_received() {
+    counter!(LOCATION_UPDATES, "outcome" => "received").increment(1);
+}
+
+pub fn location_accepted(fanout: usize) {
+    counter!(LOCATION_UPDATES, "outcome" => "accepted").increment(1);
+    counter!(LOCATION_FANOUT).increment(fanout as u64);
+}
+
+pub fn location_rejected(reason: &'static str) {
+    counter!(LOCATION_UPDATES, "outcome" => "rejected").increment(1);
+    counter!(LOCATION_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn location_flush(drivers: usize, seconds: f64) {
+    histogram!(LOCATION_FLUSH_SIZE).record(drivers as f64);
+    histogram!(LOCATION_FLUSH_SECONDS).record(seconds);
 }
 
 pub fn store_error(op: &'static str) {

@@ -19,6 +19,7 @@ use crate::{
     },
     gateway::{BroadcastFailed, Gateway},
     http::{self, HttpState},
+    location::LocationPipeline,
     metrics, shutdown,
 };
 
@@ -142,6 +143,7 @@ pub async fn start_on(
                 node_id: &config.node_id,
                 claim_idle: config.stream.claim_idle,
                 max_deliveries: config.stream.max_deliveries,
+                location_ttl: config.location.ttl,
             })?;
             launch(engine, prepared, listener)
         }
@@ -165,7 +167,19 @@ fn launch<E: Engine>(
     let engine = Arc::new(engine);
     let verifier = Arc::new(verifier);
 
-    let (gateway, layer) = Gateway::new(engine.clone(), &config.transport, verifier.clone());
+    let locations = Arc::new(LocationPipeline::start(
+        engine.clone(),
+        config.location.min_interval,
+        config.location.ttl,
+        stop.clone(),
+    ));
+    let (gateway, layer) = Gateway::new(
+        engine.clone(),
+        &config.transport,
+        verifier.clone(),
+        config.client_events_per_s,
+        locations,
+    );
     let census = {
         let gateway = gateway.clone();
         Arc::new(move || gateway.record_census())

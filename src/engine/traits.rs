@@ -172,6 +172,17 @@ pub struct DriverLocation {
 
 /// Where drivers are, as fresh as `RELAY_LOCATION_TTL_S` allows.
 pub trait LocationCache: Send + Sync + 'static {
+    /// Stores the latest location of each driver in `batch` (one entry per
+    /// driver), in as few round trips as the store allows.
+    fn write(
+        &self,
+        batch: &[(String, DriverLocation)],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Removes drivers last seen before `cutoff` from the geo index (geo
+    /// members have no TTL of their own); returns how many.
+    fn prune(&self, cutoff: Timestamp) -> impl Future<Output = StoreResult<usize>> + Send;
+
     fn latest(
         &self,
         driver_id: &str,

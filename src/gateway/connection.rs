@@ -5,14 +5,19 @@ use std::sync::Arc;
 
 use socketioxide::{
     adapter::Adapter,
-    extract::{Extension, SocketRef, State},
+    extract::{AckSender, Extension, SocketRef, State},
     socket::DisconnectReason,
 };
 
-use super::subscriptions;
+use super::{
+    GatewayState,
+    location::{self, DriverLocationEvent},
+    subscriptions,
+};
 use crate::{
     auth::{Principal, Rejection, Role},
-    engine::{Engine, OrderStore},
+    engine::{Engine, LocationCache, OrderStore},
+    location::EventBudget,
     metrics,
     rooms::Room,
 };
@@ -26,7 +31,11 @@ pub async fn join_rooms<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(gateway): State<GatewayState>,
 ) -> Result<(), Rejection> {
+    socket
+        .extensions
+        .insert(Arc::new(EventBudget::new(gateway.client_events_per_s)));
     let mut rooms: Vec<String> = Room::for_principal(&principal)
         .iter()
         .map(Room::name)
@@ -53,23 +62,75 @@ pub async fn join_rooms<E: Engine>(
     tracing::trace!(sid = %socket.id, ?rooms, "joined");
     // Handlers too are in place before the CONNECT reply: an event the
     // client sends the moment it is connected must not find none.
+    socket.on("driver:location_update", location::update::<E::Adapter>);
     socket.on("order:subscribe", subscriptions::subscribe::<E>);
     socket.on("order:unsubscribe", subscriptions::unsubscribe::<E>);
+    socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
 }
 
-pub async fn on_connect<A: Adapter>(
-    socket: SocketRef<A>,
+/// The active orders a customer joined at connect, for the latest driver
+/// locations sent right after its CONNECT reply.
+#[derive(Clone)]
+struct JoinedOrders(Arc<Vec<crate::orders::ActiveOrder>>);
+
+/// Events outside the protocol are dropped, counted and, if the client asked
+/// for an ack, answered.
+async fn unknown_event<A: Adapter>(
+    ack: AckSender<A>,
+    Extension(budget): Extension<Arc<EventBudget>>,
+) {
+    let outcome = if budget.admit(tokio::time::Instant::now()) {
+        "unknown"
+    } else {
+        "rate_limited"
+    };
+    metrics::client_event("other", outcome);
+    let _ = ack.send(&serde_json::json!({ "ok": false, "error": "unknown event" }));
+}
+
+/// Sends each joined order's latest driver location at once, so a
+/// reconnecting customer's map moves without waiting for the next update.
+async fn send_latest_locations<E: Engine>(
+    socket: &SocketRef<E::Adapter>,
+    engine: &E,
+    orders: &[crate::orders::ActiveOrder],
+) {
+    for order in orders {
+        let Some(driver) = &order.driver_id else {
+            continue;
+        };
+        match engine.locations().latest(driver).await {
+            Ok(Some(location)) => {
+                let _ = socket.emit(
+                    location::DRIVER_LOCATION,
+                    &DriverLocationEvent::new(&order.order_id, &location),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "latest location unavailable"),
+        }
+    }
+}
+
+pub async fn on_connect<E: Engine>(
+    socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
+    State(engine): State<Arc<E>>,
 ) {
     metrics::connected(principal.role());
+    if principal.role() != Role::Driver
+        && let Some(JoinedOrders(orders)) = socket.extensions.get::<JoinedOrders>()
+    {
+        send_latest_locations(&socket, engine.as_ref(), &orders).await;
+    }
     tracing::debug!(
         sid = %socket.id,
         role = %principal.role(),
         transport = ?socket.transport_type(),
         "connected"
     );
-    socket.on_disconnect(on_disconnect::<A>);
+    socket.on_disconnect(on_disconnect::<E::Adapter>);
 }
 
 async fn on_disconnect<A: Adapter>(

@@ -3,6 +3,7 @@
 
 mod connection;
 mod handshake;
+mod location;
 mod offer;
 mod subscriptions;
 
@@ -12,12 +13,14 @@ use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::Sock
 use tokio_util::sync::CancellationToken;
 
 pub use handshake::token_from;
+pub use location::{DRIVER_LOCATION, DriverLocationEvent};
 pub use offer::{OfferResult, OfferSent};
 
 use crate::{
     auth::{Principal, Role, Verifier},
     config::TransportConfig,
     engine::{Engine, Health},
+    location::LocationPipeline,
     metrics,
     rooms::Room,
 };
@@ -26,6 +29,8 @@ use crate::{
 #[derive(Clone)]
 pub struct GatewayState {
     verifier: Arc<Verifier>,
+    /// Per socket, client events a second (0 = no limit).
+    client_events_per_s: u32,
 }
 
 /// An emit that did not reach the other nodes (the adapter's publish failed).
@@ -53,6 +58,8 @@ impl<E: Engine> Gateway<E> {
         engine: Arc<E>,
         transport: &TransportConfig,
         verifier: Arc<Verifier>,
+        client_events_per_s: u32,
+        locations: Arc<LocationPipeline>,
     ) -> (Self, SocketIoLayer<E::Adapter>) {
         let adapter_state = engine.adapter_state();
         let builder = SocketIo::builder()
@@ -62,7 +69,11 @@ impl<E: Engine> Gateway<E> {
             .ws_max_message_size(transport.ws_max_message_bytes)
             .ws_max_frame_size(transport.ws_max_frame_bytes)
             .connect_timeout(CONNECT_TIMEOUT)
-            .with_state(GatewayState { verifier })
+            .with_state(GatewayState {
+                verifier,
+                client_events_per_s,
+            })
+            .with_state(locations)
             .with_state(engine);
         let builder = if transport.websocket_only {
             builder.transports([TransportType::Websocket])
@@ -87,7 +98,7 @@ impl<E: Engine> Gateway<E> {
         loop {
             // `.with(a).with(b)` runs b first: authenticate, then join the
             // rooms, both before the client sees its CONNECT reply.
-            let handler = connection::on_connect::<E::Adapter>
+            let handler = connection::on_connect::<E>
                 .with(connection::join_rooms::<E>)
                 .with(handshake::authenticate::<E::Adapter>);
             let init = tokio::select! {
@@ -136,6 +147,24 @@ impl<E: Engine> Gateway<E> {
     ) -> Result<(), BroadcastFailed> {
         self.ns()?
             .to(rooms)
+            .emit(event, data)
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?;
+        metrics::emitted(event);
+        Ok(())
+    }
+
+    /// Emits to `room` on every node, except the sockets also in `except`.
+    pub async fn emit_except<T: serde::Serialize + ?Sized>(
+        &self,
+        room: &Room,
+        except: &Room,
+        event: &str,
+        data: &T,
+    ) -> Result<(), BroadcastFailed> {
+        self.ns()?
+            .to(room.name())
+            .except(except.name())
             .emit(event, data)
             .await
             .map_err(|e| BroadcastFailed(e.to_string()))?;

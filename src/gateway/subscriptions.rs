@@ -6,9 +6,11 @@ use serde::Deserialize;
 use serde_json::json;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 
+use super::location::{DRIVER_LOCATION, DriverLocationEvent};
 use crate::{
     auth::{Principal, Role},
-    engine::{Engine, OrderStore},
+    engine::{Engine, LocationCache, OrderStore},
+    location::EventBudget,
     metrics,
     orders::ActiveOrder,
     rooms::Room,
@@ -53,39 +55,61 @@ pub async fn subscribe<E: Engine>(
     TryData(data): TryData<OrderRef>,
     ack: AckSender<E::Adapter>,
     Extension(principal): Extension<Principal>,
+    Extension(budget): Extension<Arc<EventBudget>>,
     State(engine): State<Arc<E>>,
 ) {
+    if !budget.admit(tokio::time::Instant::now()) {
+        metrics::client_event("order:subscribe", "rate_limited");
+        return reply(ack, Err("rate limited"));
+    }
     let result = async {
         let order_id = order_ref(data)?;
-        let order = if matches!(principal.role(), Role::Admin | Role::Support) {
-            None
-        } else {
-            engine.orders().get(&order_id).await.map_err(|e| {
-                metrics::store_error("subscribe");
-                tracing::warn!(error = %e, "order state unavailable for subscribe");
-                "temporarily unavailable"
-            })?
-        };
+        let order = engine.orders().get(&order_id).await.map_err(|e| {
+            metrics::store_error("subscribe");
+            tracing::warn!(error = %e, "order state unavailable for subscribe");
+            "temporarily unavailable"
+        })?;
         if !may_watch(&principal, order.as_ref()) {
             // Same answer for someone else's order and for no order at all.
             return Err("not allowed");
         }
         socket.join(Room::order(&order_id).name());
-        Ok(())
+        Ok(order)
     }
     .await;
     metrics::client_event(
         "order:subscribe",
         if result.is_ok() { "ok" } else { "rejected" },
     );
-    reply(ack, result);
+    let order = match result {
+        Ok(order) => {
+            reply(ack, Ok(()));
+            order
+        }
+        Err(error) => return reply(ack, Err(error)),
+    };
+    // The map of a newly watched order moves at once.
+    if let Some(order) = order
+        && let Some(driver) = &order.driver_id
+        && let Ok(Some(location)) = engine.locations().latest(driver).await
+    {
+        let _ = socket.emit(
+            DRIVER_LOCATION,
+            &DriverLocationEvent::new(&order.order_id, &location),
+        );
+    }
 }
 
 pub async fn unsubscribe<E: Engine>(
     socket: SocketRef<E::Adapter>,
     TryData(data): TryData<OrderRef>,
     ack: AckSender<E::Adapter>,
+    Extension(budget): Extension<Arc<EventBudget>>,
 ) {
+    if !budget.admit(tokio::time::Instant::now()) {
+        metrics::client_event("order:unsubscribe", "rate_limited");
+        return reply(ack, Err("rate limited"));
+    }
     let result = order_ref(data).map(|order_id| socket.leave(Room::order(&order_id).name()));
     metrics::client_event(
         "order:unsubscribe",

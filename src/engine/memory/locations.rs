@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use crate::{
     engine::traits::{DriverLocation, LocationCache, StoreResult},
-    events::now_ms,
+    events::{Timestamp, now_ms},
 };
 
 pub struct MemoryLocations {
@@ -19,10 +19,6 @@ impl MemoryLocations {
             drivers: Mutex::default(),
             ttl,
         }
-    }
-
-    pub fn put(&self, driver_id: &str, location: DriverLocation) {
-        self.drivers().insert(driver_id.to_owned(), location);
     }
 
     fn drivers(&self) -> std::sync::MutexGuard<'_, HashMap<String, DriverLocation>> {
@@ -45,6 +41,21 @@ pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
 }
 
 impl LocationCache for MemoryLocations {
+    async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
+        let mut drivers = self.drivers();
+        for (driver, location) in batch {
+            drivers.insert(driver.clone(), *location);
+        }
+        Ok(())
+    }
+
+    async fn prune(&self, cutoff: Timestamp) -> StoreResult<usize> {
+        let mut drivers = self.drivers();
+        let before = drivers.len();
+        drivers.retain(|_, l| l.ts >= cutoff);
+        Ok(before - drivers.len())
+    }
+
     async fn latest(&self, driver_id: &str) -> StoreResult<Option<DriverLocation>> {
         Ok(self
             .drivers()

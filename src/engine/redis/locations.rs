@@ -2,22 +2,47 @@
 //! {prefix}drivers:geo` plus the hash `{prefix}driver:{id}` with a TTL.
 //! A driver in the geo set without its hash has gone stale.
 
-use redis::{Value, aio::ConnectionManager};
+use std::time::Duration;
+
+use redis::{Script, Value, aio::ConnectionManager};
 
 use super::values::bulk_string;
-use crate::engine::traits::{DriverLocation, LocationCache, StoreResult};
+use crate::{
+    engine::traits::{DriverLocation, LocationCache, StoreResult},
+    events::Timestamp,
+};
+
+/// Drivers whose last update is older than the cutoff leave the geo set
+/// and the last-seen index together; at most 1000 per call.
+const PRUNE: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+if #ids > 0 then
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('ZREM', KEYS[2], unpack(ids))
+end
+return #ids
+";
 
 pub struct RedisLocations {
     conn: ConnectionManager,
     prefix: String,
+    ttl: Duration,
+    prune: Script,
 }
 
 impl RedisLocations {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: ConnectionManager, prefix: &str, ttl: Duration) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),
+            ttl,
+            prune: Script::new(PRUNE),
         }
+    }
+
+    /// When each driver was last seen (unix ms), for pruning the geo set.
+    pub fn last_seen_key(&self) -> String {
+        format!("{}drivers:seen", self.prefix)
     }
 
     pub fn geo_key(&self) -> String {
@@ -34,6 +59,67 @@ fn float(value: Value) -> Option<f64> {
 }
 
 impl LocationCache for RedisLocations {
+    /// One pipeline per batch: GEOADD, the hash with its TTL, and the
+    /// last-seen score, per driver.
+    async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let geo = self.geo_key();
+        let seen = self.last_seen_key();
+        let mut pipe = redis::pipe();
+        for (driver, l) in batch {
+            let key = self.driver_key(driver);
+            pipe.cmd("GEOADD")
+                .arg(&geo)
+                .arg(l.lng)
+                .arg(l.lat)
+                .arg(driver)
+                .ignore();
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&key)
+                .arg("lat")
+                .arg(l.lat)
+                .arg("lng")
+                .arg(l.lng)
+                .arg("ts")
+                .arg(l.ts);
+            let mut absent = Vec::new();
+            match l.heading {
+                Some(h) => {
+                    hset.arg("heading").arg(h);
+                }
+                None => absent.push("heading"),
+            }
+            match l.speed {
+                Some(v) => {
+                    hset.arg("speed").arg(v);
+                }
+                None => absent.push("speed"),
+            }
+            pipe.add_command(hset).ignore();
+            if !absent.is_empty() {
+                pipe.cmd("HDEL").arg(&key).arg(absent).ignore();
+            }
+            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+            pipe.cmd("ZADD").arg(&seen).arg(l.ts).arg(driver).ignore();
+        }
+        let () = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn prune(&self, cutoff: Timestamp) -> StoreResult<usize> {
+        let pruned: i64 = self
+            .prune
+            .key(self.geo_key())
+            .key(self.last_seen_key())
+            .arg(cutoff)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(pruned.max(0) as usize)
+    }
+
     async fn latest(&self, driver_id: &str) -> StoreResult<Option<DriverLocation>> {
         let fields: Vec<Value> = redis::cmd("HMGET")
             .arg(self.driver_key(driver_id))

@@ -44,6 +44,7 @@ pub struct RedisSettings<'a> {
     pub node_id: &'a str,
     pub claim_idle: Duration,
     pub max_deliveries: u32,
+    pub location_ttl: Duration,
 }
 
 impl RedisEngine {
@@ -93,7 +94,7 @@ impl RedisEngine {
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
             stream,
             orders: RedisOrders::new(commands.clone(), prefix),
-            locations: RedisLocations::new(commands, prefix),
+            locations: RedisLocations::new(commands, prefix, settings.location_ttl),
         })
     }
 }
