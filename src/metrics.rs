@@ -151,6 +151,26 @@ fn describe() {
     );
     describe_counter!(EMITS, "Events emitted to clients, by event name.");
     describe_counter!(
+        LOCATION_UPDATES,
+        "Driver location updates, by outcome (received, accepted, rejected)."
+    );
+    describe_counter!(
+        LOCATION_REJECTED,
+        "Dropped driver location updates, by reason."
+    );
+    describe_counter!(
+        LOCATION_FANOUT,
+        "order:driver_location emits, one per order room an update went to."
+    );
+    describe_histogram!(
+        LOCATION_FLUSH_SIZE,
+        "Drivers written per location cache pipeline."
+    );
+    describe_histogram!(
+        LOCATION_FLUSH_SECONDS,
+        "Duration of one location cache pipeline, in seconds."
+    );
+    describe_counter!(
         CLIENT_EVENTS,
         "Events received from clients, by event and outcome."
     );

@@ -52,6 +52,7 @@ pub async fn join_rooms<E: Engine>(
                     .collect();
                 socket.join(order_rooms.clone());
                 rooms.extend(order_rooms);
+                socket.extensions.insert(JoinedOrders(Arc::new(orders)));
             }
             Err(e) => {
                 metrics::store_error("connect_orders");
@@ -107,7 +108,7 @@ async fn send_latest_locations<E: Engine>(
                     &DriverLocationEvent::new(&order.order_id, &location),
                 );
             }
-            Ok(None) => {}
+            Ok(None) => tracing::debug!(driver, "no fresh location"),
             Err(e) => tracing::debug!(error = %e, "latest location unavailable"),
         }
     }

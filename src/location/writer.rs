@@ -18,8 +18,11 @@ use crate::{
 const MAX_BATCH: usize = 512;
 /// Longest a queued update waits for others to share its round trip.
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
-/// How often expired drivers leave the geo index.
-const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// How often expired drivers leave the geo index: within half a TTL, at
+/// most every 10 s.
+fn prune_every(ttl: Duration) -> Duration {
+    (ttl / 2).clamp(Duration::from_millis(500), Duration::from_secs(10))
+}
 
 pub type Writes = mpsc::Receiver<(String, DriverLocation)>;
 
@@ -72,7 +75,7 @@ pub async fn prune<E: Engine>(
     ttl: Duration,
     stop: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(PRUNE_EVERY);
+    let mut interval = tokio::time::interval(prune_every(ttl));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -12,6 +12,7 @@ mod cluster;
 mod events;
 mod handshake;
 mod lifecycle;
+mod location;
 mod rooms;
 mod stream;
 mod transport;
