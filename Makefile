@@ -1,8 +1,10 @@
 # Recipes everyone runs. `make help` lists them.
 CARGO ?= cargo
+# The commit shown in relay_build_info.
+export RELAY_COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: help build release run run-embedded test lint fmt deps clean
+.PHONY: help build release run run-embedded test lint fmt deps bench clean
 
 help:
 	@echo "make run           Redis + two nodes when redis-server is installed, else one embedded node"
@@ -10,6 +12,7 @@ help:
 	@echo "make test          the whole test suite (installs redis-server when missing and possible)"
 	@echo "make lint          rustfmt check and clippy with warnings as errors"
 	@echo "make release       optimised binary at target/release/relay"
+	@echo "make bench         Redis, two nodes and the load generator; writes docs/benchmarks.md"
 
 build:
 	$(CARGO) build
@@ -25,6 +28,9 @@ run-embedded: release
 
 deps:
 	scripts/ensure-deps.sh
+
+bench: deps release
+	scripts/bench.sh
 
 test: deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

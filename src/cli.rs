@@ -28,6 +28,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Mint an HS256 client token with the configured secret (development and tests).
     Token(TokenArgs),
+    /// Drive running nodes with real WebSocket clients and report figures.
+    Loadgen(Box<crate::loadgen::LoadgenArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +71,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
+        Command::Loadgen(args) => loadgen(*args),
     }
 }
 
@@ -102,6 +105,24 @@ fn serve(args: ServeArgs) -> ExitCode {
 fn prepared_config(prepared: &Prepared) -> (crate::config::LogFormat, String) {
     let config = prepared.config();
     (config.log_format, config.log.clone())
+}
+
+fn loadgen(args: crate::loadgen::LoadgenArgs) -> ExitCode {
+    telemetry::init(crate::config::LogFormat::Human, "warn");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay loadgen: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::loadgen::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn token(args: TokenArgs) -> ExitCode {

@@ -23,6 +23,24 @@ pub const STORE_UP: &str = "relay_store_up";
 pub const BUILD_INFO: &str = "relay_build_info";
 pub const EMITS: &str = "relay_emits_total";
 pub const CLIENT_EVENTS: &str = "relay_client_events_total";
+pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
+pub const HTTP_DURATION: &str = "relay_http_request_duration_seconds";
+pub const CLUSTER_NODES: &str = "relay_cluster_nodes";
+
+/// The routes of `http::router`, the only values of the `route` label.
+const HTTP_ROUTES: [&str; 7] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/orders/active",
+    "/api/events",
+    "/api/outcomes",
+    "/api/dead-letters",
+];
+/// HTTP handlers answer in well under a second; Redis-bound ones in ms.
+const HTTP_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
+];
 pub const LOCATION_UPDATES: &str = "relay_location_updates_total";
 pub const LOCATION_REJECTED: &str = "relay_location_rejected_total";
 pub const LOCATION_FANOUT: &str = "relay_location_fanout_total";
@@ -59,6 +77,13 @@ const ORDER_WAIT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5
 
 pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
+/// The commit the binary was built from, when the build said (`make release`
+/// and the Dockerfile pass `RELAY_COMMIT`).
+pub const COMMIT: &str = match option_env!("RELAY_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder on first use; later calls (several
@@ -74,6 +99,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
                         Matcher::Full(ORDER_WAIT.to_owned()),
                         &ORDER_WAIT_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), &HTTP_BUCKETS)
                 })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
@@ -94,8 +122,17 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         }
     };
     describe();
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "node" => node_id.to_owned(), "engine" => engine)
-        .set(1.0);
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => COMMIT,
+        "node" => node_id.to_owned(),
+        "engine" => engine
+    )
+    .set(1.0);
+    for route in HTTP_ROUTES {
+        counter!(HTTP_REQUESTS, "route" => route, "status" => "200").absolute(0);
+    }
     // Zero series up front, so dashboards and alerts see them before the first event.
     for rejection in Rejection::ALL {
         counter!(HANDSHAKE_REJECTIONS, "reason" => rejection.reason()).absolute(0);
@@ -150,6 +187,18 @@ fn describe() {
         "Always 1; labels carry the version, node and engine."
     );
     describe_counter!(EMITS, "Events emitted to clients, by event name.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests, by route template and status code."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        "HTTP request duration, in seconds, by route template."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Relay nodes as seen by the Socket.IO adapter (1 in embedded mode)."
+    );
     describe_counter!(
         LOCATION_UPDATES,
         "Driver location updates, by outcome (received, accepted, rejected)."
@@ -246,6 +295,23 @@ pub fn emitted(event: &str) {
 /// A client -> server event, by name and outcome (`ok`, `rejected`, ...).
 pub fn client_event(event: &'static str, outcome: &'static str) {
     counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).increment(1);
+}
+
+/// The route label for a matched route template; anything unexpected is `other`.
+pub fn http_route(template: &str) -> &'static str {
+    HTTP_ROUTES
+        .into_iter()
+        .find(|r| *r == template)
+        .unwrap_or("other")
+}
+
+pub fn http_request(route: &'static str, status: u16, seconds: f64) {
+    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    histogram!(HTTP_DURATION, "route" => route).record(seconds);
+}
+
+pub fn set_cluster_nodes(nodes: usize) {
+    gauge!(CLUSTER_NODES).set(nodes as f64);
 }
 
 pub fn location_received() {

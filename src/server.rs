@@ -191,6 +191,7 @@ fn launch<E: Engine>(
         engine: engine.clone(),
         verifier,
         api_key: config.api_key.clone(),
+        started_at: crate::events::now_ms() as f64 / 1000.0,
     })
     .layer(layer);
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod errors;
+mod observe;
 mod orders;
 mod probes;
 
@@ -35,6 +36,8 @@ pub struct HttpState<E: Engine> {
     pub engine: Arc<E>,
     pub verifier: Arc<Verifier>,
     pub api_key: Option<Secret>,
+    /// Unix seconds at start, for `process_start_time_seconds`.
+    pub started_at: f64,
 }
 
 impl<E: Engine> Clone for HttpState<E> {
@@ -46,6 +49,7 @@ impl<E: Engine> Clone for HttpState<E> {
             engine: self.engine.clone(),
             verifier: self.verifier.clone(),
             api_key: self.api_key.clone(),
+            started_at: self.started_at,
         }
     }
 }
@@ -60,5 +64,6 @@ pub fn router<E: Engine>(state: HttpState<E>) -> Router {
         .route("/api/outcomes", get(api::outcomes::<E>))
         .route("/api/dead-letters", get(api::dead_letters::<E>))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(observe::count_requests))
         .with_state(state)
 }

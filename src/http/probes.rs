@@ -36,11 +36,13 @@ pub async fn readyz<E: Engine>(State(state): State<HttpState<E>>) -> impl IntoRe
 pub async fn metrics<E: Engine>(State(state): State<HttpState<E>>) -> impl IntoResponse {
     (state.census)();
     metrics::set_health(state.health.ready(), state.health.store_up());
+    let mut text = state.prometheus.render();
+    text.push_str(&crate::procfs::prometheus_text(state.started_at));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.prometheus.render(),
+        text,
     )
 }

@@ -43,6 +43,26 @@ async fn a_room_broadcast_on_node_a_reaches_clients_on_node_b() {
             .expect("broadcast arrives");
         assert_eq!(event.data()["from"], "a");
     }
+    // Each node sees the other through the adapter (refreshed every second).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = crate::support::http()
+            .get(format!("{}/metrics", b.url()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if metrics.contains("relay_cluster_nodes 2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster size never 2"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,11 @@ async fn metrics_count_connected_sockets_by_role_and_transport() {
         r#"relay_connected_sockets{role="driver",transport="polling"} 1"#,
         r#"relay_connected_sockets{role="admin",transport="websocket"} 0"#,
         "relay_ready 1",
+        "relay_cluster_nodes 1",
+        r#"relay_http_requests_total{route="/readyz",status="200"}"#,
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
     ] {
         assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
     }

@@ -62,6 +62,7 @@ impl Engine for MemoryEngine {
 
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {
         health.set_store_up(true);
+        crate::metrics::set_cluster_nodes(1);
         shutdown.cancelled().await;
     }
 }

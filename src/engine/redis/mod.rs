@@ -170,6 +170,13 @@ impl Engine for RedisEngine {
                 }
             }
             health.set_store_up(up);
+            if up {
+                // Nodes listening on the adapter's broadcast channel.
+                let channel = format!("{}-request#/#", self.channel_prefix);
+                if let Ok(nodes) = self.driver.num_serv(&channel).await {
+                    crate::metrics::set_cluster_nodes(usize::from(nodes));
+                }
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(HEALTH_INTERVAL) => {}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# `make bench`: Redis, two relay nodes and the load generator on this
+# machine; runs the standard scenarios and writes docs/benchmarks.md.
+# Scale with BENCH_* variables (see below); the defaults are the targets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release/relay
+OUT=${BENCH_OUT:-docs/benchmarks.md}
+REDIS_PORT=${BENCH_REDIS_PORT:-6421}
+PORTS=(${BENCH_PORTS:-3201 3202})
+DRIVERS=${BENCH_DRIVERS:-4000}
+RATE=${BENCH_RATE:-20000}
+DURATION=${BENCH_DURATION_S:-20}
+IDLE=${BENCH_IDLE_PER_NODE:-20000}
+ORDER_RATE=${BENCH_ORDER_RATE:-1000}
+ORDER_CUSTOMERS=${BENCH_ORDER_CUSTOMERS:-500}
+RUN_DIR=target/bench
+mkdir -p "$RUN_DIR"
+
+command -v redis-server >/dev/null || { echo "make bench needs redis-server (Debian package redis-server)" >&2; exit 1; }
+ulimit -n 262144 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+export RELAY_JWT_SECRET=bench-secret
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export RELAY_KEY_PREFIX="bench:"
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+start_stack() {
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
+    --logfile "$PWD/$RUN_DIR/redis.log" &
+  pids+=($!)
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  node_pids=()
+  urls=()
+  for port in "${PORTS[@]}"; do
+    # Each driver sends 5 updates/s: a 100 ms minimum interval lets them through.
+    RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
+      RELAY_LOCATION_MIN_INTERVAL_MS=100 RELAY_CLIENT_EVENTS_PER_S=50 \
+      "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
+    pids+=($!)
+    node_pids+=($!)
+    urls+=("http://127.0.0.1:$port")
+  done
+  for port in "${PORTS[@]}"; do
+    for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+}
+
+stop_stack() {
+  cleanup
+  pids=()
+}
+
+loadgen() {
+  "$BIN" loadgen --nodes "$(IFS=,; echo "${urls[*]}")" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
+    --report "$RUN_DIR/report.md" "$@"
+}
+
+rm -f "$RUN_DIR/report.md"
+# A fresh stack per scenario, so that one's connections don't weigh on the next.
+start_stack
+loadgen location --drivers "$DRIVERS" --rate "$RATE" --duration-s "$DURATION"
+stop_stack
+start_stack
+loadgen idle --connections "$IDLE"
+stop_stack
+start_stack
+loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
+stop_stack
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Produced by \`make bench\` ($(date -u +%Y-%m-%d), relay $("$BIN" --version | cut -d' ' -f2), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))."
+  echo "Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2), two relay nodes (release build) and the load generator all on one machine:"
+  echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)."
+  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=100, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_LOG=warn; everything else default."
+  echo
+  cat "$RUN_DIR/report.md"
+  if [ -f docs/benchmarks-notes.md ]; then echo; cat docs/benchmarks-notes.md; fi
+} > "$OUT"
+echo "wrote $OUT"
