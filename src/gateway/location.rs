@@ -82,7 +82,6 @@ pub async fn update<A: Adapter>(
         {
             tracing::debug!(error = %e, "location fan-out failed");
         }
-        metrics::emitted(DRIVER_LOCATION);
     }
     metrics::location_accepted(rooms.len());
     let _ = ack.send(&json!({ "ok": true }));
