@@ -302,7 +302,11 @@ impl Dispatch {
                         return Flow::Continue;
                     }
                 };
-                let waiter = self.acks.lock().unwrap().remove(&id);
+                let waiter = self
+                    .acks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 match waiter {
                     Some(tx) => {
                         let _ = tx.send(args);
@@ -319,7 +323,7 @@ impl Dispatch {
     /// Ends the connection: fails pending acks and queues the final `Closed`.
     fn finish(self, reason: CloseReason) {
         tracing::debug!(?reason, "socket.io connection closed");
-        self.acks.lock().unwrap().clear();
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let _ = self.events.send(Incoming::Closed(reason));
     }
 }
@@ -681,9 +685,15 @@ impl Client {
     ) -> Result<Vec<Value>, ClientError> {
         let id = self.next_ack_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.acks.lock().unwrap().insert(id, tx);
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         if let Err(e) = self.send_raw(encode_packet("42", Some(id), Some(name), args)) {
-            self.acks.lock().unwrap().remove(&id);
+            self.acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(e);
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -691,7 +701,10 @@ impl Client {
             // The driver dropped the waiter: the connection ended.
             Ok(Err(_)) => Err(ClientError::Closed),
             Err(_) => {
-                self.acks.lock().unwrap().remove(&id);
+                self.acks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 Err(ClientError::Timeout("ack"))
             }
         }
