@@ -4,7 +4,7 @@ CARGO ?= cargo
 export RELAY_COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: help build release run run-embedded test lint fmt deps bench clean
+.PHONY: help build release run run-embedded test lint fmt deps bench observability clean
 
 help:
 	@echo "make run           Redis + two nodes when redis-server is installed, else one embedded node"
@@ -12,6 +12,7 @@ help:
 	@echo "make test          the whole test suite (installs redis-server when missing and possible)"
 	@echo "make lint          rustfmt check and clippy with warnings as errors"
 	@echo "make release       optimised binary at target/release/relay"
+	@echo "make observability  dashboard, alert rules and their unit tests through promtool (static)"
 	@echo "make bench         Redis, two nodes and the load generator; writes docs/benchmarks.md"
 
 build:
@@ -28,6 +29,9 @@ run-embedded: release
 
 deps:
 	scripts/ensure-deps.sh
+
+observability: deps
+	scripts/check-observability.sh
 
 bench: deps release
 	scripts/bench.sh

@@ -750,14 +750,20 @@ def family_of(sample: str, types: dict[str, str]) -> str:
     return sample
 
 
-def check_scrape(text: str, used: dict[str, set[str]], exprs: list[str], documented: set[str], tool: str) -> None:
-    where = "scrape"
-    rc, out = promtool(["check", "metrics"], tool, stdin=text)
-    if not check(rc == 0, f"{where}: promtool check metrics"):
-        print(indent_text(out))
-    types, samples = parse_scrape(text)
-    if not check(bool(samples), f"{where}: has samples"):
+def check_scrapes(scrapes: list[tuple[str, str]], used: dict[str, set[str]], exprs: list[str],
+                  documented: set[str], tool: str) -> None:
+    """Each node's scrape on its own (format, labels, catalogue); the names
+    used over all of them together, as Prometheus sees a cluster."""
+    types: dict[str, str] = {}
+    samples: dict[str, set] = {}
+    for where, text in scrapes:
+        node_types, node_samples = check_node_scrape(where, text, documented, tool)
+        types.update(node_types)
+        for sample, label_sets in node_samples.items():
+            samples.setdefault(sample, set()).update(label_sets)
+    if not samples:
         return
+    where = "scrape" if len(scrapes) == 1 else f"{len(scrapes)} scrapes"
 
     missing = []
     for name in sorted(used):
@@ -788,6 +794,14 @@ def check_scrape(text: str, used: dict[str, set[str]], exprs: list[str], documen
     for expr in exprs:
         check_rate_args(f"{where}: {expr[:60]}...", expr, types)
 
+
+def check_node_scrape(where: str, text: str, documented: set[str], tool: str) -> tuple[dict, dict]:
+    rc, out = promtool(["check", "metrics"], tool, stdin=text)
+    if not check(rc == 0, f"{where}: promtool check metrics"):
+        print(indent_text(out))
+    types, samples = parse_scrape(text)
+    if not check(bool(samples), f"{where}: has samples"):
+        return types, samples
     by_family: dict[str, set[tuple[tuple[str, str], ...]]] = {}
     for sample, label_sets in samples.items():
         fam = family_of(sample, types)
@@ -805,6 +819,7 @@ def check_scrape(text: str, used: dict[str, set[str]], exprs: list[str], documen
     for fam in sorted(families):
         if fam.startswith(("relay_", "process_")):
             check(fam in documented, f"{METRICS_DOC}: documents {fam}, which the node exports")
+    return types, samples
 
 
 # ------------------------------------------------------------------ main
@@ -832,7 +847,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--metrics-file", type=Path, help="exposition text of a live node (a scrape of /metrics)")
+    src.add_argument("--metrics-file", type=Path, action="append",
+                     help="exposition text of a live node (a scrape of /metrics); repeat it for each node "
+                          "of a cluster: names used must be exported by at least one")
     src.add_argument("--metrics-url", help="scrape this URL instead (e.g. http://127.0.0.1:3000/metrics)")
     ap.add_argument("--promtool", default=os.environ.get("PROMTOOL", "promtool"), help="promtool binary")
     ap.add_argument("--list-metrics", action="store_true",
@@ -853,16 +870,16 @@ def main() -> int:
         fail(f"{DASHBOARD}: not readable JSON: {e}")
         dash = {}
 
-    scrape = None
-    if args.metrics_file:
+    scrapes: list[tuple[str, str]] = []
+    for path in args.metrics_file or []:
         try:
-            scrape = args.metrics_file.read_text()
+            scrapes.append((str(path), path.read_text()))
         except OSError as e:
-            raise EnvError(f"cannot read {args.metrics_file}: {e}") from e
-    elif args.metrics_url:
+            raise EnvError(f"cannot read {path}: {e}") from e
+    if args.metrics_url:
         try:
             with urllib.request.urlopen(args.metrics_url, timeout=10) as resp:
-                scrape = resp.read().decode()
+                scrapes.append((args.metrics_url, resp.read().decode()))
         except OSError as e:
             raise EnvError(f"cannot scrape {args.metrics_url}: {e}") from e
 
@@ -885,14 +902,14 @@ def main() -> int:
                 bases.setdefault(name if name in documented else base_name(name), set()).update(users)
         for base, users in sorted(bases.items()):
             check(base in documented, f"{METRICS_DOC}: documents {base} (used by {', '.join(sorted(users))})")
-        if scrape is not None:
-            check_scrape(scrape, used, exprs, documented, tool)
+        if scrapes:
+            check_scrapes(scrapes, used, exprs, documented, tool)
 
     total = f"{len({base_name(n) for n in used if n not in SYNTHETIC})} metrics used"
     if FAILURES:
         print(f"check_observability: {len(FAILURES)} failure(s); {total}")
         return 1
-    print(f"check_observability: all passed; {total}" + ("" if scrape is not None else " (no scrape given)"))
+    print(f"check_observability: all passed; {total}" + ("" if scrapes else " (no scrape given)"))
     return 0
 
 

@@ -23,3 +23,6 @@ need() { # program debian-package
 }
 
 need redis-server redis-server
+# promtool checks the dashboard, the alert rules and a live scrape (tests/it/observability.rs).
+need promtool prometheus
+need python3 python3

@@ -28,6 +28,7 @@ pub const CLIENT_EVENTS: &str = "relay_client_events_total";
 pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
 pub const HTTP_DURATION: &str = "relay_http_request_duration_seconds";
 pub const CLUSTER_NODES: &str = "relay_cluster_nodes";
+pub const CONSUMER_RUNNING: &str = "relay_consumer_running";
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 7] = [
@@ -76,6 +77,64 @@ const FLUSH_SECONDS_BUCKETS: [f64; 10] = [
 ];
 /// Waiting for an order's earlier event on another node: usually nothing.
 const ORDER_WAIT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+
+/// The `event` label of `relay_emits_total`.
+const EMITTED_EVENTS: [&str; 6] = [
+    "order:status_update",
+    "merchant:new_order",
+    "delivery:new_request",
+    "admin:alert",
+    "order:driver_location",
+    "other",
+];
+
+/// The `event` and `outcome` labels of `relay_client_events_total`.
+const CLIENT_EVENT_OUTCOMES: [(&str, &[&str]); 4] = [
+    (
+        "driver:location_update",
+        &["ok", "rejected", "rate_limited"],
+    ),
+    ("order:subscribe", &["ok", "rejected", "rate_limited"]),
+    ("order:unsubscribe", &["ok", "rejected", "rate_limited"]),
+    ("other", &["unknown", "rate_limited"]),
+];
+
+const DISCONNECT_REASONS: [&str; 8] = [
+    "transport_close",
+    "multiple_polling",
+    "packet_parsing",
+    "transport_error",
+    "heartbeat_timeout",
+    "client_disconnect",
+    "server_disconnect",
+    "closing_server",
+];
+
+const ADAPTER_OPS: [&str; 4] = ["publish", "subscribe", "decode", "buffer_full"];
+
+const STORE_OPS: [&str; 13] = [
+    "ack",
+    "advance",
+    "wait_turn",
+    "append",
+    "append_outcome",
+    "claim",
+    "connect_orders",
+    "keep_alive",
+    "location_prune",
+    "location_write",
+    "stream_read",
+    "subscribe",
+    "dead_letter",
+];
+
+const PUBLISH_REJECTIONS: [&str; 5] = [
+    "unauthorized",
+    "bad_body",
+    "unknown_type",
+    "invalid_event",
+    "store_unavailable",
+];
 
 pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
@@ -135,6 +194,7 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for route in HTTP_ROUTES {
         counter!(HTTP_REQUESTS, "route" => route, "status" => "200").absolute(0);
     }
+    counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").absolute(0);
     // Zero series up front, so dashboards and alerts see them before the first event.
     for rejection in Rejection::ALL {
         counter!(HANDSHAKE_REJECTIONS, "reason" => rejection.reason()).absolute(0);
@@ -160,6 +220,7 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(LOCATION_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(LOCATION_FANOUT).absolute(0);
+    zero_bounded_series();
     hot();
     Ok(handle)
 }
@@ -181,6 +242,10 @@ fn describe() {
         "Node-to-node adapter failures, by operation."
     );
     describe_gauge!(READY, "1 when this node reports ready on /readyz.");
+    describe_gauge!(
+        CONSUMER_RUNNING,
+        "1 while this node's stream consumer is reading (0 while it waits for the store or drains)."
+    );
     describe_gauge!(
         STORE_UP,
         "1 when the backing store (Redis, or memory) answers."
@@ -284,15 +349,51 @@ fn describe() {
 
 pub fn emitted(event: &str) {
     // Event names are the contract's fixed set; anything else is bucketed.
-    let event = match event {
-        "order:status_update" => "order:status_update",
-        "merchant:new_order" => "merchant:new_order",
-        "delivery:new_request" => "delivery:new_request",
-        "admin:alert" => "admin:alert",
-        "order:driver_location" => "order:driver_location",
-        _ => "other",
-    };
+    let event = EMITTED_EVENTS
+        .into_iter()
+        .find(|e| *e == event)
+        .unwrap_or("other");
     counter!(EMITS, "event" => event).increment(1);
+}
+
+/// Every series of a bounded label set starts at 0: a counter that first
+/// appears at 1 hides that increment from `rate()` and `increase()`, and
+/// panels would show "no data" instead of 0 on a quiet node.
+fn zero_bounded_series() {
+    for role in Role::ALL {
+        for reason in DISCONNECT_REASONS {
+            counter!(DISCONNECTS, "role" => role.as_str(), "reason" => reason).absolute(0);
+        }
+    }
+    for (event, outcomes) in CLIENT_EVENT_OUTCOMES {
+        for &outcome in outcomes {
+            counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).absolute(0);
+        }
+    }
+    for event in EMITTED_EVENTS {
+        counter!(EMITS, "event" => event).absolute(0);
+    }
+    for direction in ["publish", "receive"] {
+        counter!(ADAPTER_MESSAGES, "direction" => direction).absolute(0);
+    }
+    for op in ADAPTER_OPS {
+        counter!(ADAPTER_ERRORS, "op" => op).absolute(0);
+    }
+    for op in STORE_OPS {
+        counter!(STORE_ERRORS, "op" => op).absolute(0);
+    }
+    for kind in EventKind::ALL {
+        counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).absolute(0);
+        for reason in ["missing_data", "bad_json", "missing_field", "invalid_field"] {
+            counter!(STREAM_DEAD_LETTERED, "type" => kind.as_str(), "reason" => reason).absolute(0);
+        }
+    }
+    for reason in ["missing_type", "unknown_type", "max_deliveries"] {
+        counter!(STREAM_DEAD_LETTERED, "type" => "unknown", "reason" => reason).absolute(0);
+    }
+    for reason in PUBLISH_REJECTIONS {
+        counter!(PUBLISH_REJECTED, "reason" => reason).absolute(0);
+    }
 }
 
 /// A client -> server event, by name and outcome (`ok`, `rejected`, ...).
@@ -313,6 +414,10 @@ pub fn http_request(route: &'static str, status: u16, seconds: f64) {
     histogram!(HTTP_DURATION, "route" => route).record(seconds);
 }
 
+pub fn http_unmatched() {
+    counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").increment(1);
+}
+
 pub fn set_cluster_nodes(nodes: usize) {
     gauge!(CLUSTER_NODES).set(nodes as f64);
 }
@@ -322,6 +427,7 @@ pub fn set_cluster_nodes(nodes: usize) {
 struct HotCounters {
     received: Counter,
     accepted: Counter,
+    client_ok: Counter,
     fanout: Counter,
     location_emits: Counter,
 }
@@ -331,6 +437,7 @@ fn hot() -> &'static HotCounters {
     HOT.get_or_init(|| HotCounters {
         received: counter!(LOCATION_UPDATES, "outcome" => "received"),
         accepted: counter!(LOCATION_UPDATES, "outcome" => "accepted"),
+        client_ok: counter!(CLIENT_EVENTS, "event" => "driver:location_update", "outcome" => "ok"),
         fanout: counter!(LOCATION_FANOUT),
         location_emits: counter!(EMITS, "event" => "order:driver_location"),
     })
@@ -344,11 +451,18 @@ pub fn location_received() {
 pub fn location_accepted(fanout: usize) {
     let hot = hot();
     hot.accepted.increment(1);
+    hot.client_ok.increment(1);
     hot.fanout.increment(fanout as u64);
     hot.location_emits.increment(fanout as u64);
 }
 
 pub fn location_rejected(reason: &'static str) {
+    let outcome = if reason == "rate_limited" {
+        "rate_limited"
+    } else {
+        "rejected"
+    };
+    counter!(CLIENT_EVENTS, "event" => "driver:location_update", "outcome" => outcome).increment(1);
     counter!(LOCATION_UPDATES, "outcome" => "rejected").increment(1);
     counter!(LOCATION_REJECTED, "reason" => reason).increment(1);
 }
@@ -456,7 +570,8 @@ pub fn set_connected_sockets(counts: &[(Role, &'static str, usize)]) {
     }
 }
 
-pub fn set_health(ready: bool, store_up: bool) {
+pub fn set_health(ready: bool, store_up: bool, consumer_running: bool) {
     gauge!(READY).set(f64::from(u8::from(ready)));
     gauge!(STORE_UP).set(f64::from(u8::from(store_up)));
+    gauge!(CONSUMER_RUNNING).set(f64::from(u8::from(consumer_running)));
 }

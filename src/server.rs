@@ -193,7 +193,9 @@ fn launch<E: Engine>(
         api_key: config.api_key.clone(),
         started_at: crate::events::now_ms() as f64 / 1000.0,
     })
-    .layer(layer);
+    .layer(layer)
+    // Outermost, so the Socket.IO layer only ever sees detached copies.
+    .layer(axum::middleware::map_request(http::detach_from_read_buffer));
 
     let addr = listener.local_addr()?;
     tracing::info!(

@@ -41,6 +41,11 @@ pub struct BroadcastFailed(pub String);
 /// A client that has not finished the Socket.IO handshake by then is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// tungstenite's initial read buffer per websocket (it grows for larger
+/// messages). The default 4 KiB is most of an idle connection's memory; client
+/// frames here are a few hundred bytes.
+const WS_READ_BUFFER_BYTES: usize = 1024;
+
 pub struct Gateway<E: Engine> {
     io: SocketIo<E::Adapter>,
 }
@@ -69,6 +74,7 @@ impl<E: Engine> Gateway<E> {
             .ws_max_message_size(transport.ws_max_message_bytes)
             .ws_max_frame_size(transport.ws_max_frame_bytes)
             .connect_timeout(CONNECT_TIMEOUT)
+            .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
             .with_state(GatewayState {
                 verifier,
                 client_events_per_s,

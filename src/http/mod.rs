@@ -2,6 +2,7 @@
 //! the resync endpoint for clients and the publish API for backends.
 
 mod api;
+mod detach;
 mod errors;
 mod observe;
 mod orders;
@@ -21,6 +22,8 @@ use crate::{
     config::Secret,
     engine::{Engine, Health},
 };
+
+pub use detach::detach_from_read_buffer;
 
 /// Refreshes gauges that are counted rather than tracked (connected sockets)
 /// right before a scrape.
@@ -65,5 +68,6 @@ pub fn router<E: Engine>(state: HttpState<E>) -> Router {
         .route("/api/dead-letters", get(api::dead_letters::<E>))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn(observe::count_requests))
+        .fallback(observe::not_found)
         .with_state(state)
 }

@@ -2,6 +2,7 @@
 
 use axum::{
     extract::{MatchedPath, Request},
+    http::StatusCode,
     middleware::Next,
     response::Response,
 };
@@ -23,4 +24,11 @@ pub async fn count_requests(request: Request, next: Next) -> Response {
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// Paths that match no route (scanners, typos, old clients) are counted too,
+/// under the one bounded label `other`.
+pub async fn not_found() -> StatusCode {
+    metrics::http_unmatched();
+    StatusCode::NOT_FOUND
 }

@@ -35,7 +35,11 @@ pub async fn readyz<E: Engine>(State(state): State<HttpState<E>>) -> impl IntoRe
 
 pub async fn metrics<E: Engine>(State(state): State<HttpState<E>>) -> impl IntoResponse {
     (state.census)();
-    metrics::set_health(state.health.ready(), state.health.store_up());
+    metrics::set_health(
+        state.health.ready(),
+        state.health.store_up(),
+        state.health.consumer_running(),
+    );
     let mut text = state.prometheus.render();
     text.push_str(&crate::procfs::prometheus_text(state.started_at));
     (

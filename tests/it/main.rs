@@ -13,6 +13,7 @@ mod events;
 mod handshake;
 mod lifecycle;
 mod location;
+mod observability;
 mod rooms;
 mod stream;
 mod transport;

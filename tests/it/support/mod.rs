@@ -10,7 +10,7 @@ use std::time::Duration;
 use relay::auth::{Role, mint_hs256};
 use relay::config::Secret;
 
-pub use cluster::{API_KEY, Cluster, connect, expect_event};
+pub use cluster::{API_KEY, Cluster, connect, connect_with, expect_event};
 pub use node::{InProcessNode, NodeProcess};
 pub use redis_server::RedisServer;
 
