@@ -10,9 +10,11 @@ OUT=${BENCH_OUT:-docs/benchmarks.md}
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
 PORTS=(${BENCH_PORTS:-3201 3202})
 DRIVERS=${BENCH_DRIVERS:-4000}
-RATE=${BENCH_RATE:-20000}
+# The target rate, and one this machine can carry with the load generator on it.
+RATES=(${BENCH_RATES:-20000 8000})
 DURATION=${BENCH_DURATION_S:-20}
 IDLE=${BENCH_IDLE_PER_NODE:-20000}
+IDLE_SETTLE=${BENCH_IDLE_SETTLE_S:-30}
 ORDER_RATE=${BENCH_ORDER_RATE:-1000}
 ORDER_CUSTOMERS=${BENCH_ORDER_CUSTOMERS:-500}
 RUN_DIR=target/bench
@@ -20,6 +22,13 @@ mkdir -p "$RUN_DIR"
 
 command -v redis-server >/dev/null || { echo "make bench needs redis-server (Debian package redis-server)" >&2; exit 1; }
 ulimit -n 262144 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# One load generator per node holds that node's idle clients; each process
+# (node and load generator) needs a descriptor per connection.
+FD_LIMIT=$(ulimit -n)
+if [ "$FD_LIMIT" != unlimited ] && [ "$IDLE" -gt $((FD_LIMIT - 200)) ]; then
+  echo "bench: open-file limit $FD_LIMIT: idle scenario at $((FD_LIMIT - 200)) connections per node instead of $IDLE" >&2
+  IDLE=$((FD_LIMIT - 200))
+fi
 
 export RELAY_JWT_SECRET=bench-secret
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -35,14 +44,17 @@ trap cleanup EXIT
 start_stack() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
     --logfile "$PWD/$RUN_DIR/redis.log" &
+  redis_pid=$!
   pids+=($!)
   for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   node_pids=()
   urls=()
   for port in "${PORTS[@]}"; do
-    # Each driver sends 5 updates/s; a 50 ms minimum interval absorbs the load generator's tick jitter.
+    # Each simulated driver sends 5 updates/s (real ones: one every 5-10 s),
+    # so the per-driver throttle is off: the load generator's tick jitter
+    # would otherwise count as rejects.
     RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
-      RELAY_LOCATION_MIN_INTERVAL_MS=50 RELAY_CLIENT_EVENTS_PER_S=50 \
+      RELAY_LOCATION_MIN_INTERVAL_MS=0 RELAY_CLIENT_EVENTS_PER_S=50 \
       "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
     pids+=($!)
     node_pids+=($!)
@@ -60,16 +72,21 @@ stop_stack() {
 
 loadgen() {
   "$BIN" loadgen --nodes "$(IFS=,; echo "${urls[*]}")" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
-    --report "$RUN_DIR/report.md" "$@"
+    --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" "$@"
 }
 
 rm -f "$RUN_DIR/report.md"
 # A fresh stack per scenario, so that one's connections don't weigh on the next.
+for rate in "${RATES[@]}"; do
+  start_stack
+  loadgen location --drivers "$DRIVERS" --rate "$rate" --duration-s "$DURATION"
+  stop_stack
+done
 start_stack
-loadgen location --drivers "$DRIVERS" --rate "$RATE" --duration-s "$DURATION"
-stop_stack
-start_stack
-loadgen idle --connections "$IDLE"
+for i in "${!urls[@]}"; do
+  "$BIN" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --report "$RUN_DIR/report.md" \
+    idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
+done
 stop_stack
 start_stack
 loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
@@ -81,7 +98,8 @@ stop_stack
   echo "Produced by \`make bench\` ($(date -u +%Y-%m-%d), relay $("$BIN" --version | cut -d' ' -f2), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))."
   echo "Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2), two relay nodes (release build) and the load generator all on one machine:"
   echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)."
-  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=50, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_LOG=warn; everything else default."
+  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=0, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_LOG=warn; everything else default."
+  echo "Open-file limit $(ulimit -n) per process: $IDLE idle connections per node."
   echo
   cat "$RUN_DIR/report.md"
   if [ -f docs/benchmarks-notes.md ]; then echo; cat docs/benchmarks-notes.md; fi

@@ -171,11 +171,23 @@ impl<E: Engine> Consumer<E> {
                     Err(_) => break,
                 }
             }
-            match self.stream().read_new(permits.len()).await {
-                Ok(entries) if entries.is_empty() => {
-                    drop(permits);
+            let asked = permits.len();
+            match self.stream().read_new(asked).await {
+                Ok(entries) => {
                     self.health.set_consumer_running(true);
                     backoff = Duration::from_millis(100);
+                    // Fewer than asked: the stream is drained for now, and
+                    // reading again at once would only find nothing.
+                    let drained = entries.len() < asked;
+                    for (entry, permit) in entries.into_iter().zip(permits) {
+                        self.schedule(Job {
+                            entry,
+                            permit: Some(permit),
+                        });
+                    }
+                    if !drained {
+                        continue;
+                    }
                     tokio::select! {
                         () = self.stop.cancelled() => return,
                         res = self.stream().wait_new(Duration::from_secs(2)) => {
@@ -186,16 +198,6 @@ impl<E: Engine> Consumer<E> {
                                 }
                             }
                         }
-                    }
-                }
-                Ok(entries) => {
-                    self.health.set_consumer_running(true);
-                    backoff = Duration::from_millis(100);
-                    for (entry, permit) in entries.into_iter().zip(permits) {
-                        self.schedule(Job {
-                            entry,
-                            permit: Some(permit),
-                        });
                     }
                 }
                 Err(e) => {
@@ -328,11 +330,13 @@ impl<E: Engine> Consumer<E> {
         };
         if let Some(order) = order {
             let started = tokio::time::Instant::now();
-            if !self
-                .retry("wait_turn", || {
-                    self.stream().wait_turn(order, &entry.id, &self.stop)
-                })
-                .await
+            // An entry read at the head of its order's queue skips the round trip.
+            if !entry.first_in_order
+                && !self
+                    .retry("wait_turn", || {
+                        self.stream().wait_turn(order, &entry.id, &self.stop)
+                    })
+                    .await
             {
                 return;
             }

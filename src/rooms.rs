@@ -14,6 +14,9 @@ pub enum Room {
 }
 
 impl Room {
+    /// What every order room's name starts with.
+    pub const ORDER_PREFIX: &'static str = "order_";
+
     pub fn order(id: impl Into<String>) -> Self {
         Self::Order(id.into())
     }

@@ -167,8 +167,17 @@ fn launch<E: Engine>(
     let engine = Arc::new(engine);
     let verifier = Arc::new(verifier);
 
+    // Unique even when two nodes are misconfigured with one node id: a node
+    // skips only the location batches it published itself.
+    let instance = format!(
+        "{}#{}#{}",
+        config.node_id,
+        std::process::id(),
+        crate::events::now_ms()
+    );
     let locations = Arc::new(LocationPipeline::start(
         engine.clone(),
+        instance.clone(),
         config.location.min_interval,
         config.location.ttl,
         stop.clone(),
@@ -180,6 +189,12 @@ fn launch<E: Engine>(
         config.client_events_per_s,
         locations,
     );
+    tokio::spawn(crate::location::receive(
+        engine.clone(),
+        gateway.io().clone(),
+        instance,
+        stop.clone(),
+    ));
     let census = {
         let gateway = gateway.clone();
         Arc::new(move || gateway.record_census())

@@ -22,6 +22,7 @@ use std::{
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide_core::adapter::CoreAdapter;
 use socketioxide_core::adapter::DefinedAdapter;
+use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio_util::sync::CancellationToken;
 
 /// State handed to socketioxide to build the adapter of each namespace.
@@ -52,6 +53,12 @@ pub trait Engine: Send + Sync + 'static {
     /// pub/sub subscriptions). Errors are retried by the caller.
     fn finish_init(init: AdapterInit<Self>)
     -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// The location batches nodes publish through [`LocationCache::write`];
+    /// `None` when this node has no peers (the memory engine).
+    fn location_feed(
+        &self,
+    ) -> impl Future<Output = StoreResult<Option<MessageStream<ChanItem>>>> + Send;
 
     /// Watches the backing store until `shutdown`, keeping `health` current.
     fn watch_health(

@@ -26,6 +26,9 @@ pub struct StreamEntry {
     pub id: String,
     pub kind: Option<String>,
     pub data: Option<String>,
+    /// Registered at the head of its order's queue when read: nothing of
+    /// that order is before it, so it need not wait for its turn.
+    pub first_in_order: bool,
 }
 
 /// A dead-lettered entry, as stored.
@@ -173,10 +176,12 @@ pub struct DriverLocation {
 /// Where drivers are, as fresh as `RELAY_LOCATION_TTL_S` allows.
 pub trait LocationCache: Send + Sync + 'static {
     /// Stores the latest location of each driver in `batch` (one entry per
-    /// driver), in as few round trips as the store allows.
+    /// driver) and publishes `broadcast` (a batch of location deliveries) to
+    /// the other nodes, in as few round trips as the store allows.
     fn write(
         &self,
         batch: &[(String, DriverLocation)],
+        broadcast: Option<&[u8]>,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Removes drivers last seen before `cutoff` from the geo index (geo

@@ -9,15 +9,11 @@ use socketioxide::{
     socket::DisconnectReason,
 };
 
-use super::{
-    GatewayState,
-    location::{self, DriverLocationEvent},
-    subscriptions,
-};
+use super::{GatewayState, location, subscriptions};
 use crate::{
     auth::{Principal, Rejection, Role},
     engine::{Engine, LocationCache, OrderStore},
-    location::EventBudget,
+    location::{DRIVER_LOCATION, DriverLocationEvent, EventBudget},
     metrics,
     rooms::Room,
 };
@@ -104,7 +100,7 @@ async fn send_latest_locations<E: Engine>(
         match engine.locations().latest(driver).await {
             Ok(Some(location)) => {
                 let _ = socket.emit(
-                    location::DRIVER_LOCATION,
+                    DRIVER_LOCATION,
                     &DriverLocationEvent::new(&order.order_id, &location),
                 );
             }

@@ -12,8 +12,8 @@ use std::{sync::Arc, time::Duration};
 use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
 pub use handshake::token_from;
-pub use location::{DRIVER_LOCATION, DriverLocationEvent};
 pub use offer::{OfferResult, OfferSent};
 
 use crate::{

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::json;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 
-use super::location::{DRIVER_LOCATION, DriverLocationEvent};
+use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
 use crate::{
     auth::{Principal, Role},
     engine::{Engine, LocationCache, OrderStore},

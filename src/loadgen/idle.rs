@@ -28,12 +28,12 @@ pub async fn run(
     tokio::time::sleep(settle).await;
     let after = target.samples();
     let mut rows = String::new();
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+    let nodes = target.node_procs();
+    for (label, (b, a)) in nodes.iter().zip(before.iter().zip(&after)) {
         if let (Some(b), Some(a)) = (b, a) {
             let per_conn = a.rss_kib.saturating_sub(b.rss_kib) as f64 / per_node as f64;
             rows.push_str(&format!(
-                "| node {} | {per_node} | {:.1} MiB -> {:.1} MiB | {per_conn:.1} KiB |\n",
-                i + 1,
+                "| {label} | {per_node} | {:.1} MiB -> {:.1} MiB | {per_conn:.1} KiB |\n",
                 b.rss_kib as f64 / 1024.0,
                 a.rss_kib as f64 / 1024.0
             ));

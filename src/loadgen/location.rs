@@ -153,7 +153,7 @@ pub async fn run(
     let rejected = delta("relay_location_updates_total", "outcome=\"rejected\"");
     let sent = sent_in_window.load(Ordering::Relaxed) as f64;
     let delivered = latencies.len() as f64;
-    let (rows, cpu) = node_rows(&procs_before, &procs_after, duration);
+    let (rows, cpu) = node_rows(target, &procs_before, &procs_after, duration);
     let cpu_us_per_update = if accepted > 0.0 {
         cpu.as_secs_f64() * 1e6 / accepted
     } else {
@@ -171,7 +171,7 @@ pub async fn run(
          | delivery ratio | {ratio:.2} % |\n\
          | driver -> customer latency | p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms |\n\
          | relay CPU per update | {cpu_us_per_update:.1} µs (all nodes together) |\n\n\
-         | node | CPU | RSS at end |\n| --- | --- | --- |\n{rows}",
+         | process | CPU | RSS at end |\n| --- | --- | --- |\n{rows}",
         nodes = target.nodes.len(),
         warm = warmup.as_secs_f64(),
         machine = machine(),

@@ -34,6 +34,10 @@ pub struct LoadgenArgs {
     /// Process ids of the nodes, in the same order, for CPU and RSS figures.
     #[arg(long, value_delimiter = ',')]
     node_pids: Vec<u32>,
+    /// Process id of Redis, when it runs on this machine: its CPU and RSS
+    /// are reported beside the nodes' (and this load generator's own).
+    #[arg(long)]
+    redis_pid: Option<u32>,
     /// The nodes' Redis, where the scenario's orders are appended.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<Secret>,
@@ -99,7 +103,8 @@ pub enum LoadgenError {
 /// What every scenario works with.
 pub struct Target {
     nodes: Vec<String>,
-    pids: Vec<u32>,
+    /// Processes measured: the nodes first, then the others (Redis, this one).
+    procs: Vec<(String, u32)>,
     redis: Option<redis::Client>,
     prefix: String,
     secret: Secret,
@@ -116,7 +121,14 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
         .transpose()?;
     let target = Target {
         nodes: args.nodes,
-        pids: args.node_pids,
+        procs: args
+            .node_pids
+            .iter()
+            .enumerate()
+            .map(|(i, pid)| (format!("node {}", i + 1), *pid))
+            .chain(args.redis_pid.map(|pid| ("redis-server".to_owned(), pid)))
+            .chain([("load generator".to_owned(), std::process::id())])
+            .collect(),
         redis,
         prefix: args.key_prefix,
         secret: args.jwt_secret,
@@ -264,8 +276,19 @@ impl Target {
         }
     }
 
+    fn node_procs(&self) -> Vec<&str> {
+        self.procs
+            .iter()
+            .map(|(label, _)| label.as_str())
+            .filter(|label| label.starts_with("node"))
+            .collect()
+    }
+
     fn samples(&self) -> Vec<Option<ProcSample>> {
-        self.pids.iter().map(|pid| ProcSample::read(*pid)).collect()
+        self.procs
+            .iter()
+            .map(|(_, pid)| ProcSample::read(*pid))
+            .collect()
     }
 
     async fn scrape(&self) -> Vec<String> {
@@ -283,20 +306,23 @@ impl Target {
 }
 
 /// Per node: cores used over `elapsed` and RSS at the end, as table rows.
+/// A row of CPU and RSS per process, and the CPU of the nodes together.
 fn node_rows(
+    target: &Target,
     before: &[Option<ProcSample>],
     after: &[Option<ProcSample>],
     elapsed: Duration,
 ) -> (String, Duration) {
     let mut rows = String::new();
     let mut total_cpu = Duration::ZERO;
-    for (i, (b, a)) in before.iter().zip(after).enumerate() {
+    for ((label, _), (b, a)) in target.procs.iter().zip(before.iter().zip(after)) {
         if let (Some(b), Some(a)) = (b, a) {
             let cpu = a.cpu.saturating_sub(b.cpu);
-            total_cpu += cpu;
+            if label.starts_with("node") {
+                total_cpu += cpu;
+            }
             rows.push_str(&format!(
-                "| node {} | {:.2} cores | {:.1} MiB |\n",
-                i + 1,
+                "| {label} | {:.2} cores | {:.1} MiB |\n",
                 cpu.as_secs_f64() / elapsed.as_secs_f64(),
                 a.rss_kib as f64 / 1024.0
             ));

@@ -99,7 +99,7 @@ pub async fn run(
         }
     }
     let delivered = latencies.len();
-    let (rows, _) = node_rows(&procs_before, &procs_after, elapsed);
+    let (rows, _) = node_rows(target, &procs_before, &procs_after, elapsed);
     let [p50, p90, p99, max] = latencies.summary().unwrap_or([f64::NAN; 4]);
     Ok(format!(
         "### Order events\n\n\
@@ -109,7 +109,7 @@ pub async fn run(
          | appended | {sent_rate:.0} events/s |\n\
          | delivered | {delivered} of {total} |\n\
          | XADD -> client latency | p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms |\n\n\
-         | node | CPU | RSS at end |\n| --- | --- | --- |\n{rows}",
+         | process | CPU | RSS at end |\n| --- | --- | --- |\n{rows}",
         nodes = target.nodes.len(),
         machine = machine(),
         sent_rate = total as f64 / elapsed.as_secs_f64(),

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::limits::DriverThrottle;
+use super::{Queued, fanout, limits::DriverThrottle};
 use crate::{
     engine::{DriverLocation, Engine, LocationCache},
     events::now_ms,
@@ -24,9 +24,14 @@ fn prune_every(ttl: Duration) -> Duration {
     (ttl / 2).clamp(Duration::from_millis(500), Duration::from_secs(10))
 }
 
-pub type Writes = mpsc::Receiver<(String, DriverLocation)>;
+pub type Writes = mpsc::Receiver<Queued>;
 
-pub async fn run<E: Engine>(engine: Arc<E>, mut writes: Writes, stop: CancellationToken) {
+pub async fn run<E: Engine>(
+    engine: Arc<E>,
+    node_id: String,
+    mut writes: Writes,
+    stop: CancellationToken,
+) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let mut batch: HashMap<String, DriverLocation> = HashMap::with_capacity(MAX_BATCH);
     loop {
@@ -50,14 +55,28 @@ pub async fn run<E: Engine>(engine: Arc<E>, mut writes: Writes, stop: Cancellati
                 }
             }
         }
-        // Only each driver's latest update matters.
-        for (driver, location) in buf.drain(..) {
+        // Every delivery goes to the other nodes; only each driver's latest
+        // location goes to the cache.
+        let deliveries: Vec<_> = buf
+            .iter()
+            .flat_map(|q| q.deliveries.iter().cloned())
+            .collect();
+        let broadcast = (!deliveries.is_empty()).then(|| fanout::encode(&node_id, deliveries));
+        for Queued {
+            driver, location, ..
+        } in buf.drain(..)
+        {
             batch.insert(driver, location);
         }
         let flush: Vec<(String, DriverLocation)> = batch.drain().collect();
         let started = tokio::time::Instant::now();
-        match engine.locations().write(&flush).await {
-            Ok(()) => metrics::location_flush(flush.len(), started.elapsed().as_secs_f64()),
+        match engine.locations().write(&flush, broadcast.as_deref()).await {
+            Ok(()) => {
+                metrics::location_flush(flush.len(), started.elapsed().as_secs_f64());
+                if broadcast.is_some() {
+                    metrics::adapter_message("publish");
+                }
+            }
             Err(e) => {
                 // Locations are ephemeral: the next update replaces this batch.
                 metrics::store_error("location_write");

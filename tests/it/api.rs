@@ -4,7 +4,7 @@ use relay::auth::Role;
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_KEY, Cluster, InProcessNode, connect, expect_event, http, merchant_token, token,
+    API_KEY, Cluster, InProcessNode, WAIT, connect, expect_event, http, merchant_token, token,
 };
 
 async fn publish(url: &str, key: Option<&str>, body: &str) -> (u16, Value) {
@@ -176,16 +176,24 @@ async fn embedded_mode_runs_the_same_events_through_the_publish_api() {
             .data()["status"],
         "preparing"
     );
-    // The outcome, readable through the API in embedded mode too.
-    let outcomes: Value = http()
-        .get(format!("{url}/api/outcomes"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .expect("outcomes")
-        .json()
-        .await
-        .expect("json");
+    // The outcome, readable through the API in embedded mode too. It is
+    // written once the ack is in, independently of the status update.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let outcomes = loop {
+        let outcomes: Value = http()
+            .get(format!("{url}/api/outcomes"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("outcomes")
+            .json()
+            .await
+            .expect("json");
+        if outcomes["outcomes"][0].is_object() || tokio::time::Instant::now() >= deadline {
+            break outcomes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(outcomes["outcomes"][0]["outcome"], "acked", "{outcomes}");
     assert_eq!(
         active(&url, Some(&token("c1", Role::Customer))).await.1["orders"][0]["status"],

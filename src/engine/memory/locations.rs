@@ -41,7 +41,11 @@ pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
 }
 
 impl LocationCache for MemoryLocations {
-    async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
+    async fn write(
+        &self,
+        batch: &[(String, DriverLocation)],
+        _broadcast: Option<&[u8]>,
+    ) -> StoreResult<()> {
         let mut drivers = self.drivers();
         for (driver, location) in batch {
             drivers.insert(driver.clone(), *location);

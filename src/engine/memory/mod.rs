@@ -32,6 +32,10 @@ impl MemoryEngine {
     }
 }
 
+use socketioxide_redis::drivers::{ChanItem, MessageStream};
+
+use super::StoreResult;
+
 impl Engine for MemoryEngine {
     type Adapter = LocalAdapter;
     type Stream = MemoryStream;
@@ -58,6 +62,10 @@ impl Engine for MemoryEngine {
 
     async fn finish_init((): ()) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
+        Ok(None)
     }
 
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {

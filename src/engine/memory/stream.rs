@@ -103,6 +103,7 @@ impl EventStream for MemoryStream {
                         id: id_string(*id),
                         kind: Some(kind.clone()),
                         data: Some(data.clone()),
+                        first_in_order: false,
                     },
                 )
             })

@@ -26,18 +26,25 @@ return #ids
 pub struct RedisLocations {
     conn: ConnectionManager,
     prefix: String,
+    /// The pub/sub channel of location deliveries between nodes.
+    channel: String,
     ttl: Duration,
     prune: Script,
 }
 
 impl RedisLocations {
-    pub fn new(conn: ConnectionManager, prefix: &str, ttl: Duration) -> Self {
+    pub fn new(conn: ConnectionManager, prefix: &str, channel: String, ttl: Duration) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),
+            channel,
             ttl,
             prune: Script::new(PRUNE),
         }
+    }
+
+    pub fn channel(&self) -> &str {
+        &self.channel
     }
 
     /// When each driver was last seen (unix ms), for pruning the geo set.
@@ -61,22 +68,35 @@ fn float(value: Value) -> Option<f64> {
 impl LocationCache for RedisLocations {
     /// One pipeline per batch: GEOADD, the hash with its TTL, and the
     /// last-seen score, per driver.
-    async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
-        if batch.is_empty() {
+    async fn write(
+        &self,
+        batch: &[(String, DriverLocation)],
+        broadcast: Option<&[u8]>,
+    ) -> StoreResult<()> {
+        if batch.is_empty() && broadcast.is_none() {
             return Ok(());
         }
         let ttl_ms = self.ttl.as_millis() as u64;
-        let geo = self.geo_key();
-        let seen = self.last_seen_key();
         let mut pipe = redis::pipe();
+        // Deliveries first: the other nodes' customers wait on them, the cache can wait.
+        if let Some(payload) = broadcast {
+            pipe.cmd("PUBLISH").arg(&self.channel).arg(payload).ignore();
+        }
+        if !batch.is_empty() {
+            // One GEOADD and one ZADD for the whole batch, not one per driver.
+            let mut geoadd = redis::cmd("GEOADD");
+            geoadd.arg(self.geo_key());
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(self.last_seen_key());
+            for (driver, l) in batch {
+                geoadd.arg(l.lng).arg(l.lat).arg(driver);
+                zadd.arg(l.ts).arg(driver);
+            }
+            pipe.add_command(geoadd).ignore();
+            pipe.add_command(zadd).ignore();
+        }
         for (driver, l) in batch {
             let key = self.driver_key(driver);
-            pipe.cmd("GEOADD")
-                .arg(&geo)
-                .arg(l.lng)
-                .arg(l.lat)
-                .arg(driver)
-                .ignore();
             let mut hset = redis::cmd("HSET");
             hset.arg(&key)
                 .arg("lat")
@@ -103,7 +123,6 @@ impl LocationCache for RedisLocations {
                 pipe.cmd("HDEL").arg(&key).arg(absent).ignore();
             }
             pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
-            pipe.cmd("ZADD").arg(&seen).arg(l.ts).arg(driver).ignore();
         }
         let () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(())

@@ -22,11 +22,15 @@ pub use orders::RedisOrders;
 pub use pubsub::PubSubDriver;
 pub use stream::{RedisStream, StreamSettings};
 
-use super::{Engine, EngineError, Health};
+use super::{Engine, EngineError, Health, StoreError, StoreResult};
 use crate::config::Secret;
 
 /// How often the link to Redis is checked for `/readyz`.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Location batches waiting for this node's fan-out task; one arrives per
+/// peer every few milliseconds under load.
+const LOCATION_FEED_BUFFER: usize = 4096;
 
 pub struct RedisEngine {
     driver: PubSubDriver,
@@ -94,7 +98,12 @@ impl RedisEngine {
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
             stream,
             orders: RedisOrders::new(commands.clone(), prefix),
-            locations: RedisLocations::new(commands, prefix, settings.location_ttl),
+            locations: RedisLocations::new(
+                commands,
+                prefix,
+                format!("{prefix}sio-locations"),
+                settings.location_ttl,
+            ),
         })
     }
 }
@@ -137,6 +146,15 @@ impl Engine for RedisEngine {
             self.driver.clone(),
             RedisAdapterConfig::new().with_prefix(self.channel_prefix.clone()),
         )
+    }
+
+    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
+        let feed = self
+            .driver
+            .subscribe(self.locations.channel().to_owned(), LOCATION_FEED_BUFFER)
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(Some(feed))
     }
 
     async fn finish_init(init: InitRes<PubSubDriver>) -> Result<(), EngineError> {

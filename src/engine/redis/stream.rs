@@ -10,7 +10,7 @@
 //! through a pub/sub notice on `{prefix}seq`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -44,10 +44,12 @@ const TURN_POLL: Duration = Duration::from_millis(200);
 const STALE_HEAD_CHECK: Duration = Duration::from_secs(1);
 
 /// XREADGROUP of new entries and their registration in the order queues,
-/// as one atomic step. Returns {entries, last id of the stream}.
+/// as one atomic step. Returns {entries, last id of the stream, ids that
+/// went to the head of an empty queue}.
 const READ_SCRIPT: &str = r"
 local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
 local entries = {}
+local first = {}
 if res then entries = res[1][2] end
 for _, e in ipairs(entries) do
   local f = e[2]
@@ -59,7 +61,7 @@ for _, e in ipairs(entries) do
     local ok, obj = pcall(cjson.decode, data)
     if ok and type(obj) == 'table' and type(obj['order_id']) == 'string' and obj['order_id'] ~= '' then
       local q = ARGV[4] .. obj['order_id']
-      redis.call('RPUSH', q, e[1])
+      if redis.call('RPUSH', q, e[1]) == 1 then table.insert(first, e[1]) end
       redis.call('PEXPIRE', q, ARGV[5])
     end
   end
@@ -69,7 +71,7 @@ if #entries == 0 then
   local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   if tail[1] then last = tail[1][1] end
 end
-return {entries, last}
+return {entries, last, first}
 ";
 
 /// 1: the entry is at the head of its queue; 2: not queued (already
@@ -198,11 +200,18 @@ impl RedisStream {
         let Value::Array(mut parts) = reply else {
             return Ok(Vec::new());
         };
+        let first: HashSet<String> = match parts.pop() {
+            Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk_string).collect(),
+            _ => HashSet::new(),
+        };
         let last = parts.pop().and_then(bulk_string);
-        let entries = parts.pop().map(parse_entries).unwrap_or_default();
-        if let Some(last) = last
-            && entries.is_empty()
-        {
+        let mut entries = parts.pop().map(parse_entries).unwrap_or_default();
+        for entry in &mut entries {
+            entry.first_in_order = first.contains(&entry.id);
+        }
+        // Waiting for new entries starts after the last one seen: the tail
+        // of the stream, or the newest entry just read.
+        if let Some(last) = entries.last().map(|e| e.id.clone()).or(last) {
             *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = last;
         }
         Ok(entries)
@@ -421,6 +430,7 @@ impl EventStream for RedisStream {
                         id: id.clone(),
                         kind: None,
                         data: None,
+                        first_in_order: false,
                     });
                 self.dead_letter(
                     &entry,

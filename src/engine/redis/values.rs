@@ -73,6 +73,7 @@ pub fn parse_entries(value: Value) -> Vec<StreamEntry> {
             id,
             kind: fields.remove("type").and_then(bulk_string),
             data: fields.remove("data").and_then(bulk_string),
+            first_in_order: false,
         })
         .collect()
 }
