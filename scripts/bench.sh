@@ -84,7 +84,8 @@ for rate in "${RATES[@]}"; do
 done
 start_stack
 for i in "${!urls[@]}"; do
-  "$BIN" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --report "$RUN_DIR/report.md" \
+  "$BIN" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
+    --report "$RUN_DIR/report.md" \
     idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
 done
 stop_stack

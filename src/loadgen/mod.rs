@@ -34,6 +34,10 @@ pub struct LoadgenArgs {
     /// Process ids of the nodes, in the same order, for CPU and RSS figures.
     #[arg(long, value_delimiter = ',')]
     node_pids: Vec<u32>,
+    /// Number of the first node in the report (`node 2` when measuring the
+    /// second node of a cluster on its own).
+    #[arg(long, default_value_t = 1)]
+    first_node: usize,
     /// Process id of Redis, when it runs on this machine: its CPU and RSS
     /// are reported beside the nodes' (and this load generator's own).
     #[arg(long)]
@@ -125,7 +129,7 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
             .node_pids
             .iter()
             .enumerate()
-            .map(|(i, pid)| (format!("node {}", i + 1), *pid))
+            .map(|(i, pid)| (format!("node {}", i + args.first_node), *pid))
             .chain(args.redis_pid.map(|pid| ("redis-server".to_owned(), pid)))
             .chain([("load generator".to_owned(), std::process::id())])
             .collect(),
