@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engine::{Engine, EventStream, LocationCache, OrderStore, StoreError},
+    engine::{Engine, EventStream, History, LocationCache, OrderStore, StoreError},
     events::{
         AdminAlert, DeliveryRequest, DeliveryTarget, OrderAssigned, OrderCreated, OrderEvent,
         OrderStatus, is_terminal, now_ms, rfc3339,
@@ -140,10 +140,17 @@ impl<E: Engine> Dispatcher<E> {
             "status": e.status,
             "timestamp": timestamp,
         });
-        self.gateway.emit_to(rooms, STATUS_UPDATE, &payload).await?;
-        if is_terminal(&e.status) {
-            // Everyone leaves only after the terminal status reached them.
-            self.gateway.leave_members(&order_room, &order_room).await?;
+        // Everyone leaves the order room only after the final status reached them.
+        let then_leave = is_terminal(&e.status).then(|| order_room.name());
+        self.record(
+            STATUS_UPDATE,
+            &payload,
+            event_id,
+            &rooms,
+            then_leave.as_deref(),
+        )
+        .await?;
+        if then_leave.is_some() {
             self.engine.orders().end(&e.order_id).await?;
         }
         Ok(())
@@ -242,13 +249,31 @@ impl<E: Engine> Dispatcher<E> {
         payload.insert("event_id".into(), json!(event_id));
         payload.insert("level".into(), json!(e.level));
         payload.insert("message".into(), json!(e.message));
-        self.gateway
-            .emit_to(
-                vec![Room::AdminUpdates.name()],
-                ADMIN_ALERT,
-                &Value::Object(payload),
-            )
+        self.record(
+            ADMIN_ALERT,
+            &Value::Object(payload),
+            event_id,
+            &[Room::AdminUpdates.name()],
+            None,
+        )
+        .await
+    }
+
+    /// Emits through the history: kept for clients that reconnect, and
+    /// delivered by every node in one order (see `delivery`).
+    async fn record(
+        &self,
+        event: &'static str,
+        payload: &Value,
+        event_id: &str,
+        rooms: &[String],
+        then_leave: Option<&str>,
+    ) -> Result<(), DispatchError> {
+        self.engine
+            .history()
+            .publish(event, &payload.to_string(), event_id, rooms, then_leave)
             .await?;
+        metrics::emitted(event);
         Ok(())
     }
 

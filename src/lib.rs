@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod consumer;
+pub mod delivery;
 pub mod dispatch;
 pub mod engine;
 pub mod events;

@@ -29,6 +29,8 @@ pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
 pub const HTTP_DURATION: &str = "relay_http_request_duration_seconds";
 pub const CLUSTER_NODES: &str = "relay_cluster_nodes";
 pub const CONSUMER_RUNNING: &str = "relay_consumer_running";
+pub const RECOVERIES: &str = "relay_recoveries_total";
+pub const REPLAYED: &str = "relay_replayed_events_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 7] = [
@@ -89,7 +91,8 @@ const EMITTED_EVENTS: [&str; 6] = [
 ];
 
 /// The `event` and `outcome` labels of `relay_client_events_total`.
-const CLIENT_EVENT_OUTCOMES: [(&str, &[&str]); 4] = [
+const CLIENT_EVENT_OUTCOMES: [(&str, &[&str]); 5] = [
+    ("sync", &["ok", "rejected", "rate_limited"]),
     (
         "driver:location_update",
         &["ok", "rejected", "rate_limited"],
@@ -112,8 +115,10 @@ const DISCONNECT_REASONS: [&str; 8] = [
 
 const ADAPTER_OPS: [&str; 4] = ["publish", "subscribe", "decode", "buffer_full"];
 
-const STORE_OPS: [&str; 13] = [
+const STORE_OPS: [&str; 15] = [
     "ack",
+    "history",
+    "publish_history",
     "advance",
     "wait_turn",
     "append",
@@ -220,6 +225,10 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(LOCATION_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(LOCATION_FANOUT).absolute(0);
+    for result in ["recovered", "not_recovered"] {
+        counter!(RECOVERIES, "result" => result).absolute(0);
+    }
+    counter!(REPLAYED).absolute(0);
     zero_bounded_series();
     hot();
     Ok(handle)
@@ -242,6 +251,11 @@ fn describe() {
         "Node-to-node adapter failures, by operation."
     );
     describe_gauge!(READY, "1 when this node reports ready on /readyz.");
+    describe_counter!(
+        RECOVERIES,
+        "Clients' requests for missed events (connect with last_event_id, or sync), by result."
+    );
+    describe_counter!(REPLAYED, "Events replayed to clients from the history.");
     describe_gauge!(
         CONSUMER_RUNNING,
         "1 while this node's stream consumer is reading (0 while it waits for the store or drains)."
@@ -416,6 +430,20 @@ pub fn http_request(route: &'static str, status: u16, seconds: f64) {
 
 pub fn http_unmatched() {
     counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").increment(1);
+}
+
+/// A client's missed events, recovered or not.
+pub fn recovery(recovered: bool) {
+    let result = if recovered {
+        "recovered"
+    } else {
+        "not_recovered"
+    };
+    counter!(RECOVERIES, "result" => result).increment(1);
+}
+
+pub fn replayed(events: usize) {
+    counter!(REPLAYED).increment(events as u64);
 }
 
 pub fn set_cluster_nodes(nodes: usize) {

@@ -144,11 +144,19 @@ pub async fn start_on(
                 claim_idle: config.stream.claim_idle,
                 max_deliveries: config.stream.max_deliveries,
                 location_ttl: config.location.ttl,
+                history_size: config.history.size,
+                history_ttl: config.history.ttl,
             })?;
             launch(engine, prepared, listener)
         }
         None => {
-            let engine = MemoryEngine::new(&prepared.config.node_id, prepared.config.location.ttl);
+            let config = &prepared.config;
+            let engine = MemoryEngine::new(
+                &config.node_id,
+                config.location.ttl,
+                config.history.size,
+                config.history.ttl,
+            );
             launch(engine, prepared, listener)
         }
     }
@@ -182,13 +190,23 @@ fn launch<E: Engine>(
         config.location.ttl,
         stop.clone(),
     ));
+    let (replay, replay_requests) = crate::delivery::channel();
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,
         verifier.clone(),
         config.client_events_per_s,
         locations,
+        replay,
     );
+    let (subscribed, history_subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(crate::delivery::run(
+        engine.clone(),
+        gateway.io().clone(),
+        replay_requests,
+        subscribed,
+        stop.clone(),
+    ));
     tokio::spawn(crate::location::receive(
         engine.clone(),
         gateway.io().clone(),
@@ -246,6 +264,10 @@ fn launch<E: Engine>(
     let consumer_task = tokio::spawn({
         let (gateway, health, stop) = (gateway.clone(), health.clone(), stop.clone());
         async move {
+            // Clients come in once no recorded event can pass them by.
+            if history_subscribed.await.is_err() {
+                return;
+            }
             gateway.open(&health, &stop).await;
             consumer.run().await;
         }

@@ -7,8 +7,8 @@ pub mod redis;
 mod traits;
 
 pub use traits::{
-    Claimed, DeadLetter, DriverLocation, EventStream, LocationCache, OrderStore, StoreError,
-    StoreResult, StreamEntry, StreamStats,
+    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OrderStore,
+    Recorded, StoreError, StoreResult, StreamEntry, StreamStats, cmp_offsets,
 };
 
 use std::{
@@ -39,6 +39,7 @@ pub trait Engine: Send + Sync + 'static {
     type Stream: EventStream;
     type Orders: OrderStore;
     type Locations: LocationCache;
+    type History: History;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
@@ -48,6 +49,7 @@ pub trait Engine: Send + Sync + 'static {
     fn stream(&self) -> &Self::Stream;
     fn orders(&self) -> &Self::Orders;
     fn locations(&self) -> &Self::Locations;
+    fn history(&self) -> &Self::History;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.

@@ -202,3 +202,72 @@ pub trait LocationCache: Send + Sync + 'static {
         max: usize,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }
+
+/// An event as the history keeps it and as every node delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Recorded {
+    /// Its place in the cluster-wide order of recorded events (`ms-seq`).
+    pub offset: String,
+    pub event: String,
+    /// The payload, as JSON text.
+    pub data: String,
+    pub rooms: Vec<String>,
+    /// A room every socket leaves once this event has reached it (the
+    /// order room, after an order's final status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then_leave: Option<String>,
+}
+
+/// What a client missed, from its history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Missed {
+    /// Every event of the rooms after the client's last one, oldest first
+    /// (each once, also when it went to several of the rooms).
+    Recovered(Vec<Recorded>),
+    /// The history no longer reaches back to the client's last event.
+    NotRecovered,
+}
+
+/// Events emitted to rooms, kept per room for clients that reconnect, and
+/// delivered to every node in one order for the whole cluster.
+pub trait History: Send + Sync + 'static {
+    /// Records `event` for `rooms` and publishes it to every node's feed.
+    /// Returns its offset.
+    fn publish(
+        &self,
+        event: &str,
+        data: &str,
+        event_id: &str,
+        rooms: &[String],
+        then_leave: Option<&str>,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
+
+    /// Every event published from now on, in publishing order, on every
+    /// node; with the offset of the newest event published before (events
+    /// the feed may still bring up to it are already in the history).
+    #[allow(clippy::type_complexity)]
+    fn feed(
+        &self,
+    ) -> impl Future<Output = StoreResult<(tokio::sync::mpsc::Receiver<Recorded>, Option<String>)>> + Send;
+
+    /// The events of `rooms` after the one whose `event_id` is
+    /// `last_event_id`, up to and including offset `up_to`.
+    fn missed(
+        &self,
+        rooms: &[String],
+        last_event_id: &str,
+        up_to: Option<&str>,
+    ) -> impl Future<Output = StoreResult<Missed>> + Send;
+}
+
+/// Orders two `ms-seq` stream ids.
+pub fn cmp_offsets(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |s: &str| {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a).cmp(&parse(b))
+}

@@ -3,15 +3,17 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
 use socketioxide::{
     adapter::Adapter,
-    extract::{AckSender, Extension, SocketRef, State},
+    extract::{AckSender, Extension, SocketRef, State, TryData},
     socket::DisconnectReason,
 };
 
-use super::{GatewayState, location, subscriptions};
+use super::{GatewayState, location, subscriptions, sync};
 use crate::{
     auth::{Principal, Rejection, Role},
+    delivery::Replay,
     engine::{Engine, LocationCache, OrderStore},
     location::{DRIVER_LOCATION, DriverLocationEvent, EventBudget},
     metrics,
@@ -28,7 +30,18 @@ pub async fn join_rooms<E: Engine>(
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
     State(gateway): State<GatewayState>,
+    TryData(auth): TryData<Value>,
 ) -> Result<(), Rejection> {
+    // A client that says which event it saw last joins its rooms only after
+    // the replay of what it missed (see `delivery`): live events of those
+    // rooms cannot overtake the replay.
+    let last_event_id = auth
+        .ok()
+        .as_ref()
+        .and_then(|a| a.get("last_event_id"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty() && id.len() <= 64)
+        .map(str::to_owned);
     socket
         .extensions
         .insert(Arc::new(EventBudget::new(gateway.client_events_per_s)));
@@ -38,7 +51,9 @@ pub async fn join_rooms<E: Engine>(
         .collect();
     // Role rooms first: an order event processed meanwhile reaches the
     // socket through them (see the dispatcher's cluster-wide joins).
-    socket.join(rooms.clone());
+    if last_event_id.is_none() {
+        socket.join(rooms.clone());
+    }
     if matches!(principal.role(), Role::Customer | Role::Driver) {
         match engine.orders().active_for(&principal).await {
             Ok(orders) => {
@@ -46,7 +61,9 @@ pub async fn join_rooms<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
-                socket.join(order_rooms.clone());
+                if last_event_id.is_none() {
+                    socket.join(order_rooms.clone());
+                }
                 rooms.extend(order_rooms);
                 socket.extensions.insert(JoinedOrders(Arc::new(orders)));
             }
@@ -56,12 +73,19 @@ pub async fn join_rooms<E: Engine>(
             }
         }
     }
-    tracing::trace!(sid = %socket.id, ?rooms, "joined");
+    tracing::trace!(sid = %socket.id, ?rooms, resume = last_event_id.is_some(), "rooms");
+    if let Some(last_event_id) = last_event_id {
+        socket.extensions.insert(PendingResume {
+            rooms,
+            last_event_id,
+        });
+    }
     // Handlers too are in place before the CONNECT reply: an event the
     // client sends the moment it is connected must not find none.
     socket.on("driver:location_update", location::update::<E::Adapter>);
     socket.on("order:subscribe", subscriptions::subscribe::<E>);
     socket.on("order:unsubscribe", subscriptions::unsubscribe::<E>);
+    socket.on("sync", sync::sync::<E::Adapter>);
     socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
 }
@@ -70,6 +94,14 @@ pub async fn join_rooms<E: Engine>(
 /// locations sent right after its CONNECT reply.
 #[derive(Clone)]
 struct JoinedOrders(Arc<Vec<crate::orders::ActiveOrder>>);
+
+/// The rooms of a client that connected with `last_event_id`, joined once
+/// its missed events are replayed.
+#[derive(Clone)]
+struct PendingResume {
+    rooms: Vec<String>,
+    last_event_id: String,
+}
 
 /// Events outside the protocol are dropped, counted and, if the client asked
 /// for an ack, answered.
@@ -114,8 +146,18 @@ pub async fn on_connect<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(replay): State<Replay<E::Adapter>>,
 ) {
     metrics::connected(principal.role());
+    if let Some(PendingResume {
+        rooms,
+        last_event_id,
+    }) = socket.extensions.remove::<PendingResume>()
+    {
+        replay
+            .resume(socket.clone(), rooms, last_event_id, true)
+            .await;
+    }
     if principal.role() != Role::Driver
         && let Some(JoinedOrders(orders)) = socket.extensions.get::<JoinedOrders>()
     {

@@ -6,12 +6,14 @@ mod handshake;
 mod location;
 mod offer;
 mod subscriptions;
+mod sync;
 
 use std::{sync::Arc, time::Duration};
 
 use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer};
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::Replay;
 pub use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
 pub use handshake::token_from;
 pub use offer::{OfferResult, OfferSent};
@@ -65,6 +67,7 @@ impl<E: Engine> Gateway<E> {
         verifier: Arc<Verifier>,
         client_events_per_s: u32,
         locations: Arc<LocationPipeline>,
+        replay: Replay<E::Adapter>,
     ) -> (Self, SocketIoLayer<E::Adapter>) {
         let adapter_state = engine.adapter_state();
         let builder = SocketIo::builder()
@@ -80,6 +83,7 @@ impl<E: Engine> Gateway<E> {
                 client_events_per_s,
             })
             .with_state(locations)
+            .with_state(replay)
             .with_state(engine);
         let builder = if transport.websocket_only {
             builder.transports([TransportType::Websocket])

@@ -187,6 +187,8 @@ async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held(
         claim_idle: std::time::Duration::from_secs(3),
         max_deliveries: 5,
         location_ttl: std::time::Duration::from_secs(120),
+        history_size: 100,
+        history_ttl: std::time::Duration::from_secs(600),
     })
     .expect("ghost engine");
     ghost.stream().prepare().await.expect("group");

@@ -1,6 +1,7 @@
 //! The memory engine: embedded single-node mode, for trying the relay out
 //! and for development. Nothing leaves the process.
 
+mod history;
 mod locations;
 mod orders;
 mod stream;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use socketioxide::adapter::LocalAdapter;
 use tokio_util::sync::CancellationToken;
 
+pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use orders::MemoryOrders;
 pub use stream::MemoryStream;
@@ -20,11 +22,18 @@ pub struct MemoryEngine {
     stream: MemoryStream,
     orders: MemoryOrders,
     locations: MemoryLocations,
+    history: MemoryHistory,
 }
 
 impl MemoryEngine {
-    pub fn new(node_id: &str, location_ttl: Duration) -> Self {
+    pub fn new(
+        node_id: &str,
+        location_ttl: Duration,
+        history_size: usize,
+        history_ttl: Duration,
+    ) -> Self {
         Self {
+            history: MemoryHistory::new(history_size, history_ttl),
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
@@ -41,6 +50,7 @@ impl Engine for MemoryEngine {
     type Stream = MemoryStream;
     type Orders = MemoryOrders;
     type Locations = MemoryLocations;
+    type History = MemoryHistory;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -58,6 +68,10 @@ impl Engine for MemoryEngine {
 
     fn locations(&self) -> &MemoryLocations {
         &self.locations
+    }
+
+    fn history(&self) -> &MemoryHistory {
+        &self.history
     }
 
     async fn finish_init((): ()) -> Result<(), EngineError> {

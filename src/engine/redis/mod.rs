@@ -1,5 +1,6 @@
 //! The Redis engine: what every node of a cluster shares.
 
+mod history;
 mod locations;
 mod orders;
 mod pubsub;
@@ -17,6 +18,7 @@ use socketioxide_redis::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use history::RedisHistory;
 pub use locations::RedisLocations;
 pub use orders::RedisOrders;
 pub use pubsub::PubSubDriver;
@@ -39,6 +41,7 @@ pub struct RedisEngine {
     stream: RedisStream,
     orders: RedisOrders,
     locations: RedisLocations,
+    history: RedisHistory,
 }
 
 /// What the Redis engine needs from the configuration.
@@ -49,6 +52,8 @@ pub struct RedisSettings<'a> {
     pub claim_idle: Duration,
     pub max_deliveries: u32,
     pub location_ttl: Duration,
+    pub history_size: usize,
+    pub history_ttl: Duration,
 }
 
 impl RedisEngine {
@@ -92,12 +97,19 @@ impl RedisEngine {
             },
         );
         Ok(Self {
-            driver,
+            driver: driver.clone(),
             // The stock `socket.io` prefix would collide with Node's adapter.
             channel_prefix: format!("{prefix}sio"),
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
             stream,
             orders: RedisOrders::new(commands.clone(), prefix),
+            history: RedisHistory::new(
+                commands.clone(),
+                driver.clone(),
+                prefix,
+                settings.history_size,
+                settings.history_ttl,
+            ),
             locations: RedisLocations::new(
                 commands,
                 prefix,
@@ -124,6 +136,7 @@ impl Engine for RedisEngine {
     type Stream = RedisStream;
     type Orders = RedisOrders;
     type Locations = RedisLocations;
+    type History = RedisHistory;
 
     fn stream(&self) -> &RedisStream {
         &self.stream
@@ -135,6 +148,10 @@ impl Engine for RedisEngine {
 
     fn locations(&self) -> &RedisLocations {
         &self.locations
+    }
+
+    fn history(&self) -> &RedisHistory {
+        &self.history
     }
 
     fn name(&self) -> &'static str {

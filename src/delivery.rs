@@ -1,0 +1,190 @@
+//! Recorded events (order status updates, admin alerts) reach clients
+//! through one loop per node: it delivers the history's feed to this node's
+//! sockets in offset order, and between two feed events it replays to a
+//! reconnecting client what it missed and only then puts it in its rooms.
+//! A client so gets every event after its last one, in order and each once:
+//! older ones from the history, newer ones live.
+
+use std::{cmp::Ordering, sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    engine::{Engine, History, Missed, Recorded, cmp_offsets},
+    metrics,
+};
+
+pub const SYNC_DONE: &str = "sync:done";
+
+/// Resume requests waiting for the loop; a reconnect storm beyond this is
+/// answered with `recovered: false` at once.
+const REQUESTS: usize = 4096;
+
+/// Asks this node's delivery loop to replay a client's missed events.
+pub struct Replay<A: Adapter>(mpsc::Sender<Resume<A>>);
+
+impl<A: Adapter> Clone for Replay<A> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+pub struct Resume<A: Adapter> {
+    pub socket: SocketRef<A>,
+    /// The rooms whose history to replay.
+    pub rooms: Vec<String>,
+    pub last_event_id: String,
+    /// Join `rooms` after the replay (at connect); a connected client that
+    /// sends `sync` is in its rooms already.
+    pub join: bool,
+    /// Whether the history reached back to the client's last event.
+    pub done: oneshot::Sender<bool>,
+}
+
+pub fn channel<A: Adapter>() -> (Replay<A>, mpsc::Receiver<Resume<A>>) {
+    let (tx, rx) = mpsc::channel(REQUESTS);
+    (Replay(tx), rx)
+}
+
+impl<A: Adapter> Replay<A> {
+    /// Replays, joins when asked, sends `sync:done`; returns whether the
+    /// client's events were recovered.
+    pub async fn resume(
+        &self,
+        socket: SocketRef<A>,
+        rooms: Vec<String>,
+        last_event_id: String,
+        join: bool,
+    ) -> bool {
+        let (done, result) = oneshot::channel();
+        let request = Resume {
+            socket: socket.clone(),
+            rooms: rooms.clone(),
+            last_event_id,
+            join,
+            done,
+        };
+        if self.0.try_send(request).is_err() {
+            tracing::warn!("replay queue full: client told to resync");
+            finish(&socket, &rooms, join, false);
+            return false;
+        }
+        result.await.unwrap_or(false)
+    }
+}
+
+/// Subscribes to the history's feed, then delivers until `stop`. Resolves
+/// `subscribed` once no published event can be missed any more.
+pub async fn run<E: Engine>(
+    engine: Arc<E>,
+    io: SocketIo<E::Adapter>,
+    mut requests: mpsc::Receiver<Resume<E::Adapter>>,
+    subscribed: oneshot::Sender<()>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let (mut feed, mut last) = loop {
+        match engine.history().feed().await {
+            Ok(feed) => break feed,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "history feed not subscribed")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    };
+    let _ = subscribed.send(());
+    loop {
+        tokio::select! {
+            // Feed first: a replay covers exactly what was delivered before it.
+            biased;
+            () = stop.cancelled() => return,
+            recorded = feed.recv() => match recorded {
+                Some(recorded) => {
+                    // Published before this node subscribed: never delivered here, replayed instead.
+                    if last.as_deref().is_some_and(|l| cmp_offsets(&recorded.offset, l) != Ordering::Greater) {
+                        continue;
+                    }
+                    deliver(&io, &recorded).await;
+                    last = Some(recorded.offset);
+                }
+                None => return,
+            },
+            Some(request) = requests.recv() => {
+                replay(engine.as_ref(), request, last.as_deref()).await;
+            }
+        }
+    }
+}
+
+async fn deliver<A: Adapter>(io: &SocketIo<A>, recorded: &Recorded) {
+    let Ok(data) = serde_json::from_str::<Value>(&recorded.data) else {
+        tracing::warn!(
+            offset = recorded.offset,
+            "recorded event is not JSON: dropped"
+        );
+        return;
+    };
+    if let Err(e) = io
+        .local()
+        .to(recorded.rooms.clone())
+        .emit(&recorded.event, &data)
+        .await
+    {
+        tracing::debug!(error = %e, "recorded event not delivered");
+    }
+    if let Some(room) = &recorded.then_leave {
+        io.local()
+            .within(room.clone())
+            .leave(room.clone())
+            .await
+            .ok();
+    }
+}
+
+async fn replay<E: Engine>(engine: &E, request: Resume<E::Adapter>, up_to: Option<&str>) {
+    let Resume {
+        socket,
+        rooms,
+        last_event_id,
+        join,
+        done,
+    } = request;
+    let missed = engine.history().missed(&rooms, &last_event_id, up_to).await;
+    let recovered = match missed {
+        Ok(Missed::Recovered(events)) => {
+            metrics::replayed(events.len());
+            for event in &events {
+                match serde_json::from_str::<Value>(&event.data) {
+                    Ok(data) => {
+                        let _ = socket.emit(&event.event, &data);
+                    }
+                    Err(_) => tracing::warn!(offset = event.offset, "recorded event is not JSON"),
+                }
+            }
+            true
+        }
+        Ok(Missed::NotRecovered) => false,
+        Err(e) => {
+            metrics::store_error("history");
+            tracing::warn!(error = %e, "history unavailable: client told to resync");
+            false
+        }
+    };
+    finish(&socket, &rooms, join, recovered);
+    let _ = done.send(recovered);
+}
+
+fn finish<A: Adapter>(socket: &SocketRef<A>, rooms: &[String], join: bool, recovered: bool) {
+    if join {
+        socket.join(rooms.to_vec());
+    }
+    metrics::recovery(recovered);
+    let _ = socket.emit(SYNC_DONE, &json!({ "recovered": recovered }));
+}
