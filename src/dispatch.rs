@@ -134,12 +134,15 @@ impl<E: Engine> Dispatcher<E> {
             }
         }
         let timestamp = e.timestamp.clone().unwrap_or_else(|| rfc3339(now));
-        let payload = json!({
+        let mut payload = json!({
             "event_id": event_id,
             "order_id": e.order_id,
             "status": e.status,
             "timestamp": timestamp,
         });
+        if let Some(order) = &order {
+            payload["seq"] = json!(order.seq);
+        }
         // Everyone leaves the order room only after the final status reached them.
         let then_leave = is_terminal(&e.status).then(|| order_room.name());
         self.record(

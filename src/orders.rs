@@ -13,6 +13,10 @@ pub struct ActiveOrder {
     pub driver_id: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// How many `order:status_update` events the order has had: each one
+    /// carries its number, so a client notices one it missed.
+    #[serde(default)]
+    pub seq: u64,
 }
 
 impl ActiveOrder {
@@ -25,6 +29,7 @@ impl ActiveOrder {
             driver_id: None,
             created_at: at,
             updated_at: at,
+            seq: 0,
         }
     }
 }

@@ -106,6 +106,13 @@ async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_o
     let mut expected: Vec<String> = (1..=50).map(|i| format!("s{i}")).collect();
     expected.push("marker".to_owned());
     assert_eq!(statuses, expected, "replayed in order, each once");
+    // Each update numbers itself within its order: a client sees a gap at once.
+    assert_eq!(seen.data()["seq"], 1);
+    let seqs: Vec<u64> = replayed
+        .iter()
+        .map(|e| e.data()["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (2..=52).collect::<Vec<u64>>());
     assert_eq!(ids.len(), 51);
     assert_eq!(&ids[..50], &missed[..]);
 

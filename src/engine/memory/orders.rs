@@ -35,6 +35,7 @@ impl OrderStore for MemoryOrders {
         Ok(self.orders().get_mut(order_id).map(|order| {
             order.status = status.to_owned();
             order.updated_at = at;
+            order.seq += 1;
             order.clone()
         }))
     }

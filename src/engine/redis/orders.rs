@@ -35,6 +35,7 @@ const SET_STATUS: &str = r"
 local key = ARGV[1] .. 'order:' .. ARGV[2]
 if redis.call('EXISTS', key) == 0 then return nil end
 redis.call('HSET', key, 'status', ARGV[3], 'updated_at', ARGV[4])
+redis.call('HINCRBY', key, 'seq', 1)
 return redis.call('HGETALL', key)
 ";
 
@@ -140,6 +141,7 @@ fn parse_order(reply: Value) -> Option<ActiveOrder> {
         driver_id: take("driver_id"),
         created_at: ms(take("created_at")),
         updated_at: ms(take("updated_at")),
+        seq: ms(take("seq")),
     })
 }
 
