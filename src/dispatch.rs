@@ -5,7 +5,6 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -15,9 +14,10 @@ use crate::{
         OrderStatus, is_terminal, now_ms, rfc3339,
     },
     gateway::{
-        BroadcastFailed, DRIVER_LOCATION, DriverLocationEvent, Gateway, OfferResult, OfferSent,
+        BroadcastFailed, DRIVER_LOCATION, DriverLocationEvent, Gateway,
     },
     metrics,
+    offers::{self, Offer},
     orders::ActiveOrder,
     outcome::{Outcome, OutcomeKind},
     rooms::Room,
@@ -104,16 +104,19 @@ impl<E: Engine> Dispatcher<E> {
             "timer": e.accept_timeout_s,
         });
         let room = Room::Merchant(e.store_id.clone());
-        let sent = self
-            .gateway
-            .offer(&room, NEW_ORDER, &payload, timer)
-            .await?;
+        let mut offer = Offer::new(
+            event_id,
+            room,
+            NEW_ORDER,
+            payload,
+            offers::deadline(event_id, timer),
+        );
+        offer.start(&self.gateway, self.engine.stream()).await?;
         Ok(Effect::Offers(self.outcomes(
             event_id,
             NEW_ORDER,
             &e.order_id,
-            vec![(room.name(), sent)],
-            timer,
+            vec![offer],
         )))
     }
 
@@ -213,7 +216,6 @@ impl<E: Engine> Dispatcher<E> {
                 DELIVERY_REQUEST,
                 &e.order_id,
                 vec![],
-                timer,
             )));
         }
         let mut pickup = serde_json::Map::from_iter([
@@ -229,21 +231,24 @@ impl<E: Engine> Dispatcher<E> {
             "fare": e.fare,
             "timer": e.timer_s,
         });
-        let mut offers = Vec::with_capacity(drivers.len());
+        let deadline = offers::deadline(event_id, timer);
+        let mut pending = Vec::with_capacity(drivers.len());
         for driver in drivers {
-            let room = Room::Driver(driver);
-            let sent = self
-                .gateway
-                .offer(&room, DELIVERY_REQUEST, &payload, timer)
-                .await?;
-            offers.push((room.name(), sent));
+            let mut offer = Offer::new(
+                event_id,
+                Room::Driver(driver),
+                DELIVERY_REQUEST,
+                payload.clone(),
+                deadline,
+            );
+            offer.start(&self.gateway, self.engine.stream()).await?;
+            pending.push(offer);
         }
         Ok(Effect::Offers(self.outcomes(
             event_id,
             DELIVERY_REQUEST,
             &e.order_id,
-            offers,
-            timer,
+            pending,
         )))
     }
 
@@ -280,7 +285,7 @@ impl<E: Engine> Dispatcher<E> {
         Ok(())
     }
 
-    /// Waits for every offer's outcome (all share the event's timer) and
+    /// Waits for every offer's decision (all share the event's timer) and
     /// appends one outcome per offer; no offers at all means a geo request
     /// that found nobody.
     fn outcomes(
@@ -288,10 +293,10 @@ impl<E: Engine> Dispatcher<E> {
         event_id: &str,
         event: &'static str,
         order_id: &str,
-        offers: Vec<(String, OfferSent)>,
-        timer: Duration,
+        offers: Vec<Offer>,
     ) -> OutcomesPending {
-        let stream = self.engine.clone();
+        let engine = self.engine.clone();
+        let gateway = self.gateway.clone();
         let stop = self.stop.clone();
         let base = Outcome {
             event_id: event_id.to_owned(),
@@ -304,42 +309,40 @@ impl<E: Engine> Dispatcher<E> {
             node: self.node.clone(),
         };
         Box::pin(async move {
-            let deadline = Instant::now() + timer;
             let outcomes: Vec<Outcome> = if offers.is_empty() {
                 vec![base]
             } else {
-                let waits = offers.into_iter().map(|(target, sent)| {
-                    let base = base.clone();
+                let waits = offers.into_iter().map(|offer| {
+                    let (base, gateway, engine, stop) =
+                        (base.clone(), gateway.clone(), engine.clone(), stop.clone());
                     async move {
-                        let sent_at = sent.sent_at;
-                        let (outcome, response) = match sent.outcome(deadline).await {
-                            OfferResult::Acked { response, .. } => {
-                                (OutcomeKind::Acked, Some(response))
-                            }
-                            OfferResult::Unanswered => (OutcomeKind::Timeout, None),
-                            OfferResult::Nobody => (OutcomeKind::NoRecipient, None),
-                        };
-                        Outcome {
+                        let target = offer.target.name();
+                        let decision = offer.decide(&gateway, engine.stream(), &stop).await?;
+                        Some(Outcome {
                             target,
-                            outcome,
-                            response,
-                            latency_ms: sent_at.elapsed().as_millis() as u64,
+                            outcome: decision.outcome,
+                            response: decision.response,
+                            latency_ms: decision.latency.as_millis() as u64,
                             ..base
-                        }
+                        })
                     }
                 });
-                tokio::select! {
-                    outcomes = join_all(waits) => outcomes,
+                let decided = tokio::select! {
+                    decided = join_all(waits) => decided,
                     () = stop.cancelled() => return false,
-                }
-            };
-            for outcome in &outcomes {
-                if !append_outcome(stream.stream(), outcome, &stop).await {
+                };
+                if stop.is_cancelled() {
+                    // Some offers were interrupted: the entry goes back to
+                    // the group and another node finishes them.
                     return false;
                 }
-                let latency = (outcome.outcome == OutcomeKind::Acked)
-                    .then(|| outcome.latency_ms as f64 / 1000.0);
-                metrics::ack_outcome(outcome.event, outcome.outcome, latency);
+                // `None`: decided before, by a node that stopped after writing it.
+                decided.into_iter().flatten().collect()
+            };
+            for outcome in &outcomes {
+                if !append_outcome(engine.stream(), outcome, &stop).await {
+                    return false;
+                }
             }
             true
         })
@@ -356,7 +359,14 @@ async fn append_outcome<S: EventStream>(
     let mut backoff = Duration::from_millis(100);
     loop {
         match stream.append_outcome(outcome).await {
-            Ok(()) => return true,
+            Ok(written) => {
+                if written {
+                    let latency = (outcome.outcome == OutcomeKind::Acked)
+                        .then(|| outcome.latency_ms as f64 / 1000.0);
+                    metrics::ack_outcome(outcome.event, outcome.outcome, latency);
+                }
+                return true;
+            }
             Err(e) => {
                 metrics::store_error("append_outcome");
                 tracing::warn!(error = %e, event_id = %outcome.event_id, "outcome not written yet");

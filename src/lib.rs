@@ -18,6 +18,7 @@ pub mod http;
 pub mod loadgen;
 pub mod location;
 pub mod metrics;
+pub mod offers;
 pub mod orders;
 pub mod outcome;
 pub mod procfs;

@@ -30,6 +30,7 @@ pub const HTTP_DURATION: &str = "relay_http_request_duration_seconds";
 pub const CLUSTER_NODES: &str = "relay_cluster_nodes";
 pub const CONSUMER_RUNNING: &str = "relay_consumer_running";
 pub const RECOVERIES: &str = "relay_recoveries_total";
+pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
@@ -229,6 +230,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(RECOVERIES, "result" => result).absolute(0);
     }
     counter!(REPLAYED).absolute(0);
+    for event in OFFER_EVENTS {
+        counter!(REOFFERS, "event" => event).absolute(0);
+    }
     zero_bounded_series();
     hot();
     Ok(handle)
@@ -256,6 +260,10 @@ fn describe() {
         "Clients' requests for missed events (connect with last_event_id, or sync), by result."
     );
     describe_counter!(REPLAYED, "Events replayed to clients from the history.");
+    describe_counter!(
+        REOFFERS,
+        "Offers sent again to sockets that joined the target room while the timer ran."
+    );
     describe_gauge!(
         CONSUMER_RUNNING,
         "1 while this node's stream consumer is reading (0 while it waits for the store or drains)."
@@ -440,6 +448,11 @@ pub fn recovery(recovered: bool) {
         "not_recovered"
     };
     counter!(RECOVERIES, "result" => result).increment(1);
+}
+
+/// An offer sent again, to sockets that joined its room after it went out.
+pub fn reoffered(event: &'static str) {
+    counter!(REOFFERS, "event" => event).increment(1);
 }
 
 pub fn replayed(events: usize) {

@@ -7,7 +7,7 @@ pub mod redis;
 mod traits;
 
 pub use traits::{
-    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OrderStore,
+    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState, OrderStore,
     Recorded, StoreError, StoreResult, StreamEntry, StreamStats, cmp_offsets,
 };
 

@@ -31,6 +31,17 @@ pub struct StreamEntry {
     pub first_in_order: bool,
 }
 
+/// How far an offer of one event to one room got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferState {
+    /// Never sent to a socket.
+    Fresh,
+    /// Sent to at least one socket; no outcome yet.
+    Offered,
+    /// Its outcome is written.
+    Decided,
+}
+
 /// A dead-lettered entry, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetter {
@@ -114,7 +125,24 @@ pub trait EventStream: Send + Sync + 'static {
     /// Appends an event, as the backend's XADD does; returns its id.
     fn append(&self, kind: &str, data: &str) -> impl Future<Output = StoreResult<String>> + Send;
 
-    fn append_outcome(&self, outcome: &Outcome) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Appends the outcome of one offer (`event_id` to `target`), unless one
+    /// was written already: returns whether this call wrote it.
+    fn append_outcome(&self, outcome: &Outcome) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// How far an offer got, whichever node made it.
+    fn offer_state(
+        &self,
+        event_id: &str,
+        target: &str,
+    ) -> impl Future<Output = StoreResult<OfferState>> + Send;
+
+    /// Notes that an offer reached at least one socket (so that a node taking
+    /// it over ends it as `timeout`, not `no_recipient`).
+    fn mark_offered(
+        &self,
+        event_id: &str,
+        target: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 
     fn stats(&self) -> impl Future<Output = StoreResult<StreamStats>> + Send;
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::delivery::Replay;
 pub use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
 pub use handshake::token_from;
-pub use offer::{OfferResult, OfferSent};
+pub use offer::Acks;
 
 use crate::{
     auth::{Principal, Role, Verifier},
@@ -198,36 +198,6 @@ impl<E: Engine> Gateway<E> {
             .leave(room.name())
             .await
             .map_err(|e| BroadcastFailed(e.to_string()))
-    }
-
-    /// Sends `event` with an ack request to every socket of `room`; an empty
-    /// room is known at once.
-    pub async fn offer(
-        &self,
-        room: &Room,
-        event: &'static str,
-        payload: &serde_json::Value,
-        timer: Duration,
-    ) -> Result<OfferSent, BroadcastFailed> {
-        let ns = self.ns()?;
-        let recipients = ns
-            .clone()
-            .within(room.name())
-            .fetch_sockets()
-            .await
-            .map_err(|e| BroadcastFailed(e.to_string()))?
-            .len();
-        if recipients == 0 {
-            return Ok(OfferSent::nobody());
-        }
-        let acks = ns
-            .to(room.name())
-            .timeout(timer)
-            .emit_with_ack::<_, serde_json::Value>(event, payload)
-            .await
-            .map_err(|e| BroadcastFailed(e.to_string()))?;
-        metrics::emitted(event);
-        Ok(OfferSent::new(recipients, acks))
     }
 
     /// Counts local sockets by role and transport into the gauge.

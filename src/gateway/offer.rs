@@ -1,83 +1,50 @@
-//! An event sent with an ack request to every socket of a room, on every node.
+//! The Socket.IO side of an offer: who is in the target room now, and an
+//! emit with an ack request to all of them (see `offers` for the rest).
 
 use std::{pin::Pin, time::Duration};
 
 use futures_util::{Stream, StreamExt};
 use serde_json::Value;
-use socketioxide::{adapter::Adapter, socket::Sid};
-use tokio::time::Instant;
+use socketioxide::socket::Sid;
 
-type Acks = Pin<Box<dyn Stream<Item = (Sid, Result<Value, socketioxide::AckError>)> + Send>>;
+use super::{BroadcastFailed, Gateway};
+use crate::{engine::Engine, metrics, rooms::Room};
 
-/// An offer on its way: the room's size when it went out and the stream of
-/// its sockets' acks.
-pub struct OfferSent {
-    pub recipients: usize,
-    acks: Option<Acks>,
-    pub sent_at: Instant,
-}
+/// The acks of one emit: one item per socket, an error for a socket that
+/// left or did not answer in time.
+pub type Acks = Pin<Box<dyn Stream<Item = Result<Value, socketioxide::AckError>> + Send>>;
 
-/// How an offer ended, from the room's point of view.
-#[derive(Debug, Clone, PartialEq)]
-pub enum OfferResult {
-    /// The first ack, and how long after the emit it came.
-    Acked { response: Value, after: Duration },
-    /// Offered, but no ack by the deadline.
-    Unanswered,
-    /// Nobody was in the room.
-    Nobody,
-}
-
-impl OfferSent {
-    pub(super) fn nobody() -> Self {
-        Self {
-            recipients: 0,
-            acks: None,
-            sent_at: Instant::now(),
-        }
+impl<E: Engine> Gateway<E> {
+    /// The sockets in `room`, on every node.
+    pub async fn room_sockets(&self, room: &Room) -> Result<Vec<Sid>, BroadcastFailed> {
+        Ok(self
+            .ns()?
+            .within(room.name())
+            .fetch_sockets()
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?
+            .iter()
+            .map(|s| s.data().id)
+            .collect())
     }
 
-    pub(super) fn new<A: Adapter>(
-        recipients: usize,
-        acks: socketioxide::ack::AckStream<Value, A>,
-    ) -> Self
-    where
-        socketioxide::ack::AckStream<Value, A>: Send + 'static,
-    {
-        Self {
-            recipients,
-            acks: Some(Box::pin(acks)),
-            sent_at: Instant::now(),
-        }
-    }
-
-    /// Waits for the first successful ack of any socket until `deadline`.
-    /// An empty room answers at once: socketioxide would otherwise keep the
-    /// stream open until its request timeout plus the ack timeout.
-    pub async fn outcome(mut self, deadline: Instant) -> OfferResult {
-        let Some(mut acks) = self.acks.take() else {
-            return OfferResult::Nobody;
-        };
-        let first_ack = async {
-            while let Some((_, result)) = acks.next().await {
-                if let Ok(response) = result {
-                    return Some(response);
-                }
-            }
-            None
-        };
-        match tokio::time::timeout_at(deadline, first_ack).await {
-            Ok(Some(response)) => OfferResult::Acked {
-                response,
-                after: self.sent_at.elapsed(),
-            },
-            Ok(None) => {
-                // Every socket failed before the timer ended: the offer stays
-                // open until then, as the contract counts time, not sockets.
-                tokio::time::sleep_until(deadline).await;
-                OfferResult::Unanswered
-            }
-            Err(_) => OfferResult::Unanswered,
-        }
+    /// Sends `event` with an ack request to every socket of `room`, on every
+    /// node, waiting at most `timeout` for their acks.
+    pub async fn send_offer(
+        &self,
+        room: &Room,
+        event: &'static str,
+        payload: &Value,
+        timeout: Duration,
+    ) -> Result<Acks, BroadcastFailed> {
+        let acks = self
+            .ns()?
+            .to(room.name())
+            .timeout(timeout)
+            .emit_with_ack::<_, Value>(event, payload)
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?;
+        metrics::emitted(event);
+        Ok(Box::pin(acks.map(|(_, result)| result)))
     }
 }

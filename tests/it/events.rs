@@ -154,16 +154,21 @@ async fn every_event_type_reaches_its_participants_on_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offer_to_an_empty_store_room_is_no_recipient_at_once() {
+async fn an_offer_nobody_was_there_for_is_no_recipient_when_its_timer_ends() {
     let cluster = Cluster::start("norecipient", 1, &[]).await;
     let id = cluster
         .xadd(
             "order.created",
-            json!({"order_id": "o1", "customer_id": "c1", "store_id": "closed", "items": []}),
+            json!({"order_id": "o1", "customer_id": "c1", "store_id": "closed", "items": [], "accept_timeout_s": 2}),
         )
         .await;
-    // The timer is 60 s; the outcome must come long before (WAIT is 10 s).
     let outcomes = cluster.wait_entries("outcomes", 1).await;
+    let appended_ms: u64 = id.split('-').next().unwrap().parse().unwrap();
+    let written_ms: u64 = outcomes[0].0.split('-').next().unwrap().parse().unwrap();
+    assert!(
+        written_ms >= appended_ms + 2000,
+        "no_recipient only once the timer is over: {written_ms} vs {appended_ms}"
+    );
     assert_eq!(outcomes[0].1["event_id"], id);
     assert_eq!(outcomes[0].1["outcome"], "no_recipient");
     assert_eq!(outcomes[0].1["target"], "merchant_closed");
@@ -196,11 +201,12 @@ async fn an_unanswered_offer_times_out_and_two_devices_yield_one_outcome() {
         .ack(&on_tablet, json!({"accepted": false, "reason": "busy"}))
         .await
         .expect("ack");
-    // A later order's outcome proves the first one is complete.
+    // A later order's outcome (no_recipient after its 1 s timer) proves
+    // the first one is complete.
     cluster
         .xadd(
             "order.created",
-            json!({"order_id": "o3", "customer_id": "c1", "store_id": "closed", "items": []}),
+            json!({"order_id": "o3", "customer_id": "c1", "store_id": "closed", "items": [], "accept_timeout_s": 1}),
         )
         .await;
     let outcomes = cluster.wait_entries("outcomes", 3).await;

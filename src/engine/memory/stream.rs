@@ -2,7 +2,7 @@
 //! one consumer. The publish API is the only way in.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::Mutex,
     time::Duration,
 };
@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::traits::{
-        Claimed, DeadLetter, EventStream, StoreError, StoreResult, StreamEntry, StreamStats,
+        Claimed, DeadLetter, EventStream, OfferState, StoreError, StoreResult, StreamEntry,
+        StreamStats,
     },
     events::{now_ms, sequence_key},
     outcome::Outcome,
@@ -37,6 +38,9 @@ struct State {
     cursor: Id,
     pending: BTreeSet<Id>,
     outcomes: VecDeque<Map<String, Value>>,
+    /// Offers sent and offers decided, by event id and target room.
+    offered: HashSet<(String, String)>,
+    decided: HashSet<(String, String)>,
     dead: VecDeque<DeadLetter>,
     /// Per order, the ids read and not yet emitted, in stream order.
     queues: HashMap<String, VecDeque<String>>,
@@ -223,7 +227,29 @@ impl EventStream for MemoryStream {
         Ok(id_string(id))
     }
 
-    async fn append_outcome(&self, outcome: &Outcome) -> StoreResult<()> {
+    async fn offer_state(&self, event_id: &str, target: &str) -> StoreResult<OfferState> {
+        let state = self.state();
+        let key = (event_id.to_owned(), target.to_owned());
+        Ok(if state.decided.contains(&key) {
+            OfferState::Decided
+        } else if state.offered.contains(&key) {
+            OfferState::Offered
+        } else {
+            OfferState::Fresh
+        })
+    }
+
+    async fn mark_offered(&self, event_id: &str, target: &str) -> StoreResult<()> {
+        let key = (event_id.to_owned(), target.to_owned());
+        self.state().offered.insert(key);
+        Ok(())
+    }
+
+    async fn append_outcome(&self, outcome: &Outcome) -> StoreResult<bool> {
+        let key = (outcome.event_id.clone(), outcome.target.clone());
+        if !self.state().decided.insert(key) {
+            return Ok(false);
+        }
         tracing::info!(
             event_id = %outcome.event_id,
             event = outcome.event,
@@ -235,7 +261,7 @@ impl EventStream for MemoryStream {
         if let Ok(Value::Object(map)) = serde_json::to_value(outcome) {
             push_capped(&mut self.state().outcomes, map);
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn stats(&self) -> StoreResult<StreamStats> {

@@ -25,7 +25,8 @@ use super::PubSubDriver;
 use super::values::{bulk_string, field_map, int, parse_entries, parse_entry};
 use crate::{
     engine::traits::{
-        Claimed, DeadLetter, EventStream, StoreError, StoreResult, StreamEntry, StreamStats,
+        Claimed, DeadLetter, EventStream, OfferState, StoreError, StoreResult, StreamEntry,
+        StreamStats,
     },
     events::{now_ms, sequence_key},
     outcome::Outcome,
@@ -34,6 +35,19 @@ use crate::{
 /// Dead letters and outcomes are the relay's own streams: capped, roughly.
 const DEAD_LETTERS_MAXLEN: usize = 10_000;
 const OUTCOMES_MAXLEN: usize = 100_000;
+/// How long an offer's marks outlive it: far longer than any timer plus
+/// the time to claim a stopped node's entries.
+const OFFER_MARK_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// Writes an offer's outcome once: KEYS the outcomes stream and the offer's
+/// "decided" mark; ARGV the mark's TTL, the stream's MAXLEN, then fields.
+const OUTCOME_SCRIPT: &str = r"
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(fields))
+return 1
+";
 /// A sequencing queue outlives any sane wait for its head.
 const QUEUE_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Longest XREAD BLOCK; the loop re-checks shutdown in between.
@@ -126,9 +140,11 @@ pub struct RedisStream {
     turn: Script,
     advance: Script,
     touch: Script,
+    outcome: Script,
 }
 
 struct Keys {
+    prefix: String,
     stream: String,
     group: String,
     dead: String,
@@ -157,6 +173,7 @@ impl RedisStream {
             group: format!("{prefix}relay"),
             dead: format!("{prefix}events:dead"),
             outcomes: format!("{prefix}outcomes"),
+            prefix: prefix.to_owned(),
             seq_prefix: format!("{prefix}seq:"),
             seq_channel: format!("{prefix}seq"),
         };
@@ -179,11 +196,17 @@ impl RedisStream {
             turn: Script::new(TURN_SCRIPT),
             advance: Script::new(ADVANCE_SCRIPT),
             touch: Script::new(TOUCH_SCRIPT),
+            outcome: Script::new(OUTCOME_SCRIPT),
         }
     }
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// `{prefix}offer:{decided|offered}:{event_id}:{target}`.
+    fn offer_key(&self, mark: &str, event_id: &str, target: &str) -> String {
+        format!("{}offer:{mark}:{event_id}:{target}", self.keys.prefix)
     }
 
     async fn read_once(&self, count: usize) -> redis::RedisResult<Vec<StreamEntry>> {
@@ -580,17 +603,40 @@ impl EventStream for RedisStream {
         Ok(id)
     }
 
-    async fn append_outcome(&self, outcome: &Outcome) -> StoreResult<()> {
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.keys.outcomes)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(OUTCOMES_MAXLEN)
-            .arg("*");
+    async fn append_outcome(&self, outcome: &Outcome) -> StoreResult<bool> {
+        let mut invocation = self.outcome.key(&self.keys.outcomes);
+        invocation
+            .key(self.offer_key("decided", &outcome.event_id, &outcome.target))
+            .arg(OFFER_MARK_TTL_MS)
+            .arg(OUTCOMES_MAXLEN);
         for (field, value) in outcome.fields() {
-            xadd.arg(field).arg(value);
+            invocation.arg(field).arg(value);
         }
-        let _: String = xadd.query_async(&mut self.conn()).await?;
+        let written: i64 = invocation.invoke_async(&mut self.conn()).await?;
+        Ok(written == 1)
+    }
+
+    async fn offer_state(&self, event_id: &str, target: &str) -> StoreResult<OfferState> {
+        let (decided, offered): (Option<String>, Option<String>) = redis::cmd("MGET")
+            .arg(self.offer_key("decided", event_id, target))
+            .arg(self.offer_key("offered", event_id, target))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(match (decided, offered) {
+            (Some(_), _) => OfferState::Decided,
+            (None, Some(_)) => OfferState::Offered,
+            (None, None) => OfferState::Fresh,
+        })
+    }
+
+    async fn mark_offered(&self, event_id: &str, target: &str) -> StoreResult<()> {
+        let () = redis::cmd("SET")
+            .arg(self.offer_key("offered", event_id, target))
+            .arg(1)
+            .arg("PX")
+            .arg(OFFER_MARK_TTL_MS)
+            .query_async(&mut self.conn())
+            .await?;
         Ok(())
     }
 
