@@ -13,9 +13,7 @@ use crate::{
         AdminAlert, DeliveryRequest, DeliveryTarget, OrderAssigned, OrderCreated, OrderEvent,
         OrderStatus, is_terminal, now_ms, rfc3339,
     },
-    gateway::{
-        BroadcastFailed, DRIVER_LOCATION, DriverLocationEvent, Gateway,
-    },
+    gateway::{BroadcastFailed, DRIVER_LOCATION, DriverLocationEvent, Gateway},
     metrics,
     offers::{self, Offer},
     orders::ActiveOrder,

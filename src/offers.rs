@@ -94,7 +94,10 @@ impl Offer {
         gateway: &Gateway<E>,
         stream: &E::Stream,
     ) -> Result<(), crate::dispatch::DispatchError> {
-        match stream.offer_state(&self.event_id, &self.target.name()).await? {
+        match stream
+            .offer_state(&self.event_id, &self.target.name())
+            .await?
+        {
             OfferState::Decided => self.decided = true,
             OfferState::Offered => self.offered = true,
             OfferState::Fresh => {}

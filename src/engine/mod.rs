@@ -7,8 +7,8 @@ pub mod redis;
 mod traits;
 
 pub use traits::{
-    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState, OrderStore,
-    Recorded, StoreError, StoreResult, StreamEntry, StreamStats, cmp_offsets,
+    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
+    OrderStore, Recorded, StoreError, StoreResult, StreamEntry, StreamStats, cmp_offsets,
 };
 
 use std::{

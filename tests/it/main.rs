@@ -14,6 +14,7 @@ mod handshake;
 mod lifecycle;
 mod location;
 mod observability;
+mod offers;
 mod recovery;
 mod rooms;
 mod stream;
