@@ -116,10 +116,9 @@ const DISCONNECT_REASONS: [&str; 8] = [
 
 const ADAPTER_OPS: [&str; 4] = ["publish", "subscribe", "decode", "buffer_full"];
 
-const STORE_OPS: [&str; 15] = [
+const STORE_OPS: [&str; 14] = [
     "ack",
     "history",
-    "publish_history",
     "advance",
     "wait_turn",
     "append",
