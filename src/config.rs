@@ -97,6 +97,18 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_CLIENT_EVENTS_PER_S", default_value_t = 20)]
     pub client_events_per_s: u32,
 
+    /// Sockets a node holds at most; beyond, new sessions get HTTP 503 (0 = no limit).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Sockets one user (token `sub`) may hold on a node; beyond, `too many connections` (0 = no limit).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
+
+    /// New sessions a node accepts per second; beyond, HTTP 503 and the client retries (0 = no limit).
+    #[arg(long, env = "RELAY_MAX_NEW_CONNECTIONS_PER_S", default_value_t = 2000)]
+    pub max_new_connections_per_s: u32,
+
     /// Events kept per room for recovery.
     #[arg(long, env = "RELAY_HISTORY_SIZE", default_value_t = 100)]
     pub history_size: usize,
@@ -210,6 +222,14 @@ pub struct StreamConfig {
     pub max_deliveries: u32,
 }
 
+/// Connection limits of a node (0 = no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimitsConfig {
+    pub max_connections: usize,
+    pub max_per_user: usize,
+    pub new_per_s: u32,
+}
+
 /// A node's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -221,6 +241,7 @@ pub struct Config {
     pub key_prefix: String,
     pub location: LocationConfig,
     pub client_events_per_s: u32,
+    pub limits: ConnectionLimitsConfig,
     pub history: HistoryConfig,
     pub stream: StreamConfig,
     pub transport: TransportConfig,
@@ -335,6 +356,11 @@ impl Config {
                 min_interval: Duration::from_millis(args.location_min_interval_ms),
             },
             client_events_per_s: args.client_events_per_s,
+            limits: ConnectionLimitsConfig {
+                max_connections: args.max_connections,
+                max_per_user: args.max_connections_per_user,
+                new_per_s: args.max_new_connections_per_s,
+            },
             history: HistoryConfig {
                 size: args.history_size,
                 ttl: Duration::from_secs(args.history_ttl_s),

@@ -30,6 +30,8 @@ pub const HTTP_DURATION: &str = "relay_http_request_duration_seconds";
 pub const CLUSTER_NODES: &str = "relay_cluster_nodes";
 pub const CONSUMER_RUNNING: &str = "relay_consumer_running";
 pub const RECOVERIES: &str = "relay_recoveries_total";
+pub const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
+pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
 
@@ -229,6 +231,10 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(RECOVERIES, "result" => result).absolute(0);
     }
     counter!(REPLAYED).absolute(0);
+    counter!(TOKENS_EXPIRED).absolute(0);
+    for reason in ["node_full", "connect_rate"] {
+        counter!(CONNECTIONS_SHED, "reason" => reason).absolute(0);
+    }
     for event in OFFER_EVENTS {
         counter!(REOFFERS, "event" => event).absolute(0);
     }
@@ -259,6 +265,14 @@ fn describe() {
         "Clients' requests for missed events (connect with last_event_id, or sync), by result."
     );
     describe_counter!(REPLAYED, "Events replayed to clients from the history.");
+    describe_counter!(
+        CONNECTIONS_SHED,
+        "New sessions refused with HTTP 503 before they started, by reason."
+    );
+    describe_counter!(
+        TOKENS_EXPIRED,
+        "Sockets disconnected by the server because their token expired."
+    );
     describe_counter!(
         REOFFERS,
         "Offers sent again to sockets that joined the target room while the timer ran."
@@ -437,6 +451,16 @@ pub fn http_request(route: &'static str, status: u16, seconds: f64) {
 
 pub fn http_unmatched() {
     counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").increment(1);
+}
+
+/// A new session refused before it started: `node_full` or `connect_rate`.
+pub fn connection_shed(reason: &'static str) {
+    counter!(CONNECTIONS_SHED, "reason" => reason).increment(1);
+}
+
+/// A socket disconnected because its token expired.
+pub fn token_expired() {
+    counter!(TOKENS_EXPIRED).increment(1);
 }
 
 /// A client's missed events, recovered or not.

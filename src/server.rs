@@ -191,14 +191,28 @@ fn launch<E: Engine>(
         stop.clone(),
     ));
     let (replay, replay_requests) = crate::delivery::channel();
+    let limits = Arc::new(crate::gateway::ConnectionLimits::new(
+        config.limits.max_connections,
+        config.limits.max_per_user,
+        config.limits.new_per_s,
+    ));
+    let expiries = Arc::new(crate::gateway::Expiries::default());
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,
-        verifier.clone(),
-        config.client_events_per_s,
-        locations,
-        replay,
+        crate::gateway::Shared {
+            verifier: verifier.clone(),
+            client_events_per_s: config.client_events_per_s,
+            locations,
+            replay,
+            limits: limits.clone(),
+            expiries: expiries.clone(),
+        },
     );
+    tokio::spawn({
+        let (io, stop) = (gateway.io().clone(), stop.clone());
+        async move { expiries.run(io, stop).await }
+    });
     let (subscribed, history_subscribed) = tokio::sync::oneshot::channel();
     tokio::spawn(crate::delivery::run(
         engine.clone(),
@@ -227,6 +241,10 @@ fn launch<E: Engine>(
         started_at: crate::events::now_ms() as f64 / 1000.0,
     })
     .layer(layer)
+    .layer(axum::middleware::from_fn_with_state(
+        limits,
+        crate::gateway::shed_new_sessions,
+    ))
     // Outermost, so the Socket.IO layer only ever sees detached copies.
     .layer(axum::middleware::map_request(http::detach_from_read_buffer));
 

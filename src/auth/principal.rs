@@ -63,6 +63,8 @@ struct PrincipalInner {
     sub: String,
     role: Role,
     store_ids: Vec<String>,
+    /// When the token stops being valid (unix ms, leeway included).
+    expires_at_ms: Option<u64>,
 }
 
 impl Principal {
@@ -71,7 +73,30 @@ impl Principal {
             sub: sub.into(),
             role,
             store_ids,
+            expires_at_ms: None,
         }))
+    }
+
+    /// The same principal, valid until `at_ms` (unix ms).
+    pub fn expiring_at(mut self, at_ms: u64) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.expires_at_ms = Some(at_ms),
+            None => {
+                let inner = &self.0;
+                self = Self(Arc::new(PrincipalInner {
+                    sub: inner.sub.clone(),
+                    role: inner.role,
+                    store_ids: inner.store_ids.clone(),
+                    expires_at_ms: Some(at_ms),
+                }));
+            }
+        }
+        self
+    }
+
+    /// When the token stops being valid (unix ms), if it said.
+    pub fn expires_at_ms(&self) -> Option<u64> {
+        self.0.expires_at_ms
     }
 
     /// The user id (`sub` claim).

@@ -76,7 +76,14 @@ impl Verifier {
                 _ => Rejection::InvalidToken,
             }
         })?;
-        principal_from_claims(&data.claims)
+        let principal = principal_from_claims(&data.claims)?;
+        // `exp` is required and validated, so it is a number here.
+        Ok(match data.claims.get("exp").and_then(Value::as_f64) {
+            Some(exp) => principal.expiring_at(
+                ((exp.max(0.0) as u64).saturating_add(self.validation.leeway)).saturating_mul(1000),
+            ),
+            None => principal,
+        })
     }
 }
 

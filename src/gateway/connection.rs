@@ -176,7 +176,9 @@ async fn on_disconnect<A: Adapter>(
     socket: SocketRef<A>,
     reason: DisconnectReason,
     Extension(principal): Extension<Principal>,
+    State(gateway): State<GatewayState>,
 ) {
+    gateway.expiries.forget(socket.id);
     metrics::disconnected(principal.role(), reason_label(reason));
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
 }

@@ -24,10 +24,21 @@ pub async fn authenticate<A: Adapter>(
         .ok_or(Rejection::MissingToken)
         .and_then(|token| state.verifier.verify(&token));
     match result {
-        Ok(principal) => {
-            socket.extensions.insert::<Principal>(principal);
-            Ok(())
-        }
+        Ok(principal) => match state.limits.admit(principal.sub()) {
+            Ok(permit) => {
+                if let Some(at) = principal.expires_at_ms() {
+                    state.expiries.watch(socket.id, at);
+                }
+                socket.extensions.insert(permit);
+                socket.extensions.insert::<Principal>(principal);
+                Ok(())
+            }
+            Err(rejection) => {
+                metrics::handshake_rejected(rejection);
+                tracing::debug!(sid = %socket.id, "too many connections for one user");
+                Err(rejection)
+            }
+        },
         Err(rejection) => {
             metrics::handshake_rejected(rejection);
             tracing::debug!(sid = %socket.id, reason = rejection.reason(), "handshake refused");

@@ -2,7 +2,9 @@
 //! namespace every client connects to.
 
 mod connection;
+mod expiry;
 mod handshake;
+mod limits;
 mod location;
 mod offer;
 mod subscriptions;
@@ -15,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Replay;
 pub use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
+pub use expiry::Expiries;
 pub use handshake::token_from;
+pub use limits::{ConnectionLimits, shed_new_sessions};
 pub use offer::Acks;
 
 use crate::{
@@ -31,6 +35,8 @@ use crate::{
 #[derive(Clone)]
 pub struct GatewayState {
     verifier: Arc<Verifier>,
+    limits: Arc<ConnectionLimits>,
+    expiries: Arc<Expiries>,
     /// Per socket, client events a second (0 = no limit).
     client_events_per_s: u32,
 }
@@ -60,15 +66,30 @@ impl<E: Engine> Clone for Gateway<E> {
     }
 }
 
+/// What the handlers share, besides the engine.
+pub struct Shared<A: socketioxide::adapter::Adapter> {
+    pub verifier: Arc<Verifier>,
+    pub client_events_per_s: u32,
+    pub locations: Arc<LocationPipeline>,
+    pub replay: Replay<A>,
+    pub limits: Arc<ConnectionLimits>,
+    pub expiries: Arc<Expiries>,
+}
+
 impl<E: Engine> Gateway<E> {
     pub fn new(
         engine: Arc<E>,
         transport: &TransportConfig,
-        verifier: Arc<Verifier>,
-        client_events_per_s: u32,
-        locations: Arc<LocationPipeline>,
-        replay: Replay<E::Adapter>,
+        shared: Shared<E::Adapter>,
     ) -> (Self, SocketIoLayer<E::Adapter>) {
+        let Shared {
+            verifier,
+            client_events_per_s,
+            locations,
+            replay,
+            limits,
+            expiries,
+        } = shared;
         let adapter_state = engine.adapter_state();
         let builder = SocketIo::builder()
             .ping_interval(transport.ping_interval)
@@ -80,6 +101,8 @@ impl<E: Engine> Gateway<E> {
             .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
             .with_state(GatewayState {
                 verifier,
+                limits,
+                expiries,
                 client_events_per_s,
             })
             .with_state(locations)

@@ -12,6 +12,7 @@ mod cluster;
 mod events;
 mod handshake;
 mod lifecycle;
+mod limits;
 mod location;
 mod observability;
 mod offers;
