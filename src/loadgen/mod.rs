@@ -105,6 +105,9 @@ pub enum LoadgenError {
 }
 
 /// What every scenario works with.
+/// Tries per client connection while setting up a scenario.
+const CONNECT_ATTEMPTS: u64 = 5;
+
 pub struct Target {
     nodes: Vec<String>,
     /// Processes measured: the nodes first, then the others (Redis, this one).
@@ -216,13 +219,25 @@ impl Target {
     ) -> Result<Vec<Client>, LoadgenError> {
         let connected: Vec<_> = stream::iter(clients)
             .map(|(url, token)| async move {
-                Client::connect(
-                    ConnectOptions::new(url)
-                        .transport(Transport::WebSocket)
-                        .auth(json!({ "token": token }))
-                        .timeout(Duration::from_secs(30)),
-                )
-                .await
+                // Like a real client: a refused handshake (503 from a node
+                // shedding load) is retried after a pause.
+                let mut attempt = 0;
+                loop {
+                    let connected = Client::connect(
+                        ConnectOptions::new(url.clone())
+                            .transport(Transport::WebSocket)
+                            .auth(json!({ "token": token }))
+                            .timeout(Duration::from_secs(30)),
+                    )
+                    .await;
+                    attempt += 1;
+                    match connected {
+                        Err(_) if attempt < CONNECT_ATTEMPTS => {
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                        result => break result,
+                    }
+                }
             })
             .buffered(self.concurrency)
             .collect()

@@ -10,6 +10,7 @@ mod api;
 mod cli;
 mod cluster;
 mod events;
+mod faults;
 mod handshake;
 mod lifecycle;
 mod limits;

@@ -1,0 +1,131 @@
+//! Faults with real processes: nodes killed under load, their clients
+//! coming back elsewhere.
+
+use std::{collections::HashMap, time::Duration};
+
+use relay::{
+    auth::Role,
+    client::{Client, ConnectOptions},
+};
+use serde_json::json;
+
+use crate::support::{Cluster, WAIT, connect, token};
+
+const CUSTOMERS: usize = 8;
+const UPDATES: usize = 40;
+
+/// Reconnects with the last event seen, as an app does after a drop.
+async fn resume(url: &str, customer: &str, last_event_id: Option<&str>) -> Client {
+    let mut auth = json!({ "token": token(customer, Role::Customer) });
+    if let Some(id) = last_event_id {
+        auth["last_event_id"] = json!(id);
+    }
+    Client::connect(ConnectOptions::new(url).auth(auth).timeout(WAIT))
+        .await
+        .expect("reconnect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_resume_elsewhere_and_miss_no_order_event() {
+    let mut cluster =
+        Cluster::start("kill-under-load", 2, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
+    let mut clients = Vec::new();
+    for i in 0..CUSTOMERS {
+        let customer = format!("c{i}");
+        cluster
+            .xadd(
+                "order.created",
+                json!({"order_id": format!("o{i}"), "customer_id": customer, "store_id": "s1", "items": [], "accept_timeout_s": 1}),
+            )
+            .await;
+        clients.push(connect(&cluster.url(0), &token(&customer, Role::Customer)).await);
+    }
+
+    // A steady stream of status updates for every order, from another task.
+    let redis_url = cluster.redis.url();
+    let key = cluster.key("events");
+    let producer = tokio::spawn(async move {
+        let client = redis::Client::open(redis_url).expect("redis");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        let mut ids = Vec::new();
+        for n in 0..UPDATES {
+            for i in 0..CUSTOMERS {
+                let id: String = redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("*")
+                    .arg("type")
+                    .arg("order.status")
+                    .arg("data")
+                    .arg(
+                        json!({"order_id": format!("o{i}"), "status": format!("s{n}")}).to_string(),
+                    )
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XADD");
+                ids.push((i, id));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ids
+    });
+
+    // Each client reads until a quarter of the updates went by, then its node dies.
+    let mut seen: Vec<Vec<(String, String)>> = vec![Vec::new(); CUSTOMERS];
+    for (i, client) in clients.iter_mut().enumerate() {
+        while seen[i].len() < UPDATES / 4 {
+            let event = client
+                .wait_for("order:status_update", WAIT)
+                .await
+                .expect("update");
+            seen[i].push((
+                event.data()["event_id"].as_str().unwrap().to_owned(),
+                event.data()["status"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    cluster.nodes[0].kill().await;
+
+    // Back on the surviving node with the last event each one saw.
+    let mut back = Vec::new();
+    for (i, events) in seen.iter().enumerate() {
+        let last = events.last().map(|(id, _)| id.as_str());
+        back.push(resume(&cluster.url(1), &format!("c{i}"), last).await);
+    }
+    let appended = producer.await.expect("producer");
+    let mut expected: HashMap<usize, Vec<String>> = HashMap::new();
+    for (i, id) in appended {
+        expected.entry(i).or_default().push(id);
+    }
+    for (i, client) in back.iter_mut().enumerate() {
+        let mut done = false;
+        let want = &expected[&i];
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while seen[i].last().map(|(id, _)| id) != want.last() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "customer {i} stalled"
+            );
+            let event = client.next_event(WAIT).await.expect("event");
+            match event.name.as_str() {
+                "sync:done" => {
+                    assert_eq!(event.data()["recovered"], true);
+                    done = true;
+                }
+                "order:status_update" => seen[i].push((
+                    event.data()["event_id"].as_str().unwrap().to_owned(),
+                    event.data()["status"].as_str().unwrap().to_owned(),
+                )),
+                _ => {}
+            }
+        }
+        assert!(done, "customer {i} got sync:done");
+        // Every update of its order, in order; duplicates (at least once) dropped by id.
+        let mut ids: Vec<&String> = seen[i].iter().map(|(id, _)| id).collect();
+        ids.dedup();
+        let want: Vec<&String> = want.iter().collect();
+        assert_eq!(ids, want, "customer {i}: every update, in order");
+    }
+}
