@@ -129,3 +129,102 @@ async fn clients_of_a_killed_node_resume_elsewhere_and_miss_no_order_event() {
         assert_eq!(ids, want, "customer {i}: every update, in order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_the_stream_and_both_feeds_flow_again() {
+    let mut cluster = Cluster::start("redis-restart", 2, &[]).await;
+    let customer = connect(&cluster.url(1), &token("c1", Role::Customer)).await;
+    let driver = connect(&cluster.url(0), &token("d1", Role::Driver)).await;
+    let mut customer = customer;
+    for (kind, data) in [
+        (
+            "order.created",
+            json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": [], "accept_timeout_s": 1}),
+        ),
+        (
+            "order.assigned",
+            json!({"order_id": "o1", "driver_id": "d1"}),
+        ),
+        (
+            "order.status",
+            json!({"order_id": "o1", "status": "before"}),
+        ),
+    ] {
+        cluster.xadd(kind, data).await;
+    }
+    assert_eq!(
+        customer
+            .wait_for("order:status_update", WAIT)
+            .await
+            .expect("before")
+            .data()["status"],
+        "before"
+    );
+
+    cluster.redis.kill().await;
+    for node in 0..2 {
+        crate::support::wait_for_status(&format!("{}/readyz", cluster.url(node)), 503).await;
+    }
+    // While Redis is away, the publish API refuses rather than pretends.
+    let refused = crate::support::http()
+        .post(format!("{}/api/events", cluster.url(0)))
+        .bearer_auth(crate::support::API_KEY)
+        .json(&json!({"type": "order.status", "data": {"order_id": "o1", "status": "lost"}}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(refused.status(), 503);
+
+    cluster.redis.restart().await;
+    for node in 0..2 {
+        cluster.nodes[node].wait_ready().await;
+    }
+    // An empty Redis: the group is recreated and events appended now flow,
+    // in order, to the customer on the other node (history channel).
+    let mut appended = Vec::new();
+    for n in 0..10 {
+        appended.push(
+            cluster
+                .xadd(
+                    "order.status",
+                    json!({"order_id": "o1", "status": format!("after{n}")}),
+                )
+                .await,
+        );
+    }
+    let mut got = Vec::new();
+    while got.len() < appended.len() {
+        let event = customer
+            .wait_for("order:status_update", WAIT)
+            .await
+            .expect("after");
+        got.push(event.data()["event_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, appended);
+    // Locations too (the location channel): the driver is still in the
+    // order room on its node, the customer on the other.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ack = driver
+            .emit_with_ack(
+                "driver:location_update",
+                json!({"lat": 12.9, "lng": 77.6}),
+                WAIT,
+            )
+            .await
+            .expect("location ack");
+        assert_eq!(ack[0]["ok"], true);
+        if customer
+            .wait_for("order:driver_location", Duration::from_millis(300))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no location after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+}

@@ -19,5 +19,6 @@ mod observability;
 mod offers;
 mod recovery;
 mod rooms;
+mod security;
 mod stream;
 mod transport;

@@ -38,7 +38,25 @@ impl NodeProcess {
         node
     }
 
+    /// Like [`Self::spawn_ready`], with the node's log (stderr) in `log`.
+    pub async fn spawn_logging_to(env: &[(&str, &str)], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        let node = Self::spawn_with_stderr(env, Stdio::from(file));
+        wait_for_status(&format!("{}/healthz", node.url()), 200).await;
+        node.wait_ready().await;
+        node
+    }
+
     fn spawn_unchecked(env: &[(&str, &str)]) -> Self {
+        let stderr = if std::env::var_os("RELAY_TEST_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Self::spawn_with_stderr(env, stderr)
+    }
+
+    fn spawn_with_stderr(env: &[(&str, &str)], stderr: Stdio) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay"));
         cmd.arg("serve")
@@ -53,11 +71,7 @@ impl NodeProcess {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("RELAY_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(stderr)
             .kill_on_drop(true);
         // An empty value unsets a default (e.g. the secret, to use a public key).
         for (k, _) in env.iter().filter(|(_, v)| v.is_empty()) {
