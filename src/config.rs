@@ -129,6 +129,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_WEBSOCKET_ONLY")]
     pub websocket_only: bool,
 
+    /// Browser origins allowed to call the relay cross-origin (long-polling
+    /// and the HTTP API), comma-separated, or `*` for any (no credentials).
+    /// Unset: same-origin only.
+    #[arg(long, env = "RELAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Largest WebSocket message a client may send, in bytes.
     #[arg(long, env = "RELAY_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub ws_max_message_bytes: usize,
@@ -242,6 +248,8 @@ pub struct Config {
     pub location: LocationConfig,
     pub client_events_per_s: u32,
     pub limits: ConnectionLimitsConfig,
+    /// Allowed browser origins; empty: same-origin only; `*`: any.
+    pub cors_origins: Vec<String>,
     pub history: HistoryConfig,
     pub stream: StreamConfig,
     pub transport: TransportConfig,
@@ -290,6 +298,33 @@ impl Config {
             return Err(ConfigError::new(
                 "RELAY_API_KEY",
                 "must not be empty (unset it to turn the publish API off)",
+            ));
+        }
+        let cors_origins: Vec<String> = args
+            .cors_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for origin in &cors_origins {
+            let looks_right = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.contains(char::is_whitespace)
+                    && origin
+                        .split("://")
+                        .nth(1)
+                        .is_some_and(|h| !h.is_empty() && !h.contains('/')));
+            if !looks_right {
+                return Err(ConfigError::new(
+                    "RELAY_CORS_ORIGINS",
+                    "each origin must be scheme://host[:port] (e.g. https://app.example.com), or * alone",
+                ));
+            }
+        }
+        if cors_origins.len() > 1 && cors_origins.iter().any(|o| o == "*") {
+            return Err(ConfigError::new(
+                "RELAY_CORS_ORIGINS",
+                "* allows any origin and cannot be combined with others",
             ));
         }
         let node_id = match args.node_id {
@@ -356,6 +391,7 @@ impl Config {
                 min_interval: Duration::from_millis(args.location_min_interval_ms),
             },
             client_events_per_s: args.client_events_per_s,
+            cors_origins,
             limits: ConnectionLimitsConfig {
                 max_connections: args.max_connections,
                 max_per_user: args.max_connections_per_user,
@@ -448,6 +484,29 @@ mod tests {
     fn both_key_sources_is_an_error() {
         let err = parse(&["--jwt-secret", "s", "--jwt-public-key", "/k.pem"]).unwrap_err();
         assert_eq!(err.setting, "RELAY_JWT_SECRET");
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let ok = parse(&[
+            "--jwt-secret",
+            "s",
+            "--cors-origins",
+            "https://app.example.com/, http://localhost:5173",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.cors_origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        for bad in [
+            "app.example.com",
+            "https://a.example/path",
+            "*,https://a.example",
+        ] {
+            let err = parse(&["--jwt-secret", "s", "--cors-origins", bad]).unwrap_err();
+            assert_eq!(err.setting, "RELAY_CORS_ORIGINS", "{bad}");
+        }
     }
 
     #[test]

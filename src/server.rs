@@ -244,9 +244,14 @@ fn launch<E: Engine>(
     .layer(axum::middleware::from_fn_with_state(
         limits,
         crate::gateway::shed_new_sessions,
-    ))
+    ));
+    // Preflights are answered before the Socket.IO layer sees them.
+    let app = match http::cors::layer(&config.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
     // Outermost, so the Socket.IO layer only ever sees detached copies.
-    .layer(axum::middleware::map_request(http::detach_from_read_buffer));
+    let app = app.layer(axum::middleware::map_request(http::detach_from_read_buffer));
 
     let addr = listener.local_addr()?;
     tracing::info!(

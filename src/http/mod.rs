@@ -2,6 +2,7 @@
 //! the resync endpoint for clients and the publish API for backends.
 
 mod api;
+pub mod cors;
 mod detach;
 mod errors;
 mod observe;

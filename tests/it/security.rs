@@ -77,3 +77,61 @@ async fn refused_tokens_and_keys_never_reach_the_logs() {
         assert!(!logs.contains(secret), "{secret} found in the logs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_configured_origins_only() {
+    let allowed = "https://app.example.com";
+    let node = crate::support::InProcessNode::start_ready(&[("RELAY_CORS_ORIGINS", allowed)]).await;
+    let url = node.url();
+    let preflight = http()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{url}/socket.io/?EIO=4&transport=polling"),
+        )
+        .header("origin", allowed)
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], allowed);
+    assert_eq!(
+        preflight.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    // A polling handshake from the page gets the header too.
+    let handshake = http()
+        .get(format!("{url}/socket.io/?EIO=4&transport=polling"))
+        .header("origin", allowed)
+        .send()
+        .await
+        .expect("handshake");
+    assert_eq!(handshake.status(), 200);
+    assert_eq!(handshake.headers()["access-control-allow-origin"], allowed);
+    // Another origin gets no permission.
+    let other = http()
+        .get(format!("{url}/orders/active"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("other origin");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // Without the setting, no CORS headers at all.
+    let plain = crate::support::InProcessNode::start_ready(&[]).await;
+    let response = http()
+        .get(format!(
+            "{}/socket.io/?EIO=4&transport=polling",
+            plain.url()
+        ))
+        .header("origin", allowed)
+        .send()
+        .await
+        .expect("handshake");
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
