@@ -193,3 +193,117 @@ async fn order_subscribe_joins_allowed_order_rooms_only() {
         "o2"
     );
 }
+
+/// Every role against an order it does or does not belong to, forged
+/// payloads, and client events named like server events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_role_gets_into_a_room_outside_its_rules() {
+    let node = InProcessNode::start_ready(&[("RELAY_API_KEY", crate::support::API_KEY)]).await;
+    publish(
+        &node,
+        "order.created",
+        json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": [], "accept_timeout_s": 1}),
+    )
+    .await;
+    publish(
+        &node,
+        "order.assigned",
+        json!({"order_id": "o1", "driver_id": "d1"}),
+    )
+    .await;
+
+    let cases: [(&str, String, bool); 8] = [
+        ("owner customer", token("c1", Role::Customer), true),
+        ("other customer", token("c2", Role::Customer), false),
+        ("the store's merchant", merchant_token("m1", &["s1"]), true),
+        (
+            "another store's merchant",
+            merchant_token("m2", &["s2"]),
+            false,
+        ),
+        ("assigned driver", token("d1", Role::Driver), true),
+        ("another driver", token("d2", Role::Driver), false),
+        ("admin", token("a1", Role::Admin), true),
+        ("support", token("sup", Role::Support), true),
+    ];
+    let mut outsiders = Vec::new();
+    for (who, jwt, allowed) in cases {
+        let client = connect(&node, &jwt).await;
+        let ack = client
+            .emit_with_ack("order:subscribe", json!({"order_id": "o1"}), WAIT)
+            .await
+            .expect("ack");
+        let expected = if allowed {
+            json!({"ok": true})
+        } else {
+            json!({"ok": false, "error": "not allowed"})
+        };
+        assert_eq!(ack[0], expected, "{who}");
+        // Forged extras in the payload change nothing.
+        let forged = client
+            .emit_with_ack(
+                "order:subscribe",
+                json!({"order_id": "o1", "role": "admin", "sub": "c1", "store_ids": ["s1"]}),
+                WAIT,
+            )
+            .await
+            .expect("ack");
+        assert_eq!(forged[0], expected, "{who}, forged payload");
+        for bad in [
+            json!({"order_id": ["o1"]}),
+            json!({"order_id": "x".repeat(200)}),
+            json!("o1"),
+            json!(null),
+        ] {
+            let ack = client
+                .emit_with_ack("order:subscribe", bad.clone(), WAIT)
+                .await
+                .expect("ack");
+            assert_eq!(ack[0]["ok"], false, "{who}: {bad}");
+        }
+        if !allowed {
+            outsiders.push((who, client));
+        }
+    }
+
+    // Client events named like server events, or like room operations, are
+    // unknown: refused, and nobody receives anything from them.
+    let (_, mut mallory) = outsiders.pop().expect("an outsider");
+    for name in [
+        "join",
+        "leave",
+        "order:status_update",
+        "merchant:new_order",
+        "delivery:new_request",
+        "admin:alert",
+        "order:driver_location",
+        "sync:done",
+    ] {
+        let ack = mallory
+            .emit_with_ack(
+                name,
+                json!({"order_id": "o1", "room": "admin_updates"}),
+                WAIT,
+            )
+            .await
+            .expect("ack");
+        assert_eq!(
+            ack[0],
+            json!({"ok": false, "error": "unknown event"}),
+            "{name}"
+        );
+    }
+    publish(
+        &node,
+        "order.status",
+        json!({"order_id": "o1", "status": "preparing"}),
+    )
+    .await;
+    for (who, client) in outsiders.iter_mut() {
+        assert!(
+            client.next_event(crate::support::QUIET).await.is_err(),
+            "{who} heard an order it does not belong to"
+        );
+    }
+    assert!(mallory.next_event(crate::support::QUIET).await.is_err());
+}
