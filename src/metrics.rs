@@ -118,9 +118,10 @@ const DISCONNECT_REASONS: [&str; 8] = [
 
 const ADAPTER_OPS: [&str; 4] = ["publish", "subscribe", "decode", "buffer_full"];
 
-const STORE_OPS: [&str; 14] = [
+const STORE_OPS: [&str; 15] = [
     "ack",
     "history",
+    "history_read",
     "advance",
     "wait_turn",
     "append",

@@ -1,25 +1,27 @@
-//! The recovery history in Redis: one stream per room
-//! (`{prefix}history:{room}`), trimmed by count and age, whose entry ids are
-//! cluster-wide offsets taken from one clock stream in the same script that
-//! appends them and publishes the event to every node. Scripts run one at a
-//! time, so offsets, history and delivery share one order.
+//! The recovery history in Redis. Every recorded event is appended to one
+//! cluster-wide stream, `{prefix}history:all`, whose entry id is its offset,
+//! and under that id to one stream per target room
+//! (`{prefix}history:{room}`), trimmed by count and age; one script does
+//! both, and scripts run one at a time, so offsets, rooms and delivery share
+//! one order. Nodes read `history:all` with XREAD BLOCK from the last offset
+//! they delivered: unlike pub/sub, a node whose Redis connection drops for a
+//! moment resumes exactly where it was, and misses nothing.
 
-use futures_util::StreamExt;
 use redis::{Script, Value, aio::ConnectionManager};
-use serde::{Deserialize, Serialize};
-use socketioxide_redis::drivers::Driver;
 use tokio::sync::mpsc;
 
-use super::{PubSubDriver, values::bulk_string};
+use super::values::{bulk_string, parse_entry};
 use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, cmp_offsets};
 
 /// Events waiting for this node's delivery loop.
 const FEED: usize = 65_536;
 
-/// KEYS: the clock stream, then one history stream per room.
-/// ARGV: size, ttl ms, channel, event, data, event id, wire message.
+/// KEYS: the cluster-wide stream, then one history stream per room.
+/// ARGV: size, ttl ms, length of the cluster-wide stream, event, data,
+/// event id, rooms (JSON), room to leave after it or ''.
 const PUBLISH_SCRIPT: &str = r"
-local offset = redis.call('XADD', KEYS[1], 'MAXLEN', '1', '*', 'e', ARGV[6])
+local offset = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+  'event', ARGV[4], 'data', ARGV[5], 'rooms', ARGV[7], 'then_leave', ARGV[8])
 local ms = tonumber(string.match(offset, '^(%d+)-'))
 local minid = tostring(ms - tonumber(ARGV[2])) .. '-0'
 for i = 2, #KEYS do
@@ -27,10 +29,16 @@ for i = 2, #KEYS do
   redis.call('XTRIM', KEYS[i], 'MINID', minid)
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], offset .. ' ' .. ARGV[7])
 return offset
 ";
+
+/// How many recorded events the cluster-wide stream keeps: what a node that
+/// lost Redis for a moment can catch up on.
+const ALL_MAXLEN: usize = 100_000;
+/// Longest an XREAD of the cluster-wide stream blocks.
+const BLOCK_MS: u64 = 2000;
+/// Entries read at once.
+const READ_COUNT: usize = 512;
 
 /// KEYS: one history stream per room. ARGV: last event id, ttl ms, up-to
 /// offset or ''. Returns {0} when the history does not reach back to the
@@ -95,21 +103,11 @@ end
 return out
 ";
 
-/// What travels on the channel after the offset.
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    event: String,
-    data: String,
-    rooms: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    then_leave: Option<String>,
-}
-
 pub struct RedisHistory {
     conn: ConnectionManager,
-    driver: PubSubDriver,
+    /// For XREAD BLOCK only: a blocked connection serves nobody else.
+    blocking: ConnectionManager,
     prefix: String,
-    channel: String,
     size: usize,
     ttl_ms: u64,
     publish: Script,
@@ -119,16 +117,15 @@ pub struct RedisHistory {
 impl RedisHistory {
     pub fn new(
         conn: ConnectionManager,
-        driver: PubSubDriver,
+        blocking: ConnectionManager,
         prefix: &str,
         size: usize,
         ttl: std::time::Duration,
     ) -> Self {
         Self {
             conn,
-            driver,
+            blocking,
             prefix: prefix.to_owned(),
-            channel: format!("{prefix}sio-history"),
             size: size.max(1),
             ttl_ms: ttl.as_millis() as u64,
             publish: Script::new(PUBLISH_SCRIPT),
@@ -138,6 +135,10 @@ impl RedisHistory {
 
     fn room_key(&self, room: &str) -> String {
         format!("{}history:{room}", self.prefix)
+    }
+
+    fn all_key(&self) -> String {
+        format!("{}history:all", self.prefix)
     }
 }
 
@@ -150,64 +151,82 @@ impl History for RedisHistory {
         rooms: &[String],
         then_leave: Option<&str>,
     ) -> StoreResult<String> {
-        let wire = serde_json::to_string(&Wire {
-            event: event.to_owned(),
-            data: data.to_owned(),
-            rooms: rooms.to_vec(),
-            then_leave: then_leave.map(str::to_owned),
-        })
-        .map_err(|e| StoreError(e.to_string()))?;
-        let mut invocation = self.publish.key(format!("{}history:clock", self.prefix));
+        let rooms_json = serde_json::to_string(rooms).map_err(|e| StoreError(e.to_string()))?;
+        let mut invocation = self.publish.key(self.all_key());
         for room in rooms {
             invocation.key(self.room_key(room));
         }
         let offset: String = invocation
             .arg(self.size)
             .arg(self.ttl_ms)
-            .arg(&self.channel)
+            .arg(ALL_MAXLEN)
             .arg(event)
             .arg(data)
             .arg(event_id)
-            .arg(wire)
+            .arg(rooms_json)
+            .arg(then_leave.unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(offset)
     }
 
     async fn feed(&self) -> StoreResult<(mpsc::Receiver<Recorded>, Option<String>)> {
-        let mut messages = self
-            .driver
-            .subscribe(self.channel.clone(), FEED)
-            .await
-            .map_err(|e| StoreError(e.to_string()))?;
-        // Read after subscribing: whatever the feed brings up to here is in the history too.
         let newest: Value = redis::cmd("XREVRANGE")
-            .arg(format!("{}history:clock", self.prefix))
+            .arg(self.all_key())
             .arg("+")
             .arg("-")
             .arg("COUNT")
             .arg(1)
             .query_async(&mut self.conn.clone())
             .await?;
-        let last = match newest {
-            Value::Array(mut entries) if !entries.is_empty() => match entries.swap_remove(0) {
-                Value::Array(mut entry) if !entry.is_empty() => bulk_string(entry.swap_remove(0)),
-                _ => None,
-            },
-            _ => None,
-        };
+        let last = parse_records(newest).pop().map(|r| r.offset);
         let (tx, rx) = mpsc::channel(FEED);
+        let (mut conn, key) = (self.blocking.clone(), self.all_key());
+        let mut after = last.clone().unwrap_or_else(|| "0-0".to_owned());
         tokio::spawn(async move {
-            while let Some((_, payload)) = messages.next().await {
-                match decode(&payload) {
-                    Some(recorded) => {
-                        if tx.send(recorded).await.is_err() {
+            let mut backoff = std::time::Duration::from_millis(100);
+            loop {
+                let read: redis::RedisResult<Value> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(READ_COUNT)
+                    .arg("BLOCK")
+                    .arg(BLOCK_MS)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(&after)
+                    .query_async(&mut conn)
+                    .await;
+                let reply = match read {
+                    Ok(reply) => {
+                        backoff = std::time::Duration::from_millis(100);
+                        reply
+                    }
+                    Err(e) => {
+                        crate::metrics::store_error("history_read");
+                        tracing::debug!(error = %e, "reading recorded events failed, retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                        if tx.is_closed() {
                             return;
                         }
+                        continue;
                     }
-                    None => {
-                        crate::metrics::adapter_error("decode");
-                        tracing::warn!("malformed history message dropped");
+                };
+                let records = match reply {
+                    Value::Array(mut streams) if !streams.is_empty() => {
+                        match streams.swap_remove(0) {
+                            Value::Array(mut pair) if pair.len() == 2 => {
+                                parse_records(pair.swap_remove(1))
+                            }
+                            _ => Vec::new(),
+                        }
+                    }
+                    _ => Vec::new(),
+                };
+                for record in records {
+                    after = record.offset.clone();
+                    if tx.send(record).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -263,15 +282,30 @@ impl History for RedisHistory {
     }
 }
 
-fn decode(payload: &[u8]) -> Option<Recorded> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let (offset, wire) = text.split_once(' ')?;
-    let wire: Wire = serde_json::from_str(wire).ok()?;
-    Some(Recorded {
-        offset: offset.to_owned(),
-        event: wire.event,
-        data: wire.data,
-        rooms: wire.rooms,
-        then_leave: wire.then_leave,
-    })
+/// Entries of `history:all` as recorded events; a malformed one is skipped
+/// (and counted), never blocks the ones after it.
+fn parse_records(value: Value) -> Vec<Recorded> {
+    let Value::Array(rows) = value else {
+        return Vec::new();
+    };
+    rows.into_iter()
+        .filter_map(|row| {
+            let (offset, mut fields) = parse_entry(row)?;
+            let mut take = |k: &str| fields.remove(k).and_then(bulk_string);
+            let record = (|| {
+                Some(Recorded {
+                    offset: offset.clone(),
+                    event: take("event")?,
+                    data: take("data")?,
+                    rooms: serde_json::from_str(&take("rooms")?).ok()?,
+                    then_leave: take("then_leave").filter(|r| !r.is_empty()),
+                })
+            })();
+            if record.is_none() {
+                crate::metrics::adapter_error("decode");
+                tracing::warn!(offset, "malformed recorded event skipped");
+            }
+            record
+        })
+        .collect()
 }

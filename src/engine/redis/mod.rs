@@ -105,7 +105,7 @@ impl RedisEngine {
             orders: RedisOrders::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
-                driver.clone(),
+                lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?,
                 prefix,
                 settings.history_size,
                 settings.history_ttl,
