@@ -8,7 +8,7 @@
 use std::{cmp::Ordering, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
-use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
+use socketioxide::{SendError, SocketError, SocketIo, adapter::Adapter, extract::SocketRef};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -131,13 +131,17 @@ async fn deliver<A: Adapter>(io: &SocketIo<A>, recorded: &Recorded) {
         );
         return;
     };
-    if let Err(e) = io
-        .local()
-        .to(recorded.rooms.clone())
-        .emit(&recorded.event, &data)
-        .await
-    {
-        tracing::debug!(error = %e, "recorded event not delivered");
+    for socket in io.local().to(recorded.rooms.clone()).sockets() {
+        if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
+            socket.emit(&recorded.event, &data)
+        {
+            // A client that stopped reading: its bounded buffer is full and
+            // it would miss this event anyway. Disconnected, it frees its
+            // memory, reconnects and recovers what it missed.
+            metrics::slow_client_disconnected();
+            tracing::info!(sid = %socket.id, "slow client disconnected: its buffer is full");
+            let _ = socket.disconnect();
+        }
     }
     if let Some(room) = &recorded.then_leave {
         io.local()

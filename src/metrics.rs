@@ -31,6 +31,7 @@ pub const CLUSTER_NODES: &str = "relay_cluster_nodes";
 pub const CONSUMER_RUNNING: &str = "relay_consumer_running";
 pub const RECOVERIES: &str = "relay_recoveries_total";
 pub const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
+pub const SLOW_CLIENTS: &str = "relay_slow_client_disconnects_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
@@ -233,6 +234,7 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     }
     counter!(REPLAYED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
+    counter!(SLOW_CLIENTS).absolute(0);
     for reason in ["node_full", "connect_rate"] {
         counter!(CONNECTIONS_SHED, "reason" => reason).absolute(0);
     }
@@ -269,6 +271,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_SHED,
         "New sessions refused with HTTP 503 before they started, by reason."
+    );
+    describe_counter!(
+        SLOW_CLIENTS,
+        "Sockets disconnected because they stopped reading and their send buffer filled."
     );
     describe_counter!(
         TOKENS_EXPIRED,
@@ -457,6 +463,11 @@ pub fn http_unmatched() {
 /// A new session refused before it started: `node_full` or `connect_rate`.
 pub fn connection_shed(reason: &'static str) {
     counter!(CONNECTIONS_SHED, "reason" => reason).increment(1);
+}
+
+/// A socket disconnected because it stopped reading and its buffer filled.
+pub fn slow_client_disconnected() {
+    counter!(SLOW_CLIENTS).increment(1);
 }
 
 /// A socket disconnected because its token expired.

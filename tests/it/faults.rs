@@ -228,3 +228,85 @@ async fn after_a_redis_restart_the_stream_and_both_feeds_flow_again() {
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
 }
+
+/// A client that completes the Socket.IO handshake, then never reads again.
+async fn stalled_client(
+    url: &str,
+    jwt: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        url.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("websocket");
+    let open = ws.next().await.expect("open").expect("open frame");
+    assert!(open.to_text().unwrap_or_default().starts_with('0'));
+    ws.send(Message::text(format!("40{}", json!({ "token": jwt }))))
+        .await
+        .expect("connect");
+    let connected = ws.next().await.expect("connect reply").expect("frame");
+    assert!(connected.to_text().unwrap_or_default().starts_with("40"));
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_not_buffered_forever() {
+    let node = crate::support::InProcessNode::start_ready(&[
+        ("RELAY_API_KEY", crate::support::API_KEY),
+        ("RELAY_CLIENT_EVENTS_PER_S", "0"),
+    ])
+    .await;
+    let url = node.url();
+    let _stalled = stalled_client(&url, &token("slow", Role::Admin)).await;
+    let mut reader = connect(&url, &token("fast", Role::Admin)).await;
+    // Alerts of 60 KB until the stalled client's kernel buffers and its
+    // bounded channel are full: a few hundred.
+    let message = "x".repeat(60 * 1024);
+    let counter = "relay_slow_client_disconnects_total ";
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let mut sent = 0;
+    loop {
+        for _ in 0..50 {
+            let status = crate::support::http()
+                .post(format!("{url}/api/events"))
+                .bearer_auth(crate::support::API_KEY)
+                .json(
+                    &json!({"type": "admin.alert", "data": {"level": "info", "message": message}}),
+                )
+                .send()
+                .await
+                .expect("publish")
+                .status();
+            assert_eq!(status, 202);
+            sent += 1;
+        }
+        // The reading client keeps up with every one.
+        for _ in 0..50 {
+            reader.wait_for("admin:alert", WAIT).await.expect("alert");
+        }
+        let metrics = crate::support::http()
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        let disconnected: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(counter)?.trim().parse().ok())
+            .unwrap_or(0.0);
+        if disconnected >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled client was never disconnected after {sent} alerts"
+        );
+    }
+    assert!(reader.close_reason().is_none(), "the reading client stays");
+}
