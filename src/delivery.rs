@@ -131,7 +131,10 @@ async fn deliver<A: Adapter>(io: &SocketIo<A>, recorded: &Recorded) {
         );
         return;
     };
-    for socket in io.local().to(recorded.rooms.clone()).sockets() {
+    // Before the namespace opens no client is connected (and socketioxide's
+    // shortcuts for the default namespace would panic).
+    let Some(ns) = io.of("/") else { return };
+    for socket in ns.clone().local().to(recorded.rooms.clone()).sockets() {
         if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
             socket.emit(&recorded.event, &data)
         {
@@ -144,7 +147,7 @@ async fn deliver<A: Adapter>(io: &SocketIo<A>, recorded: &Recorded) {
         }
     }
     if let Some(room) = &recorded.then_leave {
-        io.local()
+        ns.local()
             .within(room.clone())
             .leave(room.clone())
             .await

@@ -76,9 +76,13 @@ pub fn encode(node: &str, deliveries: Vec<Delivery>) -> Vec<u8> {
 
 /// Emits to this node's sockets only: other nodes get the batch.
 pub async fn deliver<A: Adapter>(io: &SocketIo<A>, deliveries: &[Delivery]) {
+    // Before the namespace opens no client is connected (and socketioxide's
+    // shortcuts for the default namespace would panic).
+    let Some(ns) = io.of("/") else { return };
     for d in deliveries {
         // Volatile: a client too slow for this update gets the next one.
-        if let Err(e) = io
+        if let Err(e) = ns
+            .clone()
             .local()
             .to(d.room.clone())
             .except(d.except.clone())
