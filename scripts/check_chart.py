@@ -147,7 +147,13 @@ FULL = {
         "existingSecretKeys": {"jwtSecret": "jwt", "apiKey": "publish-key"},
         "jwt": {"issuer": "https://auth.example.com", "audience": "relay"},
     },
-    "relay": {"websocketOnly": False, "keyPrefix": "prod:relay:", "logLevel": "info,relay=debug"},
+    "relay": {
+        "websocketOnly": False,
+        "keyPrefix": "prod:relay:",
+        "logLevel": "info,relay=debug",
+        "corsOrigins": ["https://app.example.com", "http://localhost:5173"],
+        "maxConnections": 30000,
+    },
     "podAnnotations": {"example.com/owner": "realtime"},
     "ingress": {
         "enabled": True,
@@ -213,6 +219,10 @@ BAD_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "schema: replicaCount string": (deep_merge(BASE, {"replicaCount": "3"}), "/replicaCount"),
     "schema: bad preStop mode": (deep_merge(BASE, {"shutdown": {"preStop": {"mode": "httpGet"}}}), "/shutdown/preStop/mode"),
     "schema: bad log format": (deep_merge(BASE, {"relay": {"logFormat": "xml"}}), "/relay/logFormat"),
+    "schema: CORS origin without scheme": (
+        deep_merge(BASE, {"relay": {"corsOrigins": ["app.example.com"]}}),
+        "/relay/corsOrigins",
+    ),
     "schema: non-redis url": (deep_merge(BASE, {"redis": {"url": "http://redis:6379"}}), "/redis/url"),
     "schema: ws message below 1 KiB": (deep_merge(BASE, {"relay": {"wsMaxMessageBytes": 512}}), "/relay/wsMaxMessageBytes"),
     "schema: ingress.enabled not a boolean": (deep_merge(BASE, {"ingress": {"enabled": "yes"}}), "/ingress/enabled"),
@@ -532,6 +542,9 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
         "RELAY_LOCATION_TTL_S": str(r["locationTtlSeconds"]),
         "RELAY_LOCATION_MIN_INTERVAL_MS": str(r["locationMinIntervalMs"]),
         "RELAY_CLIENT_EVENTS_PER_S": str(r["clientEventsPerSecond"]),
+        "RELAY_MAX_CONNECTIONS": str(r["maxConnections"]),
+        "RELAY_MAX_CONNECTIONS_PER_USER": str(r["maxConnectionsPerUser"]),
+        "RELAY_MAX_NEW_CONNECTIONS_PER_S": str(r["maxNewConnectionsPerSecond"]),
         "RELAY_HISTORY_SIZE": str(r["historySize"]),
         "RELAY_HISTORY_TTL_S": str(r["historyTtlSeconds"]),
         "RELAY_CLAIM_IDLE_MS": str(r["claimIdleMs"]),
@@ -549,6 +562,8 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
         expected["RELAY_JWT_ISSUER"] = jwt["issuer"]
     if jwt["audience"]:
         expected["RELAY_JWT_AUDIENCE"] = jwt["audience"]
+    if r["corsOrigins"]:
+        expected["RELAY_CORS_ORIGINS"] = ",".join(r["corsOrigins"])
     if jwt["mode"] == "publicKey":
         expected["RELAY_JWT_PUBLIC_KEY"] = f"/etc/relay/jwt/{jwt['publicKeyItem']}"
     check(cfg == expected, f"ConfigMap settings differ: extra/wrong "
