@@ -9,6 +9,7 @@ mod traits;
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
     OrderStore, Recorded, StoreError, StoreResult, StreamEntry, StreamStats, cmp_offsets,
+    in_offset_order,
 };
 
 use std::{

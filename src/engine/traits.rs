@@ -288,6 +288,14 @@ pub trait History: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Missed>> + Send;
 }
 
+/// Missed events gathered from several rooms: in offset order, each once
+/// (an event sent to two of the rooms is in both histories).
+pub fn in_offset_order(mut events: Vec<Recorded>) -> Vec<Recorded> {
+    events.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
+    events.dedup_by(|a, b| a.offset == b.offset);
+    events
+}
+
 /// Orders two `ms-seq` stream ids.
 pub fn cmp_offsets(a: &str, b: &str) -> std::cmp::Ordering {
     let parse = |s: &str| {

@@ -25,6 +25,43 @@ async fn resume(url: &str, customer: &str, last_event_id: Option<&str>) -> Clien
         .expect("reconnect")
 }
 
+/// Appends `rounds` status updates to each of orders `o0..o{orders}` at a
+/// steady pace, from its own task; returns the entry ids per order.
+fn produce(
+    cluster: &Cluster,
+    orders: usize,
+    rounds: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<HashMap<usize, Vec<String>>> {
+    let (redis_url, key) = (cluster.redis.url(), cluster.key("events"));
+    tokio::spawn(async move {
+        let client = redis::Client::open(redis_url).expect("redis");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn");
+        let mut ids: HashMap<usize, Vec<String>> = HashMap::new();
+        for n in 0..rounds {
+            for i in 0..orders {
+                let data = json!({"order_id": format!("o{i}"), "status": format!("s{n}")});
+                let id: String = redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("*")
+                    .arg("type")
+                    .arg("order.status")
+                    .arg("data")
+                    .arg(data.to_string())
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XADD");
+                ids.entry(i).or_default().push(id);
+            }
+            tokio::time::sleep(pause).await;
+        }
+        ids
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_of_a_killed_node_resume_elsewhere_and_miss_no_order_event() {
     let mut cluster =
@@ -42,35 +79,7 @@ async fn clients_of_a_killed_node_resume_elsewhere_and_miss_no_order_event() {
     }
 
     // A steady stream of status updates for every order, from another task.
-    let redis_url = cluster.redis.url();
-    let key = cluster.key("events");
-    let producer = tokio::spawn(async move {
-        let client = redis::Client::open(redis_url).expect("redis");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("conn");
-        let mut ids = Vec::new();
-        for n in 0..UPDATES {
-            for i in 0..CUSTOMERS {
-                let id: String = redis::cmd("XADD")
-                    .arg(&key)
-                    .arg("*")
-                    .arg("type")
-                    .arg("order.status")
-                    .arg("data")
-                    .arg(
-                        json!({"order_id": format!("o{i}"), "status": format!("s{n}")}).to_string(),
-                    )
-                    .query_async(&mut conn)
-                    .await
-                    .expect("XADD");
-                ids.push((i, id));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        ids
-    });
+    let producer = produce(&cluster, CUSTOMERS, UPDATES, Duration::from_millis(25));
 
     // Each client reads until a quarter of the updates went by, then its node dies.
     let mut seen: Vec<Vec<(String, String)>> = vec![Vec::new(); CUSTOMERS];
@@ -94,11 +103,7 @@ async fn clients_of_a_killed_node_resume_elsewhere_and_miss_no_order_event() {
         let last = events.last().map(|(id, _)| id.as_str());
         back.push(resume(&cluster.url(1), &format!("c{i}"), last).await);
     }
-    let appended = producer.await.expect("producer");
-    let mut expected: HashMap<usize, Vec<String>> = HashMap::new();
-    for (i, id) in appended {
-        expected.entry(i).or_default().push(id);
-    }
+    let expected = producer.await.expect("producer");
     for (i, client) in back.iter_mut().enumerate() {
         let mut done = false;
         let want = &expected[&i];
@@ -273,7 +278,7 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered_forever() {
     // Alerts of 60 KB until the stalled client's kernel buffers and its
     // bounded channel are full: a few hundred.
     let message = "x".repeat(60 * 1024);
-    let counter = "relay_slow_client_disconnects_total ";
+    let counter = "relay_slow_client_disconnects_total";
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     let mut sent = 0;
     loop {
@@ -295,18 +300,7 @@ async fn a_client_that_stops_reading_is_disconnected_not_buffered_forever() {
         for _ in 0..50 {
             reader.wait_for("admin:alert", WAIT).await.expect("alert");
         }
-        let metrics = crate::support::http()
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body");
-        let disconnected: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(counter)?.trim().parse().ok())
-            .unwrap_or(0.0);
+        let disconnected = crate::support::metric(&url, counter).await;
         if disconnected >= 1.0 {
             break;
         }
@@ -348,34 +342,7 @@ async fn a_rolling_restart_under_load_loses_no_order_event() {
             .await,
         );
     }
-    let (redis_url, key) = (cluster.redis.url(), cluster.key("events"));
-    let producer = tokio::spawn(async move {
-        let client = redis::Client::open(redis_url).expect("redis");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("conn");
-        let mut ids: HashMap<usize, Vec<String>> = HashMap::new();
-        for n in 0..60 {
-            for i in 0..N {
-                let id: String = redis::cmd("XADD")
-                    .arg(&key)
-                    .arg("*")
-                    .arg("type")
-                    .arg("order.status")
-                    .arg("data")
-                    .arg(
-                        json!({"order_id": format!("o{i}"), "status": format!("s{n}")}).to_string(),
-                    )
-                    .query_async(&mut conn)
-                    .await
-                    .expect("XADD");
-                ids.entry(i).or_default().push(id);
-            }
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-        ids
-    });
+    let producer = produce(&cluster, N, 60, Duration::from_millis(40));
 
     // Replace each node in turn: a new one comes up, the old one gets SIGTERM,
     // and its clients come back on the new one with their last event id.

@@ -10,7 +10,7 @@ use relay::{
 };
 use serde_json::json;
 
-use crate::support::{InProcessNode, SECRET, WAIT, http, token};
+use crate::support::{InProcessNode, SECRET, WAIT, http, metric, token};
 
 async fn try_connect(url: &str, jwt: &str) -> Result<Client, String> {
     Client::connect(
@@ -20,20 +20,6 @@ async fn try_connect(url: &str, jwt: &str) -> Result<Client, String> {
     )
     .await
     .map_err(|e| e.to_string())
-}
-
-async fn counter(url: &str, series: &str) -> f64 {
-    let text = http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +32,7 @@ async fn a_user_beyond_its_connection_limit_is_refused_until_one_leaves() {
     let refused = try_connect(&url, &jwt).await.expect_err("third refused");
     assert!(refused.contains("too many connections"), "{refused}");
     assert!(
-        counter(
+        metric(
             &url,
             "relay_handshake_rejections_total{reason=\"too_many_connections\"}"
         )
@@ -88,7 +74,7 @@ async fn a_full_node_sheds_new_sessions_with_503_and_keeps_its_clients() {
         .expect("handshake");
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
-    assert!(counter(&url, "relay_connections_shed_total{reason=\"node_full\"}").await >= 2.0);
+    assert!(metric(&url, "relay_connections_shed_total{reason=\"node_full\"}").await >= 2.0);
     // The connected clients are untouched.
     let ack = a
         .emit_with_ack("order:subscribe", json!({"order_id": "nope"}), WAIT)
@@ -110,7 +96,7 @@ async fn new_sessions_beyond_the_rate_are_shed() {
         .expect_err("second in the same second");
     assert!(refused.contains("503"), "{refused}");
     assert!(
-        counter(
+        metric(
             &url,
             "relay_connections_shed_total{reason=\"connect_rate\"}"
         )
@@ -139,6 +125,6 @@ async fn a_token_that_expires_while_connected_ends_the_connection() {
         .expect("connect");
     let reason = client.closed(WAIT).await.expect("closed by the server");
     assert_eq!(reason, CloseReason::ServerDisconnect);
-    assert!(counter(&url, "relay_token_expiry_disconnects_total").await >= 1.0);
+    assert!(metric(&url, "relay_token_expiry_disconnects_total").await >= 1.0);
     assert!(long_lived.close_reason().is_none(), "only the expired one");
 }

@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
-    engine::{History, Missed, Recorded, StoreResult, cmp_offsets},
+    engine::{History, Missed, Recorded, StoreResult, cmp_offsets, in_offset_order},
     events::now_ms,
 };
 
@@ -153,7 +153,7 @@ impl History for MemoryHistory {
         }) {
             return Ok(Missed::NotRecovered);
         }
-        let mut missed: Vec<Recorded> = logs
+        let missed: Vec<Recorded> = logs
             .iter()
             .flat_map(|log| &log.entries)
             .map(|e| &e.recorded)
@@ -161,9 +161,7 @@ impl History for MemoryHistory {
             .filter(|r| up_to.is_none_or(|u| cmp_offsets(&r.offset, u) != Ordering::Greater))
             .map(|r| (**r).clone())
             .collect();
-        missed.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
-        missed.dedup_by(|a, b| a.offset == b.offset);
-        Ok(Missed::Recovered(missed))
+        Ok(Missed::Recovered(in_offset_order(missed)))
     }
 }
 

@@ -11,7 +11,7 @@ use redis::{Script, Value, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
 use super::values::{bulk_string, parse_entry};
-use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, cmp_offsets};
+use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, in_offset_order};
 
 /// Events waiting for this node's delivery loop.
 const FEED: usize = 65_536;
@@ -260,7 +260,7 @@ impl History for RedisHistory {
             return Ok(Missed::NotRecovered);
         }
         items.remove(0);
-        let mut missed: Vec<Recorded> = items
+        let missed: Vec<Recorded> = items
             .into_iter()
             .filter_map(|item| {
                 let Value::Array(parts) = item else {
@@ -276,9 +276,7 @@ impl History for RedisHistory {
                 })
             })
             .collect();
-        missed.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
-        missed.dedup_by(|a, b| a.offset == b.offset);
-        Ok(Missed::Recovered(missed))
+        Ok(Missed::Recovered(in_offset_order(missed)))
     }
 }
 
