@@ -32,6 +32,7 @@ pub const CONSUMER_RUNNING: &str = "relay_consumer_running";
 pub const RECOVERIES: &str = "relay_recoveries_total";
 pub const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
 pub const SLOW_CLIENTS: &str = "relay_slow_client_disconnects_total";
+pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
@@ -235,6 +236,7 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     counter!(REPLAYED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
     counter!(SLOW_CLIENTS).absolute(0);
+    counter!(REDIS_REDIALS).absolute(0);
     for reason in ["node_full", "connect_rate"] {
         counter!(CONNECTIONS_SHED, "reason" => reason).absolute(0);
     }
@@ -271,6 +273,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_SHED,
         "New sessions refused with HTTP 503 before they started, by reason."
+    );
+    describe_counter!(
+        REDIS_REDIALS,
+        "Times every Redis connection was dropped and dialed again after the link went silent."
     );
     describe_counter!(
         SLOW_CLIENTS,
@@ -463,6 +469,11 @@ pub fn http_unmatched() {
 /// A new session refused before it started: `node_full` or `connect_rate`.
 pub fn connection_shed(reason: &'static str) {
     counter!(CONNECTIONS_SHED, "reason" => reason).increment(1);
+}
+
+/// Every Redis connection dropped for a new one after failed health probes.
+pub fn redis_redial() {
+    counter!(REDIS_REDIALS).increment(1);
 }
 
 /// A socket disconnected because it stopped reading and its buffer filled.

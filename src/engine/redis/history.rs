@@ -7,7 +7,9 @@
 //! they delivered: unlike pub/sub, a node whose Redis connection drops for a
 //! moment resumes exactly where it was, and misses nothing.
 
-use redis::{Script, Value, aio::ConnectionManager};
+use redis::{Script, Value};
+
+use super::link::Link;
 use tokio::sync::mpsc;
 
 use super::values::{bulk_string, parse_entry};
@@ -104,9 +106,9 @@ return out
 ";
 
 pub struct RedisHistory {
-    conn: ConnectionManager,
+    conn: Link,
     /// For XREAD BLOCK only: a blocked connection serves nobody else.
-    blocking: ConnectionManager,
+    blocking: Link,
     prefix: String,
     size: usize,
     ttl_ms: u64,
@@ -116,8 +118,8 @@ pub struct RedisHistory {
 
 impl RedisHistory {
     pub fn new(
-        conn: ConnectionManager,
-        blocking: ConnectionManager,
+        conn: Link,
+        blocking: Link,
         prefix: &str,
         size: usize,
         ttl: std::time::Duration,

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use redis::{Script, Value, aio::ConnectionManager};
+use redis::{Script, Value};
+
+use super::link::Link;
 
 use super::values::bulk_string;
 use crate::{
@@ -24,7 +26,7 @@ return #ids
 ";
 
 pub struct RedisLocations {
-    conn: ConnectionManager,
+    conn: Link,
     prefix: String,
     /// The pub/sub channel of location deliveries between nodes.
     channel: String,
@@ -33,7 +35,7 @@ pub struct RedisLocations {
 }
 
 impl RedisLocations {
-    pub fn new(conn: ConnectionManager, prefix: &str, channel: String, ttl: Duration) -> Self {
+    pub fn new(conn: Link, prefix: &str, channel: String, ttl: Duration) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),

@@ -1,6 +1,7 @@
 //! The Redis engine: what every node of a cluster shares.
 
 mod history;
+mod link;
 mod locations;
 mod orders;
 mod pubsub;
@@ -19,6 +20,7 @@ use socketioxide_redis::{
 use tokio_util::sync::CancellationToken;
 
 pub use history::RedisHistory;
+use link::Link;
 pub use locations::RedisLocations;
 pub use orders::RedisOrders;
 pub use pubsub::PubSubDriver;
@@ -30,12 +32,18 @@ use crate::config::Secret;
 /// How often the link to Redis is checked for `/readyz`.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Failed health probes in a row after which every connection is dropped
+/// and dialed again: a link that went silent never fails on its own.
+const REDIAL_AFTER_FAILED_PROBES: u32 = 3;
+
 /// Location batches waiting for this node's fan-out task; one arrives per
 /// peer every few milliseconds under load.
 const LOCATION_FEED_BUFFER: usize = 4096;
 
 pub struct RedisEngine {
     driver: PubSubDriver,
+    /// Every command connection, for redialing a silent link.
+    links: Vec<Link>,
     channel_prefix: String,
     probe_channel: String,
     stream: RedisStream,
@@ -75,15 +83,16 @@ impl RedisEngine {
             .map_err(|e| EngineError(e.to_string()))?;
         let driver = PubSubDriver::new(resp3, connection_config())
             .map_err(|e| EngineError(e.to_string()))?;
-        let lazy = |config| {
-            redis::aio::ConnectionManager::new_lazy_with_config(resp2.clone(), config)
-                .map_err(|e| EngineError(e.to_string()))
-        };
+        let lazy =
+            |config| Link::new(resp2.clone(), config).map_err(|e| EngineError(e.to_string()));
         let commands = lazy(connection_config())?;
         // XREAD BLOCK needs its own connection and a response timeout above
         // the block time: the default 500 ms would fail every blocking read.
         let blocking =
             lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?;
+        let history_blocking =
+            lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?;
+        let links = vec![commands.clone(), blocking.clone(), history_blocking.clone()];
         let prefix = settings.key_prefix;
         let stream = RedisStream::new(
             commands.clone(),
@@ -98,6 +107,7 @@ impl RedisEngine {
         );
         Ok(Self {
             driver: driver.clone(),
+            links,
             // The stock `socket.io` prefix would collide with Node's adapter.
             channel_prefix: format!("{prefix}sio"),
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
@@ -105,7 +115,7 @@ impl RedisEngine {
             orders: RedisOrders::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
-                lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?,
+                history_blocking,
                 prefix,
                 settings.history_size,
                 settings.history_ttl,
@@ -184,6 +194,7 @@ impl Engine for RedisEngine {
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {
         let mut probe: Option<MessageStream<ChanItem>> = None;
         let mut seq: u64 = 0;
+        let mut failed: u32 = 0;
         loop {
             if probe.is_none() {
                 probe = self
@@ -205,6 +216,11 @@ impl Engine for RedisEngine {
                 }
             }
             health.set_store_up(up);
+            failed = if up { 0 } else { failed + 1 };
+            if failed == REDIAL_AFTER_FAILED_PROBES {
+                failed = 0;
+                self.redial().await;
+            }
             if up {
                 // Nodes listening on the adapter's broadcast channel.
                 let channel = format!("{}-request#/#", self.channel_prefix);
@@ -221,6 +237,21 @@ impl Engine for RedisEngine {
 }
 
 impl RedisEngine {
+    /// Drops every connection for a new one. Harmless when Redis is simply
+    /// down (the new connections dial lazily, with the usual back-off).
+    async fn redial(&self) {
+        tracing::warn!("redis link silent; dialing every connection again");
+        crate::metrics::redis_redial();
+        for link in &self.links {
+            if let Err(e) = link.redial() {
+                tracing::warn!(error = %e, "redial");
+            }
+        }
+        if let Err(e) = self.driver.redial().await {
+            tracing::warn!(error = %e, "redial of the pub/sub connection");
+        }
+    }
+
     async fn round_trip(&self, stream: &mut MessageStream<ChanItem>, seq: u64) -> bool {
         let nonce = seq.to_string().into_bytes();
         let sent = self

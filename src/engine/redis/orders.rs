@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use redis::{Script, Value, aio::ConnectionManager};
+use redis::{Script, Value};
+
+use super::link::Link;
 
 use super::values::{bulk_string, field_map};
 use crate::{
@@ -67,7 +69,7 @@ return fields
 ";
 
 pub struct RedisOrders {
-    conn: ConnectionManager,
+    conn: Link,
     prefix: String,
     create: Script,
     set_status: Script,
@@ -76,7 +78,7 @@ pub struct RedisOrders {
 }
 
 impl RedisOrders {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(conn: Link, prefix: &str) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),
@@ -87,7 +89,7 @@ impl RedisOrders {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Link {
         self.conn.clone()
     }
 

@@ -11,17 +11,18 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use redis::{PushInfo, PushKind, Value, aio::ConnectionManager};
+use redis::{PushInfo, PushKind, Value};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
+use super::link::Link;
 use crate::metrics;
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
 #[derive(Clone)]
 pub struct PubSubDriver {
-    conn: ConnectionManager,
+    conn: Link,
     handlers: Handlers,
 }
 
@@ -41,13 +42,27 @@ impl PubSubDriver {
             }
         };
         let config = config.set_push_sender(route).set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = Link::new(client, config)?;
         Ok(Self { conn, handlers })
     }
 
-    /// The manager behind the driver, for health checks of the pub/sub link.
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// Drops the connection for a fresh one and subscribes it to every
+    /// channel the old one listened on (the manager's own resubscription
+    /// only covers its reconnects, not a new manager).
+    pub async fn redial(&self) -> Result<(), PubSubError> {
+        self.conn.redial()?;
+        let channels: Vec<String> = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let mut conn = self.conn.manager();
+        for chan in channels {
+            conn.subscribe(&chan).await?;
+        }
+        Ok(())
     }
 }
 
@@ -111,7 +126,7 @@ impl Driver for PubSubDriver {
         let (tx, rx) = mpsc::channel(size);
         // Registered before SUBSCRIBE so the first message cannot outrun it.
         self.write_handlers().insert(chan.clone(), tx);
-        if let Err(e) = self.conn.clone().subscribe(&chan).await {
+        if let Err(e) = self.conn.manager().subscribe(&chan).await {
             self.write_handlers().remove(&chan);
             metrics::adapter_error("subscribe");
             return Err(e.into());
@@ -121,7 +136,7 @@ impl Driver for PubSubDriver {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         self.write_handlers().remove(&chan);
-        self.conn.clone().unsubscribe(chan).await?;
+        self.conn.manager().unsubscribe(chan).await?;
         Ok(())
     }
 

@@ -16,12 +16,13 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use redis::{Script, Value, aio::ConnectionManager};
+use redis::{Script, Value};
 use socketioxide_redis::drivers::Driver;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::PubSubDriver;
+use super::link::Link;
 use super::values::{bulk_string, field_map, int, parse_entries, parse_entry};
 use crate::{
     engine::traits::{
@@ -127,8 +128,8 @@ return n
 ";
 
 pub struct RedisStream {
-    conn: ConnectionManager,
-    blocking: ConnectionManager,
+    conn: Link,
+    blocking: Link,
     keys: Keys,
     node: String,
     claim_idle: Duration,
@@ -162,8 +163,8 @@ pub struct StreamSettings<'a> {
 
 impl RedisStream {
     pub fn new(
-        conn: ConnectionManager,
-        blocking: ConnectionManager,
+        conn: Link,
+        blocking: Link,
         driver: PubSubDriver,
         settings: StreamSettings<'_>,
     ) -> Self {
@@ -200,7 +201,7 @@ impl RedisStream {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Link {
         self.conn.clone()
     }
 

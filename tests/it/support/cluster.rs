@@ -49,10 +49,17 @@ impl Cluster {
 
     /// Starts one more node (with a fixed node id when given) and waits until ready.
     pub async fn add_node(&mut self, node_id: Option<&str>) -> usize {
-        let mut env = self.env();
-        if let Some(id) = node_id {
-            env.push(("RELAY_NODE_ID".to_owned(), id.to_owned()));
+        match node_id {
+            Some(id) => self.add_node_with(&[("RELAY_NODE_ID", id)]).await,
+            None => self.add_node_with(&[]).await,
         }
+    }
+
+    /// Starts one more node with settings of its own on top of the
+    /// cluster's (a later value wins), and waits until ready.
+    pub async fn add_node_with(&mut self, own: &[(&str, &str)]) -> usize {
+        let mut env = self.env();
+        env.extend(own.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.nodes.push(NodeProcess::spawn_ready(&env).await);
         self.nodes.len() - 1

@@ -2,6 +2,7 @@
 //! nodes as child processes or in this process, tokens and HTTP helpers.
 
 pub mod cluster;
+pub mod fault_proxy;
 pub mod node;
 pub mod redis_server;
 
