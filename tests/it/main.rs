@@ -15,6 +15,7 @@ mod handshake;
 mod lifecycle;
 mod limits;
 mod location;
+mod network;
 mod observability;
 mod offers;
 mod recovery;
