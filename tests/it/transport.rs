@@ -60,3 +60,37 @@ async fn an_oversized_websocket_message_closes_the_connection() {
         "connection must be closed, got {closed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_polling_payload_is_refused_and_ends_the_session() {
+    let node = InProcessNode::start_ready(&[("RELAY_POLLING_MAX_PAYLOAD_BYTES", "4096")]).await;
+    let http = crate::support::http();
+    let base = format!("{}/socket.io/?EIO=4&transport=polling", node.url());
+    let open = http
+        .get(&base)
+        .send()
+        .await
+        .expect("handshake")
+        .text()
+        .await
+        .expect("body");
+    let open: serde_json::Value = serde_json::from_str(&open[1..]).expect("open packet");
+    let session = format!("{base}&sid={}", open["sid"].as_str().expect("sid"));
+    let connect = format!("40{}", json!({ "token": token("42", Role::Customer) }));
+    let ok = http
+        .post(&session)
+        .body(connect)
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(ok.status(), 200);
+
+    let big = format!(
+        "42[\"driver:location_update\",{{\"pad\":\"{}\"}}]",
+        "x".repeat(8 * 1024)
+    );
+    let refused = http.post(&session).body(big).send().await.expect("post");
+    assert_eq!(refused.status(), 413, "payload too large");
+    let after = http.get(&session).send().await.expect("poll");
+    assert_eq!(after.status(), 400, "the session is closed");
+}
