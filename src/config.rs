@@ -101,7 +101,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
 
-    /// Sockets one user (token `sub`) may hold on a node; beyond, `too many connections` (0 = no limit).
+    /// Sockets one user (token `sub`) may hold on all nodes together; beyond, `too many connections` (0 = no limit).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
     pub max_connections_per_user: usize,
 

@@ -120,7 +120,7 @@ const DISCONNECT_REASONS: [&str; 8] = [
 
 const ADAPTER_OPS: [&str; 4] = ["publish", "subscribe", "decode", "buffer_full"];
 
-const STORE_OPS: [&str; 15] = [
+const STORE_OPS: [&str; 16] = [
     "ack",
     "history",
     "history_read",
@@ -131,6 +131,7 @@ const STORE_OPS: [&str; 15] = [
     "claim",
     "connect_orders",
     "keep_alive",
+    "sessions",
     "location_prune",
     "location_write",
     "stream_read",

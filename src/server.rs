@@ -191,11 +191,18 @@ fn launch<E: Engine>(
         stop.clone(),
     ));
     let (replay, replay_requests) = crate::delivery::channel();
-    let limits = Arc::new(crate::gateway::ConnectionLimits::new(
-        config.limits.max_connections,
-        config.limits.max_per_user,
-        config.limits.new_per_s,
-    ));
+    let limits = Arc::new(
+        crate::gateway::ConnectionLimits::new(
+            config.limits.max_connections,
+            config.limits.max_per_user,
+            config.limits.new_per_s,
+        )
+        .across(engine.user_sessions(&instance)),
+    );
+    tokio::spawn({
+        let (limits, stop) = (limits.clone(), stop.clone());
+        async move { limits.keep_alive(stop).await }
+    });
     let expiries = Arc::new(crate::gateway::Expiries::default());
     let (gateway, layer) = Gateway::new(
         engine.clone(),

@@ -8,8 +8,8 @@ mod traits;
 
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, Recorded, StoreError, StoreResult, StreamEntry, StreamStats, cmp_offsets,
-    in_offset_order,
+    OrderStore, Recorded, StoreError, StoreResult, StreamEntry, StreamStats, UserSessions,
+    cmp_offsets, in_offset_order,
 };
 
 use std::{
@@ -62,6 +62,14 @@ pub trait Engine: Send + Sync + 'static {
     fn location_feed(
         &self,
     ) -> impl Future<Output = StoreResult<Option<MessageStream<ChanItem>>>> + Send;
+
+    /// Each user's sockets counted across nodes, when the engine is shared
+    /// (`instance` names this node's process). `None`: this node is the
+    /// whole cluster, and its own count is the count.
+    fn user_sessions(&self, instance: &str) -> Option<Arc<dyn UserSessions>> {
+        let _ = instance;
+        None
+    }
 
     /// Watches the backing store until `shutdown`, keeping `health` current.
     fn watch_health(

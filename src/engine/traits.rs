@@ -307,3 +307,20 @@ pub fn cmp_offsets(a: &str, b: &str) -> std::cmp::Ordering {
     };
     parse(a).cmp(&parse(b))
 }
+
+/// A user's sockets counted across every node, for the per-user connection
+/// limit. Object-safe: the gateway holds it without knowing the engine.
+pub trait UserSessions: Send + Sync + 'static {
+    /// Counts one more socket of `user` unless it already has `limit` on
+    /// all nodes together; `Ok(false)` when it has.
+    fn admit<'a>(&'a self, user: &'a str, limit: usize) -> BoxFuture<'a, StoreResult<bool>>;
+
+    /// Forgets one socket of `user` on this node.
+    fn release(&self, user: String) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Tells the other nodes this node is alive: the sockets of a node
+    /// that stops doing so (it died) no longer count.
+    fn keep_alive(&self) -> BoxFuture<'_, StoreResult<()>>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;

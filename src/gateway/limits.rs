@@ -5,7 +5,9 @@
 //! handshake gets HTTP 503 with `Retry-After`, which Socket.IO clients treat
 //! as a transport error and retry with their back-off. The per-user limit
 //! needs the token, so it refuses the Socket.IO connect with
-//! `too many connections`.
+//! `too many connections`. With a shared engine it counts the user's
+//! sockets on every node; when that count cannot be read, the node's own
+//! count still applies (a Redis hiccup must not lock users out).
 
 use std::{
     collections::HashMap,
@@ -22,7 +24,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{auth::Rejection, location::EventBudget, metrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::{auth::Rejection, engine::UserSessions, location::EventBudget, metrics};
+
+/// How often this node tells the others it is alive (its sockets count
+/// for 10 s after each).
+const KEEP_ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct ConnectionLimits {
     /// Sockets per node (0 = no limit).
@@ -32,6 +40,8 @@ pub struct ConnectionLimits {
     new_sessions: EventBudget,
     total: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
+    /// Every node's sockets, for the per-user limit across the cluster.
+    cluster: Option<Arc<dyn UserSessions>>,
 }
 
 /// Held in a socket's extensions: the socket counts against the limits
@@ -39,6 +49,7 @@ pub struct ConnectionLimits {
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
     user: String,
+    counted_in_cluster: bool,
 }
 
 impl ConnectionLimits {
@@ -49,6 +60,29 @@ impl ConnectionLimits {
             new_sessions: EventBudget::new(new_per_s),
             total: AtomicUsize::new(0),
             per_user: Mutex::default(),
+            cluster: None,
+        }
+    }
+
+    /// Counts each user's sockets on every node as well.
+    pub fn across(mut self, cluster: Option<Arc<dyn UserSessions>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Keeps this node's sockets counting for the other nodes, until `stop`.
+    pub async fn keep_alive(&self, stop: CancellationToken) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        loop {
+            if cluster.keep_alive().await.is_err() {
+                metrics::store_error("sessions");
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(KEEP_ALIVE_EVERY) => {}
+            }
         }
     }
 
@@ -64,8 +98,23 @@ impl ConnectionLimits {
     }
 
     /// Counts an authenticated socket of `user`, unless the user has
-    /// `max_per_user` already.
-    pub fn admit(self: &Arc<Self>, user: &str) -> Result<Arc<ConnectionPermit>, Rejection> {
+    /// `max_per_user` already, on this node or on all nodes together.
+    pub async fn admit(self: &Arc<Self>, user: &str) -> Result<Arc<ConnectionPermit>, Rejection> {
+        let mut permit = self.admit_here(user)?;
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| self.max_per_user > 0) {
+            match cluster.admit(user, self.max_per_user).await {
+                Ok(true) => permit.counted_in_cluster = true,
+                Ok(false) => return Err(Rejection::TooManyConnections),
+                Err(e) => {
+                    metrics::store_error("sessions");
+                    tracing::warn!(error = %e, "per-user count across nodes unavailable; this node's count applies");
+                }
+            }
+        }
+        Ok(Arc::new(permit))
+    }
+
+    fn admit_here(self: &Arc<Self>, user: &str) -> Result<ConnectionPermit, Rejection> {
         let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_user.entry(user.to_owned()).or_default();
         if self.max_per_user > 0 && *count >= self.max_per_user {
@@ -73,10 +122,11 @@ impl ConnectionLimits {
         }
         *count += 1;
         self.total.fetch_add(1, Ordering::Relaxed);
-        Ok(Arc::new(ConnectionPermit {
+        Ok(ConnectionPermit {
             limits: self.clone(),
             user: user.to_owned(),
-        }))
+            counted_in_cluster: false,
+        })
     }
 }
 
@@ -93,6 +143,17 @@ impl Drop for ConnectionPermit {
             if *count == 0 {
                 per_user.remove(&self.user);
             }
+        }
+        drop(per_user);
+        if let (true, Some(cluster)) = (self.counted_in_cluster, &self.limits.cluster)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (cluster, user) = (cluster.clone(), std::mem::take(&mut self.user));
+            runtime.spawn(async move {
+                if cluster.release(user).await.is_err() {
+                    metrics::store_error("sessions");
+                }
+            });
         }
     }
 }
@@ -125,20 +186,20 @@ pub async fn shed_new_sessions(
 mod tests {
     use super::*;
 
-    #[test]
-    fn permits_count_per_user_and_return_on_drop() {
+    #[tokio::test]
+    async fn permits_count_per_user_and_return_on_drop() {
         let limits = Arc::new(ConnectionLimits::new(3, 2, 0));
-        let a = limits.admit("u1").unwrap();
-        let b = limits.admit("u1").unwrap();
+        let a = limits.admit("u1").await.unwrap();
+        let b = limits.admit("u1").await.unwrap();
         assert!(matches!(
-            limits.admit("u1"),
+            limits.admit("u1").await,
             Err(Rejection::TooManyConnections)
         ));
-        let c = limits.admit("u2").unwrap();
+        let c = limits.admit("u2").await.unwrap();
         assert_eq!(limits.admit_session(), Err("node_full"));
         drop(a);
         assert!(limits.admit_session().is_ok());
-        assert!(limits.admit("u1").is_ok());
+        assert!(limits.admit("u1").await.is_ok());
         drop((b, c));
     }
 }

@@ -10,7 +10,7 @@ use relay::{
 };
 use serde_json::json;
 
-use crate::support::{InProcessNode, SECRET, WAIT, http, metric, token};
+use crate::support::{Cluster, InProcessNode, SECRET, WAIT, http, metric, token};
 
 async fn try_connect(url: &str, jwt: &str) -> Result<Client, String> {
     Client::connect(
@@ -51,6 +51,44 @@ async fn a_user_beyond_its_connection_limit_is_refused_until_one_leaves() {
         assert!(tokio::time::Instant::now() < deadline, "slot never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Connects until it works, within `bound` (a freed slot is noticed
+/// asynchronously).
+async fn connect_within(url: &str, jwt: &str, bound: Duration) -> Client {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match try_connect(url, jwt).await {
+            Ok(client) => return client,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no slot within {bound:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_limit_counts_sockets_on_every_node() {
+    let mut cluster =
+        Cluster::start("user-limit", 2, &[("RELAY_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let jwt = token("c1", Role::Customer);
+    let on_a = try_connect(&a, &jwt).await.expect("first, on node A");
+    let _on_b = try_connect(&b, &jwt).await.expect("second, on node B");
+    for url in [&a, &b] {
+        let refused = try_connect(url, &jwt).await.expect_err("third refused");
+        assert!(refused.contains("too many connections"), "{refused}");
+    }
+    // A socket that leaves node A frees a slot for node B.
+    on_a.disconnect().await;
+    let _again = connect_within(&b, &jwt, WAIT).await;
+    // The sockets of a node that dies stop counting once it stops saying
+    // it is alive (10 s): B's two sockets died with it.
+    cluster.nodes[1].kill().await;
+    let _ = connect_within(&a, &jwt, 2 * WAIT).await;
+    let _ = connect_within(&a, &jwt, WAIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

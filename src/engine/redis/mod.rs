@@ -5,6 +5,7 @@ mod link;
 mod locations;
 mod orders;
 mod pubsub;
+mod sessions;
 mod stream;
 mod values;
 
@@ -44,6 +45,8 @@ pub struct RedisEngine {
     driver: PubSubDriver,
     /// Every command connection, for redialing a silent link.
     links: Vec<Link>,
+    commands: Link,
+    prefix: String,
     channel_prefix: String,
     probe_channel: String,
     stream: RedisStream,
@@ -108,6 +111,8 @@ impl RedisEngine {
         Ok(Self {
             driver: driver.clone(),
             links,
+            commands: commands.clone(),
+            prefix: prefix.to_owned(),
             // The stock `socket.io` prefix would collide with Node's adapter.
             channel_prefix: format!("{prefix}sio"),
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
@@ -182,6 +187,14 @@ impl Engine for RedisEngine {
             .await
             .map_err(|e| StoreError(e.to_string()))?;
         Ok(Some(feed))
+    }
+
+    fn user_sessions(&self, instance: &str) -> Option<std::sync::Arc<dyn super::UserSessions>> {
+        Some(std::sync::Arc::new(sessions::RedisUserSessions::new(
+            self.commands.clone(),
+            &self.prefix,
+            instance.to_owned(),
+        )))
     }
 
     async fn finish_init(init: InitRes<PubSubDriver>) -> Result<(), EngineError> {
