@@ -238,7 +238,7 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     counter!(TOKENS_EXPIRED).absolute(0);
     counter!(SLOW_CLIENTS).absolute(0);
     counter!(REDIS_REDIALS).absolute(0);
-    for reason in ["node_full", "connect_rate"] {
+    for reason in ["node_full", "connect_rate", "not_ready"] {
         counter!(CONNECTIONS_SHED, "reason" => reason).absolute(0);
     }
     for event in OFFER_EVENTS {
@@ -467,7 +467,7 @@ pub fn http_unmatched() {
     counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").increment(1);
 }
 
-/// A new session refused before it started: `node_full` or `connect_rate`.
+/// A new session refused before it started: `node_full`, `connect_rate` or `not_ready`.
 pub fn connection_shed(reason: &'static str) {
     counter!(CONNECTIONS_SHED, "reason" => reason).increment(1);
 }

@@ -197,7 +197,8 @@ fn launch<E: Engine>(
             config.limits.max_per_user,
             config.limits.new_per_s,
         )
-        .across(engine.user_sessions(&instance)),
+        .across(engine.user_sessions(&instance))
+        .gated_by(health.clone()),
     );
     tokio::spawn({
         let (limits, stop) = (limits.clone(), stop.clone());

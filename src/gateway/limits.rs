@@ -26,7 +26,12 @@ use axum::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::Rejection, engine::UserSessions, location::EventBudget, metrics};
+use crate::{
+    auth::Rejection,
+    engine::{Health, UserSessions},
+    location::EventBudget,
+    metrics,
+};
 
 /// How often this node tells the others it is alive (its sockets count
 /// for 10 s after each).
@@ -42,6 +47,8 @@ pub struct ConnectionLimits {
     per_user: Mutex<HashMap<String, usize>>,
     /// Every node's sockets, for the per-user limit across the cluster.
     cluster: Option<Arc<dyn UserSessions>>,
+    /// New sessions wait for the namespace to open and stop at drain.
+    health: Option<Health>,
 }
 
 /// Held in a socket's extensions: the socket counts against the limits
@@ -61,7 +68,16 @@ impl ConnectionLimits {
             total: AtomicUsize::new(0),
             per_user: Mutex::default(),
             cluster: None,
+            health: None,
         }
+    }
+
+    /// Refuses new sessions while the namespace is not open (a client
+    /// would get a bare `Invalid namespace`) and once the node drains:
+    /// with 503 the official clients retry, elsewhere or a bit later.
+    pub fn gated_by(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Counts each user's sockets on every node as well.
@@ -88,6 +104,11 @@ impl ConnectionLimits {
 
     /// Whether a new Engine.IO session may start on this node.
     fn admit_session(&self) -> Result<(), &'static str> {
+        if let Some(health) = &self.health
+            && (!health.adapter_ready() || health.draining())
+        {
+            return Err("not_ready");
+        }
         if self.max_total > 0 && self.total.load(Ordering::Relaxed) >= self.max_total {
             return Err("node_full");
         }

@@ -31,6 +31,23 @@ async fn a_node_starts_without_redis_and_becomes_ready_when_it_appears() {
     let node = NodeProcess::spawn(&[("REDIS_URL", &url), ("RELAY_KEY_PREFIX", &prefix)]).await;
     let readyz = format!("{}/readyz", node.url());
     wait_for_status(&readyz, 503).await;
+    // Until its namespace opens, new sessions are shed with a 503 the
+    // clients retry on, not refused with a bare "Invalid namespace".
+    let handshake = http()
+        .get(format!("{}/socket.io/?EIO=4&transport=polling", node.url()))
+        .send()
+        .await
+        .expect("handshake");
+    assert_eq!(handshake.status(), 503);
+    assert_eq!(handshake.headers()["retry-after"], "1");
+    assert_eq!(
+        crate::support::metric(
+            &node.url(),
+            r#"relay_connections_shed_total{reason="not_ready"}"#
+        )
+        .await,
+        1.0
+    );
     let redis = RedisServer::start_on(port).await;
     node.wait_ready().await;
     // And it serves clients once ready.
