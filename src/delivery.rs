@@ -23,6 +23,9 @@ pub const SYNC_DONE: &str = "sync:done";
 /// answered with `recovered: false` at once.
 const REQUESTS: usize = 4096;
 
+/// Resume requests replayed together between two feed events.
+const REPLAY_BATCH: usize = 256;
+
 /// Asks this node's delivery loop to replay a client's missed events.
 pub struct Replay<A: Adapter>(mpsc::Sender<Resume<A>>);
 
@@ -117,7 +120,20 @@ pub async fn run<E: Engine>(
                 None => return,
             },
             Some(request) = requests.recv() => {
-                replay(engine.as_ref(), request, last.as_deref()).await;
+                // A reconnect storm queues many requests: they all replay up
+                // to the same offset, so their history reads run together
+                // (one round of concurrent reads, not one read after another
+                // while live events wait).
+                let mut batch = vec![request];
+                while batch.len() < REPLAY_BATCH {
+                    let Ok(more) = requests.try_recv() else { break };
+                    batch.push(more);
+                }
+                let up_to = last.as_deref();
+                futures_util::future::join_all(
+                    batch.into_iter().map(|r| replay(engine.as_ref(), r, up_to)),
+                )
+                .await;
             }
         }
     }

@@ -47,8 +47,8 @@ async fn next_status(client: &mut Client) -> (String, String) {
 }
 
 /// Appends statuses while the link is broken and after, and checks the
-/// customer of the proxied node gets each of them once more than zero
-/// times, in order (duplicates dropped by event id, as clients do).
+/// customer of the proxied node gets each of them at least once, in
+/// order (duplicates dropped by event id, as clients do).
 async fn every_status_arrives_in_order(
     cluster: &Cluster,
     customer: &mut Client,
@@ -60,7 +60,10 @@ async fn every_status_arrives_in_order(
     let mut got: Vec<String> = Vec::new();
     while got.last() != want.last() {
         let (id, _) = next_status(customer).await;
-        if got.last() != Some(&id) {
+        // An entry handled but not acknowledged before the fault is handled
+        // again (also the status from before it): a client drops an id it
+        // has seen.
+        if want.contains(&id) && !got.contains(&id) {
             got.push(id);
         }
     }
