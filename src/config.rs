@@ -159,6 +159,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_SHUTDOWN_GRACE_S", default_value_t = 15)]
     pub shutdown_grace_s: u64,
 
+    /// Serve the live demo page at /demo, which hands an admin token to
+    /// anyone who can reach this port: development only.
+    #[arg(long, env = "RELAY_DEMO")]
+    pub demo: bool,
+
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -254,6 +259,8 @@ pub struct Config {
     pub stream: StreamConfig,
     pub transport: TransportConfig,
     pub shutdown_grace: Duration,
+    /// The /demo page (and its admin token) is served.
+    pub demo: bool,
     pub log_format: LogFormat,
     pub log: String,
 }
@@ -288,6 +295,13 @@ impl Config {
                 JwtKeySource::PublicKeyPem { path, pem }
             }
         };
+        // The page signs its own admin token; with only a public key it cannot.
+        if args.demo && !matches!(key, JwtKeySource::Secret(_)) {
+            return Err(ConfigError::new(
+                "RELAY_DEMO",
+                "needs RELAY_JWT_SECRET: the demo page signs its own HS256 admin token",
+            ));
+        }
         if let Some(url) = &args.redis_url {
             redis::Client::open(url.expose()).map_err(|e| {
                 // The redis crate's message never echoes the URL, so the password stays out.
@@ -414,6 +428,7 @@ impl Config {
                 ping_timeout: Duration::from_millis(args.ping_timeout_ms),
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+            demo: args.demo,
             log_format: args.log_format,
             log: args.log,
         })
@@ -478,6 +493,15 @@ mod tests {
         assert_eq!(config.history.ttl, Duration::from_secs(600));
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
         assert_eq!(config.stream.max_deliveries, 5);
+        assert!(!config.demo);
+    }
+
+    #[test]
+    fn the_demo_needs_a_secret_to_sign_its_token() {
+        assert!(parse(&["--jwt-secret", "s", "--demo"]).unwrap().demo);
+        let err =
+            parse(&["--jwt-public-key", "tests/fixtures/ec_public.pem", "--demo"]).unwrap_err();
+        assert_eq!(err.setting, "RELAY_DEMO");
     }
 
     #[test]

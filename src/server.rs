@@ -162,6 +162,23 @@ pub async fn start_on(
     }
 }
 
+/// The demo's signing settings when `RELAY_DEMO` is on (the configuration
+/// guarantees an HS256 secret then).
+fn demo_settings(config: &Config, engine: &'static str) -> Option<Arc<http::demo::DemoSettings>> {
+    let crate::config::JwtKeySource::Secret(secret) = &config.jwt.key else {
+        return None;
+    };
+    config.demo.then(|| {
+        Arc::new(http::demo::DemoSettings::new(
+            secret.clone(),
+            config.jwt.issuer.clone(),
+            config.jwt.audience.clone(),
+            config.node_id.clone(),
+            engine,
+        ))
+    })
+}
+
 fn launch<E: Engine>(
     engine: E,
     prepared: Prepared,
@@ -247,6 +264,7 @@ fn launch<E: Engine>(
         verifier,
         api_key: config.api_key.clone(),
         started_at: crate::events::now_ms() as f64 / 1000.0,
+        demo: demo_settings(&config, engine.name()),
     })
     .layer(layer)
     .layer(axum::middleware::from_fn_with_state(

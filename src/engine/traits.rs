@@ -155,6 +155,13 @@ pub trait EventStream: Send + Sync + 'static {
         &self,
         limit: usize,
     ) -> impl Future<Output = StoreResult<Vec<DeadLetter>>> + Send;
+
+    /// The most recent entries of the event stream as appended, newest
+    /// last, whether handled yet or not (read-only; the demo page's history).
+    fn recent_events(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
 }
 
 /// Active orders, indexed by customer, store and driver.
@@ -188,6 +195,10 @@ pub trait OrderStore: Send + Sync + 'static {
         &self,
         principal: &Principal,
     ) -> impl Future<Output = StoreResult<Vec<ActiveOrder>>> + Send;
+
+    /// The `max` most recently created active orders of the whole cluster,
+    /// oldest first (read-only; the demo page's overview).
+    fn newest(&self, max: usize) -> impl Future<Output = StoreResult<Vec<ActiveOrder>>> + Send;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -229,6 +240,13 @@ pub trait LocationCache: Send + Sync + 'static {
         radius_m: f64,
         max: usize,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
+    /// Up to `max` drivers with a fresh location, most recently seen first
+    /// (read-only; the demo page's map).
+    fn fresh_drivers(
+        &self,
+        max: usize,
+    ) -> impl Future<Output = StoreResult<Vec<(String, DriverLocation)>>> + Send;
 }
 
 /// An event as the history keeps it and as every node delivers it.

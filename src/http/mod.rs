@@ -1,8 +1,10 @@
 //! The HTTP surface on the Socket.IO port (CONTRACT §5): probes, metrics,
-//! the resync endpoint for clients and the publish API for backends.
+//! the resync endpoint for clients and the publish API for backends; and,
+//! when `RELAY_DEMO` is on, the live demo page.
 
 mod api;
 pub mod cors;
+pub mod demo;
 mod detach;
 mod errors;
 mod observe;
@@ -42,6 +44,8 @@ pub struct HttpState<E: Engine> {
     pub api_key: Option<Secret>,
     /// Unix seconds at start, for `process_start_time_seconds`.
     pub started_at: f64,
+    /// Set when `RELAY_DEMO` is on.
+    pub demo: Option<Arc<demo::DemoSettings>>,
 }
 
 impl<E: Engine> Clone for HttpState<E> {
@@ -54,12 +58,13 @@ impl<E: Engine> Clone for HttpState<E> {
             verifier: self.verifier.clone(),
             api_key: self.api_key.clone(),
             started_at: self.started_at,
+            demo: self.demo.clone(),
         }
     }
 }
 
 pub fn router<E: Engine>(state: HttpState<E>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(probes::healthz))
         .route("/readyz", get(probes::readyz::<E>))
         .route("/metrics", get(probes::metrics::<E>))
@@ -68,7 +73,11 @@ pub fn router<E: Engine>(state: HttpState<E>) -> Router {
         .route("/api/outcomes", get(api::outcomes::<E>))
         .route("/api/dead-letters", get(api::dead_letters::<E>))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .route_layer(axum::middleware::from_fn(observe::count_requests))
-        .fallback(observe::not_found)
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn(observe::count_requests));
+    // Merged after the counting layer: the demo stays out of the API's metrics.
+    let router = match state.demo {
+        Some(_) => router.merge(demo::routes::<E>()),
+        None => router,
+    };
+    router.fallback(observe::not_found).with_state(state)
 }

@@ -9,6 +9,7 @@ mod support;
 mod api;
 mod cli;
 mod cluster;
+mod demo;
 mod events;
 mod faults;
 mod handshake;

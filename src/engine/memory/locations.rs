@@ -85,11 +85,56 @@ impl LocationCache for MemoryLocations {
         found.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         Ok(found.into_iter().take(max).map(|(_, id)| id).collect())
     }
+
+    async fn fresh_drivers(&self, max: usize) -> StoreResult<Vec<(String, DriverLocation)>> {
+        let mut fresh: Vec<(String, DriverLocation)> = self
+            .drivers()
+            .iter()
+            .filter(|(_, l)| self.fresh(l))
+            .map(|(id, l)| (id.clone(), *l))
+            .collect();
+        fresh.sort_by(|a, b| b.1.ts.cmp(&a.1.ts).then_with(|| a.0.cmp(&b.0)));
+        fresh.truncate(max);
+        Ok(fresh)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(lat: f64, ts: Timestamp) -> DriverLocation {
+        DriverLocation {
+            lat,
+            lng: 77.6,
+            heading: None,
+            speed: None,
+            ts,
+        }
+    }
+
+    #[tokio::test]
+    async fn fresh_drivers_are_the_most_recently_seen_fresh_ones() {
+        let cache = MemoryLocations::new(Duration::from_secs(60));
+        let now = now_ms();
+        let batch = [
+            ("d1".to_owned(), at(12.91, now - 3_000)),
+            ("d2".to_owned(), at(12.92, now - 1_000)),
+            ("d3".to_owned(), at(12.93, now - 2_000)),
+            // Older than the TTL: cached, but no longer fresh.
+            ("d4".to_owned(), at(12.94, now - 61_000)),
+        ];
+        cache.write(&batch, None).await.unwrap();
+        let ids =
+            |v: Vec<(String, DriverLocation)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(cache.fresh_drivers(10).await.unwrap()),
+            ["d2", "d3", "d1"]
+        );
+        let two = cache.fresh_drivers(2).await.unwrap();
+        assert_eq!(ids(two.clone()), ["d2", "d3"]);
+        assert_eq!(two[0].1, batch[1].1);
+    }
 
     #[test]
     fn distance_matches_a_known_pair() {

@@ -82,4 +82,37 @@ impl OrderStore for MemoryOrders {
         });
         Ok(orders)
     }
+
+    async fn newest(&self, max: usize) -> StoreResult<Vec<ActiveOrder>> {
+        let mut orders: Vec<ActiveOrder> = self.orders().values().cloned().collect();
+        orders.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.order_id.cmp(&b.order_id))
+        });
+        let skip = orders.len().saturating_sub(max);
+        orders.drain(..skip);
+        Ok(orders)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn newest_keeps_the_latest_active_orders_oldest_first() {
+        let orders = MemoryOrders::default();
+        for (n, id) in ["o1", "o2", "o3", "o4"].iter().enumerate() {
+            orders
+                .create(&ActiveOrder::placed(id, "c1", "s1", 1_000 + n as u64))
+                .await
+                .unwrap();
+        }
+        orders.end("o4").await.unwrap();
+        let ids = |v: Vec<ActiveOrder>| v.into_iter().map(|o| o.order_id).collect::<Vec<_>>();
+        assert_eq!(ids(orders.newest(2).await.unwrap()), ["o2", "o3"]);
+        assert_eq!(ids(orders.newest(10).await.unwrap()), ["o1", "o2", "o3"]);
+        assert!(orders.newest(0).await.unwrap().is_empty());
+    }
 }

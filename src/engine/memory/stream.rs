@@ -42,6 +42,9 @@ struct State {
     offered: HashSet<(String, String)>,
     decided: HashSet<(String, String)>,
     dead: VecDeque<DeadLetter>,
+    /// The last appended entries, acknowledged or not (the log forgets
+    /// acknowledged ones), for `recent_events`.
+    recent: VecDeque<(Id, String, String)>,
     /// Per order, the ids read and not yet emitted, in stream order.
     queues: HashMap<String, VecDeque<String>>,
 }
@@ -221,6 +224,7 @@ impl EventStream for MemoryStream {
             };
             state.last_id = id;
             state.log.insert(id, (kind.to_owned(), data.to_owned()));
+            push_capped(&mut state.recent, (id, kind.to_owned(), data.to_owned()));
             id
         };
         self.arrived.notify_one();
@@ -295,5 +299,59 @@ impl EventStream for MemoryStream {
         let state = self.state();
         let skip = state.dead.len().saturating_sub(limit);
         Ok(state.dead.iter().skip(skip).cloned().collect())
+    }
+
+    async fn recent_events(&self, limit: usize) -> StoreResult<Vec<StreamEntry>> {
+        let state = self.state();
+        let skip = state.recent.len().saturating_sub(limit);
+        Ok(state
+            .recent
+            .iter()
+            .skip(skip)
+            .map(|(id, kind, data)| StreamEntry {
+                id: id_string(*id),
+                kind: Some(kind.clone()),
+                data: Some(data.clone()),
+                first_in_order: false,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recent_events_outlive_their_ack_and_come_newest_last() {
+        let stream = MemoryStream::new("n1");
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            ids.push(
+                stream
+                    .append("admin.alert", &format!(r#"{{"n":{n}}}"#))
+                    .await
+                    .unwrap(),
+            );
+        }
+        for entry in stream.read_new(10).await.unwrap() {
+            stream.ack(&entry.id).await.unwrap();
+        }
+        let recent = stream.recent_events(2).await.unwrap();
+        let got: Vec<_> = recent.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(got, ids[1..]);
+        assert_eq!(recent[1].kind.as_deref(), Some("admin.alert"));
+        assert_eq!(recent[1].data.as_deref(), Some(r#"{"n":2}"#));
+        assert_eq!(stream.recent_events(100).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn recent_events_keep_a_bounded_window() {
+        let stream = MemoryStream::new("n1");
+        for _ in 0..KEEP_RECENT + 5 {
+            stream.append("admin.alert", "{}").await.unwrap();
+        }
+        let all = stream.recent_events(usize::MAX).await.unwrap();
+        assert_eq!(all.len(), KEEP_RECENT);
     }
 }

@@ -67,6 +67,27 @@ fn float(value: Value) -> Option<f64> {
     bulk_string(value)?.parse().ok()
 }
 
+/// The fields of a driver's hash, in the order [`location`] reads them.
+const LOCATION_FIELDS: [&str; 5] = ["lat", "lng", "heading", "speed", "ts"];
+
+/// An `HMGET` of [`LOCATION_FIELDS`]; None when the hash is gone.
+fn location(fields: Vec<Value>) -> Option<DriverLocation> {
+    let mut fields = fields.into_iter();
+    let mut next = || fields.next().and_then(float);
+    let (Some(lat), Some(lng)) = (next(), next()) else {
+        return None;
+    };
+    let (heading, speed) = (next(), next());
+    let ts = next().map(|ts| ts as u64).unwrap_or(0);
+    Some(DriverLocation {
+        lat,
+        lng,
+        heading,
+        speed,
+        ts,
+    })
+}
+
 impl LocationCache for RedisLocations {
     /// One pipeline per batch: GEOADD, the hash with its TTL, and the
     /// last-seen score, per driver.
@@ -144,23 +165,39 @@ impl LocationCache for RedisLocations {
     async fn latest(&self, driver_id: &str) -> StoreResult<Option<DriverLocation>> {
         let fields: Vec<Value> = redis::cmd("HMGET")
             .arg(self.driver_key(driver_id))
-            .arg(&["lat", "lng", "heading", "speed", "ts"])
+            .arg(&LOCATION_FIELDS)
             .query_async(&mut self.conn.clone())
             .await?;
-        let mut fields = fields.into_iter();
-        let mut next = || fields.next().and_then(float);
-        let (Some(lat), Some(lng)) = (next(), next()) else {
-            return Ok(None);
-        };
-        let (heading, speed) = (next(), next());
-        let ts = next().map(|ts| ts as u64).unwrap_or(0);
-        Ok(Some(DriverLocation {
-            lat,
-            lng,
-            heading,
-            speed,
-            ts,
-        }))
+        Ok(location(fields))
+    }
+
+    /// The last-seen index orders the drivers; a driver whose hash expired
+    /// is stale even while the index still names it.
+    async fn fresh_drivers(&self, max: usize) -> StoreResult<Vec<(String, DriverLocation)>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(self.last_seen_key())
+            .arg(0)
+            .arg(max - 1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.cmd("HMGET")
+                .arg(self.driver_key(id))
+                .arg(&LOCATION_FIELDS);
+        }
+        let replies: Vec<Vec<Value>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(ids
+            .into_iter()
+            .zip(replies)
+            .filter_map(|(id, fields)| Some((id, location(fields)?)))
+            .collect())
     }
 
     async fn nearby(

@@ -1,6 +1,8 @@
 //! Active orders on Redis: one hash per order, one set per customer, store
-//! and driver. Every write is one script, so an index never disagrees with
-//! its order for long; readers drop index entries whose order is gone.
+//! and driver, and one sorted set of every active order by creation time
+//! (`{prefix}orders:active`, for the cluster-wide overview of the demo
+//! page). Every write is one script, so an index never disagrees with its
+//! order for long; readers drop index entries whose order is gone.
 
 use std::collections::HashMap;
 
@@ -30,6 +32,10 @@ for _, set in ipairs({p .. 'orders:customer:' .. ARGV[4], p .. 'orders:store:' .
   redis.call('SADD', set, id)
   redis.call('PEXPIRE', set, ARGV[7])
 end
+-- Orders that expired without ending leave the overview with their hash's TTL.
+local active = p .. 'orders:active'
+redis.call('ZADD', active, ARGV[6], id)
+redis.call('ZREMRANGEBYSCORE', active, '-inf', '(' .. (tonumber(ARGV[6]) - tonumber(ARGV[7])))
 return 1
 ";
 
@@ -65,6 +71,7 @@ redis.call('DEL', key)
 if o.customer_id then redis.call('SREM', p .. 'orders:customer:' .. o.customer_id, id) end
 if o.store_id then redis.call('SREM', p .. 'orders:store:' .. o.store_id, id) end
 if o.driver_id then redis.call('SREM', p .. 'orders:driver:' .. o.driver_id, id) end
+redis.call('ZREM', p .. 'orders:active', id)
 return fields
 ";
 
@@ -98,6 +105,17 @@ impl RedisOrders {
             .arg(&set)
             .query_async(&mut self.conn())
             .await?;
+        self.load(set, "SREM", ids).await
+    }
+
+    /// The orders of `ids`, oldest first; ids whose order is gone are
+    /// removed from `index` with `remove` (SREM or ZREM).
+    async fn load(
+        &self,
+        index: String,
+        remove: &str,
+        ids: Vec<String>,
+    ) -> StoreResult<Vec<ActiveOrder>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -116,8 +134,8 @@ impl RedisOrders {
             }
         }
         if !stale.is_empty() {
-            let _: i64 = redis::cmd("SREM")
-                .arg(&set)
+            let _: i64 = redis::cmd(remove)
+                .arg(&index)
                 .arg(&stale)
                 .query_async(&mut self.conn())
                 .await?;
@@ -236,5 +254,19 @@ impl OrderStore for RedisOrders {
             }
             Role::Admin | Role::Support => Ok(Vec::new()),
         }
+    }
+
+    async fn newest(&self, max: usize) -> StoreResult<Vec<ActiveOrder>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let index = format!("{}orders:active", self.prefix);
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(max - 1)
+            .query_async(&mut self.conn())
+            .await?;
+        self.load(index, "ZREM", ids).await
     }
 }

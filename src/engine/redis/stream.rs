@@ -754,4 +754,18 @@ impl EventStream for RedisStream {
         dead.reverse();
         Ok(dead)
     }
+
+    async fn recent_events(&self, limit: usize) -> StoreResult<Vec<StreamEntry>> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(&self.keys.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut entries = parse_entries(reply);
+        entries.reverse();
+        Ok(entries)
+    }
 }
