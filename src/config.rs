@@ -4,7 +4,7 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, ValueEnum, builder::BoolishValueParser};
 
 /// A value that must never reach a log line or a `Debug` dump.
 #[derive(Clone, PartialEq, Eq)]
@@ -126,7 +126,7 @@ pub struct ServeArgs {
     pub max_deliveries: u32,
 
     /// Accept WebSocket connections only (no long-polling, no sticky sessions needed).
-    #[arg(long, env = "RELAY_WEBSOCKET_ONLY")]
+    #[arg(long, env = "RELAY_WEBSOCKET_ONLY", value_parser = BoolishValueParser::new())]
     pub websocket_only: bool,
 
     /// Browser origins allowed to call the relay cross-origin (long-polling
@@ -161,7 +161,7 @@ pub struct ServeArgs {
 
     /// Serve the live demo page at /demo, which hands an admin token to
     /// anyone who can reach this port: development only.
-    #[arg(long, env = "RELAY_DEMO")]
+    #[arg(long, env = "RELAY_DEMO", value_parser = BoolishValueParser::new())]
     pub demo: bool,
 
     /// Log format.
