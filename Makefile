@@ -4,12 +4,14 @@ CARGO ?= cargo
 export RELAY_COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 export CARGO_TERM_COLOR ?= auto
 
-.PHONY: help build release run run-embedded test lint fmt deps bench observability clean
+.PHONY: help build release run run-cluster run-embedded test interop fuzz lint fmt deps bench observability clean
 
 help:
-	@echo "make run           Redis + two nodes when redis-server is installed, else one embedded node"
+	@echo "make run           Redis + two nodes (else one embedded node), the live page at /demo and a simulated city"
+	@echo "make run-cluster   Redis, three nodes and nginx on port 3000, with /demo and the simulated city"
 	@echo "make run-embedded  one node, everything in memory (no Redis)"
 	@echo "make test          the whole test suite (installs redis-server when missing and possible)"
+	@echo "make interop       the official JS and Python clients, direct and through nginx (part of make test)"
 	@echo "make lint          rustfmt check and clippy with warnings as errors"
 	@echo "make release       optimised binary at target/release/relay"
 	@echo "make observability  dashboard, alert rules and their unit tests through promtool (static)"
@@ -27,6 +29,9 @@ run: release
 run-embedded: release
 	RELAY_EMBEDDED=1 scripts/run.sh
 
+run-cluster: deps release
+	RUN_CLUSTER=1 scripts/run.sh
+
 deps:
 	scripts/ensure-deps.sh
 
@@ -42,6 +47,9 @@ test: deps
 	else \
 		$(CARGO) test --workspace --all-targets --no-fail-fast; \
 	fi
+
+interop: deps
+	$(CARGO) nextest run --test it interop
 
 lint:
 	$(CARGO) fmt --all --check

@@ -26,3 +26,13 @@ need redis-server redis-server
 # promtool checks the dashboard, the alert rules and a live scrape (tests/it/observability.rs).
 need promtool prometheus
 need python3 python3
+# The interop suite (tests/it/interop.rs) and the browser test of /demo:
+# the official JavaScript and Python clients, nginx in front of the nodes,
+# and Debian's Chromium. nginx is in /usr/sbin, which is not on a non-root
+# user's PATH.
+PATH="$PATH:/usr/sbin"
+need node nodejs
+need npm npm
+need nginx nginx-light
+need chromium chromium
+"$(dirname "$0")/interop-deps.sh"

@@ -13,6 +13,7 @@ mod demo;
 mod events;
 mod faults;
 mod handshake;
+mod interop;
 mod lifecycle;
 mod limits;
 mod location;
