@@ -10,7 +10,7 @@ use super::{
 use crate::{
     auth::Rejection,
     engine::{DriverLocation, Engine, LocationCache, OrderStore},
-    events::rfc3339,
+    events::{is_terminal, rfc3339},
     orders::ActiveOrder,
 };
 
@@ -66,7 +66,9 @@ pub async fn active<E: Engine>(
         .await
         .map_err(|e| ApiError::unavailable(format!("order state unavailable: {e}")))?;
     let mut views = Vec::with_capacity(orders.len());
-    for order in orders {
+    // An order with its final status is ended right after that status went
+    // out: a client that resyncs on seeing it must not find it still active.
+    for order in orders.into_iter().filter(|o| !is_terminal(&o.status)) {
         let location = match &order.driver_id {
             // A missing location is not worth failing the resync for.
             Some(driver) => state.engine.locations().latest(driver).await.ok().flatten(),
