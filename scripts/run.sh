@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: a local Redis and two relay nodes when redis-server is
-# installed, else one node in embedded memory mode. Ctrl-C stops everything.
+# installed, else one node in embedded memory mode, with the live page at
+# /demo and `relay simulate` playing a small city on them.
+# `make run-cluster` (RUN_CLUSTER=1): Redis, three nodes and nginx in front
+# of them on port 3000, the simulator going through nginx.
+# RUN_SIMULATE=0 leaves the city out. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +12,15 @@ BIN=${RELAY_BIN:-target/release/relay}
 export RELAY_JWT_SECRET=${RELAY_JWT_SECRET:-dev-secret}
 export RELAY_API_KEY=${RELAY_API_KEY:-dev-api-key}
 REDIS_PORT=${RUN_REDIS_PORT:-6399}
-PORTS=(${RUN_PORTS:-3000 3001})
+# The page at /demo (off by default in a node; on for trying it out here).
+export RELAY_DEMO=${RELAY_DEMO:-true}
+if [ -n "${RUN_CLUSTER:-}" ]; then
+  PORTS=(${RUN_PORTS:-3001 3002 3003})
+  LB_PORT=${RUN_LB_PORT:-3000}
+  command -v redis-server >/dev/null 2>&1 || { echo "make run-cluster needs redis-server (make deps)" >&2; exit 1; }
+else
+  PORTS=(${RUN_PORTS:-3000 3001})
+fi
 RUN_DIR=target/run
 mkdir -p "$RUN_DIR"
 
@@ -49,6 +61,27 @@ for port in "${PORTS[@]}"; do
   done
 done
 
+entry="http://127.0.0.1:${PORTS[0]}"
+sim_urls=$(printf 'http://127.0.0.1:%s,' "${PORTS[@]}")
+sim_urls=${sim_urls%,}
+if [ -n "${RUN_CLUSTER:-}" ]; then
+  nodes=$(printf '127.0.0.1:%s ' "${PORTS[@]}")
+  scripts/nginx.sh "127.0.0.1:$LB_PORT" $nodes 2> >(sed -u "s/^/[nginx] /" >&2) &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$LB_PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  entry="http://127.0.0.1:$LB_PORT"
+  sim_urls=$entry
+  mode="$mode, nginx on port $LB_PORT in front of them"
+fi
+
+if [ "${RUN_SIMULATE:-1}" != 0 ]; then
+  "$BIN" simulate --url "$sim_urls" > >(sed -u "s/^/[simulate] /") 2> >(sed -u "s/^/[simulate] /" >&2) &
+  pids+=($!)
+fi
+
 customer=$("$BIN" token --sub 42 --role customer --ttl 24h)
 merchant=$("$BIN" token --sub m1 --role merchant --store-ids s1 --ttl 24h)
 driver=$("$BIN" token --sub d7 --role driver --ttl 24h)
@@ -56,7 +89,8 @@ admin=$("$BIN" token --sub a1 --role admin --ttl 24h)
 cat <<MSG
 
 relay is running ($mode)
-  http://127.0.0.1:${PORTS[0]}/readyz   /metrics   Socket.IO at /socket.io/
+  live city:  $entry/demo
+  $entry/readyz   /metrics   Socket.IO at /socket.io/
 
 dev tokens (24 h, secret \$RELAY_JWT_SECRET=$RELAY_JWT_SECRET):
   customer 42: $customer
@@ -65,9 +99,9 @@ dev tokens (24 h, secret \$RELAY_JWT_SECRET=$RELAY_JWT_SECRET):
   admin a1:    $admin
 
 try it (Node.js with socket.io-client@4 installed):
-  node -e "require('socket.io-client').io('http://127.0.0.1:${PORTS[0]}',{auth:{token:'$admin'}}).on('connect',()=>console.log('connected')).onAny((e,d)=>console.log(e,d))"
+  node -e "require('socket.io-client').io('$entry',{auth:{token:'$admin'}}).on('connect',()=>console.log('connected')).onAny((e,d)=>console.log(e,d))"
 or without a client, the Engine.IO handshake over long-polling:
-  curl "http://127.0.0.1:${PORTS[0]}/socket.io/?EIO=4&transport=polling&token=$customer"
+  curl "$entry/socket.io/?EIO=4&transport=polling&token=$customer"
 
 Ctrl-C stops everything.
 MSG
