@@ -1,4 +1,5 @@
-//! The `relay` command line: `serve` (the default) and `token`.
+//! The `relay` command line: `serve` (the default), `token`, `loadgen`
+//! and `simulate`.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -30,6 +31,9 @@ enum Command {
     Token(TokenArgs),
     /// Drive running nodes with real WebSocket clients and report figures.
     Loadgen(Box<crate::loadgen::LoadgenArgs>),
+    /// Play a small city against running nodes: orders, merchants, drivers,
+    /// customers, operations (until Ctrl-C or --duration).
+    Simulate(Box<crate::simulate::SimulateArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Token(args) => token(args),
         Command::Loadgen(args) => loadgen(*args),
+        Command::Simulate(args) => simulate(*args),
     }
 }
 
@@ -123,6 +128,45 @@ fn loadgen(args: crate::loadgen::LoadgenArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn simulate(args: crate::simulate::SimulateArgs) -> ExitCode {
+    // Problems worth a line (a node gone, an order abandoned) are warnings;
+    // RELAY_LOG=info,relay::simulate=debug shows every step.
+    let filter = std::env::var("RELAY_LOG").unwrap_or_else(|_| "warn".to_owned());
+    telemetry::init(crate::config::LogFormat::Human, &filter);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relay simulate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        if let Err(e) = crate::shutdown::listen(stop.clone()) {
+            eprintln!("relay simulate: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+        match crate::simulate::run(args, stop).await {
+            Ok(summary) => {
+                println!("relay simulate: stopped. {summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e @ crate::simulate::SimulateError::Args(_)) => {
+                eprintln!("relay simulate: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+            Err(e @ crate::simulate::SimulateError::Stopped) => {
+                eprintln!("relay simulate: {e}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relay simulate: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn token(args: TokenArgs) -> ExitCode {

@@ -25,4 +25,5 @@ pub mod procfs;
 pub mod rooms;
 pub mod server;
 pub mod shutdown;
+pub mod simulate;
 pub mod telemetry;

@@ -23,5 +23,6 @@ mod offers;
 mod recovery;
 mod rooms;
 mod security;
+mod simulate;
 mod stream;
 mod transport;
