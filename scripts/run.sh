@@ -24,10 +24,10 @@ fi
 RUN_DIR=target/run
 mkdir -p "$RUN_DIR"
 
-pids=()
+pids=() helpers=()
 cleanup() {
   trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${helpers[@]}" "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup INT TERM EXIT
@@ -79,7 +79,8 @@ fi
 
 if [ "${RUN_SIMULATE:-1}" != 0 ]; then
   "$BIN" simulate --url "$sim_urls" > >(sed -u "s/^/[simulate] /") 2> >(sed -u "s/^/[simulate] /" >&2) &
-  pids+=($!)
+  # Stopped with the rest, but its own exit (it says why) stops nothing.
+  helpers+=($!)
 fi
 
 customer=$("$BIN" token --sub 42 --role customer --ttl 24h)
