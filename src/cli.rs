@@ -230,6 +230,16 @@ fn one_line(e: &clap::Error) -> String {
                 .unwrap_or("invalid value");
             format!("invalid setting {env} ({flag}){value}: {detail}")
         }
+        // clap lists the missing arguments on the lines below its first.
+        (_, ErrorKind::MissingRequiredArgument) => {
+            let missing: Vec<&str> = rendered
+                .lines()
+                .skip(1)
+                .map(str::trim)
+                .take_while(|l| !l.is_empty())
+                .collect();
+            format!("{} {}", first.trim_end_matches(':'), missing.join(", "))
+        }
         _ => first,
     }
 }

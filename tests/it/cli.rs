@@ -109,3 +109,12 @@ fn help_never_prints_secret_values_from_the_environment() {
         assert!(!help.contains(secret), "{secret} printed by --help");
     }
 }
+
+#[test]
+fn missing_arguments_are_named_on_the_one_line() {
+    let output = relay(&["simulate"], &[]);
+    assert_config_error(&output, "--api-key");
+    assert_config_error(&output, "--jwt-secret");
+    let output = relay(&["token", "--role", "admin"], &[("RELAY_JWT_SECRET", "s")]);
+    assert_config_error(&output, "--sub");
+}
