@@ -307,42 +307,41 @@ impl<E: Engine> Dispatcher<E> {
             node: self.node.clone(),
         };
         Box::pin(async move {
-            let outcomes: Vec<Outcome> = if offers.is_empty() {
-                vec![base]
-            } else {
-                let waits = offers.into_iter().map(|offer| {
-                    let (base, gateway, engine, stop) =
-                        (base.clone(), gateway.clone(), engine.clone(), stop.clone());
-                    async move {
-                        let target = offer.target.name();
-                        let decision = offer.decide(&gateway, engine.stream(), &stop).await?;
-                        Some(Outcome {
-                            target,
-                            outcome: decision.outcome,
-                            response: decision.response,
-                            latency_ms: decision.latency.as_millis() as u64,
-                            ..base
-                        })
-                    }
-                });
-                let decided = tokio::select! {
-                    decided = join_all(waits) => decided,
-                    () = stop.cancelled() => return false,
-                };
-                if stop.is_cancelled() {
-                    // Some offers were interrupted: the entry goes back to
-                    // the group and another node finishes them.
-                    return false;
-                }
-                // `None`: decided before, by a node that stopped after writing it.
-                decided.into_iter().flatten().collect()
-            };
-            for outcome in &outcomes {
-                if !append_outcome(engine.stream(), outcome, &stop).await {
-                    return false;
-                }
+            if offers.is_empty() {
+                return append_outcome(engine.stream(), &base, &stop).await;
             }
-            true
+            // Each outcome is written as soon as its offer is decided: a
+            // backend waiting for the first driver to accept must not wait
+            // for the others' timers.
+            let waits = offers.into_iter().map(|offer| {
+                let (base, gateway, engine, stop) =
+                    (base.clone(), gateway.clone(), engine.clone(), stop.clone());
+                async move {
+                    let target = offer.target.name();
+                    let decision = offer.decide(&gateway, engine.stream(), &stop).await;
+                    if stop.is_cancelled() {
+                        // Interrupted: the entry goes back to the group
+                        // and another node finishes what is left.
+                        return false;
+                    }
+                    // `None`: decided before, by a node that stopped after writing it.
+                    let Some(decision) = decision else {
+                        return true;
+                    };
+                    let outcome = Outcome {
+                        target,
+                        outcome: decision.outcome,
+                        response: decision.response,
+                        latency_ms: decision.latency.as_millis() as u64,
+                        ..base
+                    };
+                    append_outcome(engine.stream(), &outcome, &stop).await
+                }
+            });
+            tokio::select! {
+                written = join_all(waits) => written.into_iter().all(|ok| ok),
+                () = stop.cancelled() => false,
+            }
         })
     }
 }

@@ -233,7 +233,7 @@ async fn a_geo_request_offers_each_nearby_fresh_driver() {
     let id = cluster
         .xadd(
             "delivery.request",
-            json!({"order_id": "o1", "pickup": {"lat": lat, "lng": lng}, "drop": {"lat": 12.9, "lng": 77.6}, "fare": 80, "radius_m": 2000, "timer_s": 2}),
+            json!({"order_id": "o1", "pickup": {"lat": lat, "lng": lng}, "drop": {"lat": 12.9, "lng": 77.6}, "fare": 80, "radius_m": 2000, "timer_s": 5}),
         )
         .await;
     let offer1 = expect_event(&mut near1, "delivery:new_request").await;
@@ -244,6 +244,12 @@ async fn a_geo_request_offers_each_nearby_fresh_driver() {
         .ack(&offer1, json!({"accepted": true}))
         .await
         .expect("ack");
+    // The acceptance is written at once, not when near2's timer ends: a
+    // backend assigns the order as soon as the first driver accepts.
+    let first = cluster.wait_entries("outcomes", 1).await;
+    assert_eq!(first.len(), 1, "near2 still has its timer: {first:?}");
+    assert_eq!(first[0].1["target"], "driver_near1");
+    assert_eq!(first[0].1["outcome"], "acked");
     let outcomes = cluster.wait_entries("outcomes", 2).await;
     let by_target = |t: &str| {
         outcomes
