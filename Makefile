@@ -12,6 +12,7 @@ help:
 	@echo "make run-embedded  one node, everything in memory (no Redis)"
 	@echo "make test          the whole test suite (installs redis-server when missing and possible)"
 	@echo "make interop       the official JS and Python clients, direct and through nginx (part of make test)"
+	@echo "make fuzz          each fuzz target for FUZZ_SECONDS (default 300) seconds; CI runs them 10 s each"
 	@echo "make lint          rustfmt check and clippy with warnings as errors"
 	@echo "make release       optimised binary at target/release/relay"
 	@echo "make observability  dashboard, alert rules and their unit tests through promtool (static)"
@@ -50,6 +51,9 @@ test: deps
 
 interop: deps
 	$(CARGO) nextest run --test it interop
+
+fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all --check

@@ -100,14 +100,49 @@ pub fn decode_value(kind: EventKind, value: Value) -> Result<OrderEvent, DecodeE
 /// string of a JSON object `data`, whatever the type. The stream read script
 /// applies the same rule (see `engine/redis/stream.rs`).
 pub fn sequence_key(data: Option<&str>) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Keyed {
-        order_id: Option<Value>,
-    }
-    let keyed: Keyed = serde_json::from_str(data?).ok()?;
-    match keyed.order_id? {
+    match serde_json::from_str::<Keyed>(data?).ok()?.0? {
         Value::String(id) if !id.is_empty() => Some(id),
         _ => None,
+    }
+}
+
+/// An object's `order_id`, other fields skipped unparsed. A repeated key
+/// counts once, the last one, as when `decode` and the read script's cjson
+/// read it (a derived struct refuses the object instead).
+struct Keyed(Option<Value>);
+
+impl<'de> Deserialize<'de> for Keyed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "snake_case")]
+        enum Key {
+            OrderId,
+            #[serde(other)]
+            Other,
+        }
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Keyed;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Keyed, M::Error> {
+                let mut order_id = None;
+                while let Some(key) = map.next_key()? {
+                    match key {
+                        Key::OrderId => order_id = Some(map.next_value()?),
+                        Key::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Keyed(order_id))
+            }
+        }
+        deserializer.deserialize_map(Object)
     }
 }
 
@@ -342,5 +377,19 @@ mod tests {
         assert_eq!(sequence_key(Some(r#"{"level":"x"}"#)), None);
         assert_eq!(sequence_key(Some("nope")), None);
         assert_eq!(sequence_key(None), None);
+    }
+
+    /// From the `stream_entry` fuzz target: with a repeated `order_id` the
+    /// entry was decoded as one order's event but not sequenced at all,
+    /// while the read script queued it under the last one.
+    #[test]
+    fn sequence_key_reads_a_repeated_order_id_as_decode_does() {
+        let data = r#"{"order_id":"o1","driver_id":"d1","order_id":"o2"}"#;
+        let event = decode(Some("order.assigned"), Some(data)).expect("assigned");
+        assert_eq!(event.order_id(), Some("o2"));
+        assert_eq!(sequence_key(Some(data)).as_deref(), Some("o2"));
+        // Not an object: no order, as for `decode` and the read script.
+        assert_eq!(sequence_key(Some(r#"["o1"]"#)), None);
+        assert_eq!(sequence_key(Some(r#"{"order_id":null}"#)), None);
     }
 }

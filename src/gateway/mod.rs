@@ -21,6 +21,11 @@ pub use expiry::Expiries;
 pub use handshake::token_from;
 pub use limits::{ConnectionLimits, shed_new_sessions};
 pub use offer::Acks;
+/// Client payload checks, public for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub use subscriptions::{OrderRef, order_ref};
+#[doc(hidden)]
+pub use sync::{SyncRequest, last_event_id};
 
 use crate::{
     auth::{Principal, Role, Verifier},

@@ -21,7 +21,7 @@ pub struct OrderRef {
     order_id: String,
 }
 
-fn order_ref(data: Result<OrderRef, impl std::fmt::Display>) -> Result<String, &'static str> {
+pub fn order_ref(data: Result<OrderRef, impl std::fmt::Display>) -> Result<String, &'static str> {
     match data {
         Ok(r) if !r.order_id.is_empty() && r.order_id.len() <= 128 => Ok(r.order_id),
         _ => Err("invalid payload: expected { \"order_id\": \"...\" }"),

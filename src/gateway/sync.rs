@@ -32,21 +32,26 @@ pub async fn sync<A: Adapter>(
         let _ = ack.send(&json!({ "ok": false, "error": "rate limited" }));
         return;
     }
-    let last_event_id = match data {
-        Ok(r) if !r.last_event_id.is_empty() && r.last_event_id.len() <= MAX_ID_LEN => {
-            r.last_event_id
-        }
-        _ => {
-            metrics::client_event("sync", "rejected");
-            let _ = ack.send(&json!({
-                "ok": false,
-                "error": "invalid payload: expected { \"last_event_id\": \"...\" }"
-            }));
-            return;
-        }
+    let Some(last_event_id) = last_event_id(data) else {
+        metrics::client_event("sync", "rejected");
+        let _ = ack.send(&json!({
+            "ok": false,
+            "error": "invalid payload: expected { \"last_event_id\": \"...\" }"
+        }));
+        return;
     };
     metrics::client_event("sync", "ok");
     let rooms = socket.rooms().into_iter().map(|r| r.into_owned()).collect();
     let recovered = replay.resume(socket, rooms, last_event_id, false).await;
     let _ = ack.send(&json!({ "ok": true, "recovered": recovered }));
+}
+
+/// The id a `sync` payload asks to resume after, when it is well-formed.
+pub fn last_event_id(data: Result<SyncRequest, impl std::fmt::Display>) -> Option<String> {
+    match data {
+        Ok(r) if !r.last_event_id.is_empty() && r.last_event_id.len() <= MAX_ID_LEN => {
+            Some(r.last_event_id)
+        }
+        _ => None,
+    }
 }
