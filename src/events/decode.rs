@@ -268,6 +268,23 @@ fn delivery_request(value: Value) -> Result<DeliveryRequest, DecodeError> {
 mod tests {
     use super::*;
 
+    /// From the `stream_entry` fuzz target: without serde_json's
+    /// `float_roundtrip`, a number the publish API accepted was appended as
+    /// text that the consumer read back as another number.
+    #[test]
+    fn the_consumer_decodes_what_the_api_accepted() {
+        let data: Value = serde_json::from_str(
+            r#"{"order_id":"o9","pickup":{"lat":1,"lng":2},"drop":{"lng":1515555555500000000000000000000000000000000000000000001144161427.21},"fare":12.5,"radius_m":2500.5}"#,
+        )
+        .expect("json");
+        let accepted = decode_value(EventKind::DeliveryRequest, data.clone()).expect("valid");
+        let appended = data.to_string();
+        assert_eq!(
+            decode(Some("delivery.request"), Some(&appended)),
+            Ok(accepted)
+        );
+    }
+
     fn reason(kind: Option<&str>, data: Option<&str>) -> &'static str {
         decode(kind, data).expect_err("must fail").reason
     }

@@ -25,6 +25,9 @@ end
 return #ids
 ";
 
+/// The latitudes Redis's geo commands accept (Web Mercator's limit).
+const GEO_MAX_LAT: f64 = 85.051_128_78;
+
 pub struct RedisLocations {
     conn: Link,
     prefix: String,
@@ -109,13 +112,22 @@ impl LocationCache for RedisLocations {
             // One GEOADD and one ZADD for the whole batch, not one per driver.
             let mut geoadd = redis::cmd("GEOADD");
             geoadd.arg(self.geo_key());
+            let mut mappable = 0;
             let mut zadd = redis::cmd("ZADD");
             zadd.arg(self.last_seen_key());
             for (driver, l) in batch {
-                geoadd.arg(l.lng).arg(l.lat).arg(driver);
+                // Redis refuses the whole GEOADD for one latitude beyond its
+                // map (the contract allows the poles): such a driver keeps its
+                // hash but is not in the geo index, and nobody else loses theirs.
+                if l.lat.abs() <= GEO_MAX_LAT {
+                    geoadd.arg(l.lng).arg(l.lat).arg(driver);
+                    mappable += 1;
+                }
                 zadd.arg(l.ts).arg(driver);
             }
-            pipe.add_command(geoadd).ignore();
+            if mappable > 0 {
+                pipe.add_command(geoadd).ignore();
+            }
             pipe.add_command(zadd).ignore();
         }
         for (driver, l) in batch {
