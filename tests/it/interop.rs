@@ -20,7 +20,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-use super::support::{API_KEY, Cluster, SECRET, free_port, http, wait_for_status};
+use super::support::{API_KEY, Cluster, SECRET, free_port, scrape, wait_for_status};
 
 /// A whole suite run; a run takes about 5 s on an idle machine.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -262,15 +262,9 @@ fn distinct(nodes: &[String]) -> Vec<&str> {
 
 /// The sum of every series of a node's scrape that starts with `prefix`.
 async fn metric_sum(url: &str, prefix: &str) -> f64 {
-    let text = http()
-        .get(format!("{url}/metrics"))
-        .send()
+    scrape(url)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -93,15 +93,21 @@ pub async fn wait_for_status(url: &str, status: u16) {
 /// The value of one series (`name{labels}`, as exposed) in a node's scrape;
 /// 0 when absent.
 pub async fn metric(url: &str, series: &str) -> f64 {
-    let text = http()
+    scrape(url)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A node's `/metrics` text.
+pub async fn scrape(url: &str) -> String {
+    http()
         .get(format!("{url}/metrics"))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+        .expect("metrics body")
 }
