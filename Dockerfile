@@ -5,7 +5,8 @@
 #   docker build -t relay:0.1.0 .
 #   docker run --rm -p 3000:3000 -e RELAY_JWT_SECRET=dev-secret relay:0.1.0
 #
-# The binary is exactly what `cargo build --release` (make release) produces,
+# The binary is exactly what `cargo build --release -p relay` (part of make
+# release) produces: the server alone, none of the tools in crates/relay-sim,
 # built with --locked so Cargo.lock is used as committed.
 
 ARG RUST_VERSION=1.95
@@ -17,7 +18,7 @@ COPY . .
 # (BuildKit); the binary is copied out of the cached target/ in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --release --locked -p relay \
     && cp target/release/relay /relay
 
 # The release binary links glibc dynamically (and nothing else: no OpenSSL),

@@ -14,15 +14,15 @@ help:
 	@echo "make interop       the official JS and Python clients, direct and through nginx (part of make test)"
 	@echo "make fuzz          each fuzz target for FUZZ_SECONDS (default 300) seconds; CI runs them 10 s each"
 	@echo "make lint          rustfmt check and clippy with warnings as errors"
-	@echo "make release       optimised binary at target/release/relay"
+	@echo "make release       optimised binaries: target/release/relay (the server) and relay-sim (simulate, loadgen)"
 	@echo "make observability  dashboard, alert rules and their unit tests through promtool (static)"
 	@echo "make bench         Redis, two nodes and the load generator; writes docs/benchmarks.md"
 
 build:
-	$(CARGO) build
+	$(CARGO) build --workspace
 
 release:
-	$(CARGO) build --release
+	$(CARGO) build --release --workspace
 
 run: release
 	scripts/run.sh
@@ -50,14 +50,14 @@ test: deps
 	fi
 
 interop: deps
-	$(CARGO) nextest run --test it interop
+	$(CARGO) nextest run -p relay --test it interop
 
 fuzz:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=target/release/relay
+SIM=target/release/relay-sim
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
 PORTS=(${BENCH_PORTS:-3201 3202})
@@ -71,7 +72,7 @@ stop_stack() {
 }
 
 loadgen() {
-  "$BIN" loadgen --nodes "$(IFS=,; echo "${urls[*]}")" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
+  "$SIM" loadgen --nodes "$(IFS=,; echo "${urls[*]}")" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
     --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" "$@"
 }
 
@@ -84,7 +85,7 @@ for rate in "${RATES[@]}"; do
 done
 start_stack
 for i in "${!urls[@]}"; do
-  "$BIN" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
+  "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
     --report "$RUN_DIR/report.md" \
     idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
 done

@@ -46,7 +46,7 @@ message (schema violations and cross-value checks).
 Also: Chart.yaml appVersion equals Cargo.toml's version; every leaf of
 values.yaml has a comment; the Dockerfile (parsed with the official
 BuildKit parser; no Docker engine here) builds with the Rust version of
-Cargo.toml and `cargo build --release --locked`, copies target/release/relay
+Cargo.toml and `cargo build --release --locked -p relay`, copies target/release/relay
 into gcr.io/distroless/cc-debian12:nonroot, runs as nonroot with ENTRYPOINT
 ["/relay"] CMD ["serve"] and exposes the chart's port; .dockerignore keeps
 target/ and .git out and the sources in.
@@ -807,7 +807,9 @@ def check_optional(docs: list[dict[str, Any]], v: dict[str, Any], notes: str) ->
 
 
 def check_static(chart: helm.Chart) -> None:
-    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]
+    # The version lives in the workspace; the server's own manifest names it.
+    cargo = dict(tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"])
+    cargo["name"] = tomllib.loads((ROOT / "crates/relay/Cargo.toml").read_text())["package"]["name"]
     meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
     check(meta["apiVersion"] == "v2", "Chart.yaml apiVersion v2")
     check(meta["name"] == cargo["name"] == "relay", "chart and package named relay")

@@ -8,8 +8,9 @@ live node) that every metric they use is exported.
     scripts/check_observability.py --metrics-url http://127.0.0.1:3000/metrics
     scripts/check_observability.py --list-metrics         # names used, one a line
 
-Python 3 standard library only, plus promtool (Debian: apt-get install
-prometheus). Static checks:
+Needs PyYAML and prometheus_client (scripts/check-observability.sh runs
+this script in a virtual environment that has them) and promtool (Debian:
+apt-get install prometheus). Static checks:
 
   1. grafana/relay.json has what Grafana 10+ needs to import it: uid, title,
      schemaVersion >= 38, a `datasource` variable (type datasource, query
@@ -48,7 +49,7 @@ a scenario that exercises the metrics):
 
 Exit status: 0 when every check passed, 1 when one failed (each failure is
 printed, with the missing metric names), 2 on a usage or environment error
-(promtool missing, file unreadable).
+(promtool or a Python package missing, a scrape unreadable).
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+try:
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+except ImportError as missing:
+    print(f"check_observability: Python package {missing.name} missing; run scripts/check-observability.sh, "
+          "which installs PyYAML and prometheus_client in a virtual environment", file=sys.stderr)
+    sys.exit(2)
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = Path("grafana/relay.json")
@@ -133,283 +142,6 @@ def check(cond: bool, msg: str) -> bool:
 
 class EnvError(Exception):
     """A usage or environment problem (exit status 2)."""
-
-
-# ------------------------------------------------------------------ YAML subset
-
-
-class YamlError(ValueError):
-    pass
-
-
-_KEY_RE = re.compile(
-    r"""(?P<key>"(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[^\s'"#\[\]{},&*!|>%@`-][^#]*?|-[^\s#][^#]*?)\s*:(?:\s+|$)""")
-_INT_RE = re.compile(r"[-+]?[0-9]+")
-_FLOAT_RE = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
-
-
-class MiniYaml:
-    """A strict parser for the block-style YAML of Prometheus rule and test
-    files: mappings, sequences, plain, quoted and block (| |- > >-) scalars,
-    and the empty flow collections [] and {}. Anything else (anchors, tags,
-    flow collections with content, multi-line plain scalars, several
-    documents) is an error, never a silent misreading."""
-
-    def __init__(self, text: str, name: str) -> None:
-        self.lines = text.replace("\r\n", "\n").split("\n")
-        self.name = name
-        self.i = 0
-
-    def error(self, msg: str, line: int | None = None) -> YamlError:
-        n = (self.i if line is None else line) + 1
-        return YamlError(f"{self.name}:{n}: {msg} (scripts/check_observability.py reads a YAML subset)")
-
-    @staticmethod
-    def indent(line: str) -> int:
-        return len(line) - len(line.lstrip(" "))
-
-    @staticmethod
-    def strip_comment(s: str) -> str:
-        quote = None
-        i = 0
-        while i < len(s):
-            c = s[i]
-            if quote == "'":
-                if c == "'":
-                    if i + 1 < len(s) and s[i + 1] == "'":
-                        i += 2
-                        continue
-                    quote = None
-            elif quote == '"':
-                if c == "\\":
-                    i += 2
-                    continue
-                if c == '"':
-                    quote = None
-            elif c in "'\"" and (i == 0 or s[i - 1] in " :-[{,"):
-                quote = c
-            elif c == "#" and (i == 0 or s[i - 1] in " \t"):
-                return s[:i].rstrip()
-            i += 1
-        return s.rstrip()
-
-    def skip_blank(self) -> None:
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if "\t" in line[: self.indent(line) + 1] and line.strip():
-                raise self.error("tab in indentation")
-            stripped = line.strip()
-            if stripped == "" or stripped.startswith("#"):
-                self.i += 1
-                continue
-            if stripped in ("---", "..."):
-                if self.i == 0 or all(not x.strip() or x.strip().startswith("#") for x in self.lines[: self.i]):
-                    self.i += 1
-                    continue
-                raise self.error("several YAML documents")
-            return
-
-    def parse(self) -> Any:
-        self.skip_blank()
-        if self.i >= len(self.lines):
-            return None
-        value = self.node(self.indent(self.lines[self.i]))
-        self.skip_blank()
-        if self.i < len(self.lines):
-            raise self.error("unexpected indentation")
-        return value
-
-    def content(self) -> tuple[int, str]:
-        line = self.lines[self.i]
-        cur = self.indent(line)
-        return cur, self.strip_comment(line[cur:])
-
-    @staticmethod
-    def is_item(content: str) -> bool:
-        return content == "-" or content.startswith("- ")
-
-    def node(self, ind: int) -> Any:
-        _, content = self.content()
-        return self.sequence(ind) if self.is_item(content) else self.mapping(ind)
-
-    def sequence(self, ind: int) -> list[Any]:
-        items: list[Any] = []
-        while True:
-            self.skip_blank()
-            if self.i >= len(self.lines):
-                return items
-            cur, content = self.content()
-            if cur < ind or (cur == ind and not self.is_item(content)):
-                return items
-            if cur > ind or not self.is_item(content):
-                raise self.error("bad indentation in a sequence")
-            rest = content[1:].lstrip(" ")
-            col = cur + (len(content) - len(rest))
-            if rest == "":
-                self.i += 1
-                self.skip_blank()
-                if self.i >= len(self.lines) or self.indent(self.lines[self.i]) <= ind:
-                    items.append(None)
-                else:
-                    items.append(self.node(self.indent(self.lines[self.i])))
-            elif self.is_item(rest) or _KEY_RE.match(rest):
-                line = self.lines[self.i]
-                self.lines[self.i] = " " * col + line[col:]
-                items.append(self.node(col))
-            else:
-                items.append(self.value(rest, ind))
-
-    def mapping(self, ind: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        while True:
-            self.skip_blank()
-            if self.i >= len(self.lines):
-                return out
-            cur, content = self.content()
-            if cur < ind:
-                return out
-            if cur > ind:
-                raise self.error("bad indentation (a multi-line plain scalar?)")
-            if self.is_item(content):
-                raise self.error("sequence item where a mapping key was expected")
-            m = _KEY_RE.match(content)
-            if not m:
-                raise self.error(f"expected `key: value`, got {content!r}")
-            key = self.scalar(m.group("key").strip(), plain_typed=False)
-            if not isinstance(key, str):
-                raise self.error("non-string key")
-            if key in out:
-                raise self.error(f"duplicate key {key!r}")
-            rest = content[m.end():].strip()
-            if rest == "":
-                self.i += 1
-                self.skip_blank()
-                if self.i >= len(self.lines):
-                    out[key] = None
-                    continue
-                ncur, ncontent = self.content()
-                if ncur > ind or (ncur == ind and self.is_item(ncontent)):
-                    out[key] = self.node(ncur)
-                else:
-                    out[key] = None
-            else:
-                out[key] = self.value(rest, ind)
-
-    def value(self, rest: str, parent: int) -> Any:
-        if rest[0] in "|>":
-            return self.block_scalar(rest, parent)
-        if rest[0] in "&*!%@`":
-            raise self.error(f"unsupported YAML syntax {rest[0]!r}")
-        self.i += 1
-        return self.scalar(rest, plain_typed=True)
-
-    def block_scalar(self, header: str, parent: int) -> str:
-        m = re.fullmatch(r"([|>])([-+]?)", header)
-        if not m or m.group(2) == "+":
-            raise self.error(f"unsupported block scalar header {header!r}")
-        style, chomp = m.groups()
-        start = self.i
-        self.i += 1
-        lines: list[str] = []
-        block = None
-        while self.i < len(self.lines):
-            raw = self.lines[self.i]
-            if raw.strip() == "":
-                lines.append("")
-                self.i += 1
-                continue
-            cur = self.indent(raw)
-            if cur <= parent:
-                break
-            if block is None:
-                block = cur
-            if cur < block:
-                raise self.error("block scalar line less indented than its first line")
-            lines.append(raw[block:])
-            self.i += 1
-        while lines and lines[-1] == "":
-            lines.pop()
-        if not lines:
-            raise self.error("empty block scalar", start)
-        if style == "|":
-            text = "\n".join(lines)
-        else:
-            if any(ln[:1] in (" ", "\t") for ln in lines):
-                raise self.error("more-indented lines in a folded scalar", start)
-            text = ""
-            breaks = 0
-            for ln in lines:
-                if ln == "":
-                    breaks += 1
-                    continue
-                if text:
-                    text += "\n" * breaks if breaks else " "
-                text += ln
-                breaks = 0
-        return text if chomp == "-" else text + "\n"
-
-    def scalar(self, s: str, plain_typed: bool) -> Any:
-        if s.startswith("'"):
-            if not (len(s) >= 2 and s.endswith("'")):
-                raise self.error("unterminated or multi-line single-quoted scalar")
-            return s[1:-1].replace("''", "'")
-        if s.startswith('"'):
-            if not (len(s) >= 2 and s.endswith('"')):
-                raise self.error("unterminated or multi-line double-quoted scalar")
-            return self.unescape(s[1:-1])
-        if s in ("[]", "{}"):
-            return [] if s == "[]" else {}
-        if s[0] in "[{":
-            raise self.error("flow collections with content are not supported")
-        if not plain_typed:
-            return s
-        if s in ("~", "null", "Null", "NULL"):
-            return None
-        if s in ("true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"):
-            return True
-        if s in ("false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"):
-            return False
-        if _INT_RE.fullmatch(s):
-            if re.fullmatch(r"[-+]?0[0-9]+", s):
-                raise self.error(f"ambiguous (octal in YAML 1.1) number {s!r}: quote it")
-            return int(s)
-        if _FLOAT_RE.fullmatch(s):
-            return float(s.replace("Inf", "inf").replace("INF", "inf").replace(".inf", "inf")
-                         .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan"))
-        return s
-
-    def unescape(self, s: str) -> str:
-        out = []
-        i = 0
-        simple = {"\\": "\\", '"': '"', "/": "/", "n": "\n", "t": "\t", "r": "\r", "0": "\0", " ": " "}
-        while i < len(s):
-            c = s[i]
-            if c != "\\":
-                out.append(c)
-                i += 1
-                continue
-            nxt = s[i + 1: i + 2]
-            if nxt in simple:
-                out.append(simple[nxt])
-                i += 2
-            elif nxt == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", s[i + 2: i + 6]):
-                out.append(chr(int(s[i + 2: i + 6], 16)))
-                i += 6
-            else:
-                raise self.error(f"unsupported escape \\{nxt}")
-        return "".join(out)
-
-
-def load_yaml(path: Path) -> Any:
-    text = path.read_text()
-    data = MiniYaml(text, str(path)).parse()
-    try:  # When PyYAML happens to be there, make sure both read the same.
-        import yaml  # type: ignore[import-untyped]
-    except ImportError:
-        return data
-    if yaml.safe_load(text) != data:
-        fail(f"{path}: the built-in YAML reader and PyYAML disagree; simplify the YAML")
-    return data
 
 
 # ------------------------------------------------------------------ PromQL
@@ -643,6 +375,11 @@ def github_anchor(heading: str) -> str:
     return s.replace(" ", "-")
 
 
+def load_yaml(rel: Path) -> Any:
+    with (ROOT / rel).open() as f:  # a stream, so that errors name the file
+        return yaml.safe_load(f)
+
+
 def check_alerts(tool: str) -> tuple[set[str], list[str]]:
     """The rules, their runbooks and tests; returns the metric names used
     and the expressions."""
@@ -651,9 +388,9 @@ def check_alerts(tool: str) -> tuple[set[str], list[str]]:
     if not check(rc == 0, f"{where}: promtool check rules"):
         print(indent_text(out))
     try:
-        data = load_yaml(ROOT / ALERTS)
-    except (YamlError, OSError) as e:
-        fail(str(e))
+        data = load_yaml(ALERTS)
+    except (yaml.YAMLError, OSError) as e:
+        fail(f"{ALERTS}: not readable YAML: {e}")
         return set(), []
     anchors = {github_anchor(m.group(1)) for m in
                re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", read(OPERATIONS_DOC), re.M)}
@@ -689,9 +426,9 @@ def check_alerts(tool: str) -> tuple[set[str], list[str]]:
 
     # Every alert fires in at least one unit test.
     try:
-        tests = load_yaml(ROOT / ALERTS_TEST) or {}
-    except (YamlError, OSError) as e:
-        fail(str(e))
+        tests = load_yaml(ALERTS_TEST) or {}
+    except (yaml.YAMLError, OSError) as e:
+        fail(f"{ALERTS_TEST}: not readable YAML: {e}")
         tests = {}
     fired = set()
     tested = set()
@@ -716,23 +453,17 @@ def check_alerts(tool: str) -> tuple[set[str], list[str]]:
 
 
 def parse_scrape(text: str) -> tuple[dict[str, str], dict[str, set[tuple[tuple[str, str], ...]]]]:
-    """TYPE of each family, and the label sets of each sample name."""
+    """TYPE of each family, keyed by its name in the exposition, and the
+    label sets of each sample name. Raises ValueError on malformed text."""
     types: dict[str, str] = {}
     samples: dict[str, set[tuple[tuple[str, str], ...]]] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            m = re.match(r"#\s*TYPE\s+(\S+)\s+(\S+)", line)
-            if m:
-                types[m.group(1)] = m.group(2)
-            continue
-        m = re.match(r"([A-Za-z_:][\w:]*)(\{(.*)\})?\s+\S+", line)
-        if not m:
-            continue
-        labels = tuple(sorted((k, v) for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or "")))
-        samples.setdefault(m.group(1), set()).add(labels)
+    for family in text_string_to_metric_families(text):
+        # "unknown": no TYPE line. The parser drops a counter's _total suffix
+        # from the family name (a counter without one fails promtool).
+        if family.type != "unknown":
+            types[family.name + "_total" if family.type == "counter" else family.name] = family.type
+        for sample in family.samples:
+            samples.setdefault(sample.name, set()).add(tuple(sorted(sample.labels.items())))
     return types, samples
 
 
@@ -799,7 +530,11 @@ def check_node_scrape(where: str, text: str, documented: set[str], tool: str) ->
     rc, out = promtool(["check", "metrics"], tool, stdin=text)
     if not check(rc == 0, f"{where}: promtool check metrics"):
         print(indent_text(out))
-    types, samples = parse_scrape(text)
+    try:
+        types, samples = parse_scrape(text)
+    except ValueError as e:
+        fail(f"{where}: not Prometheus text exposition format: {str(e) or 'a malformed line'}")
+        return {}, {}
     if not check(bool(samples), f"{where}: has samples"):
         return types, samples
     by_family: dict[str, set[tuple[tuple[str, str], ...]]] = {}

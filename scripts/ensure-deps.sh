@@ -26,6 +26,9 @@ need redis-server redis-server
 # promtool checks the dashboard, the alert rules and a live scrape (tests/it/observability.rs).
 need promtool prometheus
 need python3 python3
+# Its checker's virtual environment (PyYAML, prometheus_client), made once
+# here rather than inside a test's time limit.
+"$(dirname "$0")/check-observability.sh" --help >/dev/null
 # The interop suite (tests/it/interop.rs) and the browser test of /demo:
 # the official JavaScript and Python clients, nginx in front of the nodes,
 # and Debian's Chromium. nginx is in /usr/sbin, which is not on a non-root

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: a local Redis and two relay nodes when redis-server is
 # installed, else one node in embedded memory mode, with the live page at
-# /demo and `relay simulate` playing a small city on them.
+# /demo and `relay-sim simulate` playing a small city on them.
 # `make run-cluster` (RUN_CLUSTER=1): Redis, three nodes and nginx in front
 # of them on port 3000, the simulator going through nginx.
 # RUN_SIMULATE=0 leaves the city out. Ctrl-C stops everything.
@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${RELAY_BIN:-target/release/relay}
+SIM=${RELAY_SIM_BIN:-target/release/relay-sim}
 export RELAY_JWT_SECRET=${RELAY_JWT_SECRET:-dev-secret}
 export RELAY_API_KEY=${RELAY_API_KEY:-dev-api-key}
 REDIS_PORT=${RUN_REDIS_PORT:-6399}
@@ -78,7 +79,7 @@ if [ -n "${RUN_CLUSTER:-}" ]; then
 fi
 
 if [ "${RUN_SIMULATE:-1}" != 0 ]; then
-  "$BIN" simulate --url "$sim_urls" > >(sed -u "s/^/[simulate] /") 2> >(sed -u "s/^/[simulate] /" >&2) &
+  "$SIM" simulate --url "$sim_urls" > >(sed -u "s/^/[simulate] /") 2> >(sed -u "s/^/[simulate] /" >&2) &
   # Stopped with the rest, but its own exit (it says why) stops nothing.
   helpers+=($!)
 fi

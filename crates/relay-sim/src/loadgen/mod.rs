@@ -1,0 +1,351 @@
+//! `relay loadgen`: drives running nodes through real WebSockets and
+//! reports what they sustain. Scenarios: `location` (drivers -> customers
+//! across nodes), `idle` (memory per idle connection) and `orders`
+//! (XADD -> client latency).
+
+mod idle;
+mod location;
+mod order_events;
+mod stats;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Subcommand};
+use futures_util::{StreamExt, stream};
+use serde_json::json;
+
+pub use stats::{Latencies, machine, metric_sum};
+
+use relay::metrics::process::ProcSample;
+
+use relay::{
+    auth::{Role, mint_hs256},
+    config::Secret,
+};
+use relay_client::{Client, ConnectOptions, Transport};
+
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    #[command(subcommand)]
+    scenario: Scenario,
+    /// Base URLs of the nodes; clients are spread over them.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:3000")]
+    nodes: Vec<String>,
+    /// Process ids of the nodes, in the same order, for CPU and RSS figures.
+    #[arg(long, value_delimiter = ',')]
+    node_pids: Vec<u32>,
+    /// Number of the first node in the report (`node 2` when measuring the
+    /// second node of a cluster on its own).
+    #[arg(long, default_value_t = 1)]
+    first_node: usize,
+    /// Process id of Redis, when it runs on this machine: its CPU and RSS
+    /// are reported beside the nodes' (and this load generator's own).
+    #[arg(long)]
+    redis_pid: Option<u32>,
+    /// The nodes' Redis, where the scenario's orders are appended.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<Secret>,
+    #[arg(long, env = "RELAY_KEY_PREFIX", default_value = "relay:")]
+    key_prefix: String,
+    /// The nodes' HS256 secret, to mint client tokens.
+    #[arg(long, env = "RELAY_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Secret,
+    /// Connections opened at once while setting up.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Appends the Markdown report to this file as well.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Drivers send locations at a set total rate; each customer (on another
+    /// node than its driver) measures driver -> customer latency.
+    Location {
+        #[arg(long, default_value_t = 2000)]
+        drivers: usize,
+        /// Updates per second, all drivers together.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 3)]
+        warmup_s: u64,
+    },
+    /// Opens idle connections and measures each node's RSS per connection.
+    Idle {
+        /// Connections per node.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 3)]
+        settle_s: u64,
+    },
+    /// Appends order statuses at a set rate; customers measure XADD -> client.
+    Orders {
+        #[arg(long, default_value_t = 500)]
+        customers: usize,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadgenError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("client: {0}")]
+    Client(#[from] relay_client::ClientError),
+    #[error("report: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every scenario works with.
+/// Tries per client connection while setting up a scenario.
+const CONNECT_ATTEMPTS: u64 = 5;
+
+pub struct Target {
+    nodes: Vec<String>,
+    /// Processes measured: the nodes first, then the others (Redis, this one).
+    procs: Vec<(String, u32)>,
+    redis: Option<redis::Client>,
+    prefix: String,
+    secret: Secret,
+    concurrency: usize,
+    /// Ids of this run, so that runs against one Redis never meet.
+    run: String,
+}
+
+pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
+    let redis = args
+        .redis_url
+        .as_ref()
+        .map(|url| redis::Client::open(url.expose()))
+        .transpose()?;
+    let target = Target {
+        nodes: args.nodes,
+        procs: args
+            .node_pids
+            .iter()
+            .enumerate()
+            .map(|(i, pid)| (format!("node {}", i + args.first_node), *pid))
+            .chain(args.redis_pid.map(|pid| ("redis-server".to_owned(), pid)))
+            .chain([("load generator".to_owned(), std::process::id())])
+            .collect(),
+        redis,
+        prefix: args.key_prefix,
+        secret: args.jwt_secret,
+        concurrency: args.connect_concurrency.max(1),
+        run: format!("lg{}", relay::events::now_ms() % 1_000_000_000),
+    };
+    let report = match args.scenario {
+        Scenario::Location {
+            drivers,
+            rate,
+            duration_s,
+            warmup_s,
+        } => {
+            location::run(
+                &target,
+                drivers,
+                rate,
+                Duration::from_secs(duration_s),
+                Duration::from_secs(warmup_s),
+            )
+            .await?
+        }
+        Scenario::Idle {
+            connections,
+            settle_s,
+        } => idle::run(&target, connections, Duration::from_secs(settle_s)).await?,
+        Scenario::Orders {
+            customers,
+            rate,
+            duration_s,
+        } => order_events::run(&target, customers, rate, Duration::from_secs(duration_s)).await?,
+    };
+    println!("{report}");
+    if let Some(path) = args.report {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(file, "{report}")?;
+    }
+    Ok(())
+}
+
+impl Target {
+    fn token(&self, sub: &str, role: Role) -> String {
+        mint_hs256(
+            &self.secret,
+            sub,
+            role,
+            &[],
+            Duration::from_secs(24 * 3600),
+            None,
+            None,
+        )
+        .expect("an HS256 token can always be signed")
+    }
+
+    fn node(&self, i: usize) -> &str {
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    fn redis(&self) -> Result<&redis::Client, LoadgenError> {
+        self.redis.as_ref().ok_or_else(|| {
+            LoadgenError::Setup("this scenario needs --redis-url (or REDIS_URL)".into())
+        })
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, LoadgenError> {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        Ok(self
+            .redis()?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Opens WebSocket clients, `concurrency` handshakes at a time.
+    async fn connect_all(
+        &self,
+        clients: Vec<(String, String)>,
+    ) -> Result<Vec<Client>, LoadgenError> {
+        let connected: Vec<_> = stream::iter(clients)
+            .map(|(url, token)| async move {
+                // Like a real client: a refused handshake (503 from a node
+                // shedding load) is retried after a pause.
+                let mut attempt = 0;
+                loop {
+                    let connected = Client::connect(
+                        ConnectOptions::new(url.clone())
+                            .transport(Transport::WebSocket)
+                            .auth(json!({ "token": token }))
+                            .timeout(Duration::from_secs(30)),
+                    )
+                    .await;
+                    attempt += 1;
+                    match connected {
+                        Err(_) if attempt < CONNECT_ATTEMPTS => {
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                        result => break result,
+                    }
+                }
+            })
+            .buffered(self.concurrency)
+            .collect()
+            .await;
+        connected
+            .into_iter()
+            .map(|c| c.map_err(Into::into))
+            .collect()
+    }
+
+    /// Appends `events` and waits until the group has handled all of them.
+    async fn append_and_settle(
+        &self,
+        events: Vec<(&'static str, serde_json::Value)>,
+    ) -> Result<(), LoadgenError> {
+        let mut conn = self.connection().await?;
+        let stream = format!("{}events", self.prefix);
+        for chunk in events.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for (kind, data) in chunk {
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("*")
+                    .arg("type")
+                    .arg(*kind)
+                    .arg("data")
+                    .arg(data.to_string())
+                    .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await?;
+            let settled = groups.iter().any(|g| {
+                let num = |k: &str| {
+                    g.get(k)
+                        .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
+                };
+                num("pending") == Some(0) && num("lag") == Some(0)
+            });
+            if settled {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LoadgenError::Setup(
+                    "the relay did not consume the setup events within 120 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn node_procs(&self) -> Vec<&str> {
+        self.procs
+            .iter()
+            .map(|(label, _)| label.as_str())
+            .filter(|label| label.starts_with("node"))
+            .collect()
+    }
+
+    fn samples(&self) -> Vec<Option<ProcSample>> {
+        self.procs
+            .iter()
+            .map(|(_, pid)| ProcSample::read(*pid))
+            .collect()
+    }
+
+    async fn scrape(&self) -> Vec<String> {
+        let http = reqwest::Client::new();
+        let mut texts = Vec::new();
+        for node in &self.nodes {
+            let text = match http.get(format!("{node}/metrics")).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            texts.push(text);
+        }
+        texts
+    }
+}
+
+/// Per node: cores used over `elapsed` and RSS at the end, as table rows.
+/// A row of CPU and RSS per process, and the CPU of the nodes together.
+fn node_rows(
+    target: &Target,
+    before: &[Option<ProcSample>],
+    after: &[Option<ProcSample>],
+    elapsed: Duration,
+) -> (String, Duration) {
+    let mut rows = String::new();
+    let mut total_cpu = Duration::ZERO;
+    for ((label, _), (b, a)) in target.procs.iter().zip(before.iter().zip(after)) {
+        if let (Some(b), Some(a)) = (b, a) {
+            let cpu = a.cpu.saturating_sub(b.cpu);
+            if label.starts_with("node") {
+                total_cpu += cpu;
+            }
+            rows.push_str(&format!(
+                "| {label} | {:.2} cores | {:.1} MiB |\n",
+                cpu.as_secs_f64() / elapsed.as_secs_f64(),
+                a.rss_kib as f64 / 1024.0
+            ));
+        }
+    }
+    (rows, total_cpu)
+}

@@ -1,0 +1,602 @@
+//! Settings of `relay serve`: every one a flag and an environment variable
+//! (CONTRACT §1), parsed by clap and then validated as a whole into a
+//! [`Config`] before anything binds a port.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum, builder::BoolishValueParser};
+
+/// A value that must never reach a log line or a `Debug` dump.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(\"***\")")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Raw settings as clap reads them from flags and the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// HTTP + Socket.IO listen address.
+    #[arg(long, env = "RELAY_ADDR", default_value = "0.0.0.0:3000")]
+    pub addr: SocketAddr,
+
+    /// Redis to share state through; unset = embedded single-node mode.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// HS256 secret for client tokens.
+    #[arg(long, env = "RELAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Path to a PEM public key (RS256, ES256 or EdDSA) for client tokens.
+    #[arg(long, env = "RELAY_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `iss` claim, checked when set.
+    #[arg(long, env = "RELAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, checked when set.
+    #[arg(long, env = "RELAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "RELAY_JWT_LEEWAY_S", default_value_t = 5)]
+    pub jwt_leeway_s: u64,
+
+    /// Bearer key for the publish API; unset = publish API off.
+    #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<Secret>,
+
+    /// This node's name in metrics, logs and stream consumer names [default: hostname-pid].
+    #[arg(long, env = "RELAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Prefix of every Redis key, stream and pub/sub channel.
+    #[arg(long, env = "RELAY_KEY_PREFIX", default_value = "relay:")]
+    pub key_prefix: String,
+
+    /// How long a driver's cached location stays fresh, in seconds.
+    #[arg(long, env = "RELAY_LOCATION_TTL_S", default_value_t = 120)]
+    pub location_ttl_s: u64,
+
+    /// Per driver, updates closer together than this are dropped (0 = no limit).
+    #[arg(long, env = "RELAY_LOCATION_MIN_INTERVAL_MS", default_value_t = 1000)]
+    pub location_min_interval_ms: u64,
+
+    /// Per socket, client events beyond this rate are dropped (0 = no limit).
+    #[arg(long, env = "RELAY_CLIENT_EVENTS_PER_S", default_value_t = 20)]
+    pub client_events_per_s: u32,
+
+    /// Sockets a node holds at most; beyond, new sessions get HTTP 503 (0 = no limit).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// Sockets one user (token `sub`) may hold on all nodes together; beyond, `too many connections` (0 = no limit).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
+
+    /// New sessions a node accepts per second; beyond, HTTP 503 and the client retries (0 = no limit).
+    #[arg(long, env = "RELAY_MAX_NEW_CONNECTIONS_PER_S", default_value_t = 2000)]
+    pub max_new_connections_per_s: u32,
+
+    /// Events kept per room for recovery.
+    #[arg(long, env = "RELAY_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+
+    /// Longest time an event is kept for recovery, in seconds.
+    #[arg(long, env = "RELAY_HISTORY_TTL_S", default_value_t = 600)]
+    pub history_ttl_s: u64,
+
+    /// Idle time after which a stopped node's stream entries are claimed, in ms.
+    #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 5000)]
+    pub claim_idle_ms: u64,
+
+    /// Deliveries of one stream entry before it goes to the dead letters.
+    #[arg(long, env = "RELAY_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u32,
+
+    /// Accept WebSocket connections only (no long-polling, no sticky sessions needed).
+    #[arg(long, env = "RELAY_WEBSOCKET_ONLY", value_parser = BoolishValueParser::new())]
+    pub websocket_only: bool,
+
+    /// Browser origins allowed to call the relay cross-origin (long-polling
+    /// and the HTTP API), comma-separated, or `*` for any (no credentials).
+    /// Unset: same-origin only.
+    #[arg(long, env = "RELAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Largest WebSocket message a client may send, in bytes.
+    #[arg(long, env = "RELAY_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub ws_max_message_bytes: usize,
+
+    /// Largest WebSocket frame a client may send, in bytes.
+    #[arg(long, env = "RELAY_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub ws_max_frame_bytes: usize,
+
+    /// Largest long-polling request body a client may send, in bytes.
+    #[arg(long, env = "RELAY_POLLING_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub polling_max_payload_bytes: u64,
+
+    /// Engine.IO ping interval, in ms.
+    #[arg(long, env = "RELAY_PING_INTERVAL_MS", default_value_t = 25_000)]
+    pub ping_interval_ms: u64,
+
+    /// Engine.IO ping timeout, in ms: a client silent this long after a ping is dropped.
+    #[arg(long, env = "RELAY_PING_TIMEOUT_MS", default_value_t = 20_000)]
+    pub ping_timeout_ms: u64,
+
+    /// Longest time from SIGTERM to exit, in seconds.
+    #[arg(long, env = "RELAY_SHUTDOWN_GRACE_S", default_value_t = 15)]
+    pub shutdown_grace_s: u64,
+
+    /// Serve the live demo page at /demo, which hands an admin token to
+    /// anyone who can reach this port: development only.
+    #[arg(long, env = "RELAY_DEMO", value_parser = BoolishValueParser::new())]
+    pub demo: bool,
+
+    /// Log format.
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,relay=debug`).
+    #[arg(long, env = "RELAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// A setting that failed validation, named as the operator wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How client tokens are verified: exactly one key source.
+#[derive(Debug, Clone)]
+pub enum JwtKeySource {
+    Secret(Secret),
+    PublicKeyPem { path: PathBuf, pem: Vec<u8> },
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub key: JwtKeySource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub websocket_only: bool,
+    pub ws_max_message_bytes: usize,
+    pub ws_max_frame_bytes: usize,
+    pub polling_max_payload_bytes: u64,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocationConfig {
+    pub ttl: Duration,
+    pub min_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub claim_idle: Duration,
+    pub max_deliveries: u32,
+}
+
+/// Connection limits of a node (0 = no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimitsConfig {
+    pub max_connections: usize,
+    pub max_per_user: usize,
+    pub new_per_s: u32,
+}
+
+/// A node's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub redis_url: Option<Secret>,
+    pub jwt: JwtConfig,
+    pub api_key: Option<Secret>,
+    pub node_id: String,
+    pub key_prefix: String,
+    pub location: LocationConfig,
+    pub client_events_per_s: u32,
+    pub limits: ConnectionLimitsConfig,
+    /// Allowed browser origins; empty: same-origin only; `*`: any.
+    pub cors_origins: Vec<String>,
+    pub history: HistoryConfig,
+    pub stream: StreamConfig,
+    pub transport: TransportConfig,
+    pub shutdown_grace: Duration,
+    /// The /demo page (and its admin token) is served.
+    pub demo: bool,
+    pub log_format: LogFormat,
+    pub log: String,
+}
+
+impl Config {
+    /// Checks the settings against each other and loads the files they name.
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let key = match (args.jwt_secret, args.jwt_public_key) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "RELAY_JWT_SECRET",
+                    "set either RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "RELAY_JWT_SECRET",
+                    "required (or RELAY_JWT_PUBLIC_KEY): clients cannot be authenticated without a key",
+                ));
+            }
+            (Some(secret), None) if secret.expose().is_empty() => {
+                return Err(ConfigError::new("RELAY_JWT_SECRET", "must not be empty"));
+            }
+            (Some(secret), None) => JwtKeySource::Secret(secret),
+            (None, Some(path)) => {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    ConfigError::new(
+                        "RELAY_JWT_PUBLIC_KEY",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                JwtKeySource::PublicKeyPem { path, pem }
+            }
+        };
+        // The page signs its own admin token; with only a public key it cannot.
+        if args.demo && !matches!(key, JwtKeySource::Secret(_)) {
+            return Err(ConfigError::new(
+                "RELAY_DEMO",
+                "needs RELAY_JWT_SECRET: the demo page signs its own HS256 admin token",
+            ));
+        }
+        if let Some(url) = &args.redis_url {
+            redis::Client::open(url.expose()).map_err(|e| {
+                // The redis crate's message never echoes the URL, so the password stays out.
+                ConfigError::new("REDIS_URL", format!("not a Redis URL ({:?})", e.kind()))
+            })?;
+        }
+        if args.api_key.as_ref().is_some_and(|k| k.expose().is_empty()) {
+            return Err(ConfigError::new(
+                "RELAY_API_KEY",
+                "must not be empty (unset it to turn the publish API off)",
+            ));
+        }
+        let cors_origins: Vec<String> = args
+            .cors_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for origin in &cors_origins {
+            let looks_right = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.contains(char::is_whitespace)
+                    && origin
+                        .split("://")
+                        .nth(1)
+                        .is_some_and(|h| !h.is_empty() && !h.contains('/')));
+            if !looks_right {
+                return Err(ConfigError::new(
+                    "RELAY_CORS_ORIGINS",
+                    "each origin must be scheme://host[:port] (e.g. https://app.example.com), or * alone",
+                ));
+            }
+        }
+        if cors_origins.len() > 1 && cors_origins.iter().any(|o| o == "*") {
+            return Err(ConfigError::new(
+                "RELAY_CORS_ORIGINS",
+                "* allows any origin and cannot be combined with others",
+            ));
+        }
+        let node_id = match args.node_id {
+            Some(id) => id,
+            None => default_node_id(),
+        };
+        if node_id.is_empty() || node_id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::new(
+                "RELAY_NODE_ID",
+                "must be non-empty, without spaces or control characters",
+            ));
+        }
+        if args
+            .key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::new(
+                "RELAY_KEY_PREFIX",
+                "must not contain spaces or control characters",
+            ));
+        }
+        positive("RELAY_LOCATION_TTL_S", args.location_ttl_s)?;
+        positive("RELAY_HISTORY_TTL_S", args.history_ttl_s)?;
+        positive("RELAY_CLAIM_IDLE_MS", args.claim_idle_ms)?;
+        positive("RELAY_MAX_DELIVERIES", u64::from(args.max_deliveries))?;
+        positive("RELAY_PING_INTERVAL_MS", args.ping_interval_ms)?;
+        positive("RELAY_PING_TIMEOUT_MS", args.ping_timeout_ms)?;
+        positive("RELAY_SHUTDOWN_GRACE_S", args.shutdown_grace_s)?;
+        positive(
+            "RELAY_POLLING_MAX_PAYLOAD_BYTES",
+            args.polling_max_payload_bytes,
+        )?;
+        // Below 1 KiB not even a merchant's ack fits; tungstenite also needs a frame <= message.
+        if args.ws_max_message_bytes < 1024 {
+            return Err(ConfigError::new(
+                "RELAY_WS_MAX_MESSAGE_BYTES",
+                "must be at least 1024",
+            ));
+        }
+        if args.ws_max_frame_bytes < 1024 || args.ws_max_frame_bytes > args.ws_max_message_bytes {
+            return Err(ConfigError::new(
+                "RELAY_WS_MAX_FRAME_BYTES",
+                "must be at least 1024 and at most RELAY_WS_MAX_MESSAGE_BYTES",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&args.log)
+            .map_err(|e| ConfigError::new("RELAY_LOG", e.to_string()))?;
+
+        Ok(Self {
+            addr: args.addr,
+            redis_url: args.redis_url,
+            jwt: JwtConfig {
+                key,
+                issuer: args.jwt_issuer.filter(|s| !s.is_empty()),
+                audience: args.jwt_audience.filter(|s| !s.is_empty()),
+                leeway: Duration::from_secs(args.jwt_leeway_s),
+            },
+            api_key: args.api_key,
+            node_id,
+            key_prefix: args.key_prefix,
+            location: LocationConfig {
+                ttl: Duration::from_secs(args.location_ttl_s),
+                min_interval: Duration::from_millis(args.location_min_interval_ms),
+            },
+            client_events_per_s: args.client_events_per_s,
+            cors_origins,
+            limits: ConnectionLimitsConfig {
+                max_connections: args.max_connections,
+                max_per_user: args.max_connections_per_user,
+                new_per_s: args.max_new_connections_per_s,
+            },
+            history: HistoryConfig {
+                size: args.history_size,
+                ttl: Duration::from_secs(args.history_ttl_s),
+            },
+            stream: StreamConfig {
+                claim_idle: Duration::from_millis(args.claim_idle_ms),
+                max_deliveries: args.max_deliveries,
+            },
+            transport: TransportConfig {
+                websocket_only: args.websocket_only,
+                ws_max_message_bytes: args.ws_max_message_bytes,
+                ws_max_frame_bytes: args.ws_max_frame_bytes,
+                polling_max_payload_bytes: args.polling_max_payload_bytes,
+                ping_interval: Duration::from_millis(args.ping_interval_ms),
+                ping_timeout: Duration::from_millis(args.ping_timeout_ms),
+            },
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+            demo: args.demo,
+            log_format: args.log_format,
+            log: args.log,
+        })
+    }
+
+    /// Embedded single-node mode: no Redis, everything in process.
+    pub fn is_embedded(&self) -> bool {
+        self.redis_url.is_none()
+    }
+}
+
+/// A duration on the command line: plain seconds (`90`, `0`) or humantime's
+/// forms (`90s`, `15m`, `1h`, `7d`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let parsed = match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s),
+    };
+    parsed.map_err(|_| format!("'{s}' is not a duration like 90s, 15m, 1h or 7d"))
+}
+
+fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(ConfigError::new(setting, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+/// hostname-pid: unique per process on a host, and stable for a pod's lifetime.
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-5").is_err());
+    }
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["relay"];
+        argv.extend_from_slice(args);
+        Config::from_args(Cli::parse_from(argv).serve)
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = parse(&["--jwt-secret", "s"]).expect("valid");
+        assert_eq!(config.addr.to_string(), "0.0.0.0:3000");
+        assert!(config.is_embedded());
+        assert_eq!(config.key_prefix, "relay:");
+        assert_eq!(config.location.ttl, Duration::from_secs(120));
+        assert_eq!(config.location.min_interval, Duration::from_millis(1000));
+        assert_eq!(config.client_events_per_s, 20);
+        assert_eq!(config.history.size, 100);
+        assert_eq!(config.history.ttl, Duration::from_secs(600));
+        assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
+        assert_eq!(config.stream.max_deliveries, 5);
+        assert!(!config.demo);
+    }
+
+    #[test]
+    fn the_demo_needs_a_secret_to_sign_its_token() {
+        assert!(parse(&["--jwt-secret", "s", "--demo"]).unwrap().demo);
+        let err =
+            parse(&["--jwt-public-key", "tests/fixtures/ec_public.pem", "--demo"]).unwrap_err();
+        assert_eq!(err.setting, "RELAY_DEMO");
+    }
+
+    #[test]
+    fn both_key_sources_is_an_error() {
+        let err = parse(&["--jwt-secret", "s", "--jwt-public-key", "/k.pem"]).unwrap_err();
+        assert_eq!(err.setting, "RELAY_JWT_SECRET");
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let ok = parse(&[
+            "--jwt-secret",
+            "s",
+            "--cors-origins",
+            "https://app.example.com/, http://localhost:5173",
+        ])
+        .unwrap();
+        assert_eq!(
+            ok.cors_origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        for bad in [
+            "app.example.com",
+            "https://a.example/path",
+            "*,https://a.example",
+        ] {
+            let err = parse(&["--jwt-secret", "s", "--cors-origins", bad]).unwrap_err();
+            assert_eq!(err.setting, "RELAY_CORS_ORIGINS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_key_source_is_an_error() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(err.setting, "RELAY_JWT_SECRET");
+    }
+
+    #[test]
+    fn unreadable_public_key_names_the_setting() {
+        let err = parse(&["--jwt-public-key", "/nonexistent/key.pem"]).unwrap_err();
+        assert_eq!(err.setting, "RELAY_JWT_PUBLIC_KEY");
+    }
+
+    #[test]
+    fn bad_redis_url_names_the_setting_without_the_password() {
+        let err = parse(&["--jwt-secret", "s", "--redis-url", "http://u:hunter2@h"]).unwrap_err();
+        assert_eq!(err.setting, "REDIS_URL");
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn zero_where_zero_makes_no_sense_is_rejected() {
+        let err = parse(&["--jwt-secret", "s", "--max-deliveries", "0"]).unwrap_err();
+        assert_eq!(err.setting, "RELAY_MAX_DELIVERIES");
+        let err = parse(&["--jwt-secret", "s", "--ws-max-frame-bytes", "1000000"]).unwrap_err();
+        assert_eq!(err.setting, "RELAY_WS_MAX_FRAME_BYTES");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let config = parse(&[
+            "--jwt-secret",
+            "topsecret",
+            "--api-key",
+            "apikey123",
+            "--redis-url",
+            "redis://:pw999@localhost",
+        ])
+        .expect("valid");
+        let debug = format!("{config:?}");
+        for secret in ["topsecret", "apikey123", "pw999"] {
+            assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+        }
+    }
+}

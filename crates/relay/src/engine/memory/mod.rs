@@ -1,0 +1,90 @@
+//! The memory engine: embedded single-node mode, for trying the relay out
+//! and for development. Nothing leaves the process.
+
+mod history;
+mod locations;
+mod order_store;
+mod stream;
+
+use std::time::Duration;
+
+use socketioxide::adapter::LocalAdapter;
+use tokio_util::sync::CancellationToken;
+
+pub use history::MemoryHistory;
+pub use locations::{MemoryLocations, distance_m};
+pub use order_store::MemoryOrders;
+pub use stream::MemoryStream;
+
+use super::{Engine, EngineError, Health};
+
+pub struct MemoryEngine {
+    stream: MemoryStream,
+    orders: MemoryOrders,
+    locations: MemoryLocations,
+    history: MemoryHistory,
+}
+
+impl MemoryEngine {
+    pub fn new(
+        node_id: &str,
+        location_ttl: Duration,
+        history_size: usize,
+        history_ttl: Duration,
+    ) -> Self {
+        Self {
+            history: MemoryHistory::new(history_size, history_ttl),
+            stream: MemoryStream::new(node_id),
+            orders: MemoryOrders::default(),
+            locations: MemoryLocations::new(location_ttl),
+        }
+    }
+}
+
+use socketioxide_redis::drivers::{ChanItem, MessageStream};
+
+use super::StoreResult;
+
+impl Engine for MemoryEngine {
+    type Adapter = LocalAdapter;
+    type Stream = MemoryStream;
+    type Orders = MemoryOrders;
+    type Locations = MemoryLocations;
+    type History = MemoryHistory;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn adapter_state(&self) {}
+
+    fn stream(&self) -> &MemoryStream {
+        &self.stream
+    }
+
+    fn orders(&self) -> &MemoryOrders {
+        &self.orders
+    }
+
+    fn locations(&self) -> &MemoryLocations {
+        &self.locations
+    }
+
+    fn history(&self) -> &MemoryHistory {
+        &self.history
+    }
+
+    async fn finish_init((): ()) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
+        Ok(None)
+    }
+
+    async fn watch_health(&self, health: Health, shutdown: CancellationToken) {
+        health.set_store_up(true);
+        crate::metrics::set_cluster_nodes(1);
+        shutdown.cancelled().await;
+    }
+}

@@ -1,0 +1,344 @@
+//! What an engine stores and streams, independent of where.
+
+use std::{future::Future, time::Duration};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{active_order::ActiveOrder, auth::Principal, events::Timestamp, outcome::Outcome};
+
+/// Any failure of the backing store; the caller retries or reports 503.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One entry of the event stream, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub kind: Option<String>,
+    pub data: Option<String>,
+    /// Registered at the head of its order's queue when read: nothing of
+    /// that order is before it, so it need not wait for its turn.
+    pub first_in_order: bool,
+}
+
+/// How far an offer of one event to one room got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferState {
+    /// Never sent to a socket.
+    Fresh,
+    /// Sent to at least one socket; no outcome yet.
+    Offered,
+    /// Its outcome is written.
+    Decided,
+}
+
+/// A dead-lettered entry, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub data: Option<String>,
+    pub reason: String,
+    pub node: String,
+}
+
+/// Entries of stopped consumers, taken over by this one.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub entries: Vec<StreamEntry>,
+    /// Entries that were delivered too often and went to the dead letters.
+    pub dead_lettered: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StreamStats {
+    /// Entries not yet delivered to any consumer (None when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered but not yet acknowledged.
+    pub pending: u64,
+    /// Age of the oldest pending entry, from its id's timestamp.
+    pub oldest_pending: Option<Duration>,
+}
+
+/// The backend's event stream and one consumer's view of the group.
+pub trait EventStream: Send + Sync + 'static {
+    /// Creates the consumer group from id 0 (and the stream) if needed.
+    fn prepare(&self) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// This consumer's own pending entries, oldest first (after a restart).
+    fn own_pending(
+        &self,
+        count: usize,
+    ) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
+
+    /// Undelivered entries, without blocking; each is registered for
+    /// per-order sequencing in the same step.
+    fn read_new(&self, count: usize) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
+
+    /// Returns when new entries may be there, or after `timeout`.
+    fn wait_new(&self, timeout: Duration) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Takes over entries idle longer than the claim time; entries delivered
+    /// `max_deliveries` times go to the dead letters instead.
+    fn claim_stale(
+        &self,
+        in_flight: &[String],
+    ) -> impl Future<Output = StoreResult<Claimed>> + Send;
+
+    /// Keeps entries this consumer is working on from being claimed.
+    fn keep_alive(&self, ids: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Makes entries claimable by other consumers at once (shutdown).
+    fn hand_back(&self, ids: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Waits until every earlier entry of `order` has been emitted.
+    fn wait_turn(
+        &self,
+        order: &str,
+        id: &str,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Marks `id` emitted: the next entry of `order` may go.
+    fn advance(&self, order: &str, id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
+    fn ack(&self, id: &str) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Copies the entry to the dead letters, releases its order and acks it.
+    fn dead_letter(
+        &self,
+        entry: &StreamEntry,
+        reason: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Appends an event, as the backend's XADD does; returns its id.
+    fn append(&self, kind: &str, data: &str) -> impl Future<Output = StoreResult<String>> + Send;
+
+    /// Appends the outcome of one offer (`event_id` to `target`), unless one
+    /// was written already: returns whether this call wrote it.
+    fn append_outcome(&self, outcome: &Outcome) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// How far an offer got, whichever node made it.
+    fn offer_state(
+        &self,
+        event_id: &str,
+        target: &str,
+    ) -> impl Future<Output = StoreResult<OfferState>> + Send;
+
+    /// Notes that an offer reached at least one socket (so that a node taking
+    /// it over ends it as `timeout`, not `no_recipient`).
+    fn mark_offered(
+        &self,
+        event_id: &str,
+        target: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    fn stats(&self) -> impl Future<Output = StoreResult<StreamStats>> + Send;
+
+    /// The most recent outcomes and dead letters, newest last (operations API).
+    fn recent_outcomes(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<serde_json::Map<String, serde_json::Value>>>> + Send;
+    fn recent_dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<DeadLetter>>> + Send;
+
+    /// The most recent entries of the event stream as appended, newest
+    /// last, whether handled yet or not (read-only; the demo page's history).
+    fn recent_events(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
+}
+
+/// Active orders, indexed by customer, store and driver.
+pub trait OrderStore: Send + Sync + 'static {
+    fn create(&self, order: &ActiveOrder) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Sets the status; None when the order is not active.
+    fn set_status(
+        &self,
+        order_id: &str,
+        status: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    /// Records the driver (replacing an earlier one); None when not active.
+    fn assign(
+        &self,
+        order_id: &str,
+        driver_id: &str,
+        at: Timestamp,
+    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    /// Forgets the order; returns it as it was.
+    fn end(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    fn get(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+
+    /// The principal's active orders: a customer's, a merchant's stores', a
+    /// driver's; none for admin and support.
+    fn active_for(
+        &self,
+        principal: &Principal,
+    ) -> impl Future<Output = StoreResult<Vec<ActiveOrder>>> + Send;
+
+    /// The `max` most recently created active orders of the whole cluster,
+    /// oldest first (read-only; the demo page's overview).
+    fn newest(&self, max: usize) -> impl Future<Output = StoreResult<Vec<ActiveOrder>>> + Send;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DriverLocation {
+    pub lat: f64,
+    pub lng: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heading: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed: Option<f64>,
+    pub ts: Timestamp,
+}
+
+/// Where drivers are, as fresh as `RELAY_LOCATION_TTL_S` allows.
+pub trait LocationCache: Send + Sync + 'static {
+    /// Stores the latest location of each driver in `batch` (one entry per
+    /// driver) and publishes `broadcast` (a batch of location deliveries) to
+    /// the other nodes, in as few round trips as the store allows.
+    fn write(
+        &self,
+        batch: &[(String, DriverLocation)],
+        broadcast: Option<&[u8]>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Removes drivers last seen before `cutoff` from the geo index (geo
+    /// members have no TTL of their own); returns how many.
+    fn prune(&self, cutoff: Timestamp) -> impl Future<Output = StoreResult<usize>> + Send;
+
+    fn latest(
+        &self,
+        driver_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<DriverLocation>>> + Send;
+
+    /// Drivers with a fresh location within `radius_m`, nearest first.
+    fn nearby(
+        &self,
+        lat: f64,
+        lng: f64,
+        radius_m: f64,
+        max: usize,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
+    /// Up to `max` drivers with a fresh location, most recently seen first
+    /// (read-only; the demo page's map).
+    fn fresh_drivers(
+        &self,
+        max: usize,
+    ) -> impl Future<Output = StoreResult<Vec<(String, DriverLocation)>>> + Send;
+}
+
+/// An event as the history keeps it and as every node delivers it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Recorded {
+    /// Its place in the cluster-wide order of recorded events (`ms-seq`).
+    pub offset: String,
+    pub event: String,
+    /// The payload, as JSON text.
+    pub data: String,
+    pub rooms: Vec<String>,
+    /// A room every socket leaves once this event has reached it (the
+    /// order room, after an order's final status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then_leave: Option<String>,
+}
+
+/// What a client missed, from its history.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Missed {
+    /// Every event of the rooms after the client's last one, oldest first
+    /// (each once, also when it went to several of the rooms).
+    Recovered(Vec<Recorded>),
+    /// The history no longer reaches back to the client's last event.
+    NotRecovered,
+}
+
+/// Events emitted to rooms, kept per room for clients that reconnect, and
+/// delivered to every node in one order for the whole cluster.
+pub trait History: Send + Sync + 'static {
+    /// Records `event` for `rooms` and publishes it to every node's feed.
+    /// Returns its offset.
+    fn publish(
+        &self,
+        event: &str,
+        data: &str,
+        event_id: &str,
+        rooms: &[String],
+        then_leave: Option<&str>,
+    ) -> impl Future<Output = StoreResult<String>> + Send;
+
+    /// Every event published from now on, in publishing order, on every
+    /// node; with the offset of the newest event published before (events
+    /// the feed may still bring up to it are already in the history).
+    #[allow(clippy::type_complexity)]
+    fn feed(
+        &self,
+    ) -> impl Future<Output = StoreResult<(tokio::sync::mpsc::Receiver<Recorded>, Option<String>)>> + Send;
+
+    /// The events of `rooms` after the one whose `event_id` is
+    /// `last_event_id`, up to and including offset `up_to`.
+    fn missed(
+        &self,
+        rooms: &[String],
+        last_event_id: &str,
+        up_to: Option<&str>,
+    ) -> impl Future<Output = StoreResult<Missed>> + Send;
+}
+
+/// Missed events gathered from several rooms: in offset order, each once
+/// (an event sent to two of the rooms is in both histories).
+pub fn in_offset_order(mut events: Vec<Recorded>) -> Vec<Recorded> {
+    events.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
+    events.dedup_by(|a, b| a.offset == b.offset);
+    events
+}
+
+/// Orders two `ms-seq` stream ids.
+pub fn cmp_offsets(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |s: &str| {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a).cmp(&parse(b))
+}
+
+/// A user's sockets counted across every node, for the per-user connection
+/// limit. Object-safe: the gateway holds it without knowing the engine.
+pub trait UserSessions: Send + Sync + 'static {
+    /// Counts one more socket of `user` unless it already has `limit` on
+    /// all nodes together; `Ok(false)` when it has.
+    fn admit<'a>(&'a self, user: &'a str, limit: usize) -> BoxFuture<'a, StoreResult<bool>>;
+
+    /// Forgets one socket of `user` on this node.
+    fn release(&self, user: String) -> BoxFuture<'_, StoreResult<()>>;
+
+    /// Tells the other nodes this node is alive: the sockets of a node
+    /// that stops doing so (it died) no longer count.
+    fn keep_alive(&self) -> BoxFuture<'_, StoreResult<()>>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,197 @@
+//! A connected socket's life: the rooms it joins before its CONNECT reply,
+//! and the bookkeeping when it leaves.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use socketioxide::{
+    adapter::Adapter,
+    extract::{AckSender, Extension, SocketRef, State, TryData},
+    socket::DisconnectReason,
+};
+
+use super::{GatewayState, budget::EventBudget, location, subscriptions, sync};
+use crate::{
+    auth::{Principal, Rejection, Role},
+    delivery::Replay,
+    engine::{Engine, LocationCache, OrderStore},
+    location::{DRIVER_LOCATION, DriverLocationEvent},
+    metrics,
+    rooms::Room,
+};
+
+/// Joins the role rooms and the rooms of the principal's active orders,
+/// and registers the client event handlers.
+/// Runs as a middleware, so a client that sees "connected" is already in
+/// all of its rooms. A store failure is not worth refusing the client: it
+/// keeps its role rooms and resyncs orders with `GET /orders/active`.
+pub async fn join_rooms<E: Engine>(
+    socket: SocketRef<E::Adapter>,
+    Extension(principal): Extension<Principal>,
+    State(engine): State<Arc<E>>,
+    State(gateway): State<GatewayState>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), Rejection> {
+    // A client that says which event it saw last joins its rooms only after
+    // the replay of what it missed (see `delivery`): live events of those
+    // rooms cannot overtake the replay.
+    let last_event_id = auth
+        .ok()
+        .as_ref()
+        .and_then(|a| a.get("last_event_id"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty() && id.len() <= 64)
+        .map(str::to_owned);
+    socket
+        .extensions
+        .insert(Arc::new(EventBudget::new(gateway.client_events_per_s)));
+    let mut rooms: Vec<String> = Room::for_principal(&principal)
+        .iter()
+        .map(Room::name)
+        .collect();
+    // Role rooms first: an order event processed meanwhile reaches the
+    // socket through them (see the dispatcher's cluster-wide joins).
+    if last_event_id.is_none() {
+        socket.join(rooms.clone());
+    }
+    if matches!(principal.role(), Role::Customer | Role::Driver) {
+        match engine.orders().active_for(&principal).await {
+            Ok(orders) => {
+                let order_rooms: Vec<String> = orders
+                    .iter()
+                    .map(|o| Room::order(&o.order_id).name())
+                    .collect();
+                if last_event_id.is_none() {
+                    socket.join(order_rooms.clone());
+                }
+                rooms.extend(order_rooms);
+                socket.extensions.insert(JoinedOrders(Arc::new(orders)));
+            }
+            Err(e) => {
+                metrics::store_error("connect_orders");
+                tracing::warn!(error = %e, "active orders unavailable at connect");
+            }
+        }
+    }
+    tracing::trace!(sid = %socket.id, ?rooms, resume = last_event_id.is_some(), "rooms");
+    if let Some(last_event_id) = last_event_id {
+        socket.extensions.insert(PendingResume {
+            rooms,
+            last_event_id,
+        });
+    }
+    // Handlers too are in place before the CONNECT reply: an event the
+    // client sends the moment it is connected must not find none.
+    socket.on("driver:location_update", location::update::<E::Adapter>);
+    socket.on("order:subscribe", subscriptions::subscribe::<E>);
+    socket.on("order:unsubscribe", subscriptions::unsubscribe::<E>);
+    socket.on("sync", sync::sync::<E::Adapter>);
+    socket.on_fallback(unknown_event::<E::Adapter>);
+    Ok(())
+}
+
+/// The active orders a customer joined at connect, for the latest driver
+/// locations sent right after its CONNECT reply.
+#[derive(Clone)]
+struct JoinedOrders(Arc<Vec<crate::active_order::ActiveOrder>>);
+
+/// The rooms of a client that connected with `last_event_id`, joined once
+/// its missed events are replayed.
+#[derive(Clone)]
+struct PendingResume {
+    rooms: Vec<String>,
+    last_event_id: String,
+}
+
+/// Events outside the protocol are dropped, counted and, if the client asked
+/// for an ack, answered.
+async fn unknown_event<A: Adapter>(
+    ack: AckSender<A>,
+    Extension(budget): Extension<Arc<EventBudget>>,
+) {
+    let outcome = if budget.admit(tokio::time::Instant::now()) {
+        "unknown"
+    } else {
+        "rate_limited"
+    };
+    metrics::client_event("other", outcome);
+    let _ = ack.send(&serde_json::json!({ "ok": false, "error": "unknown event" }));
+}
+
+/// Sends each joined order's latest driver location at once, so a
+/// reconnecting customer's map moves without waiting for the next update.
+async fn send_latest_locations<E: Engine>(
+    socket: &SocketRef<E::Adapter>,
+    engine: &E,
+    orders: &[crate::active_order::ActiveOrder],
+) {
+    for order in orders {
+        let Some(driver) = &order.driver_id else {
+            continue;
+        };
+        match engine.locations().latest(driver).await {
+            Ok(Some(location)) => {
+                let _ = socket.emit(
+                    DRIVER_LOCATION,
+                    &DriverLocationEvent::new(&order.order_id, &location),
+                );
+            }
+            Ok(None) => tracing::debug!(driver, "no fresh location"),
+            Err(e) => tracing::debug!(error = %e, "latest location unavailable"),
+        }
+    }
+}
+
+pub async fn on_connect<E: Engine>(
+    socket: SocketRef<E::Adapter>,
+    Extension(principal): Extension<Principal>,
+    State(engine): State<Arc<E>>,
+    State(replay): State<Replay<E::Adapter>>,
+) {
+    metrics::connected(principal.role());
+    if let Some(PendingResume {
+        rooms,
+        last_event_id,
+    }) = socket.extensions.remove::<PendingResume>()
+    {
+        replay
+            .resume(socket.clone(), rooms, last_event_id, true)
+            .await;
+    }
+    if principal.role() != Role::Driver
+        && let Some(JoinedOrders(orders)) = socket.extensions.get::<JoinedOrders>()
+    {
+        send_latest_locations(&socket, engine.as_ref(), &orders).await;
+    }
+    tracing::debug!(
+        sid = %socket.id,
+        role = %principal.role(),
+        transport = ?socket.transport_type(),
+        "connected"
+    );
+    socket.on_disconnect(on_disconnect::<E::Adapter>);
+}
+
+async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    reason: DisconnectReason,
+    Extension(principal): Extension<Principal>,
+    State(gateway): State<GatewayState>,
+) {
+    gateway.expiries.forget(socket.id);
+    metrics::disconnected(principal.role(), reason_label(reason));
+    tracing::debug!(sid = %socket.id, %reason, "disconnected");
+}
+
+fn reason_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
+        DisconnectReason::PacketParsingError => "packet_parsing",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
+        DisconnectReason::ClosingServer => "closing_server",
+    }
+}

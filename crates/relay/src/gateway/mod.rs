@@ -1,0 +1,257 @@
+//! The Socket.IO gateway: transport settings, the handshake, and the
+//! namespace every client connects to.
+
+mod budget;
+mod connection;
+mod expiry;
+mod handshake;
+mod limits;
+mod location;
+mod offer;
+mod subscriptions;
+mod sync;
+
+use std::{sync::Arc, time::Duration};
+
+use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer};
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Replay;
+pub use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
+pub use expiry::Expiries;
+pub use handshake::token_from;
+pub use limits::{ConnectionLimits, shed_new_sessions};
+pub use offer::Acks;
+/// Client payload checks, public for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub use subscriptions::{OrderRef, order_ref};
+#[doc(hidden)]
+pub use sync::{SyncRequest, last_event_id};
+
+use crate::{
+    auth::{Principal, Role, Verifier},
+    config::TransportConfig,
+    engine::{Engine, Health},
+    location::LocationPipeline,
+    metrics,
+    rooms::Room,
+};
+
+/// Shared with every handler through socketioxide's state.
+#[derive(Clone)]
+pub struct GatewayState {
+    verifier: Arc<Verifier>,
+    limits: Arc<ConnectionLimits>,
+    expiries: Arc<Expiries>,
+    /// Per socket, client events a second (0 = no limit).
+    client_events_per_s: u32,
+}
+
+/// An emit that did not reach the other nodes (the adapter's publish failed).
+#[derive(Debug, thiserror::Error)]
+#[error("broadcast failed: {0}")]
+pub struct BroadcastFailed(pub String);
+
+/// A client that has not finished the Socket.IO handshake by then is dropped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// tungstenite's initial read buffer per websocket (it grows for larger
+/// messages). The default 4 KiB is most of an idle connection's memory; client
+/// frames here are a few hundred bytes.
+const WS_READ_BUFFER_BYTES: usize = 1024;
+
+pub struct Gateway<E: Engine> {
+    io: SocketIo<E::Adapter>,
+}
+
+impl<E: Engine> Clone for Gateway<E> {
+    fn clone(&self) -> Self {
+        Self {
+            io: self.io.clone(),
+        }
+    }
+}
+
+/// What the handlers share, besides the engine.
+pub struct Shared<A: socketioxide::adapter::Adapter> {
+    pub verifier: Arc<Verifier>,
+    pub client_events_per_s: u32,
+    pub locations: Arc<LocationPipeline>,
+    pub replay: Replay<A>,
+    pub limits: Arc<ConnectionLimits>,
+    pub expiries: Arc<Expiries>,
+}
+
+impl<E: Engine> Gateway<E> {
+    pub fn new(
+        engine: Arc<E>,
+        transport: &TransportConfig,
+        shared: Shared<E::Adapter>,
+    ) -> (Self, SocketIoLayer<E::Adapter>) {
+        let Shared {
+            verifier,
+            client_events_per_s,
+            locations,
+            replay,
+            limits,
+            expiries,
+        } = shared;
+        let adapter_state = engine.adapter_state();
+        let builder = SocketIo::builder()
+            .ping_interval(transport.ping_interval)
+            .ping_timeout(transport.ping_timeout)
+            .max_payload(transport.polling_max_payload_bytes)
+            .ws_max_message_size(transport.ws_max_message_bytes)
+            .ws_max_frame_size(transport.ws_max_frame_bytes)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
+            .with_state(GatewayState {
+                verifier,
+                limits,
+                expiries,
+                client_events_per_s,
+            })
+            .with_state(locations)
+            .with_state(replay)
+            .with_state(engine);
+        let builder = if transport.websocket_only {
+            builder.transports([TransportType::Websocket])
+        } else {
+            builder.transports([TransportType::Polling, TransportType::Websocket])
+        };
+        let (layer, io) = builder
+            .with_adapter::<E::Adapter>(adapter_state)
+            .build_layer();
+        (Self { io }, layer)
+    }
+
+    pub fn io(&self) -> &SocketIo<E::Adapter> {
+        &self.io
+    }
+
+    /// Opens the namespace, retrying until the adapter is initialised (with
+    /// Redis: until its channels are subscribed). Until then clients are
+    /// refused and the node reports unready.
+    pub async fn open(&self, health: &Health, shutdown: &CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            // `.with(a).with(b)` runs b first: authenticate, then join the
+            // rooms, both before the client sees its CONNECT reply.
+            let handler = connection::on_connect::<E>
+                .with(connection::join_rooms::<E>)
+                .with(handshake::authenticate::<E::Adapter>);
+            let init = tokio::select! {
+                () = shutdown.cancelled() => return,
+                res = E::finish_init(self.io.ns("/", handler)) => res,
+            };
+            match init {
+                Ok(()) => {
+                    health.set_adapter_ready();
+                    tracing::info!("socket.io namespace open");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "adapter not ready");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Disconnects every local client: the official clients reconnect by
+    /// themselves, through the load balancer, to another node.
+    pub async fn close(&self) {
+        self.io.close().await;
+    }
+
+    /// `io.to` and friends panic before the namespace exists.
+    fn ns(
+        &self,
+    ) -> Result<socketioxide::operators::BroadcastOperators<E::Adapter>, BroadcastFailed> {
+        self.io
+            .of("/")
+            .ok_or_else(|| BroadcastFailed("namespace not open yet".into()))
+    }
+
+    /// Emits to every socket of `rooms` on every node, each socket once.
+    pub async fn emit_to(
+        &self,
+        rooms: Vec<String>,
+        event: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), BroadcastFailed> {
+        self.ns()?
+            .to(rooms)
+            .emit(event, data)
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?;
+        metrics::emitted(event);
+        Ok(())
+    }
+
+    /// Emits to `room` on every node, except the sockets also in `except`.
+    pub async fn emit_except<T: serde::Serialize + ?Sized>(
+        &self,
+        room: &Room,
+        except: &Room,
+        event: &str,
+        data: &T,
+    ) -> Result<(), BroadcastFailed> {
+        self.ns()?
+            .to(room.name())
+            .except(except.name())
+            .emit(event, data)
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))?;
+        metrics::emitted(event);
+        Ok(())
+    }
+
+    /// Every socket in `members`, on every node, joins `room`.
+    pub async fn join_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
+        self.ns()?
+            .within(members.name())
+            .join(room.name())
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))
+    }
+
+    /// Every socket in `members`, on every node, leaves `room`.
+    pub async fn leave_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
+        self.ns()?
+            .within(members.name())
+            .leave(room.name())
+            .await
+            .map_err(|e| BroadcastFailed(e.to_string()))
+    }
+
+    /// Counts local sockets by role and transport into the gauge.
+    pub fn record_census(&self) {
+        let Some(ns) = self.io.of("/") else {
+            metrics::set_connected_sockets(&[]);
+            return;
+        };
+        let mut counts: Vec<(Role, &'static str, usize)> = Vec::new();
+        for socket in ns.sockets() {
+            let Some(principal) = socket.extensions.get::<Principal>() else {
+                continue;
+            };
+            let transport = match socket.transport_type() {
+                TransportType::Websocket => "websocket",
+                TransportType::Polling => "polling",
+            };
+            match counts
+                .iter_mut()
+                .find(|(r, t, _)| *r == principal.role() && *t == transport)
+            {
+                Some(entry) => entry.2 += 1,
+                None => counts.push((principal.role(), transport, 1)),
+            }
+        }
+        metrics::set_connected_sockets(&counts);
+    }
+}

@@ -1,0 +1,119 @@
+//! `order:subscribe` and `order:unsubscribe`: joining an order room on request.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+
+use super::budget::EventBudget;
+use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
+use crate::{
+    active_order::ActiveOrder,
+    auth::{Principal, Role},
+    engine::{Engine, LocationCache, OrderStore},
+    metrics,
+    rooms::Room,
+};
+
+#[derive(Deserialize)]
+pub struct OrderRef {
+    order_id: String,
+}
+
+pub fn order_ref(data: Result<OrderRef, impl std::fmt::Display>) -> Result<String, &'static str> {
+    match data {
+        Ok(r) if !r.order_id.is_empty() && r.order_id.len() <= 128 => Ok(r.order_id),
+        _ => Err("invalid payload: expected { \"order_id\": \"...\" }"),
+    }
+}
+
+/// Whether `principal` may watch `order`: admin and support any order; the
+/// others only their own active ones.
+fn may_watch(principal: &Principal, order: Option<&ActiveOrder>) -> bool {
+    let sub = principal.sub();
+    match (principal.role(), order) {
+        (Role::Admin | Role::Support, _) => true,
+        (_, None) => false,
+        (Role::Customer, Some(o)) => o.customer_id == sub,
+        (Role::Driver, Some(o)) => o.driver_id.as_deref() == Some(sub),
+        (Role::Merchant, Some(o)) => principal.store_ids().contains(&o.store_id),
+    }
+}
+
+fn reply(ack: AckSender<impl socketioxide::adapter::Adapter>, result: Result<(), &str>) {
+    let body = match result {
+        Ok(()) => json!({ "ok": true }),
+        Err(error) => json!({ "ok": false, "error": error }),
+    };
+    // A client that asked for no ack gets none; a gone client cannot be told.
+    let _ = ack.send(&body);
+}
+
+pub async fn subscribe<E: Engine>(
+    socket: SocketRef<E::Adapter>,
+    TryData(data): TryData<OrderRef>,
+    ack: AckSender<E::Adapter>,
+    Extension(principal): Extension<Principal>,
+    Extension(budget): Extension<Arc<EventBudget>>,
+    State(engine): State<Arc<E>>,
+) {
+    if !budget.admit(tokio::time::Instant::now()) {
+        metrics::client_event("order:subscribe", "rate_limited");
+        return reply(ack, Err("rate limited"));
+    }
+    let result = async {
+        let order_id = order_ref(data)?;
+        let order = engine.orders().get(&order_id).await.map_err(|e| {
+            metrics::store_error("subscribe");
+            tracing::warn!(error = %e, "order state unavailable for subscribe");
+            "temporarily unavailable"
+        })?;
+        if !may_watch(&principal, order.as_ref()) {
+            // Same answer for someone else's order and for no order at all.
+            return Err("not allowed");
+        }
+        socket.join(Room::order(&order_id).name());
+        Ok(order)
+    }
+    .await;
+    metrics::client_event(
+        "order:subscribe",
+        if result.is_ok() { "ok" } else { "rejected" },
+    );
+    let order = match result {
+        Ok(order) => {
+            reply(ack, Ok(()));
+            order
+        }
+        Err(error) => return reply(ack, Err(error)),
+    };
+    // The map of a newly watched order moves at once.
+    if let Some(order) = order
+        && let Some(driver) = &order.driver_id
+        && let Ok(Some(location)) = engine.locations().latest(driver).await
+    {
+        let _ = socket.emit(
+            DRIVER_LOCATION,
+            &DriverLocationEvent::new(&order.order_id, &location),
+        );
+    }
+}
+
+pub async fn unsubscribe<E: Engine>(
+    socket: SocketRef<E::Adapter>,
+    TryData(data): TryData<OrderRef>,
+    ack: AckSender<E::Adapter>,
+    Extension(budget): Extension<Arc<EventBudget>>,
+) {
+    if !budget.admit(tokio::time::Instant::now()) {
+        metrics::client_event("order:unsubscribe", "rate_limited");
+        return reply(ack, Err("rate limited"));
+    }
+    let result = order_ref(data).map(|order_id| socket.leave(Room::order(&order_id).name()));
+    metrics::client_event(
+        "order:unsubscribe",
+        if result.is_ok() { "ok" } else { "rejected" },
+    );
+    reply(ack, result);
+}

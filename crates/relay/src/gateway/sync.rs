@@ -1,0 +1,58 @@
+//! `sync` `{ last_event_id }`: a connected client that noticed a gap asks
+//! for what it missed (the replay itself is `delivery`'s).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::json;
+use socketioxide::{
+    adapter::Adapter,
+    extract::{AckSender, Extension, SocketRef, State, TryData},
+};
+
+use super::budget::EventBudget;
+use crate::{delivery::Replay, metrics};
+
+#[derive(Deserialize)]
+pub struct SyncRequest {
+    last_event_id: String,
+}
+
+/// Longest `last_event_id` accepted: a stream id is about 30 characters.
+const MAX_ID_LEN: usize = 64;
+
+pub async fn sync<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(data): TryData<SyncRequest>,
+    ack: AckSender<A>,
+    Extension(budget): Extension<Arc<EventBudget>>,
+    State(replay): State<Replay<A>>,
+) {
+    if !budget.admit(tokio::time::Instant::now()) {
+        metrics::client_event("sync", "rate_limited");
+        let _ = ack.send(&json!({ "ok": false, "error": "rate limited" }));
+        return;
+    }
+    let Some(last_event_id) = last_event_id(data) else {
+        metrics::client_event("sync", "rejected");
+        let _ = ack.send(&json!({
+            "ok": false,
+            "error": "invalid payload: expected { \"last_event_id\": \"...\" }"
+        }));
+        return;
+    };
+    metrics::client_event("sync", "ok");
+    let rooms = socket.rooms().into_iter().map(|r| r.into_owned()).collect();
+    let recovered = replay.resume(socket, rooms, last_event_id, false).await;
+    let _ = ack.send(&json!({ "ok": true, "recovered": recovered }));
+}
+
+/// The id a `sync` payload asks to resume after, when it is well-formed.
+pub fn last_event_id(data: Result<SyncRequest, impl std::fmt::Display>) -> Option<String> {
+    match data {
+        Ok(r) if !r.last_event_id.is_empty() && r.last_event_id.len() <= MAX_ID_LEN => {
+            Some(r.last_event_id)
+        }
+        _ => None,
+    }
+}

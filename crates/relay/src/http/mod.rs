@@ -1,0 +1,83 @@
+//! The HTTP surface on the Socket.IO port (CONTRACT §5): probes, metrics,
+//! the resync endpoint for clients and the publish API for backends; and,
+//! when `RELAY_DEMO` is on, the live demo page.
+
+mod active_orders;
+mod api;
+pub mod cors;
+pub mod demo;
+mod detach;
+mod errors;
+mod observe;
+mod probes;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::{
+    auth::Verifier,
+    config::Secret,
+    engine::{Engine, Health},
+};
+
+pub use detach::detach_from_read_buffer;
+
+/// Refreshes gauges that are counted rather than tracked (connected sockets)
+/// right before a scrape.
+pub type Census = Arc<dyn Fn() + Send + Sync>;
+
+/// Largest publish API body: an order with a long item list fits easily.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub struct HttpState<E: Engine> {
+    pub health: Health,
+    pub prometheus: PrometheusHandle,
+    pub census: Census,
+    pub engine: Arc<E>,
+    pub verifier: Arc<Verifier>,
+    pub api_key: Option<Secret>,
+    /// Unix seconds at start, for `process_start_time_seconds`.
+    pub started_at: f64,
+    /// Set when `RELAY_DEMO` is on.
+    pub demo: Option<Arc<demo::DemoSettings>>,
+}
+
+impl<E: Engine> Clone for HttpState<E> {
+    fn clone(&self) -> Self {
+        Self {
+            health: self.health.clone(),
+            prometheus: self.prometheus.clone(),
+            census: self.census.clone(),
+            engine: self.engine.clone(),
+            verifier: self.verifier.clone(),
+            api_key: self.api_key.clone(),
+            started_at: self.started_at,
+            demo: self.demo.clone(),
+        }
+    }
+}
+
+pub fn router<E: Engine>(state: HttpState<E>) -> Router {
+    let router = Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz::<E>))
+        .route("/metrics", get(probes::metrics::<E>))
+        .route("/orders/active", get(active_orders::active::<E>))
+        .route("/api/events", post(api::publish::<E>))
+        .route("/api/outcomes", get(api::outcomes::<E>))
+        .route("/api/dead-letters", get(api::dead_letters::<E>))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn(observe::count_requests));
+    // Merged after the counting layer: the demo stays out of the API's metrics.
+    let router = match state.demo {
+        Some(_) => router.merge(demo::routes::<E>()),
+        None => router,
+    };
+    router.fallback(observe::not_found).with_state(state)
+}

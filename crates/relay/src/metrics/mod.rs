@@ -1,0 +1,667 @@
+//! Every metric the relay exports: names, labels and the one recorder.
+//! Label values are bounded sets (roles, reasons, transports), never ids.
+
+pub mod process;
+
+use std::sync::OnceLock;
+
+use metrics::{
+    Counter, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    auth::{Rejection, Role},
+    events::EventKind,
+    outcome::{OFFER_EVENTS, OutcomeKind},
+};
+
+pub const CONNECTED_SOCKETS: &str = "relay_connected_sockets";
+pub const CONNECTS: &str = "relay_connects_total";
+pub const DISCONNECTS: &str = "relay_disconnects_total";
+pub const HANDSHAKE_REJECTIONS: &str = "relay_handshake_rejections_total";
+pub const ADAPTER_MESSAGES: &str = "relay_adapter_messages_total";
+pub const ADAPTER_ERRORS: &str = "relay_adapter_errors_total";
+pub const READY: &str = "relay_ready";
+pub const STORE_UP: &str = "relay_store_up";
+pub const BUILD_INFO: &str = "relay_build_info";
+pub const EMITS: &str = "relay_emits_total";
+pub const CLIENT_EVENTS: &str = "relay_client_events_total";
+pub const HTTP_REQUESTS: &str = "relay_http_requests_total";
+pub const HTTP_DURATION: &str = "relay_http_request_duration_seconds";
+pub const CLUSTER_NODES: &str = "relay_cluster_nodes";
+pub const CONSUMER_RUNNING: &str = "relay_consumer_running";
+pub const RECOVERIES: &str = "relay_recoveries_total";
+pub const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
+pub const SLOW_CLIENTS: &str = "relay_slow_client_disconnects_total";
+pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
+pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
+pub const REOFFERS: &str = "relay_offers_reoffered_total";
+pub const REPLAYED: &str = "relay_replayed_events_total";
+
+/// The routes of `http::router`, the only values of the `route` label.
+const HTTP_ROUTES: [&str; 7] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/orders/active",
+    "/api/events",
+    "/api/outcomes",
+    "/api/dead-letters",
+];
+/// HTTP handlers answer in well under a second; Redis-bound ones in ms.
+const HTTP_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
+];
+pub const LOCATION_UPDATES: &str = "relay_location_updates_total";
+pub const LOCATION_REJECTED: &str = "relay_location_rejected_total";
+pub const LOCATION_FANOUT: &str = "relay_location_fanout_total";
+pub const LOCATION_FLUSH_SIZE: &str = "relay_location_cache_batch_size";
+pub const LOCATION_FLUSH_SECONDS: &str = "relay_location_cache_flush_seconds";
+pub const STORE_ERRORS: &str = "relay_store_errors_total";
+pub const STREAM_CONSUMED: &str = "relay_stream_consumed_total";
+pub const STREAM_ACKED: &str = "relay_stream_acked_total";
+pub const STREAM_RETRIES: &str = "relay_stream_retries_total";
+pub const STREAM_DEAD_LETTERED: &str = "relay_stream_dead_lettered_total";
+pub const STREAM_CLAIMED: &str = "relay_stream_claimed_total";
+pub const STREAM_LAG: &str = "relay_stream_lag";
+pub const STREAM_PENDING: &str = "relay_stream_pending";
+pub const STREAM_OLDEST_PENDING: &str = "relay_stream_oldest_pending_seconds";
+pub const STREAM_IN_FLIGHT: &str = "relay_stream_in_flight";
+pub const ORDER_WAIT: &str = "relay_order_sequence_wait_seconds";
+pub const ACK_OUTCOMES: &str = "relay_ack_outcomes_total";
+pub const ACK_LATENCY: &str = "relay_ack_latency_seconds";
+pub const EVENTS_PUBLISHED: &str = "relay_events_published_total";
+pub const PUBLISH_REJECTED: &str = "relay_publish_rejected_total";
+
+/// Ack latency: from a quick tap (50 ms) to a merchant using most of its minute.
+const ACK_LATENCY_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0,
+];
+/// Drivers per cache pipeline.
+const FLUSH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 350.0, 512.0];
+/// One pipeline round trip to Redis.
+const FLUSH_SECONDS_BUCKETS: [f64; 10] = [
+    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
+/// Waiting for an order's earlier event on another node: usually nothing.
+const ORDER_WAIT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+
+/// The `event` label of `relay_emits_total`.
+const EMITTED_EVENTS: [&str; 6] = [
+    "order:status_update",
+    "merchant:new_order",
+    "delivery:new_request",
+    "admin:alert",
+    "order:driver_location",
+    "other",
+];
+
+/// The `event` and `outcome` labels of `relay_client_events_total`.
+const CLIENT_EVENT_OUTCOMES: [(&str, &[&str]); 5] = [
+    ("sync", &["ok", "rejected", "rate_limited"]),
+    (
+        "driver:location_update",
+        &["ok", "rejected", "rate_limited"],
+    ),
+    ("order:subscribe", &["ok", "rejected", "rate_limited"]),
+    ("order:unsubscribe", &["ok", "rejected", "rate_limited"]),
+    ("other", &["unknown", "rate_limited"]),
+];
+
+const DISCONNECT_REASONS: [&str; 8] = [
+    "transport_close",
+    "multiple_polling",
+    "packet_parsing",
+    "transport_error",
+    "heartbeat_timeout",
+    "client_disconnect",
+    "server_disconnect",
+    "closing_server",
+];
+
+const ADAPTER_OPS: [&str; 4] = ["publish", "subscribe", "decode", "buffer_full"];
+
+const STORE_OPS: [&str; 16] = [
+    "ack",
+    "history",
+    "history_read",
+    "advance",
+    "wait_turn",
+    "append",
+    "append_outcome",
+    "claim",
+    "connect_orders",
+    "keep_alive",
+    "sessions",
+    "location_prune",
+    "location_write",
+    "stream_read",
+    "subscribe",
+    "dead_letter",
+];
+
+const PUBLISH_REJECTIONS: [&str; 5] = [
+    "unauthorized",
+    "bad_body",
+    "unknown_type",
+    "invalid_event",
+    "store_unavailable",
+];
+
+pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
+
+/// The commit the binary was built from, when the build said (`make release`
+/// and the Dockerfile pass `RELAY_COMMIT`).
+pub const COMMIT: &str = match option_env!("RELAY_COMMIT") {
+    Some(commit) => commit,
+    None => "unknown",
+};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder on first use; later calls (several
+/// in-process nodes, as in tests) share it.
+pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, String> {
+    let handle = match HANDLE.get() {
+        Some(handle) => handle.clone(),
+        None => {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(ACK_LATENCY.to_owned()), &ACK_LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(ORDER_WAIT.to_owned()),
+                        &ORDER_WAIT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), &HTTP_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(LOCATION_FLUSH_SIZE.to_owned()),
+                        &FLUSH_SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(LOCATION_FLUSH_SECONDS.to_owned()),
+                        &FLUSH_SECONDS_BUCKETS,
+                    )
+                })
+                .map_err(|e| e.to_string())?
+                .install_recorder()
+                .map_err(|e| e.to_string())?;
+            HANDLE.get_or_init(|| handle).clone()
+        }
+    };
+    describe();
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => COMMIT,
+        "node" => node_id.to_owned(),
+        "engine" => engine
+    )
+    .set(1.0);
+    for route in HTTP_ROUTES {
+        counter!(HTTP_REQUESTS, "route" => route, "status" => "200").absolute(0);
+    }
+    counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").absolute(0);
+    // Zero series up front, so dashboards and alerts see them before the first event.
+    for rejection in Rejection::ALL {
+        counter!(HANDSHAKE_REJECTIONS, "reason" => rejection.reason()).absolute(0);
+    }
+    for role in Role::ALL {
+        counter!(CONNECTS, "role" => role.as_str()).absolute(0);
+    }
+    for kind in EventKind::ALL {
+        for name in [STREAM_CONSUMED, STREAM_ACKED, STREAM_RETRIES] {
+            counter!(name, "type" => kind.as_str()).absolute(0);
+        }
+    }
+    for event in OFFER_EVENTS {
+        for outcome in OutcomeKind::ALL {
+            counter!(ACK_OUTCOMES, "event" => event, "outcome" => outcome.as_str()).absolute(0);
+        }
+    }
+    counter!(STREAM_CLAIMED).absolute(0);
+    for outcome in ["received", "accepted", "rejected"] {
+        counter!(LOCATION_UPDATES, "outcome" => outcome).absolute(0);
+    }
+    for reason in crate::events::Reject::ALL {
+        counter!(LOCATION_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
+    counter!(LOCATION_FANOUT).absolute(0);
+    for result in ["recovered", "not_recovered"] {
+        counter!(RECOVERIES, "result" => result).absolute(0);
+    }
+    counter!(REPLAYED).absolute(0);
+    counter!(TOKENS_EXPIRED).absolute(0);
+    counter!(SLOW_CLIENTS).absolute(0);
+    counter!(REDIS_REDIALS).absolute(0);
+    for reason in ["node_full", "connect_rate", "not_ready"] {
+        counter!(CONNECTIONS_SHED, "reason" => reason).absolute(0);
+    }
+    for event in OFFER_EVENTS {
+        counter!(REOFFERS, "event" => event).absolute(0);
+    }
+    zero_bounded_series();
+    hot();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(
+        CONNECTED_SOCKETS,
+        "Sockets connected to this node, by role and transport."
+    );
+    describe_counter!(CONNECTS, "Sockets that completed the handshake, by role.");
+    describe_counter!(DISCONNECTS, "Socket disconnections, by role and reason.");
+    describe_counter!(HANDSHAKE_REJECTIONS, "Refused handshakes, by reason.");
+    describe_counter!(
+        ADAPTER_MESSAGES,
+        "Node-to-node adapter messages through Redis pub/sub, by direction."
+    );
+    describe_counter!(
+        ADAPTER_ERRORS,
+        "Node-to-node adapter failures, by operation."
+    );
+    describe_gauge!(READY, "1 when this node reports ready on /readyz.");
+    describe_counter!(
+        RECOVERIES,
+        "Clients' requests for missed events (connect with last_event_id, or sync), by result."
+    );
+    describe_counter!(REPLAYED, "Events replayed to clients from the history.");
+    describe_counter!(
+        CONNECTIONS_SHED,
+        "New sessions refused with HTTP 503 before they started, by reason."
+    );
+    describe_counter!(
+        REDIS_REDIALS,
+        "Times every Redis connection was dropped and dialed again after the link went silent."
+    );
+    describe_counter!(
+        SLOW_CLIENTS,
+        "Sockets disconnected because they stopped reading and their send buffer filled."
+    );
+    describe_counter!(
+        TOKENS_EXPIRED,
+        "Sockets disconnected by the server because their token expired."
+    );
+    describe_counter!(
+        REOFFERS,
+        "Offers sent again to sockets that joined the target room while the timer ran."
+    );
+    describe_gauge!(
+        CONSUMER_RUNNING,
+        "1 while this node's stream consumer is reading (0 while it waits for the store or drains)."
+    );
+    describe_gauge!(
+        STORE_UP,
+        "1 when the backing store (Redis, or memory) answers."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels carry the version, node and engine."
+    );
+    describe_counter!(EMITS, "Events emitted to clients, by event name.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests, by route template and status code."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        "HTTP request duration, in seconds, by route template."
+    );
+    describe_gauge!(
+        CLUSTER_NODES,
+        "Relay nodes as seen by the Socket.IO adapter (1 in embedded mode)."
+    );
+    describe_counter!(
+        LOCATION_UPDATES,
+        "Driver location updates, by outcome (received, accepted, rejected)."
+    );
+    describe_counter!(
+        LOCATION_REJECTED,
+        "Dropped driver location updates, by reason."
+    );
+    describe_counter!(
+        LOCATION_FANOUT,
+        "order:driver_location emits, one per order room an update went to."
+    );
+    describe_histogram!(
+        LOCATION_FLUSH_SIZE,
+        "Drivers written per location cache pipeline."
+    );
+    describe_histogram!(
+        LOCATION_FLUSH_SECONDS,
+        "Duration of one location cache pipeline, in seconds."
+    );
+    describe_counter!(
+        CLIENT_EVENTS,
+        "Events received from clients, by event and outcome."
+    );
+    describe_counter!(
+        STORE_ERRORS,
+        "Failed operations on the backing store, by operation."
+    );
+    describe_counter!(
+        STREAM_CONSUMED,
+        "Stream entries taken up by this node, by type."
+    );
+    describe_counter!(
+        STREAM_ACKED,
+        "Stream entries acknowledged after their effect, by type."
+    );
+    describe_counter!(
+        STREAM_RETRIES,
+        "Dispatch attempts that failed and were retried, by type."
+    );
+    describe_counter!(
+        STREAM_DEAD_LETTERED,
+        "Stream entries copied to the dead letters, by type and reason."
+    );
+    describe_counter!(
+        STREAM_CLAIMED,
+        "Entries of stopped consumers claimed by this node."
+    );
+    describe_gauge!(
+        STREAM_LAG,
+        "Entries of the event stream not yet delivered to the consumer group."
+    );
+    describe_gauge!(
+        STREAM_PENDING,
+        "Entries delivered to the group but not yet acknowledged."
+    );
+    describe_gauge!(
+        STREAM_OLDEST_PENDING,
+        "Age of the oldest pending entry, in seconds."
+    );
+    describe_gauge!(
+        STREAM_IN_FLIGHT,
+        "Entries this node is working on (including offers waiting for acks)."
+    );
+    describe_histogram!(
+        ORDER_WAIT,
+        "Time an entry waited for its order's earlier entries, in seconds."
+    );
+    describe_counter!(ACK_OUTCOMES, "Offer outcomes, by event and outcome.");
+    describe_histogram!(
+        ACK_LATENCY,
+        "Time from an offer to its first ack, in seconds, by event."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        "Events appended through the publish API, by type."
+    );
+    describe_counter!(PUBLISH_REJECTED, "Publish API requests refused, by reason.");
+}
+
+pub fn emitted(event: &str) {
+    // Event names are the contract's fixed set; anything else is bucketed.
+    let event = EMITTED_EVENTS
+        .into_iter()
+        .find(|e| *e == event)
+        .unwrap_or("other");
+    counter!(EMITS, "event" => event).increment(1);
+}
+
+/// Every series of a bounded label set starts at 0: a counter that first
+/// appears at 1 hides that increment from `rate()` and `increase()`, and
+/// panels would show "no data" instead of 0 on a quiet node.
+fn zero_bounded_series() {
+    for role in Role::ALL {
+        for reason in DISCONNECT_REASONS {
+            counter!(DISCONNECTS, "role" => role.as_str(), "reason" => reason).absolute(0);
+        }
+    }
+    for (event, outcomes) in CLIENT_EVENT_OUTCOMES {
+        for &outcome in outcomes {
+            counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).absolute(0);
+        }
+    }
+    for event in EMITTED_EVENTS {
+        counter!(EMITS, "event" => event).absolute(0);
+    }
+    for direction in ["publish", "receive"] {
+        counter!(ADAPTER_MESSAGES, "direction" => direction).absolute(0);
+    }
+    for op in ADAPTER_OPS {
+        counter!(ADAPTER_ERRORS, "op" => op).absolute(0);
+    }
+    for op in STORE_OPS {
+        counter!(STORE_ERRORS, "op" => op).absolute(0);
+    }
+    for kind in EventKind::ALL {
+        counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).absolute(0);
+        for reason in ["missing_data", "bad_json", "missing_field", "invalid_field"] {
+            counter!(STREAM_DEAD_LETTERED, "type" => kind.as_str(), "reason" => reason).absolute(0);
+        }
+    }
+    for reason in ["missing_type", "unknown_type", "max_deliveries"] {
+        counter!(STREAM_DEAD_LETTERED, "type" => "unknown", "reason" => reason).absolute(0);
+    }
+    for reason in PUBLISH_REJECTIONS {
+        counter!(PUBLISH_REJECTED, "reason" => reason).absolute(0);
+    }
+}
+
+/// A client -> server event, by name and outcome (`ok`, `rejected`, ...).
+pub fn client_event(event: &'static str, outcome: &'static str) {
+    counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).increment(1);
+}
+
+/// The route label for a matched route template; anything unexpected is `other`.
+pub fn http_route(template: &str) -> &'static str {
+    HTTP_ROUTES
+        .into_iter()
+        .find(|r| *r == template)
+        .unwrap_or("other")
+}
+
+pub fn http_request(route: &'static str, status: u16, seconds: f64) {
+    counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    histogram!(HTTP_DURATION, "route" => route).record(seconds);
+}
+
+pub fn http_unmatched() {
+    counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").increment(1);
+}
+
+/// A new session refused before it started: `node_full`, `connect_rate` or `not_ready`.
+pub fn connection_shed(reason: &'static str) {
+    counter!(CONNECTIONS_SHED, "reason" => reason).increment(1);
+}
+
+/// Every Redis connection dropped for a new one after failed health probes.
+pub fn redis_redial() {
+    counter!(REDIS_REDIALS).increment(1);
+}
+
+/// A socket disconnected because it stopped reading and its buffer filled.
+pub fn slow_client_disconnected() {
+    counter!(SLOW_CLIENTS).increment(1);
+}
+
+/// A socket disconnected because its token expired.
+pub fn token_expired() {
+    counter!(TOKENS_EXPIRED).increment(1);
+}
+
+/// A client's missed events, recovered or not.
+pub fn recovery(recovered: bool) {
+    let result = if recovered {
+        "recovered"
+    } else {
+        "not_recovered"
+    };
+    counter!(RECOVERIES, "result" => result).increment(1);
+}
+
+/// An offer sent again, to sockets that joined its room after it went out.
+pub fn reoffered(event: &'static str) {
+    counter!(REOFFERS, "event" => event).increment(1);
+}
+
+pub fn replayed(events: usize) {
+    counter!(REPLAYED).increment(events as u64);
+}
+
+pub fn set_cluster_nodes(nodes: usize) {
+    gauge!(CLUSTER_NODES).set(nodes as f64);
+}
+
+/// Counter handles of the location path, looked up once: the registry
+/// lookup per increment shows in profiles at tens of thousands a second.
+struct HotCounters {
+    received: Counter,
+    accepted: Counter,
+    client_ok: Counter,
+    fanout: Counter,
+    location_emits: Counter,
+}
+
+fn hot() -> &'static HotCounters {
+    static HOT: OnceLock<HotCounters> = OnceLock::new();
+    HOT.get_or_init(|| HotCounters {
+        received: counter!(LOCATION_UPDATES, "outcome" => "received"),
+        accepted: counter!(LOCATION_UPDATES, "outcome" => "accepted"),
+        client_ok: counter!(CLIENT_EVENTS, "event" => "driver:location_update", "outcome" => "ok"),
+        fanout: counter!(LOCATION_FANOUT),
+        location_emits: counter!(EMITS, "event" => "order:driver_location"),
+    })
+}
+
+pub fn location_received() {
+    hot().received.increment(1);
+}
+
+/// An accepted update and its emits to `fanout` order rooms.
+pub fn location_accepted(fanout: usize) {
+    let hot = hot();
+    hot.accepted.increment(1);
+    hot.client_ok.increment(1);
+    hot.fanout.increment(fanout as u64);
+    hot.location_emits.increment(fanout as u64);
+}
+
+pub fn location_rejected(reason: &'static str) {
+    let outcome = if reason == "rate_limited" {
+        "rate_limited"
+    } else {
+        "rejected"
+    };
+    counter!(CLIENT_EVENTS, "event" => "driver:location_update", "outcome" => outcome).increment(1);
+    counter!(LOCATION_UPDATES, "outcome" => "rejected").increment(1);
+    counter!(LOCATION_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn location_flush(drivers: usize, seconds: f64) {
+    histogram!(LOCATION_FLUSH_SIZE).record(drivers as f64);
+    histogram!(LOCATION_FLUSH_SECONDS).record(seconds);
+}
+
+pub fn store_error(op: &'static str) {
+    counter!(STORE_ERRORS, "op" => op).increment(1);
+}
+
+/// The `type` label of a stream entry: a known kind, or `unknown`.
+pub fn entry_type(kind: Option<&str>) -> &'static str {
+    kind.and_then(EventKind::parse)
+        .map_or("unknown", EventKind::as_str)
+}
+
+pub fn stream_consumed(kind: &'static str) {
+    counter!(STREAM_CONSUMED, "type" => kind).increment(1);
+}
+
+pub fn stream_acked(kind: &'static str) {
+    counter!(STREAM_ACKED, "type" => kind).increment(1);
+}
+
+pub fn stream_retried(kind: &'static str) {
+    counter!(STREAM_RETRIES, "type" => kind).increment(1);
+}
+
+pub fn stream_dead_lettered(kind: &'static str, reason: &'static str) {
+    counter!(STREAM_DEAD_LETTERED, "type" => kind, "reason" => reason).increment(1);
+}
+
+pub fn stream_claimed(n: usize) {
+    counter!(STREAM_CLAIMED).increment(n as u64);
+}
+
+pub fn set_stream_stats(lag: Option<u64>, pending: u64, oldest_pending_s: f64) {
+    if let Some(lag) = lag {
+        gauge!(STREAM_LAG).set(lag as f64);
+    }
+    gauge!(STREAM_PENDING).set(pending as f64);
+    gauge!(STREAM_OLDEST_PENDING).set(oldest_pending_s);
+}
+
+pub fn set_in_flight(n: usize) {
+    gauge!(STREAM_IN_FLIGHT).set(n as f64);
+}
+
+pub fn order_waited(seconds: f64) {
+    histogram!(ORDER_WAIT).record(seconds);
+}
+
+pub fn ack_outcome(event: &'static str, outcome: OutcomeKind, latency_s: Option<f64>) {
+    counter!(ACK_OUTCOMES, "event" => event, "outcome" => outcome.as_str()).increment(1);
+    if let Some(latency) = latency_s {
+        histogram!(ACK_LATENCY, "event" => event).record(latency);
+    }
+}
+
+pub fn event_published(kind: EventKind) {
+    counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).increment(1);
+}
+
+pub fn publish_rejected(reason: &'static str) {
+    counter!(PUBLISH_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn handshake_rejected(rejection: Rejection) {
+    counter!(HANDSHAKE_REJECTIONS, "reason" => rejection.reason()).increment(1);
+}
+
+pub fn connected(role: Role) {
+    counter!(CONNECTS, "role" => role.as_str()).increment(1);
+}
+
+pub fn disconnected(role: Role, reason: &'static str) {
+    counter!(DISCONNECTS, "role" => role.as_str(), "reason" => reason).increment(1);
+}
+
+pub fn adapter_message(direction: &'static str) {
+    counter!(ADAPTER_MESSAGES, "direction" => direction).increment(1);
+}
+
+pub fn adapter_error(op: &'static str) {
+    counter!(ADAPTER_ERRORS, "op" => op).increment(1);
+}
+
+/// Connected sockets per role and transport, counted at scrape time so the
+/// gauge can never drift from the truth (a polling socket that upgrades
+/// moves to `websocket` by itself).
+pub fn set_connected_sockets(counts: &[(Role, &'static str, usize)]) {
+    for role in Role::ALL {
+        for transport in TRANSPORTS {
+            let n = counts
+                .iter()
+                .filter(|(r, t, _)| *r == role && *t == transport)
+                .map(|(_, _, n)| *n)
+                .sum::<usize>();
+            gauge!(CONNECTED_SOCKETS, "role" => role.as_str(), "transport" => transport)
+                .set(n as f64);
+        }
+    }
+}
+
+pub fn set_health(ready: bool, store_up: bool, consumer_running: bool) {
+    gauge!(READY).set(f64::from(u8::from(ready)));
+    gauge!(STORE_UP).set(f64::from(u8::from(store_up)));
+    gauge!(CONSUMER_RUNNING).set(f64::from(u8::from(consumer_running)));
+}

@@ -1,0 +1,373 @@
+//! What each event does (CONTRACT §3): order state, room membership, emits,
+//! and offers whose outcomes go back to the backend (CONTRACT §4).
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    active_order::ActiveOrder,
+    engine::{Engine, EventStream, History, LocationCache, OrderStore},
+    events::{
+        AdminAlert, DeliveryRequest, DeliveryTarget, OrderAssigned, OrderCreated, OrderEvent,
+        OrderStatus, is_terminal, now_ms, rfc3339,
+    },
+    gateway::{DRIVER_LOCATION, DriverLocationEvent, Gateway},
+    metrics,
+    outcome::{Outcome, OutcomeKind},
+    rooms::Room,
+    stream::{
+        DispatchError,
+        offers::{self, Offer},
+    },
+};
+
+pub const STATUS_UPDATE: &str = "order:status_update";
+pub const NEW_ORDER: &str = "merchant:new_order";
+pub const DELIVERY_REQUEST: &str = "delivery:new_request";
+pub const ADMIN_ALERT: &str = "admin:alert";
+
+/// Waits for the outcomes of offers already sent and appends them; resolves
+/// to `false` when cancelled before every outcome was written.
+pub type OutcomesPending = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// What is left of an event once its emits are out.
+pub enum Effect {
+    Done,
+    /// Offers are out; the entry is complete once their outcomes are written.
+    Offers(OutcomesPending),
+}
+
+pub struct Dispatcher<E: Engine> {
+    engine: Arc<E>,
+    gateway: Gateway<E>,
+    node: String,
+    stop: CancellationToken,
+}
+
+impl<E: Engine> Dispatcher<E> {
+    pub fn new(engine: Arc<E>, gateway: Gateway<E>, node: String, stop: CancellationToken) -> Self {
+        Self {
+            engine,
+            gateway,
+            node,
+            stop,
+        }
+    }
+
+    /// Applies one event. Safe to repeat: a retried or redelivered event
+    /// emits again with the same `event_id`, which clients drop.
+    pub async fn handle(
+        &self,
+        event_id: &str,
+        event: &OrderEvent,
+    ) -> Result<Effect, DispatchError> {
+        match event {
+            OrderEvent::Created(e) => self.order_created(event_id, e).await,
+            OrderEvent::Status(e) => self.order_status(event_id, e).await.map(|()| Effect::Done),
+            OrderEvent::Assigned(e) => self.order_assigned(e).await.map(|()| Effect::Done),
+            OrderEvent::DeliveryRequest(e) => self.delivery_request(event_id, e).await,
+            OrderEvent::AdminAlert(e) => self.admin_alert(event_id, e).await.map(|()| Effect::Done),
+        }
+    }
+
+    async fn order_created(
+        &self,
+        event_id: &str,
+        e: &OrderCreated,
+    ) -> Result<Effect, DispatchError> {
+        let order = ActiveOrder::placed(&e.order_id, &e.customer_id, &e.store_id, now_ms());
+        // State first, then the join: a customer connecting meanwhile either
+        // reads the order at connect or is already in its customer room.
+        self.engine.orders().create(&order).await?;
+        self.gateway
+            .join_members(
+                &Room::Customer(e.customer_id.clone()),
+                &Room::order(&e.order_id),
+            )
+            .await?;
+        let timer = Duration::from_secs(u64::from(e.accept_timeout_s));
+        let payload = json!({
+            "event_id": event_id,
+            "order_id": e.order_id,
+            "store_id": e.store_id,
+            "items": e.items,
+            "timer": e.accept_timeout_s,
+        });
+        let room = Room::Merchant(e.store_id.clone());
+        let mut offer = Offer::new(
+            event_id,
+            room,
+            NEW_ORDER,
+            payload,
+            offers::deadline(event_id, timer),
+        );
+        offer.start(&self.gateway, self.engine.stream()).await?;
+        Ok(Effect::Offers(self.outcomes(
+            event_id,
+            NEW_ORDER,
+            &e.order_id,
+            vec![offer],
+        )))
+    }
+
+    async fn order_status(&self, event_id: &str, e: &OrderStatus) -> Result<(), DispatchError> {
+        let now = now_ms();
+        let order = self
+            .engine
+            .orders()
+            .set_status(&e.order_id, &e.status, now)
+            .await?;
+        let order_room = Room::order(&e.order_id);
+        let mut rooms = vec![order_room.name()];
+        if let Some(order) = &order {
+            rooms.push(Room::Customer(order.customer_id.clone()).name());
+            rooms.push(Room::Merchant(order.store_id.clone()).name());
+            if let Some(driver) = &order.driver_id {
+                rooms.push(Room::Driver(driver.clone()).name());
+            }
+        }
+        let timestamp = e.timestamp.clone().unwrap_or_else(|| rfc3339(now));
+        let mut payload = json!({
+            "event_id": event_id,
+            "order_id": e.order_id,
+            "status": e.status,
+            "timestamp": timestamp,
+        });
+        if let Some(order) = &order {
+            payload["seq"] = json!(order.seq);
+        }
+        // Everyone leaves the order room only after the final status reached them.
+        let then_leave = is_terminal(&e.status).then(|| order_room.name());
+        self.record(
+            STATUS_UPDATE,
+            &payload,
+            event_id,
+            &rooms,
+            then_leave.as_deref(),
+        )
+        .await?;
+        if then_leave.is_some() {
+            self.engine.orders().end(&e.order_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn order_assigned(&self, e: &OrderAssigned) -> Result<(), DispatchError> {
+        let previous = self
+            .engine
+            .orders()
+            .get(&e.order_id)
+            .await?
+            .and_then(|o| o.driver_id);
+        self.engine
+            .orders()
+            .assign(&e.order_id, &e.driver_id, now_ms())
+            .await?;
+        let order_room = Room::order(&e.order_id);
+        if let Some(previous) = previous.filter(|p| *p != e.driver_id) {
+            self.gateway
+                .leave_members(&Room::Driver(previous), &order_room)
+                .await?;
+        }
+        let driver_room = Room::Driver(e.driver_id.clone());
+        self.gateway.join_members(&driver_room, &order_room).await?;
+        // The customer's map shows the new driver at once, not at its next update.
+        if let Some(location) = self.engine.locations().latest(&e.driver_id).await? {
+            let event = DriverLocationEvent::new(&e.order_id, &location);
+            self.gateway
+                .emit_except(&order_room, &driver_room, DRIVER_LOCATION, &event)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn delivery_request(
+        &self,
+        event_id: &str,
+        e: &DeliveryRequest,
+    ) -> Result<Effect, DispatchError> {
+        let timer = Duration::from_secs(u64::from(e.timer_s));
+        let drivers = match &e.target {
+            DeliveryTarget::Driver(driver) => vec![driver.clone()],
+            DeliveryTarget::Nearby {
+                radius_m,
+                max_drivers,
+            } => {
+                self.engine
+                    .locations()
+                    .nearby(e.pickup.lat, e.pickup.lng, *radius_m, *max_drivers as usize)
+                    .await?
+            }
+        };
+        if drivers.is_empty() {
+            // A geo request that finds no fresh driver: one outcome, at once.
+            return Ok(Effect::Offers(self.outcomes(
+                event_id,
+                DELIVERY_REQUEST,
+                &e.order_id,
+                vec![],
+            )));
+        }
+        let mut pickup = serde_json::Map::from_iter([
+            ("lat".to_owned(), json!(e.pickup.lat)),
+            ("lng".to_owned(), json!(e.pickup.lng)),
+        ]);
+        pickup.extend(e.pickup.extra.clone());
+        let payload = json!({
+            "event_id": event_id,
+            "order_id": e.order_id,
+            "pickup": pickup,
+            "drop": e.drop,
+            "fare": e.fare,
+            "timer": e.timer_s,
+        });
+        let deadline = offers::deadline(event_id, timer);
+        let mut pending = Vec::with_capacity(drivers.len());
+        for driver in drivers {
+            let mut offer = Offer::new(
+                event_id,
+                Room::Driver(driver),
+                DELIVERY_REQUEST,
+                payload.clone(),
+                deadline,
+            );
+            offer.start(&self.gateway, self.engine.stream()).await?;
+            pending.push(offer);
+        }
+        Ok(Effect::Offers(self.outcomes(
+            event_id,
+            DELIVERY_REQUEST,
+            &e.order_id,
+            pending,
+        )))
+    }
+
+    async fn admin_alert(&self, event_id: &str, e: &AdminAlert) -> Result<(), DispatchError> {
+        let mut payload = e.extra.clone();
+        payload.insert("event_id".into(), json!(event_id));
+        payload.insert("level".into(), json!(e.level));
+        payload.insert("message".into(), json!(e.message));
+        self.record(
+            ADMIN_ALERT,
+            &Value::Object(payload),
+            event_id,
+            &[Room::AdminUpdates.name()],
+            None,
+        )
+        .await
+    }
+
+    /// Emits through the history: kept for clients that reconnect, and
+    /// delivered by every node in one order (see `delivery`).
+    async fn record(
+        &self,
+        event: &'static str,
+        payload: &Value,
+        event_id: &str,
+        rooms: &[String],
+        then_leave: Option<&str>,
+    ) -> Result<(), DispatchError> {
+        self.engine
+            .history()
+            .publish(event, &payload.to_string(), event_id, rooms, then_leave)
+            .await?;
+        metrics::emitted(event);
+        Ok(())
+    }
+
+    /// Waits for every offer's decision (all share the event's timer) and
+    /// appends one outcome per offer; no offers at all means a geo request
+    /// that found nobody.
+    fn outcomes(
+        &self,
+        event_id: &str,
+        event: &'static str,
+        order_id: &str,
+        offers: Vec<Offer>,
+    ) -> OutcomesPending {
+        let engine = self.engine.clone();
+        let gateway = self.gateway.clone();
+        let stop = self.stop.clone();
+        let base = Outcome {
+            event_id: event_id.to_owned(),
+            event,
+            order_id: order_id.to_owned(),
+            target: "geo".to_owned(),
+            outcome: OutcomeKind::NoRecipient,
+            response: None,
+            latency_ms: 0,
+            node: self.node.clone(),
+        };
+        Box::pin(async move {
+            if offers.is_empty() {
+                return append_outcome(engine.stream(), &base, &stop).await;
+            }
+            // Each outcome is written as soon as its offer is decided: a
+            // backend waiting for the first driver to accept must not wait
+            // for the others' timers.
+            let waits = offers.into_iter().map(|offer| {
+                let (base, gateway, engine, stop) =
+                    (base.clone(), gateway.clone(), engine.clone(), stop.clone());
+                async move {
+                    let target = offer.target.name();
+                    let decision = offer.decide(&gateway, engine.stream(), &stop).await;
+                    if stop.is_cancelled() {
+                        // Interrupted: the entry goes back to the group
+                        // and another node finishes what is left.
+                        return false;
+                    }
+                    // `None`: decided before, by a node that stopped after writing it.
+                    let Some(decision) = decision else {
+                        return true;
+                    };
+                    let outcome = Outcome {
+                        target,
+                        outcome: decision.outcome,
+                        response: decision.response,
+                        latency_ms: decision.latency.as_millis() as u64,
+                        ..base
+                    };
+                    append_outcome(engine.stream(), &outcome, &stop).await
+                }
+            });
+            tokio::select! {
+                written = join_all(waits) => written.into_iter().all(|ok| ok),
+                () = stop.cancelled() => false,
+            }
+        })
+    }
+}
+
+/// Appends with retries: an outcome that cannot be written keeps its stream
+/// entry pending, so it is redelivered rather than lost.
+async fn append_outcome<S: EventStream>(
+    stream: &S,
+    outcome: &Outcome,
+    stop: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match stream.append_outcome(outcome).await {
+            Ok(written) => {
+                if written {
+                    let latency = (outcome.outcome == OutcomeKind::Acked)
+                        .then(|| outcome.latency_ms as f64 / 1000.0);
+                    metrics::ack_outcome(outcome.event, outcome.outcome, latency);
+                }
+                return true;
+            }
+            Err(e) => {
+                metrics::store_error("append_outcome");
+                tracing::warn!(error = %e, event_id = %outcome.event_id, "outcome not written yet");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

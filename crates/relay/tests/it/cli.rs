@@ -1,0 +1,117 @@
+//! The command line: one clear line and exit code 2 for a bad setting, and
+//! `relay token`.
+
+use std::process::Command;
+
+use relay::auth::{Role, Verifier};
+use relay::config::{JwtConfig, JwtKeySource, Secret};
+
+fn relay(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run relay")
+}
+
+fn assert_config_error(output: &std::process::Output, setting: &str) {
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(setting), "names {setting}: {stderr}");
+}
+
+#[test]
+fn bad_settings_stop_start_up_with_one_line_naming_them() {
+    let secret = ("RELAY_JWT_SECRET", "s");
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[], "RELAY_JWT_SECRET"),
+        (
+            &[secret, ("RELAY_JWT_PUBLIC_KEY", "/tmp/k.pem")],
+            "RELAY_JWT_SECRET",
+        ),
+        (
+            &[secret, ("RELAY_LOCATION_TTL_S", "soon")],
+            "RELAY_LOCATION_TTL_S",
+        ),
+        (&[secret, ("RELAY_ADDR", "nowhere")], "RELAY_ADDR"),
+        (&[secret, ("REDIS_URL", "http://x")], "REDIS_URL"),
+        (
+            &[secret, ("RELAY_MAX_DELIVERIES", "0")],
+            "RELAY_MAX_DELIVERIES",
+        ),
+        (
+            &[("RELAY_JWT_PUBLIC_KEY", "/nonexistent.pem")],
+            "RELAY_JWT_PUBLIC_KEY",
+        ),
+        (&[secret, ("RELAY_LOG_FORMAT", "xml")], "RELAY_LOG_FORMAT"),
+    ];
+    for (env, setting) in cases {
+        assert_config_error(&relay(&["serve"], env), setting);
+    }
+    // Flags name themselves too, and win over the environment.
+    let output = relay(&["serve", "--claim-idle-ms", "-5"], &[secret]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn token_mints_a_token_the_relay_accepts() {
+    let output = relay(
+        &[
+            "token",
+            "--sub",
+            "m1",
+            "--role",
+            "merchant",
+            "--store-ids",
+            "s1,s2",
+            "--ttl",
+            "5m",
+        ],
+        &[("RELAY_JWT_SECRET", "cli-secret")],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let jwt = String::from_utf8(output.stdout).expect("utf8");
+    let verifier = Verifier::new(&JwtConfig {
+        key: JwtKeySource::Secret(Secret::new("cli-secret")),
+        issuer: None,
+        audience: None,
+        leeway: std::time::Duration::from_secs(5),
+    })
+    .expect("verifier");
+    let principal = verifier.verify(jwt.trim()).expect("valid token");
+    assert_eq!(principal.role(), Role::Merchant);
+    assert_eq!(principal.store_ids(), ["s1", "s2"]);
+}
+
+#[test]
+fn token_refuses_a_merchant_without_stores() {
+    let output = relay(
+        &["token", "--sub", "m1", "--role", "merchant"],
+        &[("RELAY_JWT_SECRET", "x")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn help_never_prints_secret_values_from_the_environment() {
+    let output = relay(
+        &["serve", "--help"],
+        &[
+            ("RELAY_JWT_SECRET", "hunter2"),
+            ("RELAY_API_KEY", "k3y"),
+            ("REDIS_URL", "redis://:pw9@h"),
+        ],
+    );
+    let help = String::from_utf8_lossy(&output.stdout);
+    for secret in ["hunter2", "k3y", "pw9"] {
+        assert!(!help.contains(secret), "{secret} printed by --help");
+    }
+}
+
+#[test]
+fn missing_arguments_are_named_on_the_one_line() {
+    let output = relay(&["token", "--role", "admin"], &[("RELAY_JWT_SECRET", "s")]);
+    assert_config_error(&output, "--sub");
+}

@@ -1,0 +1,98 @@
+//! Rooms shared across nodes through Redis pub/sub, and surviving a Redis restart.
+
+use relay::auth::Role;
+use relay_client::{Client, ConnectOptions, Transport};
+use serde_json::json;
+
+use crate::support::{InProcessNode, NodeProcess, RedisServer, WAIT, token, unique_prefix};
+
+async fn connect(url: &str, jwt: &str, transport: Transport) -> Client {
+    Client::connect(
+        ConnectOptions::new(url)
+            .transport(transport)
+            .auth(json!({ "token": jwt }))
+            .timeout(WAIT),
+    )
+    .await
+    .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_broadcast_on_node_a_reaches_clients_on_node_b() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("cross");
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("RELAY_KEY_PREFIX", prefix.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = InProcessNode::start_ready(&env).await;
+    let b = NodeProcess::spawn_ready(&env).await;
+
+    let jwt = token("42", Role::Customer);
+    let mut on_b_ws = connect(&b.url(), &jwt, Transport::WebSocket).await;
+    let mut on_b_polling = connect(&b.url(), &jwt, Transport::Polling).await;
+    let mut on_a = connect(&a.url(), &jwt, Transport::WebSocket).await;
+
+    a.broadcast(&["customer_42"], "hello", json!({ "from": "a" }))
+        .await;
+    for client in [&mut on_b_ws, &mut on_b_polling, &mut on_a] {
+        let event = client
+            .wait_for("hello", WAIT)
+            .await
+            .expect("broadcast arrives");
+        assert_eq!(event.data()["from"], "a");
+    }
+    // Each node sees the other through the adapter (refreshed every second).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metrics = crate::support::http()
+            .get(format!("{}/metrics", b.url()))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        if metrics.contains("relay_cluster_nodes 2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster size never 2"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_hear_each_other_again_after_a_redis_restart() {
+    let mut redis = RedisServer::start().await;
+    let prefix = unique_prefix("restart");
+    let env = [
+        ("REDIS_URL", redis.url()),
+        ("RELAY_KEY_PREFIX", prefix.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = InProcessNode::start_ready(&env).await;
+    let b = NodeProcess::spawn_ready(&env).await;
+    let jwt = token("42", Role::Customer);
+    let mut on_b = connect(&b.url(), &jwt, Transport::WebSocket).await;
+    a.broadcast(&["customer_42"], "before", json!({})).await;
+    on_b.wait_for("before", WAIT)
+        .await
+        .expect("before the restart");
+
+    redis.kill().await;
+    crate::support::wait_for_status(&format!("{}/readyz", b.url()), 503).await;
+    crate::support::wait_for_status(&format!("{}/readyz", a.url()), 503).await;
+    redis.restart().await;
+    // Ready again means the pub/sub round trip works: the subscriptions are back.
+    b.wait_ready().await;
+    crate::support::wait_for_status(&format!("{}/readyz", a.url()), 200).await;
+
+    a.broadcast(&["customer_42"], "after", json!({})).await;
+    on_b.wait_for("after", WAIT)
+        .await
+        .expect("after the restart");
+}

@@ -1,0 +1,136 @@
+//! Probes, metrics, start without Redis, and graceful shutdown.
+
+use relay::auth::Role;
+use relay_client::{Client, ConnectOptions, Transport};
+use serde_json::json;
+
+use crate::support::{
+    NodeProcess, RedisServer, WAIT, free_port, http, token, unique_prefix, wait_for_status,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_node_is_healthy_and_ready() {
+    let node = NodeProcess::spawn_ready(&[]).await;
+    let ready: serde_json::Value = http()
+        .get(format!("{}/readyz", node.url()))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["ready"], true);
+    wait_for_status(&format!("{}/healthz", node.url()), 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_without_redis_and_becomes_ready_when_it_appears() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let prefix = unique_prefix("late");
+    let node = NodeProcess::spawn(&[("REDIS_URL", &url), ("RELAY_KEY_PREFIX", &prefix)]).await;
+    let readyz = format!("{}/readyz", node.url());
+    wait_for_status(&readyz, 503).await;
+    // Until its namespace opens, new sessions are shed with a 503 the
+    // clients retry on, not refused with a bare "Invalid namespace".
+    let handshake = http()
+        .get(format!("{}/socket.io/?EIO=4&transport=polling", node.url()))
+        .send()
+        .await
+        .expect("handshake");
+    assert_eq!(handshake.status(), 503);
+    assert_eq!(handshake.headers()["retry-after"], "1");
+    assert_eq!(
+        crate::support::metric(
+            &node.url(),
+            r#"relay_connections_shed_total{reason="not_ready"}"#
+        )
+        .await,
+        1.0
+    );
+    let redis = RedisServer::start_on(port).await;
+    node.wait_ready().await;
+    // And it serves clients once ready.
+    Client::connect(
+        ConnectOptions::new(node.url())
+            .transport(Transport::WebSocket)
+            .auth(json!({ "token": token("1", Role::Admin) }))
+            .timeout(WAIT),
+    )
+    .await
+    .expect("connect once ready");
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_connected_sockets_by_role_and_transport() {
+    let node = NodeProcess::spawn_ready(&[]).await;
+    let connect = |jwt: String, transport| {
+        Client::connect(
+            ConnectOptions::new(node.url())
+                .transport(transport)
+                .auth(json!({ "token": jwt }))
+                .timeout(WAIT),
+        )
+    };
+    let _c1 = connect(token("1", Role::Customer), Transport::WebSocket)
+        .await
+        .expect("c1");
+    let _c2 = connect(token("2", Role::Customer), Transport::WebSocket)
+        .await
+        .expect("c2");
+    let _d = connect(token("3", Role::Driver), Transport::Polling)
+        .await
+        .expect("d");
+    let metrics = http()
+        .get(format!("{}/metrics", node.url()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    for line in [
+        r#"relay_connected_sockets{role="customer",transport="websocket"} 2"#,
+        r#"relay_connected_sockets{role="driver",transport="polling"} 1"#,
+        r#"relay_connected_sockets{role="admin",transport="websocket"} 0"#,
+        "relay_ready 1",
+        "relay_cluster_nodes 1",
+        r#"relay_http_requests_total{route="/readyz",status="200"}"#,
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_disconnects_clients_and_exits_cleanly() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("term");
+    let mut node =
+        NodeProcess::spawn_ready(&[("REDIS_URL", &redis.url()), ("RELAY_KEY_PREFIX", &prefix)])
+            .await;
+    let mut clients = Vec::new();
+    for transport in [Transport::WebSocket, Transport::Polling] {
+        clients.push(
+            Client::connect(
+                ConnectOptions::new(node.url())
+                    .transport(transport)
+                    .auth(json!({ "token": token("1", Role::Customer) }))
+                    .timeout(WAIT),
+            )
+            .await
+            .expect("connect"),
+        );
+    }
+    node.terminate();
+    for client in &mut clients {
+        client
+            .closed(WAIT)
+            .await
+            .expect("server closed the connection");
+    }
+    assert_eq!(node.exit_code().await, Some(0));
+}

@@ -1,0 +1,27 @@
+//! The integration suite: one test binary, one module per capability.
+//! Every test runs real processes: redis-server, relay nodes, Socket.IO
+//! clients over real sockets.
+
+// Shared harness: not every helper is used by every capability yet.
+#[allow(dead_code)]
+mod support;
+
+mod api;
+mod cli;
+mod cluster;
+mod demo;
+mod events;
+mod faults;
+mod handshake;
+mod interop;
+mod lifecycle;
+mod limits;
+mod location;
+mod network;
+mod observability;
+mod offers;
+mod recovery;
+mod rooms;
+mod security;
+mod stream;
+mod transport;

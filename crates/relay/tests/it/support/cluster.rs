@@ -1,0 +1,206 @@
+//! A Redis and relay nodes sharing it, seen from the backend's side: XADD
+//! events, read outcomes and dead letters, connect clients.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use relay_client::{Client, ConnectOptions, Transport};
+use serde_json::json;
+
+use super::{NodeProcess, RedisServer, WAIT, unique_prefix};
+
+pub const API_KEY: &str = "test-api-key";
+
+pub struct Cluster {
+    pub redis: RedisServer,
+    pub prefix: String,
+    pub nodes: Vec<NodeProcess>,
+    extra: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Redis plus `n` ready nodes, with a key prefix of the test's own.
+    pub async fn start(test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start().await;
+        let mut cluster = Self {
+            redis,
+            prefix: unique_prefix(test),
+            nodes: Vec::new(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        for _ in 0..n {
+            cluster.add_node(None).await;
+        }
+        cluster
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("REDIS_URL".to_owned(), self.redis.url()),
+            ("RELAY_KEY_PREFIX".to_owned(), self.prefix.clone()),
+            ("RELAY_API_KEY".to_owned(), API_KEY.to_owned()),
+        ];
+        env.extend(self.extra.iter().cloned());
+        env
+    }
+
+    /// Starts one more node (with a fixed node id when given) and waits until ready.
+    pub async fn add_node(&mut self, node_id: Option<&str>) -> usize {
+        match node_id {
+            Some(id) => self.add_node_with(&[("RELAY_NODE_ID", id)]).await,
+            None => self.add_node_with(&[]).await,
+        }
+    }
+
+    /// Starts one more node with settings of its own on top of the
+    /// cluster's (a later value wins), and waits until ready.
+    pub async fn add_node_with(&mut self, own: &[(&str, &str)]) -> usize {
+        let mut env = self.env();
+        env.extend(own.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.nodes.push(NodeProcess::spawn_ready(&env).await);
+        self.nodes.len() - 1
+    }
+
+    pub fn url(&self, node: usize) -> String {
+        self.nodes[node].url()
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// `XADD {prefix}events * type <kind> data <json>`, as the backend does.
+    pub async fn xadd(&self, kind: &str, data: serde_json::Value) -> String {
+        let mut conn = self.redis.connection().await;
+        redis::cmd("XADD")
+            .arg(self.key("events"))
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("data")
+            .arg(data.to_string())
+            .query_async(&mut conn)
+            .await
+            .expect("XADD")
+    }
+
+    /// Raw fields, for entries that are not JSON on purpose.
+    pub async fn xadd_raw(&self, fields: &[(&str, &str)]) -> String {
+        let mut conn = self.redis.connection().await;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.key("events")).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query_async(&mut conn).await.expect("XADD")
+    }
+
+    /// Waits (XREAD BLOCK, bounded) until `stream` holds at least `n`
+    /// entries, and returns them all as field maps with their ids.
+    pub async fn wait_entries(
+        &self,
+        name: &str,
+        n: usize,
+    ) -> Vec<(String, HashMap<String, String>)> {
+        let key = self.key(name);
+        let mut conn = self.redis.connection().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let entries = read_all(&mut conn, &key).await;
+            if entries.len() >= n {
+                return entries;
+            }
+            let last = entries
+                .last()
+                .map_or("0-0".to_owned(), |(id, _)| id.clone());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{key}: {} of {n} entries within {WAIT:?}: {entries:?}",
+                entries.len()
+            );
+            let _: Value = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(left.as_millis().max(1) as u64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(last)
+                .query_async(&mut conn)
+                .await
+                .expect("XREAD");
+        }
+    }
+
+    pub async fn entries(&self, name: &str) -> Vec<(String, HashMap<String, String>)> {
+        read_all(&mut self.redis.connection().await, &self.key(name)).await
+    }
+
+    /// Caches a driver location the way the relay does (CONTRACT §4).
+    pub async fn cache_location(&self, driver: &str, lat: f64, lng: f64) {
+        let mut conn = self.redis.connection().await;
+        let ts = relay::events::now_ms();
+        let _: Value = redis::pipe()
+            .cmd("GEOADD")
+            .arg(self.key("drivers:geo"))
+            .arg(lng)
+            .arg(lat)
+            .arg(driver)
+            .cmd("HSET")
+            .arg(self.key(&format!("driver:{driver}")))
+            .arg(&[
+                ("lat", lat.to_string()),
+                ("lng", lng.to_string()),
+                ("ts", ts.to_string()),
+            ])
+            .cmd("EXPIRE")
+            .arg(self.key(&format!("driver:{driver}")))
+            .arg(120)
+            .query_async(&mut conn)
+            .await
+            .expect("cache location");
+    }
+}
+
+async fn read_all(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<(String, HashMap<String, String>)> {
+    let rows: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .expect("XRANGE");
+    rows
+}
+
+/// A WebSocket client with its token in `auth`.
+pub async fn connect(url: &str, jwt: &str) -> Client {
+    connect_with(url, jwt, Transport::WebSocket).await
+}
+
+pub async fn connect_with(url: &str, jwt: &str, transport: Transport) -> Client {
+    Client::connect(
+        ConnectOptions::new(url)
+            .transport(transport)
+            .auth(json!({ "token": jwt }))
+            .timeout(WAIT),
+    )
+    .await
+    .expect("connect")
+}
+
+/// Waits for `name`, failing on any other event first.
+pub async fn expect_event(client: &mut Client, name: &str) -> relay_client::Event {
+    let event = client
+        .next_event(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("waiting for {name}: {e}"));
+    assert_eq!(event.name, name, "expected {name}, got {event:?}");
+    event
+}
