@@ -20,7 +20,6 @@
 //!   too, so a consumer must keep reading them (or drop the client).
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -182,29 +181,17 @@ impl ConnectOptions {
             (false, true) => "https",
         };
         let path = self.path.trim_start_matches('/');
-        let mut url = format!("{scheme}://{rest}/{path}?EIO=4&transport={transport}");
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query
+            .append_pair("EIO", "4")
+            .append_pair("transport", transport);
         if let Some(sid) = sid {
-            url.push_str("&sid=");
-            percent_encode_into(&mut url, sid);
+            query.append_pair("sid", sid);
         }
         for (k, v) in &self.query {
-            url.push('&');
-            percent_encode_into(&mut url, k);
-            url.push('=');
-            percent_encode_into(&mut url, v);
+            query.append_pair(k, v);
         }
-        url
-    }
-}
-
-/// Percent-encodes everything except RFC 3986 unreserved characters.
-fn percent_encode_into(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
+        format!("{scheme}://{rest}/{path}?{}", query.finish())
     }
 }
 

@@ -14,6 +14,7 @@ mod events;
 mod faults;
 mod handshake;
 mod interop;
+mod layers;
 mod lifecycle;
 mod limits;
 mod location;
