@@ -249,7 +249,7 @@ async function main() {
   await publish("order.created", { order_id: "o-101", customer_id: "c-1", store_id: "s-dosa", items });
   await publish("order.created", { order_id: "o-102", customer_id: "c-2", store_id: "s-pizza", items });
   // Where store and customer are can also come as hints on order.created
-  // (as `relay simulate` sends them): the relay passes them over.
+  // (as `relay-sim simulate` sends them): the relay passes them over.
   const chai = { lat: STORES["s-chai"].lat, lng: STORES["s-chai"].lng, name: STORES["s-chai"].name };
   await publish("order.created", {
     order_id: "o-103",

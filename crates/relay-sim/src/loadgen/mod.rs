@@ -1,4 +1,4 @@
-//! `relay loadgen`: drives running nodes through real WebSockets and
+//! `relay-sim loadgen`: drives running nodes through real WebSockets and
 //! reports what they sustain. Scenarios: `location` (drivers -> customers
 //! across nodes), `idle` (memory per idle connection) and `orders`
 //! (XADD -> client latency).

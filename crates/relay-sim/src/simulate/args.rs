@@ -1,4 +1,4 @@
-//! `relay simulate` flags. Times of the city (think times, the location
+//! `relay-sim simulate` flags. Times of the city (think times, the location
 //! interval) are city time; rates and `--duration` are wall-clock.
 
 use std::time::Duration;

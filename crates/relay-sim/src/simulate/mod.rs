@@ -221,7 +221,7 @@ impl Simulation {
         let started = tokio::time::Instant::now();
         if !args.status_every.is_zero() {
             println!(
-                "relay simulate: {} stores, {} drivers, {} customers around Bengaluru; {} orders/min, city time x{}, seed {}; nodes {}",
+                "relay-sim simulate: {} stores, {} drivers, {} customers around Bengaluru; {} orders/min, city time x{}, seed {}; nodes {}",
                 args.stores,
                 args.drivers,
                 args.customers,
