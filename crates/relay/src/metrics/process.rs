@@ -1,5 +1,13 @@
 //! A process's CPU time, memory and file descriptors from /proc (Linux):
-//! for the node's own process metrics and the load generator's reports.
+//! the node's own `process_*` metrics, and the load generator's reports on
+//! other processes (crates/relay-sim reads node and Redis pids).
+//!
+//! Not `metrics-process`: through the `metrics` facade it exports
+//! `process_cpu_seconds_total` as a counter of whole seconds (its `u64`
+//! counters), so `rate()` over a scrape interval of a lightly loaded node
+//! jumps between 0 and 1/interval; its gauge option keeps the fraction but
+//! gives a gauge named `_total`, which `promtool check metrics` refuses. It
+//! would also not serve the load generator, which samples other pids.
 
 use std::time::Duration;
 
