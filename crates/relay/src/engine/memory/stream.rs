@@ -96,7 +96,7 @@ impl EventStream for MemoryStream {
     async fn read_new(&self, count: usize) -> StoreResult<Vec<StreamEntry>> {
         let mut state = self.state();
         let cursor = state.cursor;
-        let batch: Vec<(Id, StreamEntry)> = state
+        let mut batch: Vec<(Id, StreamEntry)> = state
             .log
             .range((
                 std::ops::Bound::Excluded(cursor),
@@ -115,15 +115,14 @@ impl EventStream for MemoryStream {
                 )
             })
             .collect();
-        for (id, entry) in &batch {
+        for (id, entry) in &mut batch {
             state.pending.insert(*id);
             state.cursor = *id;
             if let Some(order) = sequence_key(entry.data.as_deref()) {
-                state
-                    .queues
-                    .entry(order)
-                    .or_default()
-                    .push_back(entry.id.clone());
+                let queue = state.queues.entry(order).or_default();
+                // As the Redis read script tells: nothing of the order is before it.
+                entry.first_in_order = queue.is_empty();
+                queue.push_back(entry.id.clone());
             }
         }
         Ok(batch.into_iter().map(|(_, e)| e).collect())
