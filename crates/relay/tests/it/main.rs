@@ -10,6 +10,7 @@ mod api;
 mod cli;
 mod cluster;
 mod demo;
+mod engine;
 mod events;
 mod faults;
 mod handshake;
