@@ -77,16 +77,15 @@ if from_ms + tonumber(ARGV[2]) <= now_ms then return {0} end
 for i = 1, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     local info = redis.call('XINFO', 'STREAM', KEYS[i])
-    local deleted = nil
+    local added = nil
     for j = 1, #info, 2 do
-      if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1] end
+      if info[j] == 'entries-added' then added = info[j + 1] end
     end
-    if deleted then
-      if after(deleted, from) then return {0} end
-    elseif all[i][1] and after(all[i][1][1], from) then
-      -- Redis 6.2 cannot tell a trimmed room from a quiet one: assume trimmed.
-      return {0}
-    end
+    -- Trimming (MAXLEN, MINID) leaves max-deleted-entry-id at 0-0, so tell
+    -- it from the count: the room lost entries, all older than its first.
+    -- Redis 6.2 cannot tell a trimmed room from a quiet one: assume trimmed.
+    local trimmed = added == nil or added > #all[i]
+    if trimmed and all[i][1] and after(all[i][1][1], from) then return {0} end
   end
 end
 local out = {1}
