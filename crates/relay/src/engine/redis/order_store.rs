@@ -24,6 +24,11 @@ const ORDER_TTL_MS: u64 = 48 * 3600 * 1000;
 const CREATE: &str = r"
 local p, id = ARGV[1], ARGV[2]
 local key = p .. 'order:' .. id
+-- Created again (a redelivered order.created): the old indexes let go of it.
+local old = redis.call('HMGET', key, 'customer_id', 'store_id', 'driver_id')
+if old[1] then redis.call('SREM', p .. 'orders:customer:' .. old[1], id) end
+if old[2] then redis.call('SREM', p .. 'orders:store:' .. old[2], id) end
+if old[3] then redis.call('SREM', p .. 'orders:driver:' .. old[3], id) end
 redis.call('DEL', key)
 redis.call('HSET', key, 'order_id', id, 'status', ARGV[3], 'customer_id', ARGV[4], 'store_id', ARGV[5],
   'created_at', ARGV[6], 'updated_at', ARGV[6])
@@ -250,6 +255,13 @@ impl OrderStore for RedisOrders {
                 for store in principal.store_ids() {
                     all.extend(self.members(format!("{p}orders:store:{store}")).await?);
                 }
+                // Oldest first across the stores too, as for one index.
+                all.sort_by(|a, b| {
+                    a.created_at
+                        .cmp(&b.created_at)
+                        .then(a.order_id.cmp(&b.order_id))
+                });
+                all.dedup_by(|a, b| a.order_id == b.order_id);
                 Ok(all)
             }
             Role::Admin | Role::Support => Ok(Vec::new()),
