@@ -14,10 +14,11 @@ use crate::{
     events::Timestamp,
 };
 
-/// Drivers whose last update is older than the cutoff leave the geo set
-/// and the last-seen index together; at most 1000 per call.
+/// Drivers whose last update is older than the cutoff (strictly: one seen
+/// at the cutoff stays) leave the geo set and the last-seen index together;
+/// at most 1000 per call.
 const PRUNE: &str = r"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
 if #ids > 0 then
   redis.call('ZREM', KEYS[1], unpack(ids))
   redis.call('ZREM', KEYS[2], unpack(ids))
