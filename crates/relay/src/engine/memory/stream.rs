@@ -261,7 +261,9 @@ impl EventStream for MemoryStream {
             latency_ms = outcome.latency_ms,
             "offer outcome"
         );
-        if let Ok(Value::Object(map)) = serde_json::to_value(outcome) {
+        if let Ok(Value::Object(mut map)) = serde_json::to_value(outcome) {
+            // As in the outcomes stream: no ack, no `response` field.
+            map.retain(|_, value| !value.is_null());
             push_capped(&mut self.state().outcomes, map);
         }
         Ok(true)
