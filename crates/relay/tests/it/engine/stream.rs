@@ -436,6 +436,7 @@ async fn an_offer_has_exactly_one_outcome<E: Engine>(engine: &E) {
     assert_eq!(field(0, "node"), Some(json!("n1")));
     assert_eq!(field(1, "target"), Some(json!("geo")));
     assert_eq!(field(1, "outcome"), Some(json!("no_recipient")));
+    assert_eq!(field(1, "response"), None, "no ack: no response field");
     assert_eq!(
         stream.recent_outcomes(1).await.expect("outcomes")[0].get("target"),
         Some(&json!("geo")),
