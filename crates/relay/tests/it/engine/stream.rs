@@ -38,6 +38,8 @@ cluster! {
         ..Settings::default()
     }),
     handed_back_entries_are_claimable_at_once,
+    an_orders_entries_take_turns_across_nodes,
+    a_queue_head_no_longer_pending_stops_blocking_its_order,
     kept_alive_entries_are_not_claimed(Settings {
         claim_idle: Duration::from_millis(300),
         ..Settings::default()
@@ -655,6 +657,53 @@ async fn entries_delivered_too_often_go_to_the_dead_letters(f: &Fixture<RedisEng
     // The order is released: its next entry goes.
     within(
         "o1 after its dead letter",
+        f.peer().stream().wait_turn("o1", &a2, &never),
+    )
+    .await
+    .expect("turn");
+}
+
+async fn an_orders_entries_take_turns_across_nodes(f: &Fixture<RedisEngine>) {
+    let never = CancellationToken::new();
+    let a1 = append(&f.engine, "order.status", &status("o1", "accepted")).await;
+    let first = f.engine.stream().read_new(1).await.expect("read");
+    assert_eq!(ids(&first), [&a1]);
+    let a2 = append(&f.engine, "order.status", &status("o1", "preparing")).await;
+    let second = read_all(f.peer()).await;
+    assert_eq!(ids(&second), [&a2]);
+    assert!(first[0].first_in_order);
+    assert!(
+        !second[0].first_in_order,
+        "queued behind another node's entry"
+    );
+    assert!(
+        tokio::time::timeout(QUIET, f.peer().stream().wait_turn("o1", &a2, &never))
+            .await
+            .is_err(),
+        "node 2 waits for node 1's earlier entry"
+    );
+    let (turn, advanced) = tokio::join!(
+        within(
+            "node 2's turn after node 1 emitted",
+            f.peer().stream().wait_turn("o1", &a2, &never)
+        ),
+        f.engine.stream().advance("o1", &a1),
+    );
+    advanced.expect("advance");
+    turn.expect("turn");
+}
+
+/// Redis only: in the memory engine every ack follows its advance, while
+/// in a cluster a head can be acked by another path or trimmed away.
+async fn a_queue_head_no_longer_pending_stops_blocking_its_order(f: &Fixture<RedisEngine>) {
+    let never = CancellationToken::new();
+    let a1 = append(&f.engine, "order.status", &status("o1", "accepted")).await;
+    let a2 = append(&f.engine, "order.status", &status("o1", "preparing")).await;
+    read_all(&f.engine).await;
+    // Acked, never advanced: the waiter behind it drops it (after a second).
+    f.engine.stream().ack(&a1).await.expect("ack");
+    within(
+        "the entry behind a dead head",
         f.peer().stream().wait_turn("o1", &a2, &never),
     )
     .await
