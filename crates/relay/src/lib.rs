@@ -5,7 +5,8 @@
 //! on an import that goes back up):
 //!
 //! - leaves: `config`, `telemetry`, `events` (the wire schema), `auth`,
-//!   `rooms`, `active_order`, `outcome`, `metrics`;
+//!   `rooms`, `active_order`, `outcome`, `metrics`, `tasks` (the tracker
+//!   every long-lived task is spawned on);
 //! - `engine`: the seam to Redis or memory (stream, history, orders,
 //!   locations, sessions, the Socket.IO adapter);
 //! - `location` (driver updates: cache and fan-out) and `delivery`
@@ -30,4 +31,5 @@ pub mod outcome;
 pub mod rooms;
 pub mod server;
 pub mod stream;
+pub mod tasks;
 pub mod telemetry;
