@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 pub use fanout::{DRIVER_LOCATION, Delivery, DriverLocationEvent, deliver, receive};
 pub use throttle::DriverThrottle;
 
+use crate::tasks::Tasks;
 use crate::{
     engine::{DriverLocation, Engine},
     events::{LocationUpdate, Reject, now_ms},
@@ -37,18 +38,21 @@ pub struct Queued {
 }
 
 impl LocationPipeline {
-    /// Starts the cache writer and pruner on `engine`.
+    /// Starts the cache writer and pruner on `engine`, as `tasks`.
     pub fn start<E: Engine>(
         engine: Arc<E>,
         node_id: String,
         min_interval: Duration,
         ttl: Duration,
         stop: CancellationToken,
+        tasks: &Tasks,
     ) -> Self {
         let (writes, queued) = mpsc::channel(QUEUE);
         let throttle = Arc::new(DriverThrottle::new(min_interval));
-        tokio::spawn(writer::run(engine.clone(), node_id, queued, stop.clone()));
-        tokio::spawn(writer::prune(engine, throttle.clone(), ttl, stop));
+        let writer = writer::run(engine.clone(), node_id, queued, stop.clone());
+        tasks.spawn("location cache writer", writer);
+        let prune = writer::prune(engine, throttle.clone(), ttl, stop);
+        tasks.spawn("location prune", prune);
         Self { throttle, writes }
     }
 

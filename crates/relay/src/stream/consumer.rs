@@ -11,6 +11,7 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::tasks::Tasks;
 use crate::{
     engine::{Engine, EventStream, Health, StreamEntry},
     events::{decode, sequence_key},
@@ -93,13 +94,14 @@ impl<E: Engine> Consumer<E> {
         self.engine.stream()
     }
 
-    /// Runs until `stop`, then drains and hands back what is left.
-    pub async fn run(self) {
+    /// Runs until `stop`, then drains and hands back what is left. Its
+    /// maintenance (keep-alive, claims, stats) runs beside it in `tasks`.
+    pub async fn run(self, tasks: &Tasks) {
         if !self.prepare().await {
             return;
         }
         self.take_own_pending().await;
-        let maintenance = tokio::spawn(self.clone().maintain());
+        let maintenance = tasks.spawn("consumer maintenance", self.clone().maintain());
         self.read_loop().await;
         self.health.set_consumer_running(false);
         let _ = maintenance.await;

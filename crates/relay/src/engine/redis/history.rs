@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::values::{bulk_string, parse_entry};
 use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, in_offset_order};
+use crate::tasks::Tasks;
 
 /// Events waiting for this node's delivery loop.
 const FEED: usize = 65_536;
@@ -113,6 +114,8 @@ pub struct RedisHistory {
     ttl_ms: u64,
     publish: Script,
     missed: Script,
+    /// Where the feed's reader runs.
+    tasks: Tasks,
 }
 
 impl RedisHistory {
@@ -122,6 +125,7 @@ impl RedisHistory {
         prefix: &str,
         size: usize,
         ttl: std::time::Duration,
+        tasks: Tasks,
     ) -> Self {
         Self {
             conn,
@@ -131,6 +135,7 @@ impl RedisHistory {
             ttl_ms: ttl.as_millis() as u64,
             publish: Script::new(PUBLISH_SCRIPT),
             missed: Script::new(MISSED_SCRIPT),
+            tasks,
         }
     }
 
@@ -184,7 +189,8 @@ impl History for RedisHistory {
         let (tx, rx) = mpsc::channel(FEED);
         let (mut conn, key) = (self.blocking.clone(), self.all_key());
         let mut after = last.clone().unwrap_or_else(|| "0-0".to_owned());
-        tokio::spawn(async move {
+        let reader = tx.clone();
+        let read_loop = async move {
             let mut backoff = std::time::Duration::from_millis(100);
             loop {
                 let read: redis::RedisResult<Value> = redis::cmd("XREAD")
@@ -230,6 +236,13 @@ impl History for RedisHistory {
                         return;
                     }
                 }
+            }
+        };
+        // Ends with its receiver, also while XREAD blocks with nothing new.
+        self.tasks.spawn("history feed", async move {
+            tokio::select! {
+                () = reader.closed() => {}
+                () = read_loop => {}
             }
         });
         Ok((rx, last))

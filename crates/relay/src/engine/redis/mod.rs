@@ -29,6 +29,7 @@ pub use stream::{RedisStream, StreamSettings};
 
 use super::{Engine, EngineError, Health, StoreError, StoreResult};
 use crate::config::Secret;
+use crate::tasks::Tasks;
 
 /// How often the link to Redis is checked for `/readyz`.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,8 +70,20 @@ pub struct RedisSettings<'a> {
 
 impl RedisEngine {
     /// Prepares the connections without dialing: a node starts (unready)
-    /// while Redis is still unreachable. Must run inside the runtime.
+    /// while Redis is still unreachable. Must run inside the runtime. The
+    /// engine's own tasks run detached, for as long as the process.
     pub fn new(settings: RedisSettings<'_>) -> Result<Self, EngineError> {
+        Self::with_tasks(settings, &Tasks::new(), CancellationToken::new())
+    }
+
+    /// As [`Self::new`], with the engine's own long-lived tasks (sequencing
+    /// notices, the history feed) in the node's `tasks`. They end at `stop`,
+    /// which a node cancels last, once nothing uses the engine any more.
+    pub fn with_tasks(
+        settings: RedisSettings<'_>,
+        tasks: &Tasks,
+        stop: CancellationToken,
+    ) -> Result<Self, EngineError> {
         let info = settings
             .url
             .expose()
@@ -107,6 +120,8 @@ impl RedisEngine {
                 claim_idle: settings.claim_idle,
                 max_deliveries: settings.max_deliveries,
             },
+            tasks,
+            stop,
         );
         Ok(Self {
             driver: driver.clone(),
@@ -124,6 +139,7 @@ impl RedisEngine {
                 prefix,
                 settings.history_size,
                 settings.history_ttl,
+                tasks.clone(),
             ),
             locations: RedisLocations::new(
                 commands,

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::PubSubDriver;
 use super::link::Link;
 use super::values::{bulk_string, field_map, int, parse_entries, parse_entry};
+use crate::tasks::Tasks;
 use crate::{
     engine::traits::{
         Claimed, DeadLetter, EventStream, OfferState, StoreError, StoreResult, StreamEntry,
@@ -167,6 +168,8 @@ impl RedisStream {
         blocking: Link,
         driver: PubSubDriver,
         settings: StreamSettings<'_>,
+        tasks: &Tasks,
+        stop: CancellationToken,
     ) -> Self {
         let prefix = settings.prefix;
         let keys = Keys {
@@ -179,11 +182,13 @@ impl RedisStream {
             seq_channel: format!("{prefix}seq"),
         };
         let waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
-        tokio::spawn(forward_notices(
-            driver,
-            keys.seq_channel.clone(),
-            waiters.clone(),
-        ));
+        let notices = forward_notices(driver, keys.seq_channel.clone(), waiters.clone());
+        tasks.spawn("sequencing notices", async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = notices => {}
+            }
+        });
         Self {
             conn,
             blocking,

@@ -1,0 +1,233 @@
+//! Building a node: the engine the configuration asks for, and everything
+//! wired onto it (location pipeline, connection limits, gateway, HTTP router,
+//! dispatcher and consumer). Nothing here binds a port or serves a client;
+//! only the location pipeline's workers start as it is built.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::ServeError;
+use crate::{
+    auth::Verifier,
+    config::{Config, ConfigError},
+    delivery::Resume,
+    engine::{
+        Engine, Health,
+        memory::MemoryEngine,
+        redis::{RedisEngine, RedisSettings},
+    },
+    gateway::{ConnectionLimits, Expiries, Gateway},
+    http::{self, HttpState},
+    location::LocationPipeline,
+    metrics,
+    stream::{Consumer, ConsumerSettings, Dispatcher},
+    tasks::Tasks,
+};
+
+/// Stream entries one node works on at once (offers waiting for acks included).
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Everything that can be checked before binding a port.
+pub struct Prepared {
+    pub(super) config: Config,
+    verifier: Verifier,
+}
+
+impl Prepared {
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let verifier = Verifier::new(&config.jwt)
+            .map_err(|e| ConfigError::new("RELAY_JWT_PUBLIC_KEY", e.to_string()))?;
+        Ok(Self { config, verifier })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// The Redis engine when `REDIS_URL` is set. Its own tasks go in `tasks`
+/// and end at `engine_stop`.
+pub(super) fn redis_engine(
+    config: &Config,
+    tasks: &Tasks,
+    engine_stop: &CancellationToken,
+) -> Result<Option<RedisEngine>, ServeError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(None);
+    };
+    let engine = RedisEngine::with_tasks(
+        RedisSettings {
+            url,
+            key_prefix: &config.key_prefix,
+            node_id: &config.node_id,
+            claim_idle: config.stream.claim_idle,
+            max_deliveries: config.stream.max_deliveries,
+            location_ttl: config.location.ttl,
+            history_size: config.history.size,
+            history_ttl: config.history.ttl,
+        },
+        tasks,
+        engine_stop.clone(),
+    )?;
+    Ok(Some(engine))
+}
+
+/// The embedded engine: this node is the whole cluster.
+pub(super) fn memory_engine(config: &Config) -> MemoryEngine {
+    MemoryEngine::new(
+        &config.node_id,
+        config.location.ttl,
+        config.history.size,
+        config.history.ttl,
+    )
+}
+
+/// A node wired onto its engine, its tasks not yet spawned.
+pub(super) struct Node<E: Engine> {
+    pub config: Config,
+    pub engine: Arc<E>,
+    pub health: Health,
+    /// Cancelled to start the drain.
+    pub stop: CancellationToken,
+    /// This process among the nodes (see [`wire`]).
+    pub instance: String,
+    pub gateway: Gateway<E>,
+    pub limits: Arc<ConnectionLimits>,
+    pub expiries: Arc<Expiries>,
+    pub replay_requests: mpsc::Receiver<Resume<E::Adapter>>,
+    /// Resolved by the delivery loop once its history feed is subscribed.
+    pub history_subscribed: (oneshot::Sender<()>, oneshot::Receiver<()>),
+    pub consumer: Consumer<E>,
+    pub app: axum::Router,
+}
+
+pub(super) fn wire<E: Engine>(
+    engine: E,
+    prepared: Prepared,
+    tasks: &Tasks,
+) -> Result<Node<E>, ServeError> {
+    let Prepared { config, verifier } = prepared;
+    let prometheus =
+        metrics::install(&config.node_id, engine.name()).map_err(ServeError::Metrics)?;
+    let health = Health::default();
+    let stop = CancellationToken::new();
+    let engine = Arc::new(engine);
+    let verifier = Arc::new(verifier);
+
+    // Unique even when two nodes are misconfigured with one node id: a node
+    // skips only the location batches it published itself.
+    let instance = format!(
+        "{}#{}#{}",
+        config.node_id,
+        std::process::id(),
+        crate::events::now_ms()
+    );
+    let locations = Arc::new(LocationPipeline::start(
+        engine.clone(),
+        instance.clone(),
+        config.location.min_interval,
+        config.location.ttl,
+        stop.clone(),
+        tasks,
+    ));
+    let (replay, replay_requests) = crate::delivery::channel();
+    let limits = Arc::new(
+        ConnectionLimits::new(
+            config.limits.max_connections,
+            config.limits.max_per_user,
+            config.limits.new_per_s,
+        )
+        .across(engine.user_sessions(&instance))
+        .gated_by(health.clone()),
+    );
+    let expiries = Arc::new(Expiries::default());
+    let (gateway, layer) = Gateway::new(
+        engine.clone(),
+        &config.transport,
+        crate::gateway::Shared {
+            verifier: verifier.clone(),
+            client_events_per_s: config.client_events_per_s,
+            locations,
+            replay,
+            limits: limits.clone(),
+            expiries: expiries.clone(),
+        },
+    );
+    let census = {
+        let gateway = gateway.clone();
+        Arc::new(move || gateway.record_census())
+    };
+    let app = http::router(HttpState {
+        health: health.clone(),
+        prometheus,
+        census,
+        engine: engine.clone(),
+        verifier,
+        api_key: config.api_key.clone(),
+        started_at: crate::events::now_ms() as f64 / 1000.0,
+        demo: demo_settings(&config, engine.name()),
+    })
+    .layer(layer)
+    .layer(axum::middleware::from_fn_with_state(
+        limits.clone(),
+        crate::gateway::shed_new_sessions,
+    ));
+    // Preflights are answered before the Socket.IO layer sees them.
+    let app = match http::cors::layer(&config.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    // Outermost, so the Socket.IO layer only ever sees detached copies.
+    let app = app.layer(axum::middleware::map_request(http::detach_from_read_buffer));
+
+    let dispatcher = Arc::new(Dispatcher::new(
+        engine.clone(),
+        gateway.clone(),
+        config.node_id.clone(),
+        stop.clone(),
+    ));
+    let consumer = Consumer::new(
+        engine.clone(),
+        dispatcher,
+        health.clone(),
+        ConsumerSettings {
+            max_in_flight: MAX_IN_FLIGHT,
+            claim_idle: config.stream.claim_idle,
+            drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
+        },
+        stop.clone(),
+    );
+    Ok(Node {
+        config,
+        engine,
+        health,
+        stop,
+        instance,
+        gateway,
+        limits,
+        expiries,
+        replay_requests,
+        history_subscribed: oneshot::channel(),
+        consumer,
+        app,
+    })
+}
+
+/// The demo's signing settings when `RELAY_DEMO` is on (the configuration
+/// guarantees an HS256 secret then).
+fn demo_settings(config: &Config, engine: &'static str) -> Option<Arc<http::demo::DemoSettings>> {
+    let crate::config::JwtKeySource::Secret(secret) = &config.jwt.key else {
+        return None;
+    };
+    config.demo.then(|| {
+        Arc::new(http::demo::DemoSettings::new(
+            secret.clone(),
+            config.jwt.issuer.clone(),
+            config.jwt.audience.clone(),
+            config.node_id.clone(),
+            engine,
+        ))
+    })
+}

@@ -1,0 +1,66 @@
+//! The drain, in the order docs/design.md gives ("Shutdown"), within the
+//! grace period: stream work first (stop reading, let in-progress emits
+//! finish, hand back what is left), then the clients, then every other task
+//! of the node, joined through its tracker.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ServeError, run::Running};
+use crate::{engine::Engine, tasks::Tasks};
+
+/// Waits for the node's stop signal, then drains it. Returns once every
+/// task of `tasks` has ended, or once `grace` is over, naming the tasks
+/// still running then.
+pub(super) async fn drain<E: Engine>(
+    running: Running<E>,
+    tasks: Tasks,
+    engine_stop: CancellationToken,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    let Running {
+        stop,
+        health,
+        gateway,
+        consumer,
+        health_watch,
+        http,
+    } = running;
+    stop.cancelled().await;
+    health.set_draining();
+    let ordered = async {
+        // The consumer stops reading, gives in-progress emits their time
+        // and hands back the entries it still holds.
+        let _ = consumer.await;
+        // Then the clients.
+        gateway.close().await;
+        let _ = health_watch.await;
+        let served = http.await;
+        // The engine's own tasks go last: everything above uses them.
+        engine_stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        served
+    };
+    let outcome = tokio::time::timeout(grace, ordered).await;
+    let panicked = tasks.panicked();
+    if !panicked.is_empty() {
+        tracing::error!(tasks = ?panicked, "tasks of this node panicked");
+    }
+    match outcome {
+        Ok(Ok(Some(served))) => served?,
+        Ok(Ok(None)) => return Err(ServeError::Panicked("http server")),
+        Ok(Err(aborted)) => return Err(ServeError::Task(aborted)),
+        Err(_) => {
+            engine_stop.cancel();
+            tracing::warn!(
+                ?grace,
+                still_running = ?tasks.running(),
+                "grace period over, exiting"
+            );
+        }
+    }
+    tracing::info!("relay stopped");
+    Ok(())
+}
