@@ -1,11 +1,20 @@
 //! Probes, metrics, start without Redis, and graceful shutdown.
 
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
 use relay::auth::Role;
 use relay_client::{Client, ConnectOptions, Transport};
 use serde_json::json;
 
 use crate::support::{
-    NodeProcess, RedisServer, WAIT, free_port, http, token, unique_prefix, wait_for_status,
+    InProcessNode, NodeProcess, RedisServer, WAIT, free_port, http, token, unique_prefix,
+    wait_for_status,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,4 +142,115 @@ async fn sigterm_disconnects_clients_and_exits_cleanly() {
             .expect("server closed the connection");
     }
     assert_eq!(node.exit_code().await, Some(0));
+}
+
+/// The long-lived tasks of every node, whichever its engine.
+const NODE_TASKS: [&str; 8] = [
+    "location cache writer",
+    "location prune",
+    "token expiry sweeper",
+    "delivery loop",
+    "health watch",
+    "consumer",
+    "consumer maintenance",
+    "http server",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_once_every_task_of_an_embedded_node_has_ended() {
+    let node = InProcessNode::start_ready(&[]).await;
+    stop_joins_every_task(node, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_once_every_task_of_a_redis_node_has_ended() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("join");
+    let node =
+        InProcessNode::start_ready(&[("REDIS_URL", &redis.url()), ("RELAY_KEY_PREFIX", &prefix)])
+            .await;
+    // With peers: the cluster-wide session counts and location batches,
+    // and the engine's own tasks.
+    let cluster_tasks = [
+        "limits keep-alive",
+        "location receiver",
+        "sequencing notices",
+        "history feed",
+    ];
+    stop_joins_every_task(node, &cluster_tasks).await;
+}
+
+/// Stops `node` with clients on both transports, and checks that every task
+/// it ran (`NODE_TASKS` and `more`) had ended when `stop` returned.
+async fn stop_joins_every_task(node: InProcessNode, more: &[&str]) {
+    let tasks = node.node().tasks().clone();
+    let expected: Vec<&str> = NODE_TASKS.iter().chain(more).copied().collect();
+    // The consumer's maintenance starts once it has taken its own pending entries.
+    tokio::time::timeout(WAIT, async {
+        while !expected.iter().all(|t| tasks.running().contains(t)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("expected {expected:?}, running {:?}", tasks.running()));
+    let mut clients = Vec::new();
+    for transport in [Transport::WebSocket, Transport::Polling] {
+        clients.push(
+            Client::connect(
+                ConnectOptions::new(node.url())
+                    .transport(transport)
+                    .auth(json!({ "token": token("1", Role::Customer) }))
+                    .timeout(WAIT),
+            )
+            .await
+            .expect("connect"),
+        );
+    }
+    // A task slower to stop than all the others: `stop` waits for it too.
+    let ended = Arc::new(AtomicBool::new(false));
+    tasks.spawn("slow to stop", {
+        let (stop, ended) = (node.node().stop_token(), ended.clone());
+        async move {
+            stop.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ended.store(true, Ordering::SeqCst);
+        }
+    });
+    node.stop().await;
+    assert!(
+        ended.load(Ordering::SeqCst),
+        "stop returned before a task ended"
+    );
+    assert_eq!(
+        tasks.running(),
+        Vec::<&str>::new(),
+        "still running after stop"
+    );
+    assert!(tasks.is_empty());
+    assert_eq!(tasks.panicked(), Vec::<&str>::new());
+    for client in &mut clients {
+        client
+            .closed(WAIT)
+            .await
+            .expect("server closed the connection");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_does_not_stop_holds_the_drain_only_for_the_grace_period() {
+    let node = InProcessNode::start_ready(&[("RELAY_SHUTDOWN_GRACE_S", "1")]).await;
+    let tasks = node.node().tasks().clone();
+    tasks.spawn("stuck", std::future::pending::<()>());
+    let started = Instant::now();
+    node.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "stop returned after {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "stop returned after {took:?}"
+    );
+    assert_eq!(tasks.running(), ["stuck"]);
 }
