@@ -42,8 +42,11 @@ impl Verifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = config.leeway.as_secs();
         validation.validate_nbf = true;
+        // `exp` is checked in `verify`: jsonwebtoken reads a negative `exp` as
+        // missing, which would answer `invalid claims` for a token long expired.
+        validation.validate_exp = false;
         // jsonwebtoken only compares iss/aud when present: a configured one must also be required.
-        let mut required = vec!["exp"];
+        let mut required = vec![];
         required.extend(config.issuer.as_ref().map(|_| "iss"));
         required.extend(config.audience.as_ref().map(|_| "aud"));
         validation.set_required_spec_claims(&required);
@@ -65,26 +68,59 @@ impl Verifier {
 
     /// Checks signature, time and claims; never logs the token itself.
     pub fn verify(&self, token: &str) -> Result<Principal, Rejection> {
+        // RFC 7515 §4.1.11: a `crit` header names extensions the token needs
+        // understood; we understand none, and jsonwebtoken ignores the header.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            tracing::debug!(error = %e, "token refused");
+            Rejection::InvalidToken
+        })?;
+        if header.crit.is_some() {
+            tracing::debug!("token refused: crit header");
+            return Err(Rejection::InvalidToken);
+        }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| {
             tracing::debug!(error = %e, "token refused");
             match e.kind() {
-                ErrorKind::ExpiredSignature => Rejection::TokenExpired,
                 ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
                     Rejection::InvalidClaims
                 }
                 _ => Rejection::InvalidToken,
             }
         })?;
+        let exp = expiry(&data.claims, unix_now(), self.validation.leeway)?;
         let principal = principal_from_claims(&data.claims)?;
-        // `exp` is required and validated, so it is a number here.
-        Ok(match data.claims.get("exp").and_then(Value::as_f64) {
-            Some(exp) => principal.expiring_at(
-                ((exp.max(0.0) as u64).saturating_add(self.validation.leeway)).saturating_mul(1000),
-            ),
-            None => principal,
-        })
+        Ok(principal.expiring_at(
+            exp.saturating_add(self.validation.leeway)
+                .saturating_mul(1000),
+        ))
     }
+}
+
+/// The token's `exp` in unix seconds, once it is known not to have passed.
+/// Any number at or before `now - leeway` has passed, zero and negative ones
+/// included (`token expired`); a missing `exp`, one that is not a number, or
+/// one too large to be a time is `invalid claims` (an array or object there
+/// already fails jsonwebtoken's parse of the claims: `invalid token`).
+fn expiry(claims: &Map<String, Value>, now: u64, leeway: u64) -> Result<u64, Rejection> {
+    let exp = match claims.get("exp") {
+        Some(Value::Number(n)) => n.as_f64().ok_or(Rejection::InvalidClaims)?,
+        _ => return Err(Rejection::InvalidClaims),
+    };
+    // As jsonwebtoken did: expired when exp < now - leeway, fractions rounded.
+    if exp.round() < now.saturating_sub(leeway) as f64 {
+        return Err(Rejection::TokenExpired);
+    }
+    if exp >= u64::MAX as f64 {
+        return Err(Rejection::InvalidClaims);
+    }
+    Ok(exp.round() as u64)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn public_key(pem: &[u8]) -> Option<(DecodingKey, Algorithm)> {
@@ -243,6 +279,69 @@ mod tests {
             assert_eq!(v.verify(&sign(claims.clone())), Err(expected), "{claims}");
         }
         assert_eq!(v.verify("not.a.jwt"), Err(Rejection::InvalidToken));
+    }
+
+    #[test]
+    fn an_exp_in_the_past_is_expired_whatever_number_it_is() {
+        let v = verifier(None, None);
+        let claims = |exp: Value| json!({"sub": "1", "role": "customer", "exp": exp});
+        for exp in [
+            json!(-1),
+            json!(0),
+            json!(-1.5),
+            json!(0.4),
+            json!(-1e300),
+            json!(i64::MIN),
+            json!(now() - 60),
+        ] {
+            assert_eq!(
+                v.verify(&sign(claims(exp.clone()))),
+                Err(Rejection::TokenExpired),
+                "exp {exp}"
+            );
+        }
+        // Not a number at all, or beyond any time: the claim itself is wrong.
+        for exp in [json!("9999999999"), json!(null), json!(true), json!(1e300)] {
+            assert_eq!(
+                v.verify(&sign(claims(exp.clone()))),
+                Err(Rejection::InvalidClaims),
+                "exp {exp}"
+            );
+        }
+        // Fractions are fine, and the socket's expiry follows exp + leeway.
+        let p = v
+            .verify(&sign(claims(json!(now() as f64 + 60.5))))
+            .expect("valid");
+        let at = p.expires_at_ms().expect("expiry");
+        assert!(
+            at >= (now() as u64 + 60 + 5) * 1000 && at <= (now() as u64 + 62 + 5) * 1000,
+            "{at}"
+        );
+    }
+
+    #[test]
+    fn a_crit_header_is_refused() {
+        // RFC 7515 §4.1.11: extensions we do not understand make the token invalid.
+        let v = verifier(None, None);
+        let claims = json!({"sub": "1", "role": "admin", "exp": now() + 60});
+        for crit in [vec!["exp".to_owned()], vec!["b64x".to_owned()], vec![]] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.crit = Some(crit.clone());
+            header.extras.insert("b64x".into(), "yes".into());
+            let token = jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .expect("sign");
+            assert_eq!(
+                v.verify(&token),
+                Err(Rejection::InvalidToken),
+                "crit {crit:?}"
+            );
+        }
+        // The same token without crit is fine.
+        assert!(v.verify(&sign(claims)).is_ok());
     }
 
     #[test]

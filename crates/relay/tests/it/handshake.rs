@@ -55,6 +55,17 @@ async fn every_rejection_gets_its_contract_message() {
         &jsonwebtoken::EncodingKey::from_secret(b"someone-else"),
     )
     .expect("sign");
+    // RFC 7515 §4.1.11: a token that needs an extension we do not know.
+    let crit_header = jsonwebtoken::Header {
+        crit: Some(vec!["exp".into()]),
+        ..Default::default()
+    };
+    let crit = jsonwebtoken::encode(
+        &crit_header,
+        &json!({"sub": "1", "role": "admin", "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign");
     // header {"alg":"none"}: unsigned tokens must never pass.
     let alg_none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiIxIiwicm9sZSI6ImFkbWluIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
     let cases: Vec<(&str, Option<String>, &str)> = vec![
@@ -62,12 +73,30 @@ async fn every_rejection_gets_its_contract_message() {
         ("garbage", Some("not-a-jwt".into()), "invalid token"),
         ("wrong key", Some(other_key), "invalid token"),
         ("alg none", Some(alg_none.into()), "invalid token"),
+        ("crit header", Some(crit), "invalid token"),
         (
             "expired",
             Some(sign(
                 json!({"sub": "1", "role": "customer", "exp": now - 3600}),
             )),
             "token expired",
+        ),
+        (
+            "negative exp",
+            Some(sign(json!({"sub": "1", "role": "customer", "exp": -1}))),
+            "token expired",
+        ),
+        (
+            "zero exp",
+            Some(sign(json!({"sub": "1", "role": "customer", "exp": 0}))),
+            "token expired",
+        ),
+        (
+            "exp not a number",
+            Some(sign(
+                json!({"sub": "1", "role": "customer", "exp": "tomorrow"}),
+            )),
+            "invalid claims",
         ),
         (
             "unknown role",
