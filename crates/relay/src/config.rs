@@ -4,7 +4,10 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{Args, ValueEnum, builder::BoolishValueParser};
+use clap::{
+    Args, ValueEnum,
+    builder::{BoolishValueParser, RangedU64ValueParser},
+};
 
 /// A value that must never reach a log line or a `Debug` dump.
 #[derive(Clone, PartialEq, Eq)]
@@ -42,7 +45,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// Raw settings as clap reads them from flags and the environment.
+/// Smallest client payload limit: a Socket.IO CONNECT carrying a JWT (a
+/// merchant's lists its stores) and a `last_event_id` must fit, with room.
+const MIN_PAYLOAD: u64 = 4096;
+/// Largest client payload limit: socketioxide's own default, 64 MiB.
+const MAX_PAYLOAD: u64 = 64 * 1024 * 1024;
+
+/// Raw settings as clap reads them from flags and the environment. Every
+/// number has a range, checked by its value parser (one line naming the
+/// setting, exit code 2), so that no value starts a node that cannot work.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// HTTP + Socket.IO listen address.
@@ -69,8 +80,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-    #[arg(long, env = "RELAY_JWT_LEEWAY_S", default_value_t = 5)]
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (0 to 300).
+    #[arg(long, env = "RELAY_JWT_LEEWAY_S", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
     pub jwt_leeway_s: u64,
 
     /// Bearer key for the publish API; unset = publish API off.
@@ -85,44 +97,57 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_KEY_PREFIX", default_value = "relay:")]
     pub key_prefix: String,
 
-    /// How long a driver's cached location stays fresh, in seconds.
-    #[arg(long, env = "RELAY_LOCATION_TTL_S", default_value_t = 120)]
+    /// How long a driver's cached location stays fresh, in seconds (1 to 86400).
+    #[arg(long, env = "RELAY_LOCATION_TTL_S", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub location_ttl_s: u64,
 
-    /// Per driver, updates closer together than this are dropped (0 = no limit).
-    #[arg(long, env = "RELAY_LOCATION_MIN_INTERVAL_MS", default_value_t = 1000)]
+    /// Per driver, updates closer together than this are dropped, in ms (0 = no
+    /// limit; at most 3600000 and below RELAY_LOCATION_TTL_S).
+    #[arg(long, env = "RELAY_LOCATION_MIN_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub location_min_interval_ms: u64,
 
-    /// Per socket, client events beyond this rate are dropped (0 = no limit).
-    #[arg(long, env = "RELAY_CLIENT_EVENTS_PER_S", default_value_t = 20)]
+    /// Per socket, client events beyond this rate are dropped (0 = no limit; at most 100000).
+    #[arg(long, env = "RELAY_CLIENT_EVENTS_PER_S", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub client_events_per_s: u32,
 
-    /// Sockets a node holds at most; beyond, new sessions get HTTP 503 (0 = no limit).
-    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    /// Sockets a node holds at most; beyond, new sessions get HTTP 503 (0 = no limit; at most 10000000).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 100_000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000_000))]
     pub max_connections: usize,
 
-    /// Sockets one user (token `sub`) may hold on all nodes together; beyond, `too many connections` (0 = no limit).
-    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    /// Sockets one user (token `sub`) may hold on all nodes together; beyond, `too many connections` (0 = no limit; at most 10000).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_USER", default_value_t = 20,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=10_000))]
     pub max_connections_per_user: usize,
 
-    /// New sessions a node accepts per second; beyond, HTTP 503 and the client retries (0 = no limit).
-    #[arg(long, env = "RELAY_MAX_NEW_CONNECTIONS_PER_S", default_value_t = 2000)]
+    /// New sessions a node accepts per second; beyond, HTTP 503 and the client retries (0 = no limit; at most 1000000).
+    #[arg(long, env = "RELAY_MAX_NEW_CONNECTIONS_PER_S", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub max_new_connections_per_s: u32,
 
-    /// Events kept per room for recovery.
-    #[arg(long, env = "RELAY_HISTORY_SIZE", default_value_t = 100)]
+    /// Events kept per room for recovery (1 to 10000).
+    #[arg(long, env = "RELAY_HISTORY_SIZE", default_value_t = 100,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub history_size: usize,
 
-    /// Longest time an event is kept for recovery, in seconds.
-    #[arg(long, env = "RELAY_HISTORY_TTL_S", default_value_t = 600)]
+    /// Longest time an event is kept for recovery, in seconds (1 to 86400).
+    #[arg(long, env = "RELAY_HISTORY_TTL_S", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub history_ttl_s: u64,
 
-    /// Idle time after which a stopped node's stream entries are claimed, in ms.
-    #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 5000)]
+    /// Idle time after which a stopped node's stream entries are claimed, in ms (500 to 3600000).
+    // Below 500 ms the keep-alive of held entries (every claim_idle / 4, at
+    // least 100 ms) no longer keeps live nodes' entries from being claimed.
+    #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(500..=3_600_000))]
     pub claim_idle_ms: u64,
 
-    /// Deliveries of one stream entry before it goes to the dead letters.
-    #[arg(long, env = "RELAY_MAX_DELIVERIES", default_value_t = 5)]
+    /// Deliveries of one stream entry before it goes to the dead letters (1 to 1000).
+    #[arg(long, env = "RELAY_MAX_DELIVERIES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_deliveries: u32,
 
     /// Accept WebSocket connections only (no long-polling, no sticky sessions needed).
@@ -135,28 +160,34 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
-    /// Largest WebSocket message a client may send, in bytes.
-    #[arg(long, env = "RELAY_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    /// Largest WebSocket message a client may send, in bytes (4096 to 67108864).
+    #[arg(long, env = "RELAY_WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(MIN_PAYLOAD..=MAX_PAYLOAD))]
     pub ws_max_message_bytes: usize,
 
-    /// Largest WebSocket frame a client may send, in bytes.
-    #[arg(long, env = "RELAY_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    /// Largest WebSocket frame a client may send, in bytes (4096 to RELAY_WS_MAX_MESSAGE_BYTES).
+    #[arg(long, env = "RELAY_WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(MIN_PAYLOAD..=MAX_PAYLOAD))]
     pub ws_max_frame_bytes: usize,
 
-    /// Largest long-polling request body a client may send, in bytes.
-    #[arg(long, env = "RELAY_POLLING_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    /// Largest long-polling request body a client may send, in bytes (4096 to 67108864).
+    #[arg(long, env = "RELAY_POLLING_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(MIN_PAYLOAD..=MAX_PAYLOAD))]
     pub polling_max_payload_bytes: u64,
 
-    /// Engine.IO ping interval, in ms.
-    #[arg(long, env = "RELAY_PING_INTERVAL_MS", default_value_t = 25_000)]
+    /// Engine.IO ping interval, in ms (1000 to 3600000).
+    #[arg(long, env = "RELAY_PING_INTERVAL_MS", default_value_t = 25_000,
+          value_parser = clap::value_parser!(u64).range(1000..=3_600_000))]
     pub ping_interval_ms: u64,
 
-    /// Engine.IO ping timeout, in ms: a client silent this long after a ping is dropped.
-    #[arg(long, env = "RELAY_PING_TIMEOUT_MS", default_value_t = 20_000)]
+    /// Engine.IO ping timeout, in ms: a client silent this long after a ping is dropped (1000 to 3600000).
+    #[arg(long, env = "RELAY_PING_TIMEOUT_MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1000..=3_600_000))]
     pub ping_timeout_ms: u64,
 
-    /// Longest time from SIGTERM to exit, in seconds.
-    #[arg(long, env = "RELAY_SHUTDOWN_GRACE_S", default_value_t = 15)]
+    /// Longest time from SIGTERM to exit, in seconds (1 to 3600).
+    #[arg(long, env = "RELAY_SHUTDOWN_GRACE_S", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_grace_s: u64,
 
     /// Serve the live demo page at /demo, which hands an admin token to
@@ -361,28 +392,21 @@ impl Config {
                 "must not contain spaces or control characters",
             ));
         }
-        positive("RELAY_LOCATION_TTL_S", args.location_ttl_s)?;
-        positive("RELAY_HISTORY_TTL_S", args.history_ttl_s)?;
-        positive("RELAY_CLAIM_IDLE_MS", args.claim_idle_ms)?;
-        positive("RELAY_MAX_DELIVERIES", u64::from(args.max_deliveries))?;
-        positive("RELAY_PING_INTERVAL_MS", args.ping_interval_ms)?;
-        positive("RELAY_PING_TIMEOUT_MS", args.ping_timeout_ms)?;
-        positive("RELAY_SHUTDOWN_GRACE_S", args.shutdown_grace_s)?;
-        positive(
-            "RELAY_POLLING_MAX_PAYLOAD_BYTES",
-            args.polling_max_payload_bytes,
-        )?;
-        // Below 1 KiB not even a merchant's ack fits; tungstenite also needs a frame <= message.
-        if args.ws_max_message_bytes < 1024 {
-            return Err(ConfigError::new(
-                "RELAY_WS_MAX_MESSAGE_BYTES",
-                "must be at least 1024",
-            ));
-        }
-        if args.ws_max_frame_bytes < 1024 || args.ws_max_frame_bytes > args.ws_max_message_bytes {
+        // Each number's own range is checked by its value parser; here only
+        // the ranges that depend on another setting.
+        // tungstenite needs a frame no larger than a message.
+        if args.ws_max_frame_bytes > args.ws_max_message_bytes {
             return Err(ConfigError::new(
                 "RELAY_WS_MAX_FRAME_BYTES",
-                "must be at least 1024 and at most RELAY_WS_MAX_MESSAGE_BYTES",
+                "must be at most RELAY_WS_MAX_MESSAGE_BYTES",
+            ));
+        }
+        // Otherwise a driver sending steadily drops out of the cache between
+        // two accepted updates.
+        if args.location_min_interval_ms >= args.location_ttl_s.saturating_mul(1000) {
+            return Err(ConfigError::new(
+                "RELAY_LOCATION_MIN_INTERVAL_MS",
+                "must be below RELAY_LOCATION_TTL_S (in ms)",
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&args.log)
@@ -451,14 +475,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     parsed.map_err(|_| format!("'{s}' is not a duration like 90s, 15m, 1h or 7d"))
 }
 
-fn positive(setting: &'static str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        Err(ConfigError::new(setting, "must be greater than 0"))
-    } else {
-        Ok(())
-    }
-}
-
 /// hostname-pid: unique per process on a host, and stable for a pod's lifetime.
 fn default_node_id() -> String {
     let host = std::env::var("HOSTNAME")
@@ -489,7 +505,7 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("-5").is_err());
     }
-    use clap::Parser;
+    use clap::{CommandFactory, Parser};
 
     #[derive(Parser)]
     struct Cli {
@@ -575,12 +591,109 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"));
     }
 
+    /// The flag a refused value is reported under: clap's own error names
+    /// it, as does a [`ConfigError`].
+    fn refused(args: &[&str]) -> String {
+        let mut argv = vec!["relay", "--jwt-secret", "s"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv) {
+            Err(e) => e
+                .get(clap::error::ContextKind::InvalidArg)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            Ok(cli) => match Config::from_args(cli.serve) {
+                Err(e) => e.setting.to_owned(),
+                Ok(_) => panic!("{args:?} accepted"),
+            },
+        }
+    }
+
     #[test]
-    fn zero_where_zero_makes_no_sense_is_rejected() {
-        let err = parse(&["--jwt-secret", "s", "--max-deliveries", "0"]).unwrap_err();
-        assert_eq!(err.setting, "RELAY_MAX_DELIVERIES");
-        let err = parse(&["--jwt-secret", "s", "--ws-max-frame-bytes", "1000000"]).unwrap_err();
-        assert_eq!(err.setting, "RELAY_WS_MAX_FRAME_BYTES");
+    fn values_that_break_a_node_are_refused_naming_the_setting() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--max-deliveries", "0"], "--max-deliveries"),
+            (&["--history-size", "0"], "--history-size"),
+            (
+                &["--polling-max-payload-bytes", "1"],
+                "--polling-max-payload-bytes",
+            ),
+            (
+                &["--ws-max-message-bytes", "1024"],
+                "--ws-max-message-bytes",
+            ),
+            (&["--ping-interval-ms", "0"], "--ping-interval-ms"),
+            (&["--claim-idle-ms", "10"], "--claim-idle-ms"),
+            (&["--jwt-leeway-s", "86400"], "--jwt-leeway-s"),
+            (
+                &["--ws-max-frame-bytes", "1000000"],
+                "RELAY_WS_MAX_FRAME_BYTES",
+            ),
+            (
+                &[
+                    "--location-ttl-s",
+                    "2",
+                    "--location-min-interval-ms",
+                    "2000",
+                ],
+                "RELAY_LOCATION_MIN_INTERVAL_MS",
+            ),
+        ];
+        for (args, setting) in cases {
+            assert!(
+                refused(args).contains(setting),
+                "{args:?}: {}",
+                refused(args)
+            );
+        }
+    }
+
+    #[test]
+    fn every_number_has_a_range() {
+        // Found from clap's own definitions, so a new number cannot forget its range.
+        let command = Cli::command();
+        let numbers: Vec<String> = command
+            .get_arguments()
+            .filter(|a| {
+                a.get_default_values()
+                    .first()
+                    .and_then(|v| v.to_str())
+                    .is_some_and(|v| v.parse::<u64>().is_ok())
+            })
+            .map(|a| format!("--{}", a.get_long().expect("long flag")))
+            .collect();
+        assert!(numbers.len() >= 17, "{numbers:?}");
+        for flag in &numbers {
+            for huge in ["18446744073709551615", "4294967296", "100000001"] {
+                assert!(
+                    refused(&[flag, huge]).contains(flag.as_str()),
+                    "{flag} {huge}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zero_keeps_its_documented_meaning_of_no_limit() {
+        let config = parse(&[
+            "--jwt-secret",
+            "s",
+            "--location-min-interval-ms",
+            "0",
+            "--client-events-per-s",
+            "0",
+            "--max-connections",
+            "0",
+            "--max-connections-per-user",
+            "0",
+            "--max-new-connections-per-s",
+            "0",
+            "--jwt-leeway-s",
+            "0",
+        ])
+        .expect("valid");
+        assert_eq!(config.location.min_interval, Duration::ZERO);
+        assert_eq!(config.client_events_per_s, 0);
+        assert_eq!(config.limits.max_connections, 0);
     }
 
     #[test]

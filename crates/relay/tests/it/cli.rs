@@ -1,18 +1,38 @@
 //! The command line: one clear line and exit code 2 for a bad setting, and
 //! `relay token`.
 
-use std::process::Command;
+use std::process::Stdio;
 
 use relay::auth::{Role, Verifier};
 use relay::config::{JwtConfig, JwtKeySource, Secret};
 
+use crate::support::WAIT;
+
+/// Runs `relay` to its end, within [`WAIT`]: a node that starts when it
+/// should have refused its settings fails the test instead of hanging it
+/// (and listens on a free port, not on 3000).
 fn relay(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_relay"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .expect("run relay")
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(args)
+            .env_clear()
+            .env("RELAY_ADDR", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run relay");
+        tokio::time::timeout(WAIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("relay {args:?} with {env:?} still running after {WAIT:?}"))
+            .expect("relay output")
+    })
 }
 
 fn assert_config_error(output: &std::process::Output, setting: &str) {
@@ -46,6 +66,56 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
             "RELAY_JWT_PUBLIC_KEY",
         ),
         (&[secret, ("RELAY_LOG_FORMAT", "xml")], "RELAY_LOG_FORMAT"),
+        // Numbers out of their documented range (README, Configuration).
+        (
+            &[secret, ("RELAY_POLLING_MAX_PAYLOAD_BYTES", "1")],
+            "RELAY_POLLING_MAX_PAYLOAD_BYTES",
+        ),
+        (&[secret, ("RELAY_HISTORY_SIZE", "0")], "RELAY_HISTORY_SIZE"),
+        (
+            &[secret, ("RELAY_WS_MAX_MESSAGE_BYTES", "1024")],
+            "RELAY_WS_MAX_MESSAGE_BYTES",
+        ),
+        (
+            &[secret, ("RELAY_PING_INTERVAL_MS", "18446744073709551615")],
+            "RELAY_PING_INTERVAL_MS",
+        ),
+        (
+            &[secret, ("RELAY_PING_TIMEOUT_MS", "0")],
+            "RELAY_PING_TIMEOUT_MS",
+        ),
+        (
+            &[secret, ("RELAY_CLAIM_IDLE_MS", "1")],
+            "RELAY_CLAIM_IDLE_MS",
+        ),
+        (
+            &[secret, ("RELAY_SHUTDOWN_GRACE_S", "18446744073709551615")],
+            "RELAY_SHUTDOWN_GRACE_S",
+        ),
+        (
+            &[secret, ("RELAY_HISTORY_TTL_S", "99999999999")],
+            "RELAY_HISTORY_TTL_S",
+        ),
+        (
+            &[secret, ("RELAY_JWT_LEEWAY_S", "31536000")],
+            "RELAY_JWT_LEEWAY_S",
+        ),
+        (
+            &[secret, ("RELAY_MAX_CONNECTIONS", "18446744073709551615")],
+            "RELAY_MAX_CONNECTIONS",
+        ),
+        (
+            &[secret, ("RELAY_CLIENT_EVENTS_PER_S", "4294967295")],
+            "RELAY_CLIENT_EVENTS_PER_S",
+        ),
+        (
+            &[
+                secret,
+                ("RELAY_LOCATION_TTL_S", "60"),
+                ("RELAY_LOCATION_MIN_INTERVAL_MS", "60000"),
+            ],
+            "RELAY_LOCATION_MIN_INTERVAL_MS",
+        ),
     ];
     for (env, setting) in cases {
         assert_config_error(&relay(&["serve"], env), setting);
