@@ -84,6 +84,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let config = prepared_config(&prepared);
     telemetry::init(config.0, &config.1);
+    warn_unknown_variables();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -97,6 +98,27 @@ fn serve(args: ServeArgs) -> ExitCode {
             tracing::error!(error = %e, "relay failed");
             eprintln!("relay: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A misspelt setting would otherwise be ignored without a word: one line
+/// per `RELAY_*` variable that is no setting, with the name it likely meant.
+/// Names only: values may be secrets.
+fn warn_unknown_variables() {
+    for unknown in config::unknown_variables(std::env::vars_os().map(|(name, _)| name)) {
+        match &unknown.did_you_mean {
+            Some(known) => tracing::warn!(
+                variable = %unknown.name,
+                did_you_mean = %known,
+                "{} is not a relay setting and is ignored; did you mean {known}?",
+                unknown.name
+            ),
+            None => tracing::warn!(
+                variable = %unknown.name,
+                "{} is not a relay setting and is ignored",
+                unknown.name
+            ),
         }
     }
 }

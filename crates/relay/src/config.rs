@@ -475,6 +475,108 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     parsed.map_err(|_| format!("'{s}' is not a duration like 90s, 15m, 1h or 7d"))
 }
 
+/// A `RELAY_*` environment variable that is no setting: most likely a
+/// misspelt one, which would otherwise be ignored without a word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVariable {
+    pub name: String,
+    /// The setting it is closest to, if one is close.
+    pub did_you_mean: Option<String>,
+}
+
+/// `RELAY_*` names the project's own tooling sets that are not settings of
+/// `relay serve`: the commit baked in at build time (the Makefile exports it),
+/// scripts/run.sh's mode switch and the test suite's log switch.
+const NOT_SETTINGS: [&str; 3] = ["RELAY_COMMIT", "RELAY_EMBEDDED", "RELAY_TEST_LOGS"];
+
+/// The `RELAY_*` variables among `names` that `relay serve` does not read.
+/// Only names are looked at, never values (they may be secrets). The known
+/// names are the `env` names of [`ServeArgs`]' own clap definitions.
+pub fn unknown_variables(
+    names: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<UnknownVariable> {
+    let command = ServeArgs::augment_args(clap::Command::new("serve"));
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .filter_map(|e| e.to_str())
+        .map(str::to_owned)
+        .collect();
+    let mut unknown: Vec<UnknownVariable> = names
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n.starts_with("RELAY_"))
+        .filter(|n| !known.contains(n) && !NOT_SETTINGS.contains(&n.as_str()))
+        .filter(|n| !is_service_link(n))
+        .map(|name| {
+            let did_you_mean = closest(&name, &known).map(str::to_owned);
+            UnknownVariable { name, did_you_mean }
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    unknown
+}
+
+/// Kubernetes injects `{SERVICE}_SERVICE_HOST`, `{SERVICE}_PORT_3000_TCP_ADDR`
+/// and friends for every Service of the namespace, so a Service called
+/// `relay` (or `relay-headless`) makes `RELAY_*` variables that are nobody's
+/// typo. No setting ends like these.
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") || name.ends_with("_PORT") {
+        return true;
+    }
+    if let Some((_, rest)) = name.split_once("_SERVICE_PORT") {
+        return rest.is_empty() || rest.starts_with('_');
+    }
+    // {SERVICE}_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]
+    let parts: Vec<&str> = name.split('_').collect();
+    parts.windows(3).any(|w| {
+        w[0] == "PORT"
+            && !w[1].is_empty()
+            && w[1].bytes().all(|b| b.is_ascii_digit())
+            && matches!(w[2], "TCP" | "UDP" | "SCTP")
+    })
+}
+
+/// The known name a typo most likely meant: `REDIS_URL` for `RELAY_REDIS_URL`,
+/// else the nearest by edit distance, if at most 3 edits away.
+fn closest<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
+    let bare = name.trim_start_matches("RELAY_");
+    if let Some(k) = known.iter().find(|k| *k == bare) {
+        return Some(k);
+    }
+    known
+        .iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.as_str())
+}
+
+/// Levenshtein distance, counting a swap of two neighbours as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// hostname-pid: unique per process on a host, and stable for a pod's lifetime.
 fn default_node_id() -> String {
     let host = std::env::var("HOSTNAME")
@@ -694,6 +796,39 @@ mod tests {
         assert_eq!(config.location.min_interval, Duration::ZERO);
         assert_eq!(config.client_events_per_s, 0);
         assert_eq!(config.limits.max_connections, 0);
+    }
+
+    #[test]
+    fn unknown_relay_variables_are_found_with_a_suggestion() {
+        let names = [
+            "RELAY_HISTROY_SIZE",
+            "RELAY_JWT_SECRET",
+            "RELAY_REDIS_URL",
+            "RELAY_SOMETHING_ELSE",
+            "RELAY_COMMIT",
+            "REDIS_URL",
+            "HOME",
+            "RELAY_SERVICE_HOST",
+            "RELAY_SERVICE_PORT",
+            "RELAY_SERVICE_PORT_HTTP",
+            "RELAY_PORT",
+            "RELAY_PORT_3000_TCP",
+            "RELAY_PORT_3000_TCP_ADDR",
+            "RELAY_HEADLESS_SERVICE_HOST",
+        ];
+        let unknown = unknown_variables(names.iter().map(Into::into));
+        let found: Vec<(&str, Option<&str>)> = unknown
+            .iter()
+            .map(|u| (u.name.as_str(), u.did_you_mean.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("RELAY_HISTROY_SIZE", Some("RELAY_HISTORY_SIZE")),
+                ("RELAY_REDIS_URL", Some("REDIS_URL")),
+                ("RELAY_SOMETHING_ELSE", None),
+            ]
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use relay::auth::{Role, Verifier};
 use relay::config::{JwtConfig, JwtKeySource, Secret};
 
-use crate::support::WAIT;
+use crate::support::{NodeProcess, WAIT};
 
 /// Runs `relay` to its end, within [`WAIT`]: a node that starts when it
 /// should have refused its settings fails the test instead of hanging it
@@ -184,4 +184,45 @@ fn help_never_prints_secret_values_from_the_environment() {
 fn missing_arguments_are_named_on_the_one_line() {
     let output = relay(&["token", "--role", "admin"], &[("RELAY_JWT_SECRET", "s")]);
     assert_config_error(&output, "--sub");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_relay_variables_are_warned_about_once_and_the_node_starts() {
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-unknown-vars.log");
+    let mut node = NodeProcess::spawn_logging_to(
+        &[
+            ("RELAY_HISTROY_SIZE", "value-that-must-not-leak"),
+            ("RELAY_BRAND_NEW_THING", "another-value-that-must-not-leak"),
+            // Kubernetes service links for a Service named `relay`: not typos.
+            ("RELAY_SERVICE_HOST", "10.0.0.1"),
+            ("RELAY_PORT_3000_TCP_ADDR", "10.0.0.1"),
+        ],
+        &log,
+    )
+    .await;
+    node.terminate();
+    assert_eq!(node.exit_code().await, Some(0));
+    let logs = std::fs::read_to_string(&log).expect("log");
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("is not a relay setting"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one line per unknown variable: {logs}");
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("RELAY_HISTROY_SIZE")
+                && l.contains("did you mean RELAY_HISTORY_SIZE?")),
+        "{logs}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("RELAY_BRAND_NEW_THING") && !l.contains("did you mean")),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("must-not-leak"),
+        "a value was logged: {logs}"
+    );
 }
