@@ -484,10 +484,17 @@ pub struct UnknownVariable {
     pub did_you_mean: Option<String>,
 }
 
-/// `RELAY_*` names the project's own tooling sets that are not settings of
-/// `relay serve`: the commit baked in at build time (the Makefile exports it),
-/// scripts/run.sh's mode switch and the test suite's log switch.
-const NOT_SETTINGS: [&str; 3] = ["RELAY_COMMIT", "RELAY_EMBEDDED", "RELAY_TEST_LOGS"];
+/// `RELAY_*` names the project's own tooling sets around a node that are not
+/// settings of `relay serve`: the commit baked in at build time (the Makefile
+/// exports it), scripts/run.sh's mode switch and binaries, and the test
+/// suite's log switch.
+const NOT_SETTINGS: [&str; 5] = [
+    "RELAY_COMMIT",
+    "RELAY_EMBEDDED",
+    "RELAY_BIN",
+    "RELAY_SIM_BIN",
+    "RELAY_TEST_LOGS",
+];
 
 /// The `RELAY_*` variables among `names` that `relay serve` does not read.
 /// Only names are looked at, never values (they may be secrets). The known
