@@ -92,8 +92,13 @@ pub async fn run<E: Engine>(
     let (mut feed, mut last) = loop {
         match engine.history().feed().await {
             Ok(feed) => break feed,
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "history feed not subscribed")
+            }
+            // No event reaches this node's clients without it: keep trying, slowly.
+            Err(e) => {
+                backoff = Duration::from_secs(2);
+                tracing::error!(error = %e, retry_in = ?backoff, "history feed not subscribed");
             }
         }
         tokio::select! {

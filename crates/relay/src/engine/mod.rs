@@ -2,14 +2,15 @@
 //! (embedded single-node mode). The gateway and everything above it are
 //! generic over [`Engine`], never branching on which one runs.
 
+mod error;
 pub mod memory;
 pub mod redis;
 mod traits;
 
+pub use error::{EngineError, StoreError, StoreResult};
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, Recorded, StoreError, StoreResult, StreamEntry, StreamStats, UserSessions,
-    cmp_offsets, in_offset_order,
+    OrderStore, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, in_offset_order,
 };
 
 use std::{
@@ -30,10 +31,6 @@ use tokio_util::sync::CancellationToken;
 pub type AdapterState<E> = <<E as Engine>::Adapter as CoreAdapter<Emitter>>::State;
 /// What the adapter's namespace initialisation returns.
 pub type AdapterInit<E> = <<E as Engine>::Adapter as CoreAdapter<Emitter>>::InitRes;
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct EngineError(pub String);
 
 pub trait Engine: Send + Sync + 'static {
     type Adapter: Adapter + DefinedAdapter;

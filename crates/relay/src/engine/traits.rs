@@ -5,20 +5,8 @@ use std::{future::Future, time::Duration};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::StoreResult;
 use crate::{active_order::ActiveOrder, auth::Principal, events::Timestamp, outcome::Outcome};
-
-/// Any failure of the backing store; the caller retries or reports 503.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
-
-impl From<redis::RedisError> for StoreError {
-    fn from(e: redis::RedisError) -> Self {
-        Self(e.to_string())
-    }
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// One entry of the event stream, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]

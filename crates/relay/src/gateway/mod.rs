@@ -151,7 +151,14 @@ impl<E: Engine> Gateway<E> {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "adapter not ready");
+                    // Without the namespace the node serves nobody: keep
+                    // trying, at the slowest pace when only an operator can help.
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "adapter not ready");
+                    } else {
+                        backoff = Duration::from_secs(2);
+                        tracing::error!(error = %e, retry_in = ?backoff, "adapter not ready");
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(backoff) => {}

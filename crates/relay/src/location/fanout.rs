@@ -110,8 +110,13 @@ pub async fn receive<E: Engine>(
             Ok(Some(feed)) => break feed,
             // A single node: there is nobody to hear from.
             Ok(None) => return,
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "location feed not subscribed")
+            }
+            // Peers' locations never arrive without it: keep trying, slowly.
+            Err(e) => {
+                backoff = std::time::Duration::from_secs(2);
+                tracing::error!(error = %e, retry_in = ?backoff, "location feed not subscribed");
             }
         }
         tokio::select! {

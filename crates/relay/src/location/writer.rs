@@ -80,7 +80,11 @@ pub async fn run<E: Engine>(
             Err(e) => {
                 // Locations are ephemeral: the next update replaces this batch.
                 metrics::store_error("location_write");
-                tracing::warn!(error = %e, drivers = flush.len(), "location batch not cached");
+                if e.is_transient() {
+                    tracing::warn!(error = %e, drivers = flush.len(), "location batch not cached");
+                } else {
+                    tracing::error!(error = %e, drivers = flush.len(), "location batch not cached");
+                }
             }
         }
     }

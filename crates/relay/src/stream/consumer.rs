@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::tasks::Tasks;
 use crate::{
-    engine::{Engine, EventStream, Health, StreamEntry},
+    engine::{Engine, EventStream, Health, StoreError, StreamEntry},
     events::{decode, sequence_key},
     metrics,
     stream::{Dispatcher, Effect},
@@ -116,7 +116,15 @@ impl<E: Engine> Consumer<E> {
                     self.health.set_consumer_running(true);
                     return true;
                 }
-                Err(e) => tracing::warn!(error = %e, "consumer group not ready"),
+                // Nothing can be read without the group: keep trying, at the
+                // slowest pace when only an operator can help.
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "consumer group not ready")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "consumer group cannot be created");
+                    backoff = MAX_BACKOFF;
+                }
             }
             if !self.pause(&mut backoff).await {
                 return false;
@@ -148,7 +156,15 @@ impl<E: Engine> Consumer<E> {
                     }
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "own pending entries unreadable"),
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "own pending entries unreadable");
+                }
+                // Not worth holding the stream for: the entries are not held
+                // here, so the claim rounds take them once they are idle.
+                Err(e) => {
+                    tracing::error!(error = %e, "own pending entries unreadable; left to the claim rounds");
+                    return;
+                }
             }
             if !self.pause(&mut backoff).await {
                 return;
@@ -206,7 +222,14 @@ impl<E: Engine> Consumer<E> {
                     drop(permits);
                     self.health.set_consumer_running(false);
                     metrics::store_error("stream_read");
-                    tracing::warn!(error = %e, "reading the event stream failed");
+                    // The stream is all there is to read: keep trying, at the
+                    // slowest pace when only an operator can help.
+                    if e.is_transient() {
+                        tracing::warn!(error = %e, "reading the event stream failed");
+                    } else {
+                        tracing::error!(error = %e, "reading the event stream failed");
+                        backoff = MAX_BACKOFF;
+                    }
                     if !self.pause(&mut backoff).await {
                         return;
                     }
@@ -231,7 +254,11 @@ impl<E: Engine> Consumer<E> {
             metrics::set_in_flight(held.len());
             if let Err(e) = self.stream().keep_alive(&held).await {
                 metrics::store_error("keep_alive");
-                tracing::debug!(error = %e, "keep-alive failed");
+                if e.is_transient() {
+                    tracing::debug!(error = %e, "keep-alive failed");
+                } else {
+                    tracing::error!(error = %e, "keep-alive failed");
+                }
             }
             self.claim(&held).await;
             if last_stats.elapsed() >= STATS_EVERY {
@@ -270,7 +297,11 @@ impl<E: Engine> Consumer<E> {
             }
             Err(e) => {
                 metrics::store_error("claim");
-                tracing::debug!(error = %e, "claiming failed");
+                if e.is_transient() {
+                    tracing::debug!(error = %e, "claiming failed");
+                } else {
+                    tracing::error!(error = %e, "claiming failed");
+                }
             }
         }
     }
@@ -321,7 +352,9 @@ impl<E: Engine> Consumer<E> {
                 tracing::warn!(id = %entry.id, error = %e, "malformed entry: dead-lettered");
                 let reason = e.to_string();
                 if self
-                    .retry("dead_letter", || self.stream().dead_letter(&entry, &reason))
+                    .retry("dead_letter", &entry.id, || {
+                        self.stream().dead_letter(&entry, &reason)
+                    })
                     .await
                 {
                     metrics::stream_dead_lettered(kind, e.reason);
@@ -335,7 +368,7 @@ impl<E: Engine> Consumer<E> {
             // An entry read at the head of its order's queue skips the round trip.
             if !entry.first_in_order
                 && !self
-                    .retry("wait_turn", || {
+                    .retry("wait_turn", &entry.id, || {
                         self.stream().wait_turn(order, &entry.id, &self.stop)
                     })
                     .await
@@ -348,18 +381,29 @@ impl<E: Engine> Consumer<E> {
         let effect = loop {
             match self.dispatcher.handle(&entry.id, &event).await {
                 Ok(effect) => break effect,
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     metrics::stream_retried(kind);
                     tracing::warn!(id = %entry.id, error = %e, "dispatch failed, retrying");
                     if !self.pause(&mut backoff).await {
                         return;
                     }
                 }
+                Err(e) => {
+                    tracing::error!(
+                        id = %entry.id,
+                        error = %e,
+                        "dispatch failed; left pending for redelivery"
+                    );
+                    self.give_up(&entry.id);
+                    return;
+                }
             }
         };
         if let Some(order) = order
             && !self
-                .retry("advance", || self.stream().advance(order, &entry.id))
+                .retry("advance", &entry.id, || {
+                    self.stream().advance(order, &entry.id)
+                })
                 .await
         {
             return;
@@ -371,6 +415,9 @@ impl<E: Engine> Consumer<E> {
                 self.tasks.spawn(async move {
                     if outcomes.await {
                         this.complete(&entry.id, kind).await;
+                    } else if !this.stop.is_cancelled() {
+                        // An outcome could not be written: redelivered later.
+                        this.give_up(&entry.id);
                     }
                     drop(permit);
                 });
@@ -381,18 +428,22 @@ impl<E: Engine> Consumer<E> {
     }
 
     async fn complete(&self, id: &str, kind: &'static str) {
-        if self.retry("ack", || self.stream().ack(id)).await {
+        if self.retry("ack", id, || self.stream().ack(id)).await {
             metrics::stream_acked(kind);
             self.release(id);
         }
     }
 
-    /// Retries a store operation until it succeeds (true) or the node stops
-    /// (false: the entry stays pending and is handed back).
-    async fn retry<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> bool
+    /// Retries a store operation on entry `id` while it fails transiently,
+    /// until it succeeds (true) or the node stops (false: the entry stays
+    /// pending and is handed back). Any other failure would fail the same
+    /// way again: the entry is given up (false), left pending for the
+    /// claim rounds, which redeliver it after the claim time and
+    /// dead-letter it after `RELAY_MAX_DELIVERIES`.
+    async fn retry<T, F, Fut>(&self, op: &'static str, id: &str, mut attempt: F) -> bool
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, crate::engine::StoreError>>,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -403,13 +454,24 @@ impl<E: Engine> Consumer<E> {
                         return false;
                     }
                     metrics::store_error(op);
-                    tracing::warn!(op, error = %e, "stream operation failed, retrying");
+                    if !e.is_transient() {
+                        tracing::error!(op, id, error = %e, "stream operation failed; entry left pending for redelivery");
+                        self.give_up(id);
+                        return false;
+                    }
+                    tracing::warn!(op, id, error = %e, "stream operation failed, retrying");
                 }
             }
             if !self.pause(&mut backoff).await {
                 return false;
             }
         }
+    }
+
+    /// Stops holding an entry that failed in a way retrying here will not
+    /// fix: no longer kept alive, it becomes claimable after the claim time.
+    fn give_up(&self, id: &str) {
+        self.release(id);
     }
 
     /// Sleeps with exponential back-off; false when the node is stopping.

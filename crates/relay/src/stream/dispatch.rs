@@ -341,8 +341,9 @@ impl<E: Engine> Dispatcher<E> {
     }
 }
 
-/// Appends with retries: an outcome that cannot be written keeps its stream
-/// entry pending, so it is redelivered rather than lost.
+/// Appends, retrying while the store fails transiently: an outcome that
+/// cannot be written keeps its stream entry pending, so it is redelivered
+/// rather than lost.
 async fn append_outcome<S: EventStream>(
     stream: &S,
     outcome: &Outcome,
@@ -359,9 +360,16 @@ async fn append_outcome<S: EventStream>(
                 }
                 return true;
             }
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 metrics::store_error("append_outcome");
                 tracing::warn!(error = %e, event_id = %outcome.event_id, "outcome not written yet");
+            }
+            // Would fail the same way again: the entry stays pending and is
+            // redelivered (and dead-lettered after too many deliveries).
+            Err(e) => {
+                metrics::store_error("append_outcome");
+                tracing::error!(error = %e, event_id = %outcome.event_id, "outcome not written");
+                return false;
             }
         }
         tokio::select! {

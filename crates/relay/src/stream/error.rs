@@ -1,4 +1,5 @@
-//! Why an event could not be handled now (it stays pending and is retried).
+//! Why an event could not be handled now: retried in place when the cause
+//! passes, else left pending for redelivery.
 
 use crate::{engine::StoreError, gateway::BroadcastFailed};
 
@@ -8,4 +9,15 @@ pub enum DispatchError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broadcast(#[from] BroadcastFailed),
+}
+
+impl DispatchError {
+    /// A broadcast fails while the namespace or the adapter's link is not
+    /// up, which passes; a store error, by its kind.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_transient(),
+            Self::Broadcast(_) => true,
+        }
+    }
 }

@@ -3,8 +3,9 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use crate::engine::StoreResult;
 use crate::{
-    engine::traits::{DriverLocation, LocationCache, StoreResult},
+    engine::traits::{DriverLocation, LocationCache},
     events::{Timestamp, now_ms},
 };
 

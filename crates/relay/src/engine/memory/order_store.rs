@@ -2,10 +2,11 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
+use crate::engine::StoreResult;
 use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
-    engine::traits::{OrderStore, StoreResult},
+    engine::traits::OrderStore,
     events::Timestamp,
 };
 

@@ -11,11 +11,9 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::{StoreError, StoreResult};
 use crate::{
-    engine::traits::{
-        Claimed, DeadLetter, EventStream, OfferState, StoreError, StoreResult, StreamEntry,
-        StreamStats,
-    },
+    engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
     events::{now_ms, sequence_key},
     outcome::Outcome,
 };
@@ -167,7 +165,7 @@ impl EventStream for MemoryStream {
                 return Ok(());
             }
             tokio::select! {
-                () = cancel.cancelled() => return Err(StoreError("shutting down".into())),
+                () = cancel.cancelled() => return Err(StoreError::Cancelled),
                 () = advanced => {}
             }
         }

@@ -157,7 +157,8 @@ impl History for RedisHistory {
         rooms: &[String],
         then_leave: Option<&str>,
     ) -> StoreResult<String> {
-        let rooms_json = serde_json::to_string(rooms).map_err(|e| StoreError(e.to_string()))?;
+        let rooms_json =
+            serde_json::to_string(rooms).map_err(|e| StoreError::BadData(e.to_string()))?;
         let mut invocation = self.publish.key(self.all_key());
         for room in rooms {
             invocation.key(self.room_key(room));
@@ -209,8 +210,16 @@ impl History for RedisHistory {
                         reply
                     }
                     Err(e) => {
+                        let e = StoreError::from(e);
                         crate::metrics::store_error("history_read");
-                        tracing::debug!(error = %e, "reading recorded events failed, retrying");
+                        // The feed is every event this node delivers: keep
+                        // reading, at the slowest pace when only an operator can help.
+                        if e.is_transient() {
+                            tracing::debug!(error = %e, "reading recorded events failed, retrying");
+                        } else {
+                            tracing::error!(error = %e, "reading recorded events failed, retrying");
+                            backoff = std::time::Duration::from_secs(2);
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
                         if tx.is_closed() {
@@ -268,7 +277,9 @@ impl History for RedisHistory {
             .invoke_async(&mut self.conn.clone())
             .await?;
         let Value::Array(mut items) = reply else {
-            return Err(StoreError("unexpected reply to the history script".into()));
+            return Err(StoreError::BadData(
+                "unexpected reply to the history script".into(),
+            ));
         };
         if items.is_empty() || matches!(items.first(), Some(Value::Int(0))) {
             return Ok(Missed::NotRecovered);

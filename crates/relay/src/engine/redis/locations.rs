@@ -9,8 +9,9 @@ use redis::{Script, Value};
 use super::link::Link;
 
 use super::values::bulk_string;
+use crate::engine::StoreResult;
 use crate::{
-    engine::traits::{DriverLocation, LocationCache, StoreResult},
+    engine::traits::{DriverLocation, LocationCache},
     events::Timestamp,
 };
 

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use redis::{IntoConnectionInfo, ProtocolVersion, aio::ConnectionManagerConfig};
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{
-    CustomRedisAdapter, InitRes, RedisAdapterConfig, RedisAdapterCtr,
+    CustomRedisAdapter, InitError, InitRes, RedisAdapterConfig, RedisAdapterCtr,
     drivers::{ChanItem, Driver, MessageStream},
 };
 use tokio_util::sync::CancellationToken;
@@ -88,19 +88,17 @@ impl RedisEngine {
             .url
             .expose()
             .into_connection_info()
-            .map_err(|e| EngineError(format!("REDIS_URL: {:?}", e.kind())))?;
-        let resp2 = redis::Client::open(info.clone()).map_err(|e| EngineError(e.to_string()))?;
+            .map_err(|e| EngineError::BadUrl(e.kind()))?;
+        let resp2 = redis::Client::open(info.clone()).map_err(EngineError::Client)?;
         // The adapter's pub/sub rides on RESP3 push messages, whatever the URL says.
         let redis_settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let resp3 = redis::Client::open(info.set_redis_settings(redis_settings))
-            .map_err(|e| EngineError(e.to_string()))?;
-        let driver = PubSubDriver::new(resp3, connection_config())
-            .map_err(|e| EngineError(e.to_string()))?;
-        let lazy =
-            |config| Link::new(resp2.clone(), config).map_err(|e| EngineError(e.to_string()));
+            .map_err(EngineError::Client)?;
+        let driver = PubSubDriver::new(resp3, connection_config()).map_err(EngineError::Client)?;
+        let lazy = |config| Link::new(resp2.clone(), config).map_err(EngineError::Client);
         let commands = lazy(connection_config())?;
         // XREAD BLOCK needs its own connection and a response timeout above
         // the block time: the default 500 ms would fail every blocking read.
@@ -201,7 +199,7 @@ impl Engine for RedisEngine {
             .driver
             .subscribe(self.locations.channel().to_owned(), LOCATION_FEED_BUFFER)
             .await
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(StoreError::from)?;
         Ok(Some(feed))
     }
 
@@ -214,7 +212,10 @@ impl Engine for RedisEngine {
     }
 
     async fn finish_init(init: InitRes<PubSubDriver>) -> Result<(), EngineError> {
-        init.await.map_err(|e| EngineError(e.to_string()))
+        init.await.map_err(|e| match e {
+            InitError::Driver(e) => EngineError::Adapter(e.into()),
+            InitError::MalformedNamespace => EngineError::MalformedNamespace,
+        })
     }
 
     /// Redis counts as up when a message published through the adapter's

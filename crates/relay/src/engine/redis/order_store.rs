@@ -11,10 +11,11 @@ use redis::{Script, Value};
 use super::link::Link;
 
 use super::values::{bulk_string, field_map};
+use crate::engine::StoreResult;
 use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
-    engine::traits::{OrderStore, StoreResult},
+    engine::traits::OrderStore,
     events::Timestamp,
 };
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use redis::Script;
 
 use super::link::Link;
-use crate::engine::traits::{BoxFuture, StoreResult, UserSessions};
+use crate::engine::StoreResult;
+use crate::engine::traits::{BoxFuture, UserSessions};
 
 /// How long an instance counts after its last keep-alive.
 const ALIVE_FOR: Duration = Duration::from_secs(10);

@@ -24,12 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::PubSubDriver;
 use super::link::Link;
 use super::values::{bulk_string, field_map, int, parse_entries, parse_entry};
+use crate::engine::{StoreError, StoreResult};
 use crate::tasks::Tasks;
 use crate::{
-    engine::traits::{
-        Claimed, DeadLetter, EventStream, OfferState, StoreError, StoreResult, StreamEntry,
-        StreamStats,
-    },
+    engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
     events::{now_ms, sequence_key},
     outcome::Outcome,
 };
@@ -336,7 +334,7 @@ async fn forward_notices(
 }
 
 fn is_nogroup(e: &redis::RedisError) -> bool {
-    e.to_string().contains("NOGROUP")
+    e.code() == Some("NOGROUP")
 }
 
 impl EventStream for RedisStream {
@@ -354,7 +352,7 @@ impl EventStream for RedisStream {
                 tracing::info!(stream = %self.keys.stream, group = %self.keys.group, "consumer group created");
                 Ok(())
             }
-            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -461,12 +459,17 @@ impl EventStream for RedisStream {
                         data: None,
                         first_in_order: false,
                     });
-                self.dead_letter(
-                    &entry,
-                    &format!("max_deliveries: delivered {deliveries} times"),
-                )
-                .await?;
-                claimed.dead_lettered += 1;
+                // One entry that cannot be dead-lettered must not keep the
+                // others from being claimed: it is tried again next round.
+                let reason = format!("max_deliveries: delivered {deliveries} times");
+                match self.dead_letter(&entry, &reason).await {
+                    Ok(()) => claimed.dead_lettered += 1,
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        crate::metrics::store_error("dead_letter");
+                        tracing::error!(id, error = %e, "entry not dead-lettered");
+                    }
+                }
             } else {
                 claim.push(id);
             }
@@ -527,7 +530,7 @@ impl EventStream for RedisStream {
                 next_stale_check = tokio::time::Instant::now() + STALE_HEAD_CHECK;
             }
             tokio::select! {
-                () = cancel.cancelled() => break Err(StoreError("shutting down".into())),
+                () = cancel.cancelled() => break Err(StoreError::Cancelled),
                 () = notified => {}
                 () = tokio::time::sleep(TURN_POLL) => {}
             }
