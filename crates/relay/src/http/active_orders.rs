@@ -53,18 +53,9 @@ pub async fn active<E: Engine>(
     State(state): State<HttpState<E>>,
     headers: HeaderMap,
 ) -> Result<Json<ActiveOrders>, ApiError> {
-    let token = bearer(&headers)
-        .ok_or_else(|| ApiError::unauthorized(Rejection::MissingToken.to_string()))?;
-    let principal = state
-        .verifier
-        .verify(token)
-        .map_err(|rejection| ApiError::unauthorized(rejection.to_string()))?;
-    let orders = state
-        .engine
-        .orders()
-        .active_for(&principal)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("order state unavailable: {e}")))?;
+    let token = bearer(&headers).ok_or(Rejection::MissingToken)?;
+    let principal = state.verifier.verify(token)?;
+    let orders = state.engine.orders().active_for(&principal).await?;
     let mut views = Vec::with_capacity(orders.len());
     // An order with its final status is ended right after that status went
     // out: a client that resyncs on seeing it must not find it still active.

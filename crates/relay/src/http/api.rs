@@ -65,19 +65,15 @@ pub async fn publish<E: Engine>(
         ApiError::bad_request(format!("unknown event type `{}`", body.kind))
     })?;
     let data = body.data.to_string();
-    decode_value(kind, body.data).map_err(|e| {
-        metrics::publish_rejected("invalid_event");
-        ApiError::bad_request(e.to_string())
-    })?;
+    decode_value(kind, body.data).inspect_err(|_| metrics::publish_rejected("invalid_event"))?;
     let event_id = state
         .engine
         .stream()
         .append(kind.as_str(), &data)
         .await
-        .map_err(|e| {
+        .inspect_err(|_| {
             metrics::publish_rejected("store_unavailable");
             metrics::store_error("append");
-            ApiError::unavailable(format!("event not stored: {e}"))
         })?;
     metrics::event_published(kind);
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))))
@@ -104,8 +100,7 @@ pub async fn outcomes<E: Engine>(
         .engine
         .stream()
         .recent_outcomes(recent.limit())
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .await?;
     Ok(Json(json!({ "outcomes": outcomes })))
 }
 
@@ -119,7 +114,6 @@ pub async fn dead_letters<E: Engine>(
         .engine
         .stream()
         .recent_dead_letters(recent.limit())
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .await?;
     Ok(Json(json!({ "dead_letters": dead })))
 }

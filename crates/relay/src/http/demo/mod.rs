@@ -241,9 +241,7 @@ async fn state<E: Engine>(
 ) -> Result<Response, ApiError> {
     let demo = demo(&state)?;
     same_origin(&headers)?;
-    let snapshot = snapshot::take(state.engine.as_ref(), now_ms())
-        .await
-        .map_err(|e| ApiError::unavailable(format!("state unavailable: {e}")))?;
+    let snapshot = snapshot::take(state.engine.as_ref(), now_ms()).await?;
     let mut body = serde_json::to_value(snapshot)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     body["node"] = json!(demo.node_id);
