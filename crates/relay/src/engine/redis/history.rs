@@ -7,12 +7,15 @@
 //! they delivered: unlike pub/sub, a node whose Redis connection drops for a
 //! moment resumes exactly where it was, and misses nothing.
 
-use redis::{Script, Value};
+use redis::{
+    Script, Value,
+    streams::{StreamId, StreamRangeReply, StreamReadReply},
+};
 
 use super::link::Link;
 use tokio::sync::mpsc;
 
-use super::values::{bulk_string, parse_entry};
+use super::values::bulk_string;
 use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, in_offset_order};
 use crate::tasks::Tasks;
 
@@ -178,7 +181,7 @@ impl History for RedisHistory {
     }
 
     async fn feed(&self) -> StoreResult<(mpsc::Receiver<Recorded>, Option<String>)> {
-        let newest: Value = redis::cmd("XREVRANGE")
+        let newest: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(self.all_key())
             .arg("+")
             .arg("-")
@@ -186,7 +189,7 @@ impl History for RedisHistory {
             .arg(1)
             .query_async(&mut self.conn.clone())
             .await?;
-        let last = parse_records(newest).pop().map(|r| r.offset);
+        let last = parse_records(newest.ids).pop().map(|r| r.offset);
         let (tx, rx) = mpsc::channel(FEED);
         let (mut conn, key) = (self.blocking.clone(), self.all_key());
         let mut after = last.clone().unwrap_or_else(|| "0-0".to_owned());
@@ -194,7 +197,7 @@ impl History for RedisHistory {
         let read_loop = async move {
             let mut backoff = std::time::Duration::from_millis(100);
             loop {
-                let read: redis::RedisResult<Value> = redis::cmd("XREAD")
+                let read: redis::RedisResult<StreamReadReply> = redis::cmd("XREAD")
                     .arg("COUNT")
                     .arg(READ_COUNT)
                     .arg("BLOCK")
@@ -228,17 +231,8 @@ impl History for RedisHistory {
                         continue;
                     }
                 };
-                let records = match reply {
-                    Value::Array(mut streams) if !streams.is_empty() => {
-                        match streams.swap_remove(0) {
-                            Value::Array(mut pair) if pair.len() == 2 => {
-                                parse_records(pair.swap_remove(1))
-                            }
-                            _ => Vec::new(),
-                        }
-                    }
-                    _ => Vec::new(),
-                };
+                let entries = reply.keys.into_iter().flat_map(|key| key.ids).collect();
+                let records = parse_records(entries);
                 for record in records {
                     after = record.offset.clone();
                     if tx.send(record).await.is_err() {
@@ -307,13 +301,14 @@ impl History for RedisHistory {
 
 /// Entries of `history:all` as recorded events; a malformed one is skipped
 /// (and counted), never blocks the ones after it.
-fn parse_records(value: Value) -> Vec<Recorded> {
-    let Value::Array(rows) = value else {
-        return Vec::new();
-    };
+fn parse_records(rows: Vec<StreamId>) -> Vec<Recorded> {
     rows.into_iter()
         .filter_map(|row| {
-            let (offset, mut fields) = parse_entry(row)?;
+            let StreamId {
+                id: offset,
+                map: mut fields,
+                ..
+            } = row;
             let mut take = |k: &str| fields.remove(k).and_then(bulk_string);
             let record = (|| {
                 Some(Recorded {

@@ -16,14 +16,20 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use redis::{Script, Value};
+use redis::{
+    Script, Value,
+    streams::{
+        StreamClaimReply, StreamInfoGroupsReply, StreamPendingCountReply, StreamPendingReply,
+        StreamRangeReply, StreamReadReply,
+    },
+};
 use socketioxide_redis::drivers::Driver;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::PubSubDriver;
 use super::link::Link;
-use super::values::{bulk_string, field_map, int, parse_entries, parse_entry};
+use super::values::{bulk_string, parse_entries, stream_entry};
 use crate::engine::{StoreError, StoreResult};
 use crate::tasks::Tasks;
 use crate::{
@@ -263,7 +269,7 @@ impl RedisStream {
     /// A head whose entry is no longer pending (acked by a path that did not
     /// advance, or trimmed from the stream) would block its order forever.
     async fn drop_dead_head(&self, order: &str, head: &str) -> StoreResult<()> {
-        let pending: Value = redis::cmd("XPENDING")
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(&self.keys.stream)
             .arg(&self.keys.group)
             .arg(head)
@@ -271,8 +277,7 @@ impl RedisStream {
             .arg(1)
             .query_async(&mut self.conn())
             .await?;
-        let still_pending = matches!(&pending, Value::Array(items) if !items.is_empty());
-        if !still_pending {
+        if pending.ids.is_empty() {
             tracing::warn!(order, head, "sequencing queue head is not pending: dropped");
             self.advance(order, head).await?;
         }
@@ -358,7 +363,7 @@ impl EventStream for RedisStream {
     }
 
     async fn own_pending(&self, count: usize) -> StoreResult<Vec<StreamEntry>> {
-        let reply: Value = redis::cmd("XREADGROUP")
+        let reply: StreamReadReply = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.keys.group)
             .arg(&self.node)
@@ -369,15 +374,12 @@ impl EventStream for RedisStream {
             .arg("0")
             .query_async(&mut self.conn())
             .await?;
-        // [[stream, [entries]]]
-        let entries = match reply {
-            Value::Array(mut streams) if !streams.is_empty() => match streams.swap_remove(0) {
-                Value::Array(mut pair) if pair.len() == 2 => parse_entries(pair.swap_remove(1)),
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        Ok(entries)
+        Ok(reply
+            .keys
+            .into_iter()
+            .flat_map(|key| key.ids)
+            .map(stream_entry)
+            .collect())
     }
 
     async fn read_new(&self, count: usize) -> StoreResult<Vec<StreamEntry>> {
@@ -414,7 +416,7 @@ impl EventStream for RedisStream {
 
     async fn claim_stale(&self, in_flight: &[String]) -> StoreResult<Claimed> {
         let idle_ms = self.claim_idle.as_millis() as u64;
-        let pending: Value = redis::cmd("XPENDING")
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(&self.keys.stream)
             .arg(&self.keys.group)
             .arg("IDLE")
@@ -424,35 +426,25 @@ impl EventStream for RedisStream {
             .arg(100)
             .query_async(&mut self.conn())
             .await?;
-        let Value::Array(rows) = pending else {
-            return Ok(Claimed::default());
-        };
         let mut claim = Vec::new();
         let mut claimed = Claimed::default();
-        for row in rows {
-            let Value::Array(mut cols) = row else {
-                continue;
-            };
-            if cols.len() < 4 {
-                continue;
-            }
-            let deliveries = int(&cols[3]).unwrap_or(0);
-            let Some(id) = bulk_string(cols.swap_remove(0)) else {
-                continue;
-            };
+        for row in pending.ids {
+            let (id, deliveries) = (row.id, row.times_delivered);
             if in_flight.contains(&id) {
                 continue;
             }
-            if deliveries >= i64::from(self.max_deliveries) {
-                let range: Value = redis::cmd("XRANGE")
+            if deliveries >= self.max_deliveries as usize {
+                let range: StreamRangeReply = redis::cmd("XRANGE")
                     .arg(&self.keys.stream)
                     .arg(&id)
                     .arg(&id)
                     .query_async(&mut self.conn())
                     .await?;
-                let entry = parse_entries(range)
+                let entry = range
+                    .ids
                     .into_iter()
                     .next()
+                    .map(stream_entry)
                     .unwrap_or(StreamEntry {
                         id: id.clone(),
                         kind: None,
@@ -481,8 +473,8 @@ impl EventStream for RedisStream {
                 .arg(&self.node)
                 .arg(idle_ms)
                 .arg(&claim);
-            let reply: Value = cmd.query_async(&mut self.conn()).await?;
-            claimed.entries = parse_entries(reply);
+            let reply: StreamClaimReply = cmd.query_async(&mut self.conn()).await?;
+            claimed.entries = reply.ids.into_iter().map(stream_entry).collect();
         }
         Ok(claimed)
     }
@@ -650,36 +642,25 @@ impl EventStream for RedisStream {
     }
 
     async fn stats(&self) -> StoreResult<StreamStats> {
-        let groups: Value = redis::cmd("XINFO")
+        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.keys.stream)
             .query_async(&mut self.conn())
             .await?;
         let mut stats = StreamStats::default();
-        if let Value::Array(groups) = groups {
-            for group in groups {
-                let fields = field_map(group);
-                if fields
-                    .get("name")
-                    .and_then(|v| bulk_string(v.clone()))
-                    .as_deref()
-                    != Some(self.keys.group.as_str())
-                {
-                    continue;
-                }
-                stats.lag = fields.get("lag").and_then(int).map(|v| v.max(0) as u64);
-                stats.pending = fields.get("pending").and_then(int).unwrap_or(0).max(0) as u64;
-            }
+        if let Some(group) = groups.groups.iter().find(|g| g.name == self.keys.group) {
+            // `lag` is nil after deletions or when the group is behind the first entry.
+            stats.lag = group.lag.map(|lag| lag as u64);
+            stats.pending = group.pending as u64;
         }
-        let summary: Value = redis::cmd("XPENDING")
+        let summary: StreamPendingReply = redis::cmd("XPENDING")
             .arg(&self.keys.stream)
             .arg(&self.keys.group)
             .query_async(&mut self.conn())
             .await?;
-        if let Value::Array(mut parts) = summary
-            && parts.len() >= 2
-            && let Some(oldest) = bulk_string(parts.swap_remove(1))
-            && let Some(ms) = oldest
+        if let StreamPendingReply::Data(summary) = summary
+            && let Some(ms) = summary
+                .start_id
                 .split('-')
                 .next()
                 .and_then(|ms| ms.parse::<u64>().ok())
@@ -693,7 +674,7 @@ impl EventStream for RedisStream {
         &self,
         limit: usize,
     ) -> StoreResult<Vec<serde_json::Map<String, serde_json::Value>>> {
-        let reply: Value = redis::cmd("XREVRANGE")
+        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&self.keys.outcomes)
             .arg("+")
             .arg("-")
@@ -701,18 +682,12 @@ impl EventStream for RedisStream {
             .arg(limit)
             .query_async(&mut self.conn())
             .await?;
-        let Value::Array(rows) = reply else {
-            return Ok(Vec::new());
-        };
-        let mut outcomes: Vec<_> = rows
+        let mut outcomes: Vec<_> = reply
+            .ids
             .into_iter()
-            .filter_map(|row| {
-                let Value::Array(mut pair) = row else {
-                    return None;
-                };
-                let fields = field_map(pair.pop()?);
+            .map(|row| {
                 let mut out = serde_json::Map::new();
-                for (k, v) in fields {
+                for (k, v) in row.map {
                     let v = bulk_string(v).unwrap_or_default();
                     let v = match k.as_str() {
                         "response" => {
@@ -726,7 +701,7 @@ impl EventStream for RedisStream {
                     };
                     out.insert(k, v);
                 }
-                Some(out)
+                out
             })
             .collect();
         outcomes.reverse();
@@ -734,7 +709,7 @@ impl EventStream for RedisStream {
     }
 
     async fn recent_dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
-        let reply: Value = redis::cmd("XREVRANGE")
+        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&self.keys.dead)
             .arg("+")
             .arg("-")
@@ -742,21 +717,18 @@ impl EventStream for RedisStream {
             .arg(limit)
             .query_async(&mut self.conn())
             .await?;
-        let Value::Array(rows) = reply else {
-            return Ok(Vec::new());
-        };
-        let mut dead: Vec<_> = rows
+        let mut dead: Vec<_> = reply
+            .ids
             .into_iter()
-            .filter_map(|row| {
-                let (_, mut fields) = parse_entry(row)?;
-                let mut take = |k: &str| fields.remove(k).and_then(bulk_string);
-                Some(DeadLetter {
+            .map(|mut row| {
+                let mut take = |k: &str| row.map.remove(k).and_then(bulk_string);
+                DeadLetter {
                     id: take("id").unwrap_or_default(),
                     kind: take("type"),
                     data: take("data"),
                     reason: take("reason").unwrap_or_default(),
                     node: take("node").unwrap_or_default(),
-                })
+                }
             })
             .collect();
         dead.reverse();
@@ -764,7 +736,7 @@ impl EventStream for RedisStream {
     }
 
     async fn recent_events(&self, limit: usize) -> StoreResult<Vec<StreamEntry>> {
-        let reply: Value = redis::cmd("XREVRANGE")
+        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(&self.keys.stream)
             .arg("+")
             .arg("-")
@@ -772,7 +744,7 @@ impl EventStream for RedisStream {
             .arg(limit)
             .query_async(&mut self.conn())
             .await?;
-        let mut entries = parse_entries(reply);
+        let mut entries: Vec<_> = reply.ids.into_iter().map(stream_entry).collect();
         entries.reverse();
         Ok(entries)
     }

@@ -1,9 +1,9 @@
-//! Reading raw Redis replies (stream entries, XINFO field lists) that the
-//! redis crate's typed helpers do not cover, e.g. script results.
+//! Reading what the Lua scripts return (their replies have no typed form in
+//! the redis crate), and turning the crate's typed stream entries into ours.
 
 use std::collections::HashMap;
 
-use redis::Value;
+use redis::{Value, streams::StreamId};
 
 use crate::engine::traits::StreamEntry;
 
@@ -12,15 +12,6 @@ pub fn bulk_string(value: Value) -> Option<String> {
         Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
         Value::SimpleString(s) => Some(s),
         Value::VerbatimString { text, .. } => Some(text),
-        _ => None,
-    }
-}
-
-pub fn int(value: &Value) -> Option<i64> {
-    match value {
-        Value::Int(n) => Some(*n),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
         _ => None,
     }
 }
@@ -63,6 +54,19 @@ pub fn parse_entry(value: Value) -> Option<(String, HashMap<String, Value>)> {
     Some((id, fields))
 }
 
+/// A stream entry as XRANGE, XREAD or XCLAIM gave it; a field that is not
+/// text reads as missing.
+pub fn stream_entry(mut entry: StreamId) -> StreamEntry {
+    let mut take = |k: &str| entry.map.remove(k).and_then(bulk_string);
+    StreamEntry {
+        kind: take("type"),
+        data: take("data"),
+        id: entry.id,
+        first_in_order: false,
+    }
+}
+
+/// A script's list of stream entries (the read script's XREADGROUP).
 pub fn parse_entries(value: Value) -> Vec<StreamEntry> {
     let Value::Array(rows) = value else {
         return Vec::new();
@@ -84,6 +88,34 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// XCLAIM and XRANGE replies through the crate's typed form, an entry
+    /// deleted while pending (nil fields) included.
+    #[test]
+    fn typed_stream_replies_become_entries() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("1-0"),
+                Value::Array(vec![
+                    bulk("type"),
+                    bulk("order.status"),
+                    bulk("data"),
+                    bulk("{}"),
+                ]),
+            ]),
+            Value::Array(vec![bulk("2-0"), Value::Nil]),
+        ]);
+        let claimed: redis::streams::StreamClaimReply = redis::from_redis_value(reply).unwrap();
+        let entries: Vec<_> = claimed.ids.into_iter().map(stream_entry).collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "1-0");
+        assert_eq!(entries[0].kind.as_deref(), Some("order.status"));
+        assert_eq!(entries[0].data.as_deref(), Some("{}"));
+        assert_eq!(
+            (entries[1].id.as_str(), entries[1].kind.as_deref()),
+            ("2-0", None)
+        );
     }
 
     #[test]
