@@ -14,10 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::{Engine, History, Missed, Recorded, cmp_offsets},
-    metrics,
+    events::ServerEvent,
+    metrics::{self, StoreOp},
 };
-
-pub const SYNC_DONE: &str = "sync:done";
 
 /// Resume requests waiting for the loop; a reconnect storm beyond this is
 /// answered with `recovered: false` at once.
@@ -200,7 +199,7 @@ async fn replay<E: Engine>(engine: &E, request: Resume<E::Adapter>, up_to: Optio
         }
         Ok(Missed::NotRecovered) => false,
         Err(e) => {
-            metrics::store_error("history");
+            metrics::store_error(StoreOp::History);
             tracing::warn!(error = %e, "history unavailable: client told to resync");
             false
         }
@@ -214,5 +213,8 @@ fn finish<A: Adapter>(socket: &SocketRef<A>, rooms: &[String], join: bool, recov
         socket.join(rooms.to_vec());
     }
     metrics::recovery(recovered);
-    let _ = socket.emit(SYNC_DONE, &json!({ "recovered": recovered }));
+    let _ = socket.emit(
+        ServerEvent::SyncDone.as_str(),
+        &json!({ "recovered": recovered }),
+    );
 }

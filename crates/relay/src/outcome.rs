@@ -3,6 +3,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::events::ServerEvent;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutcomeKind {
@@ -26,13 +28,10 @@ impl OutcomeKind {
     }
 }
 
-/// The client events that carry an offer.
-pub const OFFER_EVENTS: [&str; 2] = ["merchant:new_order", "delivery:new_request"];
-
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Outcome {
     pub event_id: String,
-    pub event: &'static str,
+    pub event: ServerEvent,
     pub order_id: String,
     /// The room offered to, or `geo` when a geo-fenced request found no driver.
     pub target: String,
@@ -48,7 +47,7 @@ impl Outcome {
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![
             ("event_id", self.event_id.clone()),
-            ("event", self.event.to_owned()),
+            ("event", self.event.as_str().to_owned()),
             ("order_id", self.order_id.clone()),
             ("target", self.target.clone()),
             ("outcome", self.outcome.as_str().to_owned()),

@@ -12,14 +12,14 @@ use super::{
 /// Why an entry cannot be handled. `reason` is the metric label and the
 /// dead letter's `reason` prefix; `detail` tells a human what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}: {detail}")]
+#[error("{}: {detail}", reason.as_str())]
 pub struct DecodeError {
-    pub reason: &'static str,
+    pub reason: DecodeReason,
     pub detail: String,
 }
 
 impl DecodeError {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    fn new(reason: DecodeReason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),
@@ -27,33 +27,68 @@ impl DecodeError {
     }
 }
 
-pub const DECODE_REASONS: [&str; 6] = [
-    "missing_type",
-    "unknown_type",
-    "missing_data",
-    "bad_json",
-    "missing_field",
-    "invalid_field",
-];
+/// The bounded reasons a stream entry or a published event is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeReason {
+    MissingType,
+    UnknownType,
+    MissingData,
+    BadJson,
+    MissingField,
+    InvalidField,
+}
+
+impl DecodeReason {
+    pub const ALL: [DecodeReason; 6] = [
+        Self::MissingType,
+        Self::UnknownType,
+        Self::MissingData,
+        Self::BadJson,
+        Self::MissingField,
+        Self::InvalidField,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingType => "missing_type",
+            Self::UnknownType => "unknown_type",
+            Self::MissingData => "missing_data",
+            Self::BadJson => "bad_json",
+            Self::MissingField => "missing_field",
+            Self::InvalidField => "invalid_field",
+        }
+    }
+
+    /// Whether an entry refused for this reason has a known event type.
+    pub const fn knows_type(self) -> bool {
+        !matches!(self, Self::MissingType | Self::UnknownType)
+    }
+}
 
 const MAX_ID_LEN: usize = 128;
 
 /// Decodes the `type` and `data` fields of a stream entry (or of a publish
 /// API body; both go through here so they accept exactly the same events).
 pub fn decode(kind: Option<&str>, data: Option<&str>) -> Result<OrderEvent, DecodeError> {
-    let kind = kind.ok_or_else(|| DecodeError::new("missing_type", "entry has no `type` field"))?;
-    let kind = EventKind::parse(kind)
-        .ok_or_else(|| DecodeError::new("unknown_type", format!("unknown event type `{kind}`")))?;
-    let data = data.ok_or_else(|| DecodeError::new("missing_data", "entry has no `data` field"))?;
+    let kind = kind
+        .ok_or_else(|| DecodeError::new(DecodeReason::MissingType, "entry has no `type` field"))?;
+    let kind = EventKind::parse(kind).ok_or_else(|| {
+        DecodeError::new(
+            DecodeReason::UnknownType,
+            format!("unknown event type `{kind}`"),
+        )
+    })?;
+    let data = data
+        .ok_or_else(|| DecodeError::new(DecodeReason::MissingData, "entry has no `data` field"))?;
     let value: Value = serde_json::from_str(data)
-        .map_err(|e| DecodeError::new("bad_json", format!("`data` is not JSON: {e}")))?;
+        .map_err(|e| DecodeError::new(DecodeReason::BadJson, format!("`data` is not JSON: {e}")))?;
     decode_value(kind, value)
 }
 
 pub fn decode_value(kind: EventKind, value: Value) -> Result<OrderEvent, DecodeError> {
     if !value.is_object() {
         return Err(DecodeError::new(
-            "invalid_field",
+            DecodeReason::InvalidField,
             "`data` must be a JSON object",
         ));
     }
@@ -75,7 +110,7 @@ pub fn decode_value(kind: EventKind, value: Value) -> Result<OrderEvent, DecodeE
                 && !is_rfc3339(ts)
             {
                 return Err(DecodeError::new(
-                    "invalid_field",
+                    DecodeReason::InvalidField,
                     "`timestamp` must be RFC 3339",
                 ));
             }
@@ -150,9 +185,9 @@ fn fields<T: DeserializeOwned>(value: Value) -> Result<T, DecodeError> {
     serde_json::from_value(value).map_err(|e| {
         let detail = e.to_string();
         let reason = if detail.starts_with("missing field") {
-            "missing_field"
+            DecodeReason::MissingField
         } else {
-            "invalid_field"
+            DecodeReason::InvalidField
         };
         DecodeError::new(reason, detail)
     })
@@ -162,7 +197,7 @@ fn ids(values: &[(&str, &str)]) -> Result<(), DecodeError> {
     for (name, value) in values {
         if value.is_empty() || value.len() > MAX_ID_LEN {
             return Err(DecodeError::new(
-                "invalid_field",
+                DecodeReason::InvalidField,
                 format!("`{name}` must be a non-empty string of at most {MAX_ID_LEN} bytes"),
             ));
         }
@@ -178,7 +213,7 @@ fn range<T: PartialOrd + std::fmt::Display>(
 ) -> Result<(), DecodeError> {
     if v < min || v > max {
         return Err(DecodeError::new(
-            "invalid_field",
+            DecodeReason::InvalidField,
             format!("`{name}` must be between {min} and {max}"),
         ));
     }
@@ -207,18 +242,21 @@ fn delivery_request(value: Value) -> Result<DeliveryRequest, DecodeError> {
         && (-180.0..=180.0).contains(&p.lng))
     {
         return Err(DecodeError::new(
-            "invalid_field",
+            DecodeReason::InvalidField,
             "`pickup` needs lat in [-90, 90] and lng in [-180, 180]",
         ));
     }
     if !raw.drop.is_object() {
         return Err(DecodeError::new(
-            "invalid_field",
+            DecodeReason::InvalidField,
             "`drop` must be an object",
         ));
     }
     if !raw.fare.is_number() {
-        return Err(DecodeError::new("invalid_field", "`fare` must be a number"));
+        return Err(DecodeError::new(
+            DecodeReason::InvalidField,
+            "`fare` must be a number",
+        ));
     }
     let target = match (raw.driver_id, raw.radius_m) {
         (Some(driver), None) => {
@@ -228,7 +266,7 @@ fn delivery_request(value: Value) -> Result<DeliveryRequest, DecodeError> {
         (None, Some(radius_m)) => {
             if !(radius_m.is_finite() && radius_m > 0.0 && radius_m <= 100_000.0) {
                 return Err(DecodeError::new(
-                    "invalid_field",
+                    DecodeReason::InvalidField,
                     "`radius_m` must be in (0, 100000]",
                 ));
             }
@@ -241,13 +279,13 @@ fn delivery_request(value: Value) -> Result<DeliveryRequest, DecodeError> {
         }
         (Some(_), Some(_)) => {
             return Err(DecodeError::new(
-                "invalid_field",
+                DecodeReason::InvalidField,
                 "give either `driver_id` or `radius_m`, not both",
             ));
         }
         (None, None) => {
             return Err(DecodeError::new(
-                "missing_field",
+                DecodeReason::MissingField,
                 "missing field `driver_id` or `radius_m`",
             ));
         }
@@ -286,7 +324,7 @@ mod tests {
     }
 
     fn reason(kind: Option<&str>, data: Option<&str>) -> &'static str {
-        decode(kind, data).expect_err("must fail").reason
+        decode(kind, data).expect_err("must fail").reason.as_str()
     }
 
     #[test]

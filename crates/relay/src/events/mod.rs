@@ -3,13 +3,15 @@
 
 mod decode;
 mod location;
+mod names;
 mod time;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use decode::{DECODE_REASONS, DecodeError, decode, decode_value, sequence_key};
+pub use decode::{DecodeError, DecodeReason, decode, decode_value, sequence_key};
 pub use location::{LocationUpdate, Reject};
+pub use names::{ClientEvent, ServerEvent};
 pub use time::{Timestamp, is_rfc3339, now_ms, rfc3339};
 
 /// Statuses after which an order is over and its room is emptied.

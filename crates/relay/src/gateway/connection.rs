@@ -11,11 +11,13 @@ use socketioxide::{
 };
 
 use super::{GatewayState, budget::EventBudget, location, subscriptions, sync};
+use crate::events::{ClientEvent, ServerEvent};
+use crate::metrics::ClientEventOutcome;
 use crate::{
     auth::{Principal, Rejection, Role},
     delivery::Replay,
     engine::{Engine, LocationCache, OrderStore},
-    location::{DRIVER_LOCATION, DriverLocationEvent},
+    location::DriverLocationEvent,
     metrics,
     rooms::Room,
 };
@@ -68,7 +70,7 @@ pub async fn join_rooms<E: Engine>(
                 socket.extensions.insert(JoinedOrders(Arc::new(orders)));
             }
             Err(e) => {
-                metrics::store_error("connect_orders");
+                metrics::store_error(metrics::StoreOp::ConnectOrders);
                 tracing::warn!(error = %e, "active orders unavailable at connect");
             }
         }
@@ -82,10 +84,19 @@ pub async fn join_rooms<E: Engine>(
     }
     // Handlers too are in place before the CONNECT reply: an event the
     // client sends the moment it is connected must not find none.
-    socket.on("driver:location_update", location::update::<E::Adapter>);
-    socket.on("order:subscribe", subscriptions::subscribe::<E>);
-    socket.on("order:unsubscribe", subscriptions::unsubscribe::<E>);
-    socket.on("sync", sync::sync::<E::Adapter>);
+    socket.on(
+        ClientEvent::DriverLocationUpdate.as_str(),
+        location::update::<E::Adapter>,
+    );
+    socket.on(
+        ClientEvent::OrderSubscribe.as_str(),
+        subscriptions::subscribe::<E>,
+    );
+    socket.on(
+        ClientEvent::OrderUnsubscribe.as_str(),
+        subscriptions::unsubscribe::<E>,
+    );
+    socket.on(ClientEvent::Sync.as_str(), sync::sync::<E::Adapter>);
     socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
 }
@@ -110,11 +121,11 @@ async fn unknown_event<A: Adapter>(
     Extension(budget): Extension<Arc<EventBudget>>,
 ) {
     let outcome = if budget.admit(tokio::time::Instant::now()) {
-        "unknown"
+        ClientEventOutcome::Unknown
     } else {
-        "rate_limited"
+        ClientEventOutcome::RateLimited
     };
-    metrics::client_event("other", outcome);
+    metrics::unknown_client_event(outcome);
     let _ = ack.send(&serde_json::json!({ "ok": false, "error": "unknown event" }));
 }
 
@@ -132,7 +143,7 @@ async fn send_latest_locations<E: Engine>(
         match engine.locations().latest(driver).await {
             Ok(Some(location)) => {
                 let _ = socket.emit(
-                    DRIVER_LOCATION,
+                    ServerEvent::OrderDriverLocation.as_str(),
                     &DriverLocationEvent::new(&order.order_id, &location),
                 );
             }
@@ -183,15 +194,16 @@ async fn on_disconnect<A: Adapter>(
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
 }
 
-fn reason_label(reason: DisconnectReason) -> &'static str {
+fn reason_label(reason: DisconnectReason) -> metrics::DisconnectReason {
+    use metrics::DisconnectReason as Label;
     match reason {
-        DisconnectReason::TransportClose => "transport_close",
-        DisconnectReason::MultipleHttpPollingError => "multiple_polling",
-        DisconnectReason::PacketParsingError => "packet_parsing",
-        DisconnectReason::TransportError => "transport_error",
-        DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
-        DisconnectReason::ClientNSDisconnect => "client_disconnect",
-        DisconnectReason::ServerNSDisconnect => "server_disconnect",
-        DisconnectReason::ClosingServer => "closing_server",
+        DisconnectReason::TransportClose => Label::TransportClose,
+        DisconnectReason::MultipleHttpPollingError => Label::MultiplePolling,
+        DisconnectReason::PacketParsingError => Label::PacketParsing,
+        DisconnectReason::TransportError => Label::TransportError,
+        DisconnectReason::HeartbeatTimeout => Label::HeartbeatTimeout,
+        DisconnectReason::ClientNSDisconnect => Label::ClientDisconnect,
+        DisconnectReason::ServerNSDisconnect => Label::ServerDisconnect,
+        DisconnectReason::ClosingServer => Label::ClosingServer,
     }
 }

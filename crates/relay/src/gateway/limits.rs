@@ -27,6 +27,7 @@ use axum::{
 use tokio_util::sync::CancellationToken;
 
 use super::budget::EventBudget;
+use crate::metrics::{ShedReason, StoreOp};
 use crate::{
     auth::Rejection,
     engine::{Health, UserSessions},
@@ -93,7 +94,7 @@ impl ConnectionLimits {
         };
         loop {
             if cluster.keep_alive().await.is_err() {
-                metrics::store_error("sessions");
+                metrics::store_error(StoreOp::Sessions);
             }
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -103,17 +104,17 @@ impl ConnectionLimits {
     }
 
     /// Whether a new Engine.IO session may start on this node.
-    fn admit_session(&self) -> Result<(), &'static str> {
+    fn admit_session(&self) -> Result<(), ShedReason> {
         if let Some(health) = &self.health
             && (!health.adapter_ready() || health.draining())
         {
-            return Err("not_ready");
+            return Err(ShedReason::NotReady);
         }
         if self.max_total > 0 && self.total.load(Ordering::Relaxed) >= self.max_total {
-            return Err("node_full");
+            return Err(ShedReason::NodeFull);
         }
         if !self.new_sessions.admit(tokio::time::Instant::now()) {
-            return Err("connect_rate");
+            return Err(ShedReason::ConnectRate);
         }
         Ok(())
     }
@@ -127,7 +128,7 @@ impl ConnectionLimits {
                 Ok(true) => permit.counted_in_cluster = true,
                 Ok(false) => return Err(Rejection::TooManyConnections),
                 Err(e) => {
-                    metrics::store_error("sessions");
+                    metrics::store_error(StoreOp::Sessions);
                     tracing::warn!(error = %e, "per-user count across nodes unavailable; this node's count applies");
                 }
             }
@@ -172,7 +173,7 @@ impl Drop for ConnectionPermit {
             let (cluster, user) = (cluster.clone(), std::mem::take(&mut self.user));
             runtime.spawn(async move {
                 if cluster.release(user).await.is_err() {
-                    metrics::store_error("sessions");
+                    metrics::store_error(StoreOp::Sessions);
                 }
             });
         }
@@ -217,7 +218,7 @@ mod tests {
             Err(Rejection::TooManyConnections)
         ));
         let c = limits.admit("u2").await.unwrap();
-        assert_eq!(limits.admit_session(), Err("node_full"));
+        assert_eq!(limits.admit_session(), Err(ShedReason::NodeFull));
         drop(a);
         assert!(limits.admit_session().is_ok());
         assert!(limits.admit("u1").await.is_ok());

@@ -40,7 +40,7 @@ pub async fn update<A: Adapter>(
     let deliveries = match accepted {
         Ok(deliveries) => deliveries,
         Err(reject) => {
-            metrics::location_rejected(reject.as_str());
+            metrics::location_rejected(reject);
             let _ = ack.send(&json!({ "ok": false, "error": reject.message() }));
             return;
         }

@@ -17,7 +17,8 @@ use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::Sock
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Replay;
-pub use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
+use crate::events::ServerEvent;
+pub use crate::location::DriverLocationEvent;
 pub use expiry::Expiries;
 pub use handshake::token_from;
 pub use limits::{ConnectionLimits, shed_new_sessions};
@@ -196,7 +197,11 @@ impl<E: Engine> Gateway<E> {
             .emit(event, data)
             .await
             .map_err(|e| BroadcastFailed(e.to_string()))?;
-        metrics::emitted(event);
+        // Any name may go out this way (tests probe rooms with their own).
+        match ServerEvent::parse(event) {
+            Some(event) => metrics::emitted(event),
+            None => metrics::emitted_other(),
+        }
         Ok(())
     }
 
@@ -205,13 +210,13 @@ impl<E: Engine> Gateway<E> {
         &self,
         room: &Room,
         except: &Room,
-        event: &str,
+        event: ServerEvent,
         data: &T,
     ) -> Result<(), BroadcastFailed> {
         self.ns()?
             .to(room.name())
             .except(except.name())
-            .emit(event, data)
+            .emit(event.as_str(), data)
             .await
             .map_err(|e| BroadcastFailed(e.to_string()))?;
         metrics::emitted(event);

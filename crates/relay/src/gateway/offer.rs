@@ -8,6 +8,7 @@ use serde_json::Value;
 use socketioxide::socket::Sid;
 
 use super::{BroadcastFailed, Gateway};
+use crate::events::ServerEvent;
 use crate::{engine::Engine, metrics, rooms::Room};
 
 /// The acks of one emit: one item per socket, an error for a socket that
@@ -33,7 +34,7 @@ impl<E: Engine> Gateway<E> {
     pub async fn send_offer(
         &self,
         room: &Room,
-        event: &'static str,
+        event: ServerEvent,
         payload: &Value,
         timeout: Duration,
     ) -> Result<Acks, BroadcastFailed> {
@@ -41,7 +42,7 @@ impl<E: Engine> Gateway<E> {
             .ns()?
             .to(room.name())
             .timeout(timeout)
-            .emit_with_ack::<_, Value>(event, payload)
+            .emit_with_ack::<_, Value>(event.as_str(), payload)
             .await
             .map_err(|e| BroadcastFailed(e.to_string()))?;
         metrics::emitted(event);

@@ -7,7 +7,9 @@ use serde_json::json;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 
 use super::budget::EventBudget;
-use crate::location::{DRIVER_LOCATION, DriverLocationEvent};
+use crate::events::{ClientEvent, ServerEvent};
+use crate::location::DriverLocationEvent;
+use crate::metrics::{ClientEventOutcome, StoreOp};
 use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
@@ -59,13 +61,13 @@ pub async fn subscribe<E: Engine>(
     State(engine): State<Arc<E>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
-        metrics::client_event("order:subscribe", "rate_limited");
+        metrics::client_event(ClientEvent::OrderSubscribe, ClientEventOutcome::RateLimited);
         return reply(ack, Err("rate limited"));
     }
     let result = async {
         let order_id = order_ref(data)?;
         let order = engine.orders().get(&order_id).await.map_err(|e| {
-            metrics::store_error("subscribe");
+            metrics::store_error(StoreOp::Subscribe);
             tracing::warn!(error = %e, "order state unavailable for subscribe");
             "temporarily unavailable"
         })?;
@@ -77,10 +79,7 @@ pub async fn subscribe<E: Engine>(
         Ok(order)
     }
     .await;
-    metrics::client_event(
-        "order:subscribe",
-        if result.is_ok() { "ok" } else { "rejected" },
-    );
+    metrics::client_event(ClientEvent::OrderSubscribe, outcome(&result));
     let order = match result {
         Ok(order) => {
             reply(ack, Ok(()));
@@ -94,7 +93,7 @@ pub async fn subscribe<E: Engine>(
         && let Ok(Some(location)) = engine.locations().latest(driver).await
     {
         let _ = socket.emit(
-            DRIVER_LOCATION,
+            ServerEvent::OrderDriverLocation.as_str(),
             &DriverLocationEvent::new(&order.order_id, &location),
         );
     }
@@ -107,13 +106,21 @@ pub async fn unsubscribe<E: Engine>(
     Extension(budget): Extension<Arc<EventBudget>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
-        metrics::client_event("order:unsubscribe", "rate_limited");
+        metrics::client_event(
+            ClientEvent::OrderUnsubscribe,
+            ClientEventOutcome::RateLimited,
+        );
         return reply(ack, Err("rate limited"));
     }
     let result = order_ref(data).map(|order_id| socket.leave(Room::order(&order_id).name()));
-    metrics::client_event(
-        "order:unsubscribe",
-        if result.is_ok() { "ok" } else { "rejected" },
-    );
+    metrics::client_event(ClientEvent::OrderUnsubscribe, outcome(&result));
     reply(ack, result);
+}
+
+fn outcome<T, E>(result: &Result<T, E>) -> ClientEventOutcome {
+    if result.is_ok() {
+        ClientEventOutcome::Ok
+    } else {
+        ClientEventOutcome::Rejected
+    }
 }

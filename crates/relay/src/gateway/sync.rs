@@ -11,6 +11,8 @@ use socketioxide::{
 };
 
 use super::budget::EventBudget;
+use crate::events::ClientEvent;
+use crate::metrics::ClientEventOutcome;
 use crate::{delivery::Replay, metrics};
 
 #[derive(Deserialize)]
@@ -29,19 +31,19 @@ pub async fn sync<A: Adapter>(
     State(replay): State<Replay<A>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
-        metrics::client_event("sync", "rate_limited");
+        metrics::client_event(ClientEvent::Sync, ClientEventOutcome::RateLimited);
         let _ = ack.send(&json!({ "ok": false, "error": "rate limited" }));
         return;
     }
     let Some(last_event_id) = last_event_id(data) else {
-        metrics::client_event("sync", "rejected");
+        metrics::client_event(ClientEvent::Sync, ClientEventOutcome::Rejected);
         let _ = ack.send(&json!({
             "ok": false,
             "error": "invalid payload: expected { \"last_event_id\": \"...\" }"
         }));
         return;
     };
-    metrics::client_event("sync", "ok");
+    metrics::client_event(ClientEvent::Sync, ClientEventOutcome::Ok);
     let rooms = socket.rooms().into_iter().map(|r| r.into_owned()).collect();
     let recovered = replay.resume(socket, rooms, last_event_id, false).await;
     let _ = ack.send(&json!({ "ok": true, "recovered": recovered }));

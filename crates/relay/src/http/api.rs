@@ -19,7 +19,7 @@ use super::{
 use crate::{
     engine::{Engine, EventStream},
     events::{EventKind, decode_value},
-    metrics,
+    metrics::{self, PublishRejection, StoreOp},
 };
 
 #[derive(Deserialize)]
@@ -42,7 +42,7 @@ fn authorize<E: Engine>(state: &HttpState<E>, headers: &HeaderMap) -> Result<(),
     if bool::from(given.as_bytes().ct_eq(key.expose().as_bytes())) {
         Ok(())
     } else {
-        metrics::publish_rejected("unauthorized");
+        metrics::publish_rejected(PublishRejection::Unauthorized);
         Err(ApiError::unauthorized("wrong or missing API key"))
     }
 }
@@ -54,26 +54,27 @@ pub async fn publish<E: Engine>(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let Json(body) = body.map_err(|e| {
-        metrics::publish_rejected("bad_body");
+        metrics::publish_rejected(PublishRejection::BadBody);
         ApiError::bad_request(format!(
             "body must be {{\"type\": ..., \"data\": {{...}}}}: {}",
             e.body_text()
         ))
     })?;
     let kind = EventKind::parse(&body.kind).ok_or_else(|| {
-        metrics::publish_rejected("unknown_type");
+        metrics::publish_rejected(PublishRejection::UnknownType);
         ApiError::bad_request(format!("unknown event type `{}`", body.kind))
     })?;
     let data = body.data.to_string();
-    decode_value(kind, body.data).inspect_err(|_| metrics::publish_rejected("invalid_event"))?;
+    decode_value(kind, body.data)
+        .inspect_err(|_| metrics::publish_rejected(PublishRejection::InvalidEvent))?;
     let event_id = state
         .engine
         .stream()
         .append(kind.as_str(), &data)
         .await
         .inspect_err(|_| {
-            metrics::publish_rejected("store_unavailable");
-            metrics::store_error("append");
+            metrics::publish_rejected(PublishRejection::StoreUnavailable);
+            metrics::store_error(StoreOp::Append);
         })?;
     metrics::event_published(kind);
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))))

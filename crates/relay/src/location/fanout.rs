@@ -19,10 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::{DriverLocation, Engine},
-    metrics,
+    events::ServerEvent,
+    metrics::{self, AdapterOp},
 };
-
-pub const DRIVER_LOCATION: &str = "order:driver_location";
 
 /// The payload of `order:driver_location` (CONTRACT §2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,7 +86,7 @@ pub async fn deliver<A: Adapter>(io: &SocketIo<A>, deliveries: &[Delivery]) {
             .to(d.room.clone())
             .except(d.except.clone())
             .volatile()
-            .emit(DRIVER_LOCATION, &d.event)
+            .emit(ServerEvent::OrderDriverLocation.as_str(), &d.event)
             .await
         {
             tracing::debug!(error = %e, "location fan-out failed");
@@ -137,7 +136,7 @@ pub async fn receive<E: Engine>(
             Ok(batch) if batch.node == node => {}
             Ok(batch) => deliver(&io, &batch.deliveries).await,
             Err(e) => {
-                metrics::adapter_error("decode");
+                metrics::adapter_error(AdapterOp::Decode);
                 tracing::warn!(error = %e, "malformed location batch dropped");
             }
         }

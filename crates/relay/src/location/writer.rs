@@ -11,7 +11,7 @@ use super::{Queued, fanout, throttle::DriverThrottle};
 use crate::{
     engine::{DriverLocation, Engine, LocationCache},
     events::now_ms,
-    metrics,
+    metrics::{self, AdapterDirection, StoreOp},
 };
 
 /// Largest batch written in one pipeline.
@@ -74,12 +74,12 @@ pub async fn run<E: Engine>(
             Ok(()) => {
                 metrics::location_flush(flush.len(), started.elapsed().as_secs_f64());
                 if broadcast.is_some() {
-                    metrics::adapter_message("publish");
+                    metrics::adapter_message(AdapterDirection::Publish);
                 }
             }
             Err(e) => {
                 // Locations are ephemeral: the next update replaces this batch.
-                metrics::store_error("location_write");
+                metrics::store_error(StoreOp::LocationWrite);
                 if e.is_transient() {
                     tracing::warn!(error = %e, drivers = flush.len(), "location batch not cached");
                 } else {
@@ -110,7 +110,7 @@ pub async fn prune<E: Engine>(
             Ok(0) => {}
             Ok(n) => tracing::debug!(drivers = n, "expired drivers left the geo index"),
             Err(e) => {
-                metrics::store_error("location_prune");
+                metrics::store_error(StoreOp::LocationPrune);
                 tracing::debug!(error = %e, "pruning the geo index failed");
             }
         }

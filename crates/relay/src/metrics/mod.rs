@@ -1,6 +1,7 @@
 //! Every metric the relay exports: names, labels and the one recorder.
 //! Label values are bounded sets (roles, reasons, transports), never ids.
 
+mod labels;
 pub mod process;
 
 use std::sync::OnceLock;
@@ -10,10 +11,15 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use labels::{
+    AdapterDirection, AdapterOp, ClientEventOutcome, DisconnectReason, LocationOutcome,
+    PublishRejection, RecoveryResult, ShedReason, StoreOp,
+};
+
 use crate::{
     auth::{Rejection, Role},
-    events::EventKind,
-    outcome::{OFFER_EVENTS, OutcomeKind},
+    events::{ClientEvent, DecodeReason, EventKind, Reject, ServerEvent},
+    outcome::OutcomeKind,
 };
 
 pub const CONNECTED_SOCKETS: &str = "relay_connected_sockets";
@@ -87,67 +93,14 @@ const FLUSH_SECONDS_BUCKETS: [f64; 10] = [
 /// Waiting for an order's earlier event on another node: usually nothing.
 const ORDER_WAIT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
 
-/// The `event` label of `relay_emits_total`.
-const EMITTED_EVENTS: [&str; 6] = [
-    "order:status_update",
-    "merchant:new_order",
-    "delivery:new_request",
-    "admin:alert",
-    "order:driver_location",
-    "other",
-];
+/// `relay_emits_total` counts the contract's events; `sync:done` answers
+/// one client's own request and is not among them.
+fn counts_emits(event: ServerEvent) -> bool {
+    event != ServerEvent::SyncDone
+}
 
-/// The `event` and `outcome` labels of `relay_client_events_total`.
-const CLIENT_EVENT_OUTCOMES: [(&str, &[&str]); 5] = [
-    ("sync", &["ok", "rejected", "rate_limited"]),
-    (
-        "driver:location_update",
-        &["ok", "rejected", "rate_limited"],
-    ),
-    ("order:subscribe", &["ok", "rejected", "rate_limited"]),
-    ("order:unsubscribe", &["ok", "rejected", "rate_limited"]),
-    ("other", &["unknown", "rate_limited"]),
-];
-
-const DISCONNECT_REASONS: [&str; 8] = [
-    "transport_close",
-    "multiple_polling",
-    "packet_parsing",
-    "transport_error",
-    "heartbeat_timeout",
-    "client_disconnect",
-    "server_disconnect",
-    "closing_server",
-];
-
-const ADAPTER_OPS: [&str; 4] = ["publish", "subscribe", "decode", "buffer_full"];
-
-const STORE_OPS: [&str; 16] = [
-    "ack",
-    "history",
-    "history_read",
-    "advance",
-    "wait_turn",
-    "append",
-    "append_outcome",
-    "claim",
-    "connect_orders",
-    "keep_alive",
-    "sessions",
-    "location_prune",
-    "location_write",
-    "stream_read",
-    "subscribe",
-    "dead_letter",
-];
-
-const PUBLISH_REJECTIONS: [&str; 5] = [
-    "unauthorized",
-    "bad_body",
-    "unknown_type",
-    "invalid_event",
-    "store_unavailable",
-];
+/// The `event` label of emits and client events outside the protocol.
+const OTHER: &str = "other";
 
 pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
@@ -220,31 +173,32 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
             counter!(name, "type" => kind.as_str()).absolute(0);
         }
     }
-    for event in OFFER_EVENTS {
+    for event in ServerEvent::OFFERS {
         for outcome in OutcomeKind::ALL {
-            counter!(ACK_OUTCOMES, "event" => event, "outcome" => outcome.as_str()).absolute(0);
+            counter!(ACK_OUTCOMES, "event" => event.as_str(), "outcome" => outcome.as_str())
+                .absolute(0);
         }
     }
     counter!(STREAM_CLAIMED).absolute(0);
-    for outcome in ["received", "accepted", "rejected"] {
-        counter!(LOCATION_UPDATES, "outcome" => outcome).absolute(0);
+    for outcome in LocationOutcome::ALL {
+        counter!(LOCATION_UPDATES, "outcome" => outcome.as_str()).absolute(0);
     }
-    for reason in crate::events::Reject::ALL {
+    for reason in Reject::ALL {
         counter!(LOCATION_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(LOCATION_FANOUT).absolute(0);
-    for result in ["recovered", "not_recovered"] {
-        counter!(RECOVERIES, "result" => result).absolute(0);
+    for result in RecoveryResult::ALL {
+        counter!(RECOVERIES, "result" => result.as_str()).absolute(0);
     }
     counter!(REPLAYED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
     counter!(SLOW_CLIENTS).absolute(0);
     counter!(REDIS_REDIALS).absolute(0);
-    for reason in ["node_full", "connect_rate", "not_ready"] {
-        counter!(CONNECTIONS_SHED, "reason" => reason).absolute(0);
+    for reason in ShedReason::ALL {
+        counter!(CONNECTIONS_SHED, "reason" => reason.as_str()).absolute(0);
     }
-    for event in OFFER_EVENTS {
-        counter!(REOFFERS, "event" => event).absolute(0);
+    for event in ServerEvent::OFFERS {
+        counter!(REOFFERS, "event" => event.as_str()).absolute(0);
     }
     zero_bounded_series();
     hot();
@@ -398,13 +352,13 @@ fn describe() {
     describe_counter!(PUBLISH_REJECTED, "Publish API requests refused, by reason.");
 }
 
-pub fn emitted(event: &str) {
-    // Event names are the contract's fixed set; anything else is bucketed.
-    let event = EMITTED_EVENTS
-        .into_iter()
-        .find(|e| *e == event)
-        .unwrap_or("other");
-    counter!(EMITS, "event" => event).increment(1);
+pub fn emitted(event: ServerEvent) {
+    counter!(EMITS, "event" => event.as_str()).increment(1);
+}
+
+/// An emit of a name outside the contract's events.
+pub fn emitted_other() {
+    counter!(EMITS, "event" => OTHER).increment(1);
 }
 
 /// Every series of a bounded label set starts at 0: a counter that first
@@ -412,44 +366,64 @@ pub fn emitted(event: &str) {
 /// panels would show "no data" instead of 0 on a quiet node.
 fn zero_bounded_series() {
     for role in Role::ALL {
-        for reason in DISCONNECT_REASONS {
-            counter!(DISCONNECTS, "role" => role.as_str(), "reason" => reason).absolute(0);
+        for reason in DisconnectReason::ALL {
+            counter!(DISCONNECTS, "role" => role.as_str(), "reason" => reason.as_str()).absolute(0);
         }
     }
-    for (event, outcomes) in CLIENT_EVENT_OUTCOMES {
-        for &outcome in outcomes {
-            counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).absolute(0);
+    for event in ClientEvent::ALL {
+        for outcome in [
+            ClientEventOutcome::Ok,
+            ClientEventOutcome::Rejected,
+            ClientEventOutcome::RateLimited,
+        ] {
+            counter!(CLIENT_EVENTS, "event" => event.as_str(), "outcome" => outcome.as_str())
+                .absolute(0);
         }
     }
-    for event in EMITTED_EVENTS {
-        counter!(EMITS, "event" => event).absolute(0);
+    for outcome in [ClientEventOutcome::Unknown, ClientEventOutcome::RateLimited] {
+        counter!(CLIENT_EVENTS, "event" => OTHER, "outcome" => outcome.as_str()).absolute(0);
     }
-    for direction in ["publish", "receive"] {
-        counter!(ADAPTER_MESSAGES, "direction" => direction).absolute(0);
+    for event in ServerEvent::ALL.into_iter().filter(|e| counts_emits(*e)) {
+        counter!(EMITS, "event" => event.as_str()).absolute(0);
     }
-    for op in ADAPTER_OPS {
-        counter!(ADAPTER_ERRORS, "op" => op).absolute(0);
+    counter!(EMITS, "event" => OTHER).absolute(0);
+    for direction in AdapterDirection::ALL {
+        counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).absolute(0);
     }
-    for op in STORE_OPS {
-        counter!(STORE_ERRORS, "op" => op).absolute(0);
+    for op in AdapterOp::ALL {
+        counter!(ADAPTER_ERRORS, "op" => op.as_str()).absolute(0);
     }
+    for op in StoreOp::ALL {
+        counter!(STORE_ERRORS, "op" => op.as_str()).absolute(0);
+    }
+    // An entry with a known type is refused for what its data lacks; one
+    // without is `unknown`, as is one delivered too often (its type unread).
     for kind in EventKind::ALL {
         counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).absolute(0);
-        for reason in ["missing_data", "bad_json", "missing_field", "invalid_field"] {
-            counter!(STREAM_DEAD_LETTERED, "type" => kind.as_str(), "reason" => reason).absolute(0);
+        for reason in DecodeReason::ALL.into_iter().filter(|r| r.knows_type()) {
+            counter!(STREAM_DEAD_LETTERED, "type" => kind.as_str(), "reason" => reason.as_str())
+                .absolute(0);
         }
     }
-    for reason in ["missing_type", "unknown_type", "max_deliveries"] {
-        counter!(STREAM_DEAD_LETTERED, "type" => "unknown", "reason" => reason).absolute(0);
+    for reason in DecodeReason::ALL.into_iter().filter(|r| !r.knows_type()) {
+        counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => reason.as_str())
+            .absolute(0);
     }
-    for reason in PUBLISH_REJECTIONS {
-        counter!(PUBLISH_REJECTED, "reason" => reason).absolute(0);
+    counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => MAX_DELIVERIES).absolute(0);
+    for reason in PublishRejection::ALL {
+        counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
 }
 
-/// A client -> server event, by name and outcome (`ok`, `rejected`, ...).
-pub fn client_event(event: &'static str, outcome: &'static str) {
-    counter!(CLIENT_EVENTS, "event" => event, "outcome" => outcome).increment(1);
+/// A client -> server event, by name and outcome.
+pub fn client_event(event: ClientEvent, outcome: ClientEventOutcome) {
+    counter!(CLIENT_EVENTS, "event" => event.as_str(), "outcome" => outcome.as_str()).increment(1);
+}
+
+/// An event outside the protocol: `unknown`, or `rate_limited` when the
+/// socket's event budget is spent.
+pub fn unknown_client_event(outcome: ClientEventOutcome) {
+    counter!(CLIENT_EVENTS, "event" => OTHER, "outcome" => outcome.as_str()).increment(1);
 }
 
 /// The route label for a matched route template; anything unexpected is `other`.
@@ -469,9 +443,9 @@ pub fn http_unmatched() {
     counter!(HTTP_REQUESTS, "route" => "other", "status" => "404").increment(1);
 }
 
-/// A new session refused before it started: `node_full`, `connect_rate` or `not_ready`.
-pub fn connection_shed(reason: &'static str) {
-    counter!(CONNECTIONS_SHED, "reason" => reason).increment(1);
+/// A new session refused before it started.
+pub fn connection_shed(reason: ShedReason) {
+    counter!(CONNECTIONS_SHED, "reason" => reason.as_str()).increment(1);
 }
 
 /// Every Redis connection dropped for a new one after failed health probes.
@@ -492,16 +466,16 @@ pub fn token_expired() {
 /// A client's missed events, recovered or not.
 pub fn recovery(recovered: bool) {
     let result = if recovered {
-        "recovered"
+        RecoveryResult::Recovered
     } else {
-        "not_recovered"
+        RecoveryResult::NotRecovered
     };
-    counter!(RECOVERIES, "result" => result).increment(1);
+    counter!(RECOVERIES, "result" => result.as_str()).increment(1);
 }
 
 /// An offer sent again, to sockets that joined its room after it went out.
-pub fn reoffered(event: &'static str) {
-    counter!(REOFFERS, "event" => event).increment(1);
+pub fn reoffered(event: ServerEvent) {
+    counter!(REOFFERS, "event" => event.as_str()).increment(1);
 }
 
 pub fn replayed(events: usize) {
@@ -525,11 +499,15 @@ struct HotCounters {
 fn hot() -> &'static HotCounters {
     static HOT: OnceLock<HotCounters> = OnceLock::new();
     HOT.get_or_init(|| HotCounters {
-        received: counter!(LOCATION_UPDATES, "outcome" => "received"),
-        accepted: counter!(LOCATION_UPDATES, "outcome" => "accepted"),
-        client_ok: counter!(CLIENT_EVENTS, "event" => "driver:location_update", "outcome" => "ok"),
+        received: counter!(LOCATION_UPDATES, "outcome" => LocationOutcome::Received.as_str()),
+        accepted: counter!(LOCATION_UPDATES, "outcome" => LocationOutcome::Accepted.as_str()),
+        client_ok: counter!(
+            CLIENT_EVENTS,
+            "event" => ClientEvent::DriverLocationUpdate.as_str(),
+            "outcome" => ClientEventOutcome::Ok.as_str()
+        ),
         fanout: counter!(LOCATION_FANOUT),
-        location_emits: counter!(EMITS, "event" => "order:driver_location"),
+        location_emits: counter!(EMITS, "event" => ServerEvent::OrderDriverLocation.as_str()),
     })
 }
 
@@ -546,15 +524,15 @@ pub fn location_accepted(fanout: usize) {
     hot.location_emits.increment(fanout as u64);
 }
 
-pub fn location_rejected(reason: &'static str) {
-    let outcome = if reason == "rate_limited" {
-        "rate_limited"
+pub fn location_rejected(reason: Reject) {
+    let outcome = if reason == Reject::RateLimited {
+        ClientEventOutcome::RateLimited
     } else {
-        "rejected"
+        ClientEventOutcome::Rejected
     };
-    counter!(CLIENT_EVENTS, "event" => "driver:location_update", "outcome" => outcome).increment(1);
-    counter!(LOCATION_UPDATES, "outcome" => "rejected").increment(1);
-    counter!(LOCATION_REJECTED, "reason" => reason).increment(1);
+    client_event(ClientEvent::DriverLocationUpdate, outcome);
+    counter!(LOCATION_UPDATES, "outcome" => LocationOutcome::Rejected.as_str()).increment(1);
+    counter!(LOCATION_REJECTED, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn location_flush(drivers: usize, seconds: f64) {
@@ -562,14 +540,19 @@ pub fn location_flush(drivers: usize, seconds: f64) {
     histogram!(LOCATION_FLUSH_SECONDS).record(seconds);
 }
 
-pub fn store_error(op: &'static str) {
-    counter!(STORE_ERRORS, "op" => op).increment(1);
+pub fn store_error(op: StoreOp) {
+    counter!(STORE_ERRORS, "op" => op.as_str()).increment(1);
 }
+
+/// The `type` label of an entry whose type is missing or not the contract's.
+const UNKNOWN_TYPE: &str = "unknown";
+/// The `reason` label of an entry dead-lettered after too many deliveries.
+const MAX_DELIVERIES: &str = "max_deliveries";
 
 /// The `type` label of a stream entry: a known kind, or `unknown`.
 pub fn entry_type(kind: Option<&str>) -> &'static str {
     kind.and_then(EventKind::parse)
-        .map_or("unknown", EventKind::as_str)
+        .map_or(UNKNOWN_TYPE, EventKind::as_str)
 }
 
 pub fn stream_consumed(kind: &'static str) {
@@ -584,8 +567,14 @@ pub fn stream_retried(kind: &'static str) {
     counter!(STREAM_RETRIES, "type" => kind).increment(1);
 }
 
-pub fn stream_dead_lettered(kind: &'static str, reason: &'static str) {
-    counter!(STREAM_DEAD_LETTERED, "type" => kind, "reason" => reason).increment(1);
+/// An entry refused for `reason` went to the dead letters.
+pub fn stream_dead_lettered(kind: &'static str, reason: DecodeReason) {
+    counter!(STREAM_DEAD_LETTERED, "type" => kind, "reason" => reason.as_str()).increment(1);
+}
+
+/// An entry delivered too often went to the dead letters (its type unread).
+pub fn stream_dead_lettered_after_max_deliveries() {
+    counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => MAX_DELIVERIES).increment(1);
 }
 
 pub fn stream_claimed(n: usize) {
@@ -608,10 +597,10 @@ pub fn order_waited(seconds: f64) {
     histogram!(ORDER_WAIT).record(seconds);
 }
 
-pub fn ack_outcome(event: &'static str, outcome: OutcomeKind, latency_s: Option<f64>) {
-    counter!(ACK_OUTCOMES, "event" => event, "outcome" => outcome.as_str()).increment(1);
+pub fn ack_outcome(event: ServerEvent, outcome: OutcomeKind, latency_s: Option<f64>) {
+    counter!(ACK_OUTCOMES, "event" => event.as_str(), "outcome" => outcome.as_str()).increment(1);
     if let Some(latency) = latency_s {
-        histogram!(ACK_LATENCY, "event" => event).record(latency);
+        histogram!(ACK_LATENCY, "event" => event.as_str()).record(latency);
     }
 }
 
@@ -619,8 +608,8 @@ pub fn event_published(kind: EventKind) {
     counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).increment(1);
 }
 
-pub fn publish_rejected(reason: &'static str) {
-    counter!(PUBLISH_REJECTED, "reason" => reason).increment(1);
+pub fn publish_rejected(reason: PublishRejection) {
+    counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn handshake_rejected(rejection: Rejection) {
@@ -631,16 +620,16 @@ pub fn connected(role: Role) {
     counter!(CONNECTS, "role" => role.as_str()).increment(1);
 }
 
-pub fn disconnected(role: Role, reason: &'static str) {
-    counter!(DISCONNECTS, "role" => role.as_str(), "reason" => reason).increment(1);
+pub fn disconnected(role: Role, reason: DisconnectReason) {
+    counter!(DISCONNECTS, "role" => role.as_str(), "reason" => reason.as_str()).increment(1);
 }
 
-pub fn adapter_message(direction: &'static str) {
-    counter!(ADAPTER_MESSAGES, "direction" => direction).increment(1);
+pub fn adapter_message(direction: AdapterDirection) {
+    counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).increment(1);
 }
 
-pub fn adapter_error(op: &'static str) {
-    counter!(ADAPTER_ERRORS, "op" => op).increment(1);
+pub fn adapter_error(op: AdapterOp) {
+    counter!(ADAPTER_ERRORS, "op" => op.as_str()).increment(1);
 }
 
 /// Connected sockets per role and transport, counted at scrape time so the

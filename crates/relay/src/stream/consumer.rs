@@ -15,7 +15,7 @@ use crate::tasks::Tasks;
 use crate::{
     engine::{Engine, EventStream, Health, StoreError, StreamEntry},
     events::{decode, sequence_key},
-    metrics,
+    metrics::{self, StoreOp},
     stream::{Dispatcher, Effect},
 };
 
@@ -221,7 +221,7 @@ impl<E: Engine> Consumer<E> {
                 Err(e) => {
                     drop(permits);
                     self.health.set_consumer_running(false);
-                    metrics::store_error("stream_read");
+                    metrics::store_error(StoreOp::StreamRead);
                     // The stream is all there is to read: keep trying, at the
                     // slowest pace when only an operator can help.
                     if e.is_transient() {
@@ -253,7 +253,7 @@ impl<E: Engine> Consumer<E> {
             let held = self.held();
             metrics::set_in_flight(held.len());
             if let Err(e) = self.stream().keep_alive(&held).await {
-                metrics::store_error("keep_alive");
+                metrics::store_error(StoreOp::KeepAlive);
                 if e.is_transient() {
                     tracing::debug!(error = %e, "keep-alive failed");
                 } else {
@@ -279,7 +279,7 @@ impl<E: Engine> Consumer<E> {
         match self.stream().claim_stale(held).await {
             Ok(claimed) => {
                 if claimed.dead_lettered > 0 {
-                    metrics::stream_dead_lettered("unknown", "max_deliveries");
+                    metrics::stream_dead_lettered_after_max_deliveries();
                 }
                 if !claimed.entries.is_empty() {
                     tracing::info!(
@@ -296,7 +296,7 @@ impl<E: Engine> Consumer<E> {
                 }
             }
             Err(e) => {
-                metrics::store_error("claim");
+                metrics::store_error(StoreOp::Claim);
                 if e.is_transient() {
                     tracing::debug!(error = %e, "claiming failed");
                 } else {
@@ -352,7 +352,7 @@ impl<E: Engine> Consumer<E> {
                 tracing::warn!(id = %entry.id, error = %e, "malformed entry: dead-lettered");
                 let reason = e.to_string();
                 if self
-                    .retry("dead_letter", &entry.id, || {
+                    .retry(StoreOp::DeadLetter, &entry.id, || {
                         self.stream().dead_letter(&entry, &reason)
                     })
                     .await
@@ -368,7 +368,7 @@ impl<E: Engine> Consumer<E> {
             // An entry read at the head of its order's queue skips the round trip.
             if !entry.first_in_order
                 && !self
-                    .retry("wait_turn", &entry.id, || {
+                    .retry(StoreOp::WaitTurn, &entry.id, || {
                         self.stream().wait_turn(order, &entry.id, &self.stop)
                     })
                     .await
@@ -401,7 +401,7 @@ impl<E: Engine> Consumer<E> {
         };
         if let Some(order) = order
             && !self
-                .retry("advance", &entry.id, || {
+                .retry(StoreOp::Advance, &entry.id, || {
                     self.stream().advance(order, &entry.id)
                 })
                 .await
@@ -428,7 +428,7 @@ impl<E: Engine> Consumer<E> {
     }
 
     async fn complete(&self, id: &str, kind: &'static str) {
-        if self.retry("ack", id, || self.stream().ack(id)).await {
+        if self.retry(StoreOp::Ack, id, || self.stream().ack(id)).await {
             metrics::stream_acked(kind);
             self.release(id);
         }
@@ -440,7 +440,7 @@ impl<E: Engine> Consumer<E> {
     /// way again: the entry is given up (false), left pending for the
     /// claim rounds, which redeliver it after the claim time and
     /// dead-letter it after `RELAY_MAX_DELIVERIES`.
-    async fn retry<T, F, Fut>(&self, op: &'static str, id: &str, mut attempt: F) -> bool
+    async fn retry<T, F, Fut>(&self, op: StoreOp, id: &str, mut attempt: F) -> bool
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -455,11 +455,11 @@ impl<E: Engine> Consumer<E> {
                     }
                     metrics::store_error(op);
                     if !e.is_transient() {
-                        tracing::error!(op, id, error = %e, "stream operation failed; entry left pending for redelivery");
+                        tracing::error!(op = op.as_str(), id, error = %e, "stream operation failed; entry left pending for redelivery");
                         self.give_up(id);
                         return false;
                     }
-                    tracing::warn!(op, id, error = %e, "stream operation failed, retrying");
+                    tracing::warn!(op = op.as_str(), id, error = %e, "stream operation failed, retrying");
                 }
             }
             if !self.pause(&mut backoff).await {

@@ -7,6 +7,8 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::ServerEvent;
+use crate::metrics::StoreOp;
 use crate::{
     active_order::ActiveOrder,
     engine::{Engine, EventStream, History, LocationCache, OrderStore},
@@ -14,7 +16,7 @@ use crate::{
         AdminAlert, DeliveryRequest, DeliveryTarget, OrderAssigned, OrderCreated, OrderEvent,
         OrderStatus, is_terminal, now_ms, rfc3339,
     },
-    gateway::{DRIVER_LOCATION, DriverLocationEvent, Gateway},
+    gateway::{DriverLocationEvent, Gateway},
     metrics,
     outcome::{Outcome, OutcomeKind},
     rooms::Room,
@@ -23,11 +25,6 @@ use crate::{
         offers::{self, Offer},
     },
 };
-
-pub const STATUS_UPDATE: &str = "order:status_update";
-pub const NEW_ORDER: &str = "merchant:new_order";
-pub const DELIVERY_REQUEST: &str = "delivery:new_request";
-pub const ADMIN_ALERT: &str = "admin:alert";
 
 /// Waits for the outcomes of offers already sent and appends them; resolves
 /// to `false` when cancelled before every outcome was written.
@@ -100,14 +97,14 @@ impl<E: Engine> Dispatcher<E> {
         let mut offer = Offer::new(
             event_id,
             room,
-            NEW_ORDER,
+            ServerEvent::MerchantNewOrder,
             payload,
             offers::deadline(event_id, timer),
         );
         offer.start(&self.gateway, self.engine.stream()).await?;
         Ok(Effect::Offers(self.outcomes(
             event_id,
-            NEW_ORDER,
+            ServerEvent::MerchantNewOrder,
             &e.order_id,
             vec![offer],
         )))
@@ -142,7 +139,7 @@ impl<E: Engine> Dispatcher<E> {
         // Everyone leaves the order room only after the final status reached them.
         let then_leave = is_terminal(&e.status).then(|| order_room.name());
         self.record(
-            STATUS_UPDATE,
+            ServerEvent::OrderStatusUpdate,
             &payload,
             event_id,
             &rooms,
@@ -178,7 +175,12 @@ impl<E: Engine> Dispatcher<E> {
         if let Some(location) = self.engine.locations().latest(&e.driver_id).await? {
             let event = DriverLocationEvent::new(&e.order_id, &location);
             self.gateway
-                .emit_except(&order_room, &driver_room, DRIVER_LOCATION, &event)
+                .emit_except(
+                    &order_room,
+                    &driver_room,
+                    ServerEvent::OrderDriverLocation,
+                    &event,
+                )
                 .await?;
         }
         Ok(())
@@ -206,7 +208,7 @@ impl<E: Engine> Dispatcher<E> {
             // A geo request that finds no fresh driver: one outcome, at once.
             return Ok(Effect::Offers(self.outcomes(
                 event_id,
-                DELIVERY_REQUEST,
+                ServerEvent::DeliveryNewRequest,
                 &e.order_id,
                 vec![],
             )));
@@ -230,7 +232,7 @@ impl<E: Engine> Dispatcher<E> {
             let mut offer = Offer::new(
                 event_id,
                 Room::Driver(driver),
-                DELIVERY_REQUEST,
+                ServerEvent::DeliveryNewRequest,
                 payload.clone(),
                 deadline,
             );
@@ -239,7 +241,7 @@ impl<E: Engine> Dispatcher<E> {
         }
         Ok(Effect::Offers(self.outcomes(
             event_id,
-            DELIVERY_REQUEST,
+            ServerEvent::DeliveryNewRequest,
             &e.order_id,
             pending,
         )))
@@ -251,7 +253,7 @@ impl<E: Engine> Dispatcher<E> {
         payload.insert("level".into(), json!(e.level));
         payload.insert("message".into(), json!(e.message));
         self.record(
-            ADMIN_ALERT,
+            ServerEvent::AdminAlert,
             &Value::Object(payload),
             event_id,
             &[Room::AdminUpdates.name()],
@@ -264,7 +266,7 @@ impl<E: Engine> Dispatcher<E> {
     /// delivered by every node in one order (see `delivery`).
     async fn record(
         &self,
-        event: &'static str,
+        event: ServerEvent,
         payload: &Value,
         event_id: &str,
         rooms: &[String],
@@ -272,7 +274,13 @@ impl<E: Engine> Dispatcher<E> {
     ) -> Result<(), DispatchError> {
         self.engine
             .history()
-            .publish(event, &payload.to_string(), event_id, rooms, then_leave)
+            .publish(
+                event.as_str(),
+                &payload.to_string(),
+                event_id,
+                rooms,
+                then_leave,
+            )
             .await?;
         metrics::emitted(event);
         Ok(())
@@ -284,7 +292,7 @@ impl<E: Engine> Dispatcher<E> {
     fn outcomes(
         &self,
         event_id: &str,
-        event: &'static str,
+        event: ServerEvent,
         order_id: &str,
         offers: Vec<Offer>,
     ) -> OutcomesPending {
@@ -361,13 +369,13 @@ async fn append_outcome<S: EventStream>(
                 return true;
             }
             Err(e) if e.is_transient() => {
-                metrics::store_error("append_outcome");
+                metrics::store_error(StoreOp::AppendOutcome);
                 tracing::warn!(error = %e, event_id = %outcome.event_id, "outcome not written yet");
             }
             // Would fail the same way again: the entry stays pending and is
             // redelivered (and dead-lettered after too many deliveries).
             Err(e) => {
-                metrics::store_error("append_outcome");
+                metrics::store_error(StoreOp::AppendOutcome);
                 tracing::error!(error = %e, event_id = %outcome.event_id, "outcome not written");
                 return false;
             }

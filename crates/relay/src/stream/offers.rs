@@ -18,6 +18,7 @@ use socketioxide::socket::Sid;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::ServerEvent;
 use crate::{
     engine::{Engine, EventStream, OfferState},
     events::now_ms,
@@ -45,7 +46,7 @@ pub struct Decision {
 pub struct Offer {
     pub event_id: String,
     pub target: Room,
-    pub event: &'static str,
+    pub event: ServerEvent,
     pub payload: Value,
     pub deadline: Instant,
     acks: SelectAll<Acks>,
@@ -69,7 +70,7 @@ impl Offer {
     pub fn new(
         event_id: &str,
         target: Room,
-        event: &'static str,
+        event: ServerEvent,
         payload: Value,
         deadline: Instant,
     ) -> Self {

@@ -253,7 +253,7 @@ impl EventStream for MemoryStream {
         }
         tracing::info!(
             event_id = %outcome.event_id,
-            event = outcome.event,
+            event = outcome.event.as_str(),
             target = %outcome.target,
             outcome = outcome.outcome.as_str(),
             latency_ms = outcome.latency_ms,

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::values::bulk_string;
 use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, in_offset_order};
+use crate::metrics::{AdapterOp, StoreOp};
 use crate::tasks::Tasks;
 
 /// Events waiting for this node's delivery loop.
@@ -214,7 +215,7 @@ impl History for RedisHistory {
                     }
                     Err(e) => {
                         let e = StoreError::from(e);
-                        crate::metrics::store_error("history_read");
+                        crate::metrics::store_error(StoreOp::HistoryRead);
                         // The feed is every event this node delivers: keep
                         // reading, at the slowest pace when only an operator can help.
                         if e.is_transient() {
@@ -320,7 +321,7 @@ fn parse_records(rows: Vec<StreamId>) -> Vec<Recorded> {
                 })
             })();
             if record.is_none() {
-                crate::metrics::adapter_error("decode");
+                crate::metrics::adapter_error(AdapterOp::Decode);
                 tracing::warn!(offset, "malformed recorded event skipped");
             }
             record

@@ -16,7 +16,7 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
 use super::link::Link;
-use crate::metrics;
+use crate::metrics::{self, AdapterDirection, AdapterOp};
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
@@ -74,19 +74,19 @@ fn route_push(push: PushInfo, handlers: &Handlers) {
     let (Some(Value::BulkString(chan)), Some(Value::BulkString(payload))) =
         (data.next(), data.next())
     else {
-        metrics::adapter_error("decode");
+        metrics::adapter_error(AdapterOp::Decode);
         return;
     };
     let Ok(chan) = String::from_utf8(chan) else {
-        metrics::adapter_error("decode");
+        metrics::adapter_error(AdapterOp::Decode);
         return;
     };
-    metrics::adapter_message("receive");
+    metrics::adapter_message(AdapterDirection::Receive);
     let handlers = handlers.read().unwrap_or_else(|e| e.into_inner());
     if let Some(tx) = handlers.get(&chan) {
         // Never block the connection's reader: a full buffer drops, visibly.
         if tx.try_send((chan, payload)).is_err() {
-            metrics::adapter_error("buffer_full");
+            metrics::adapter_error(AdapterOp::BufferFull);
             tracing::warn!("adapter inbound buffer full, message dropped");
         }
     }
@@ -114,11 +114,11 @@ impl Driver for PubSubDriver {
             .await;
         match res {
             Ok(_) => {
-                metrics::adapter_message("publish");
+                metrics::adapter_message(AdapterDirection::Publish);
                 Ok(())
             }
             Err(e) => {
-                metrics::adapter_error("publish");
+                metrics::adapter_error(AdapterOp::Publish);
                 Err(e.into())
             }
         }
@@ -134,7 +134,7 @@ impl Driver for PubSubDriver {
         self.write_handlers().insert(chan.clone(), tx);
         if let Err(e) = self.conn.manager().subscribe(&chan).await {
             self.write_handlers().remove(&chan);
-            metrics::adapter_error("subscribe");
+            metrics::adapter_error(AdapterOp::Subscribe);
             return Err(e.into());
         }
         Ok(MessageStream::new(rx))

@@ -31,6 +31,7 @@ use super::PubSubDriver;
 use super::link::Link;
 use super::values::{bulk_string, parse_entries, stream_entry};
 use crate::engine::{StoreError, StoreResult};
+use crate::metrics::StoreOp;
 use crate::tasks::Tasks;
 use crate::{
     engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
@@ -458,7 +459,7 @@ impl EventStream for RedisStream {
                     Ok(()) => claimed.dead_lettered += 1,
                     Err(e) if e.is_transient() => return Err(e),
                     Err(e) => {
-                        crate::metrics::store_error("dead_letter");
+                        crate::metrics::store_error(StoreOp::DeadLetter);
                         tracing::error!(id, error = %e, "entry not dead-lettered");
                     }
                 }

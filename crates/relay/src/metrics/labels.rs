@@ -1,0 +1,168 @@
+//! The bounded label sets that only metrics use, each spelled once. Their
+//! values are exported as they are: docs/metrics.md, grafana/ and
+//! prometheus/ match on them.
+
+macro_rules! label_set {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $value:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$(stringify!($variant)),+].len()] = [$(Self::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value,)+
+                }
+            }
+        }
+    };
+}
+
+label_set! {
+    /// The `op` of `relay_store_errors_total`: which store operation failed.
+    StoreOp {
+        Ack => "ack",
+        History => "history",
+        HistoryRead => "history_read",
+        Advance => "advance",
+        WaitTurn => "wait_turn",
+        Append => "append",
+        AppendOutcome => "append_outcome",
+        Claim => "claim",
+        ConnectOrders => "connect_orders",
+        KeepAlive => "keep_alive",
+        Sessions => "sessions",
+        LocationPrune => "location_prune",
+        LocationWrite => "location_write",
+        StreamRead => "stream_read",
+        Subscribe => "subscribe",
+        DeadLetter => "dead_letter",
+    }
+}
+
+label_set! {
+    /// The `reason` of `relay_publish_rejected_total`.
+    PublishRejection {
+        Unauthorized => "unauthorized",
+        BadBody => "bad_body",
+        UnknownType => "unknown_type",
+        InvalidEvent => "invalid_event",
+        /// Any store failure (the response says which: 503 or 500).
+        StoreUnavailable => "store_unavailable",
+    }
+}
+
+label_set! {
+    /// The `reason` of `relay_disconnects_total`, one per socketioxide reason.
+    DisconnectReason {
+        TransportClose => "transport_close",
+        MultiplePolling => "multiple_polling",
+        PacketParsing => "packet_parsing",
+        TransportError => "transport_error",
+        HeartbeatTimeout => "heartbeat_timeout",
+        ClientDisconnect => "client_disconnect",
+        ServerDisconnect => "server_disconnect",
+        ClosingServer => "closing_server",
+    }
+}
+
+label_set! {
+    /// The `op` of `relay_adapter_errors_total`.
+    AdapterOp {
+        Publish => "publish",
+        Subscribe => "subscribe",
+        Decode => "decode",
+        BufferFull => "buffer_full",
+    }
+}
+
+label_set! {
+    /// The `direction` of `relay_adapter_messages_total`.
+    AdapterDirection {
+        Publish => "publish",
+        Receive => "receive",
+    }
+}
+
+label_set! {
+    /// The `outcome` of `relay_client_events_total`.
+    ClientEventOutcome {
+        Ok => "ok",
+        Rejected => "rejected",
+        RateLimited => "rate_limited",
+        /// An event outside the protocol (its `event` label is `other`).
+        Unknown => "unknown",
+    }
+}
+
+label_set! {
+    /// The `reason` of `relay_connections_shed_total`.
+    ShedReason {
+        NodeFull => "node_full",
+        ConnectRate => "connect_rate",
+        NotReady => "not_ready",
+    }
+}
+
+label_set! {
+    /// The `result` of `relay_recoveries_total`.
+    RecoveryResult {
+        Recovered => "recovered",
+        NotRecovered => "not_recovered",
+    }
+}
+
+label_set! {
+    /// The `outcome` of `relay_location_updates_total`.
+    LocationOutcome {
+        Received => "received",
+        Accepted => "accepted",
+        Rejected => "rejected",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exported values, as docs/metrics.md lists them.
+    #[test]
+    fn values_are_the_exported_ones() {
+        let ops: Vec<_> = StoreOp::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(
+            ops,
+            [
+                "ack",
+                "history",
+                "history_read",
+                "advance",
+                "wait_turn",
+                "append",
+                "append_outcome",
+                "claim",
+                "connect_orders",
+                "keep_alive",
+                "sessions",
+                "location_prune",
+                "location_write",
+                "stream_read",
+                "subscribe",
+                "dead_letter",
+            ]
+        );
+        assert_eq!(
+            ShedReason::ALL.map(ShedReason::as_str),
+            ["node_full", "connect_rate", "not_ready"]
+        );
+        assert_eq!(
+            ClientEventOutcome::ALL.map(ClientEventOutcome::as_str),
+            ["ok", "rejected", "rate_limited", "unknown"]
+        );
+        assert_eq!(DisconnectReason::ALL.len(), 8);
+        assert_eq!(PublishRejection::ALL.len(), 5);
+    }
+}
