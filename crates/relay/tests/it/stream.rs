@@ -9,7 +9,7 @@ use relay::engine::redis::{RedisEngine, RedisSettings};
 use relay::engine::{Engine, EventStream};
 use serde_json::json;
 
-use crate::support::{Cluster, WAIT, connect, expect_event, merchant_token, token};
+use crate::support::{Cluster, WAIT, connect, expect_event, merchant_token, metric, token};
 
 /// `XPENDING key group` summary: count, smallest id, largest id, consumers.
 type PendingSummary = (
@@ -306,4 +306,55 @@ async fn ten_thousand_status_events_arrive_complete_and_in_order_per_order() {
     println!(
         "10,000 status events over 1,000 orders on 3 nodes: none lost, none out of order, {duplicates} duplicates"
     );
+}
+
+/// An entry the store refuses (not a passing outage) is not retried in
+/// place: it is left pending, claimed again after the claim time, and
+/// dead-lettered after `RELAY_MAX_DELIVERIES`, while later entries flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_store_refuses_is_redelivered_then_dead_lettered_not_retried_in_place() {
+    let cluster = Cluster::start(
+        "refused",
+        1,
+        &[
+            ("RELAY_CLAIM_IDLE_MS", "300"),
+            ("RELAY_MAX_DELIVERIES", "2"),
+        ],
+    )
+    .await;
+    // The order's hash holds a string: every status update gets WRONGTYPE.
+    let mut conn = cluster.redis.connection().await;
+    let () = redis::cmd("SET")
+        .arg(cluster.key("order:o-refused"))
+        .arg("not a hash")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let mut admin = connect(&cluster.url(0), &token("a1", Role::Admin)).await;
+    let refused = cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o-refused", "status": "preparing"}),
+        )
+        .await;
+    cluster
+        .xadd("admin.alert", json!({"level": "info", "message": "after"}))
+        .await;
+    assert_eq!(
+        expect_event(&mut admin, "admin:alert").await.data()["message"],
+        "after"
+    );
+
+    let dead = cluster.wait_entries("events:dead", 1).await;
+    let (_, letter) = dead
+        .iter()
+        .find(|(_, d)| d["id"] == refused)
+        .unwrap_or_else(|| panic!("{refused} not dead-lettered: {dead:?}"));
+    assert!(letter["reason"].starts_with("max_deliveries"), "{letter:?}");
+    let retried = metric(
+        &cluster.url(0),
+        "relay_stream_retries_total{type=\"order.status\"}",
+    )
+    .await;
+    assert_eq!(retried, 0.0, "a refused entry must not be retried in place");
 }
