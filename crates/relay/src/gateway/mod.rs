@@ -247,14 +247,14 @@ impl<E: Engine> Gateway<E> {
             metrics::set_connected_sockets(&[]);
             return;
         };
-        let mut counts: Vec<(Role, &'static str, usize)> = Vec::new();
+        let mut counts: Vec<(Role, metrics::Transport, usize)> = Vec::new();
         for socket in ns.sockets() {
             let Some(principal) = socket.extensions.get::<Principal>() else {
                 continue;
             };
             let transport = match socket.transport_type() {
-                TransportType::Websocket => "websocket",
-                TransportType::Polling => "polling",
+                TransportType::Websocket => metrics::Transport::Websocket,
+                TransportType::Polling => metrics::Transport::Polling,
             };
             match counts
                 .iter_mut()

@@ -117,6 +117,14 @@ label_set! {
 }
 
 label_set! {
+    /// The `transport` of `relay_connected_sockets`.
+    Transport {
+        Websocket => "websocket",
+        Polling => "polling",
+    }
+}
+
+label_set! {
     /// The `outcome` of `relay_location_updates_total`.
     LocationOutcome {
         Received => "received",

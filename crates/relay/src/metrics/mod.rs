@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DisconnectReason, LocationOutcome,
-    PublishRejection, RecoveryResult, ShedReason, StoreOp,
+    PublishRejection, RecoveryResult, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
@@ -101,8 +101,6 @@ fn counts_emits(event: ServerEvent) -> bool {
 
 /// The `event` label of emits and client events outside the protocol.
 const OTHER: &str = "other";
-
-pub const TRANSPORTS: [&str; 2] = ["websocket", "polling"];
 
 /// The commit the binary was built from, when the build said (`make release`
 /// and the Dockerfile pass `RELAY_COMMIT`).
@@ -635,15 +633,15 @@ pub fn adapter_error(op: AdapterOp) {
 /// Connected sockets per role and transport, counted at scrape time so the
 /// gauge can never drift from the truth (a polling socket that upgrades
 /// moves to `websocket` by itself).
-pub fn set_connected_sockets(counts: &[(Role, &'static str, usize)]) {
+pub fn set_connected_sockets(counts: &[(Role, Transport, usize)]) {
     for role in Role::ALL {
-        for transport in TRANSPORTS {
+        for transport in Transport::ALL {
             let n = counts
                 .iter()
                 .filter(|(r, t, _)| *r == role && *t == transport)
                 .map(|(_, _, n)| *n)
                 .sum::<usize>();
-            gauge!(CONNECTED_SOCKETS, "role" => role.as_str(), "transport" => transport)
+            gauge!(CONNECTED_SOCKETS, "role" => role.as_str(), "transport" => transport.as_str())
                 .set(n as f64);
         }
     }
