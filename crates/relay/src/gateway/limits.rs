@@ -93,8 +93,14 @@ impl ConnectionLimits {
             return;
         };
         loop {
-            if cluster.keep_alive().await.is_err() {
+            if let Err(e) = cluster.keep_alive().await {
                 metrics::store_error(StoreOp::Sessions);
+                // Tried again next round either way; a refusal needs an operator.
+                if e.is_transient() {
+                    tracing::debug!(error = %e, "session keep-alive failed");
+                } else {
+                    tracing::error!(error = %e, "session keep-alive refused: other nodes may stop counting this node's sockets");
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => return,
