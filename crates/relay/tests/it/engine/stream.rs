@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use relay::{
     engine::{Engine, EventStream, OfferState, StreamEntry, cmp_offsets, redis::RedisEngine},
+    events::ServerEvent,
     outcome::{Outcome, OutcomeKind},
 };
 use serde_json::json;
@@ -400,7 +401,7 @@ fn ids_of(dead: &[relay::engine::DeadLetter]) -> Vec<&str> {
 fn outcome(event_id: &str, target: &str, kind: OutcomeKind, node: &str) -> Outcome {
     Outcome {
         event_id: event_id.to_owned(),
-        event: "merchant:new_order",
+        event: ServerEvent::MerchantNewOrder,
         order_id: "o1".to_owned(),
         target: target.to_owned(),
         outcome: kind,
