@@ -1251,17 +1251,17 @@ mod tests {
     }
 
     #[test]
-    fn percent_encoding() {
+    fn query_values_are_form_encoded() {
         let opts = ConnectOptions::new("http://h:1/")
             .query("token", "a+b/c=d")
             .query("x y", "é&");
         assert_eq!(
             opts.url("polling", Some("s1")),
-            "http://h:1/socket.io/?EIO=4&transport=polling&sid=s1&token=a%2Bb%2Fc%3Dd&x%20y=%C3%A9%26"
+            "http://h:1/socket.io/?EIO=4&transport=polling&sid=s1&token=a%2Bb%2Fc%3Dd&x+y=%C3%A9%26"
         );
         assert_eq!(
             opts.url("websocket", None),
-            "ws://h:1/socket.io/?EIO=4&transport=websocket&token=a%2Bb%2Fc%3Dd&x%20y=%C3%A9%26"
+            "ws://h:1/socket.io/?EIO=4&transport=websocket&token=a%2Bb%2Fc%3Dd&x+y=%C3%A9%26"
         );
     }
 

@@ -317,7 +317,7 @@ async fn an_entry_the_store_refuses_is_redelivered_then_dead_lettered_not_retrie
         "refused",
         1,
         &[
-            ("RELAY_CLAIM_IDLE_MS", "300"),
+            ("RELAY_CLAIM_IDLE_MS", "500"),
             ("RELAY_MAX_DELIVERIES", "2"),
         ],
     )
