@@ -17,8 +17,8 @@
 use libfuzzer_sys::fuzz_target;
 use relay::{
     engine::DriverLocation,
+    events::LocationUpdate,
     gateway::{DriverLocationEvent, OrderRef, SyncRequest, last_event_id, order_ref, token_from},
-    location::LocationUpdate,
 };
 use serde_json::Value;
 use socketioxide_core::{

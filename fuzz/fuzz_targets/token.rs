@@ -62,9 +62,9 @@ static VERIFIERS: LazyLock<Verifiers> = LazyLock::new(|| {
         plain: Verifier::new(&config(secret(), None, None)).expect("hs256"),
         scoped: Verifier::new(&config(secret(), Some("orders"), Some("relay"))).expect("hs256"),
         public: [
-            &include_bytes!("../../tests/fixtures/rsa_public.pem")[..],
-            include_bytes!("../../tests/fixtures/ec_public.pem"),
-            include_bytes!("../../tests/fixtures/ed_public.pem"),
+            &include_bytes!("../../crates/relay/tests/fixtures/rsa_public.pem")[..],
+            include_bytes!("../../crates/relay/tests/fixtures/ec_public.pem"),
+            include_bytes!("../../crates/relay/tests/fixtures/ed_public.pem"),
         ]
         .into_iter()
         .map(|p| Verifier::new(&config(pem(p), None, None)).expect("public key"))
