@@ -2,7 +2,13 @@
 //! (CONTRACT §1), parsed by clap and then validated as a whole into a
 //! [`Config`] before anything binds a port.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::{
     Args, ValueEnum,
@@ -128,6 +134,24 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub max_new_connections_per_s: u32,
 
+    /// New sessions one client address may start per second, beside the
+    /// node-wide budget; beyond, HTTP 503 and the client retries (0 = no
+    /// limit; at most 1000000). IPv6 addresses count per /64.
+    #[arg(long, env = "RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_new_connections_per_addr_per_s: u32,
+
+    /// Proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is
+    /// believed: the client is the right-most address not among them.
+    /// Unset: the TCP peer is the client.
+    #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// A session that sends no Socket.IO CONNECT within this time is closed, in ms (500 to 60000).
+    #[arg(long, env = "RELAY_CONNECT_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    pub connect_timeout_ms: u64,
+
     /// Events kept per room for recovery (1 to 10000).
     #[arg(long, env = "RELAY_HISTORY_SIZE", default_value_t = 100,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
@@ -238,6 +262,8 @@ pub struct JwtConfig {
 
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
+    /// A session without a Socket.IO CONNECT by then is closed.
+    pub connect_timeout: Duration,
     pub websocket_only: bool,
     pub ws_max_message_bytes: usize,
     pub ws_max_frame_bytes: usize,
@@ -265,11 +291,69 @@ pub struct StreamConfig {
 }
 
 /// Connection limits of a node (0 = no limit).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimitsConfig {
     pub max_connections: usize,
     pub max_per_user: usize,
     pub new_per_s: u32,
+    /// New sessions per client address a second.
+    pub new_per_addr_per_s: u32,
+    /// Peers whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32`; a bare address is
+/// a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr = addr
+            .parse::<IpAddr>()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR block"))?
+            .to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}': the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
 }
 
 /// A node's validated configuration.
@@ -409,6 +493,13 @@ impl Config {
                 "must be below RELAY_LOCATION_TTL_S (in ms)",
             ));
         }
+        let trusted_proxies = args
+            .trusted_proxies
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.parse::<IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::new("RELAY_TRUSTED_PROXIES", e))?;
         tracing_subscriber::EnvFilter::try_new(&args.log)
             .map_err(|e| ConfigError::new("RELAY_LOG", e.to_string()))?;
 
@@ -434,6 +525,8 @@ impl Config {
                 max_connections: args.max_connections,
                 max_per_user: args.max_connections_per_user,
                 new_per_s: args.max_new_connections_per_s,
+                new_per_addr_per_s: args.max_new_connections_per_addr_per_s,
+                trusted_proxies,
             },
             history: HistoryConfig {
                 size: args.history_size,
@@ -444,6 +537,7 @@ impl Config {
                 max_deliveries: args.max_deliveries,
             },
             transport: TransportConfig {
+                connect_timeout: Duration::from_millis(args.connect_timeout_ms),
                 websocket_only: args.websocket_only,
                 ws_max_message_bytes: args.ws_max_message_bytes,
                 ws_max_frame_bytes: args.ws_max_frame_bytes,
@@ -732,6 +826,7 @@ mod tests {
             ),
             (&["--ping-interval-ms", "0"], "--ping-interval-ms"),
             (&["--claim-idle-ms", "10"], "--claim-idle-ms"),
+            (&["--connect-timeout-ms", "0"], "--connect-timeout-ms"),
             (&["--jwt-leeway-s", "86400"], "--jwt-leeway-s"),
             (
                 &["--ws-max-frame-bytes", "1000000"],
@@ -803,6 +898,44 @@ mod tests {
         assert_eq!(config.location.min_interval, Duration::ZERO);
         assert_eq!(config.client_events_per_s, 0);
         assert_eq!(config.limits.max_connections, 0);
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        let config = parse(&[
+            "--jwt-secret",
+            "s",
+            "--trusted-proxies",
+            "127.0.0.1, 10.0.0.0/8,fd00::/8",
+        ])
+        .expect("valid");
+        let nets = &config.limits.trusted_proxies;
+        assert_eq!(nets.len(), 3);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(nets[0].contains(ip("127.0.0.1")));
+        assert!(nets[0].contains(ip("::ffff:127.0.0.1")));
+        assert!(!nets[0].contains(ip("127.0.0.2")));
+        assert!(nets[1].contains(ip("10.200.3.4")));
+        assert!(!nets[1].contains(ip("11.0.0.1")));
+        assert!(nets[2].contains(ip("fd12::1")));
+        assert!(!nets[2].contains(ip("10.0.0.1")));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<IpNet>()
+                .unwrap()
+                .contains(ip("8.8.8.8"))
+        );
+        for bad in ["10.0.0.0/33", "proxy.local", "10.0.0.1/x"] {
+            let err = parse(&["--jwt-secret", "s", "--trusted-proxies", bad]).unwrap_err();
+            assert_eq!(err.setting, "RELAY_TRUSTED_PROXIES", "{bad}");
+        }
+        assert!(
+            parse(&["--jwt-secret", "s"])
+                .unwrap()
+                .limits
+                .trusted_proxies
+                .is_empty()
+        );
     }
 
     #[test]

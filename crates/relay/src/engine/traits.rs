@@ -6,7 +6,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreResult;
-use crate::{active_order::ActiveOrder, auth::Principal, events::Timestamp, outcome::Outcome};
+use crate::{
+    active_order::ActiveOrder,
+    auth::{Principal, Role},
+    events::Timestamp,
+    outcome::Outcome,
+};
 
 /// One entry of the event stream, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,12 +322,18 @@ pub fn cmp_offsets(a: &str, b: &str) -> std::cmp::Ordering {
 /// A user's sockets counted across every node, for the per-user connection
 /// limit. Object-safe: the gateway holds it without knowing the engine.
 pub trait UserSessions: Send + Sync + 'static {
-    /// Counts one more socket of `user` unless it already has `limit` on
-    /// all nodes together; `Ok(false)` when it has.
-    fn admit<'a>(&'a self, user: &'a str, limit: usize) -> BoxFuture<'a, StoreResult<bool>>;
+    /// Counts one more socket of user `sub` in `role` unless it already has
+    /// `limit` on all nodes together; `Ok(false)` when it has. A customer and
+    /// a driver who share a `sub` are two users, as their rooms are.
+    fn admit<'a>(
+        &'a self,
+        role: Role,
+        sub: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<bool>>;
 
-    /// Forgets one socket of `user` on this node.
-    fn release(&self, user: String) -> BoxFuture<'_, StoreResult<()>>;
+    /// Forgets one socket of user `sub` in `role` on this node.
+    fn release(&self, role: Role, sub: String) -> BoxFuture<'_, StoreResult<()>>;
 
     /// Tells the other nodes this node is alive: the sockets of a node
     /// that stops doing so (it died) no longer count.

@@ -1,7 +1,7 @@
 //! A connected socket's life: the rooms it joins before its CONNECT reply,
 //! and the bookkeeping when it leaves.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 use socketioxide::{
@@ -12,7 +12,7 @@ use socketioxide::{
 
 use super::{GatewayState, budget::EventBudget, location, subscriptions, sync};
 use crate::events::{ClientEvent, ServerEvent};
-use crate::metrics::ClientEventOutcome;
+use crate::metrics::{ClientEventOutcome, DeferredJoin};
 use crate::{
     auth::{Principal, Rejection, Role},
     delivery::Replay,
@@ -25,8 +25,11 @@ use crate::{
 /// Joins the role rooms and the rooms of the principal's active orders,
 /// and registers the client event handlers.
 /// Runs as a middleware, so a client that sees "connected" is already in
-/// all of its rooms. A store failure is not worth refusing the client: it
-/// keeps its role rooms and resyncs orders with `GET /orders/active`.
+/// all of its rooms. When the active orders cannot be read (the store
+/// stalled after the session was let in; new sessions are shed meanwhile),
+/// refusing would strand the client: socket.io-client does not retry a
+/// `connect_error`. It connects with its role rooms, and its order rooms are
+/// joined as soon as the store answers ([`join_orders_later`]).
 pub async fn join_rooms<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
@@ -71,7 +74,9 @@ pub async fn join_rooms<E: Engine>(
             }
             Err(e) => {
                 metrics::store_error(metrics::StoreOp::ConnectOrders);
-                tracing::warn!(error = %e, "active orders unavailable at connect");
+                metrics::deferred_order_join(DeferredJoin::Deferred);
+                tracing::warn!(error = %e, "active orders unavailable at connect; joining them once the store answers");
+                socket.extensions.insert(OrdersUnjoined);
             }
         }
     }
@@ -105,6 +110,53 @@ pub async fn join_rooms<E: Engine>(
 /// locations sent right after its CONNECT reply.
 #[derive(Clone)]
 struct JoinedOrders(Arc<Vec<crate::active_order::ActiveOrder>>);
+
+/// Its active orders could not be read at connect: its order rooms are
+/// still to be joined.
+#[derive(Clone)]
+struct OrdersUnjoined;
+
+/// First and longest pause between tries to read a socket's active orders.
+const JOIN_RETRY_FIRST: Duration = Duration::from_millis(250);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Reads the principal's active orders until the store answers, then joins
+/// their rooms (and sends a customer the latest driver locations, as a
+/// connect does). Ends when the socket goes; each try is bounded by the
+/// store's own response timeout.
+async fn join_orders_later<E: Engine>(
+    socket: &SocketRef<E::Adapter>,
+    engine: &E,
+    principal: &Principal,
+) {
+    let mut pause = JOIN_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        if !socket.connected() {
+            metrics::deferred_order_join(DeferredJoin::Abandoned);
+            return;
+        }
+        match engine.orders().active_for(principal).await {
+            Ok(orders) => {
+                let rooms: Vec<String> = orders
+                    .iter()
+                    .map(|o| Room::order(&o.order_id).name())
+                    .collect();
+                socket.join(rooms.clone());
+                metrics::deferred_order_join(DeferredJoin::Joined);
+                tracing::info!(sid = %socket.id, ?rooms, "order rooms joined once the store answered");
+                if principal.role() != Role::Driver {
+                    send_latest_locations(socket, engine, &orders).await;
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(sid = %socket.id, error = %e, retry_in = ?pause, "active orders still unavailable");
+                pause = (pause * 2).min(JOIN_RETRY_MAX);
+            }
+        }
+    }
+}
 
 /// The rooms of a client that connected with `last_event_id`, joined once
 /// its missed events are replayed.
@@ -181,6 +233,9 @@ pub async fn on_connect<E: Engine>(
         "connected"
     );
     socket.on_disconnect(on_disconnect::<E::Adapter>);
+    if socket.extensions.remove::<OrdersUnjoined>().is_some() {
+        join_orders_later(&socket, engine.as_ref(), &principal).await;
+    }
 }
 
 async fn on_disconnect<A: Adapter>(

@@ -24,7 +24,7 @@ pub async fn authenticate<A: Adapter>(
         .ok_or(Rejection::MissingToken)
         .and_then(|token| state.verifier.verify(&token));
     match result {
-        Ok(principal) => match state.limits.admit(principal.sub()).await {
+        Ok(principal) => match state.limits.admit(principal.role(), principal.sub()).await {
             Ok(permit) => {
                 if let Some(at) = principal.expires_at_ms() {
                     state.expiries.watch(socket.id, at);

@@ -1,6 +1,7 @@
 //! The Socket.IO gateway: transport settings, the handshake, and the
 //! namespace every client connects to.
 
+mod addresses;
 mod budget;
 mod connection;
 mod expiry;
@@ -8,6 +9,7 @@ mod handshake;
 mod limits;
 mod location;
 mod offer;
+mod peer;
 mod subscriptions;
 mod sync;
 
@@ -52,9 +54,6 @@ pub struct GatewayState {
 #[derive(Debug, thiserror::Error)]
 #[error("broadcast failed: {0}")]
 pub struct BroadcastFailed(pub String);
-
-/// A client that has not finished the Socket.IO handshake by then is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// tungstenite's initial read buffer per websocket (it grows for larger
 /// messages). The default 4 KiB is most of an idle connection's memory; client
@@ -104,7 +103,7 @@ impl<E: Engine> Gateway<E> {
             .max_payload(transport.polling_max_payload_bytes)
             .ws_max_message_size(transport.ws_max_message_bytes)
             .ws_max_frame_size(transport.ws_max_frame_bytes)
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(transport.connect_timeout)
             .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
             .with_state(GatewayState {
                 verifier,

@@ -104,7 +104,21 @@ label_set! {
     ShedReason {
         NodeFull => "node_full",
         ConnectRate => "connect_rate",
+        /// Beyond one client address's share (`RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S`).
+        AddrRate => "addr_rate",
         NotReady => "not_ready",
+    }
+}
+
+label_set! {
+    /// The `result` of `relay_deferred_order_joins_total`.
+    DeferredJoin {
+        /// Connected while its active orders could not be read.
+        Deferred => "deferred",
+        /// Its order rooms joined once the store answered.
+        Joined => "joined",
+        /// It left before the store answered.
+        Abandoned => "abandoned",
     }
 }
 
@@ -164,7 +178,7 @@ mod tests {
         );
         assert_eq!(
             ShedReason::ALL.map(ShedReason::as_str),
-            ["node_full", "connect_rate", "not_ready"]
+            ["node_full", "connect_rate", "addr_rate", "not_ready"]
         );
         assert_eq!(
             ClientEventOutcome::ALL.map(ClientEventOutcome::as_str),

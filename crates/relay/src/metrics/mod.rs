@@ -12,8 +12,8 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
-    AdapterDirection, AdapterOp, ClientEventOutcome, DisconnectReason, LocationOutcome,
-    PublishRejection, RecoveryResult, ShedReason, StoreOp, Transport,
+    AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
+    LocationOutcome, PublishRejection, RecoveryResult, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
@@ -44,6 +44,7 @@ pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
+pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 7] = [
@@ -190,6 +191,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     }
     counter!(REPLAYED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
+    for result in DeferredJoin::ALL {
+        counter!(DEFERRED_JOINS, "result" => result.as_str()).absolute(0);
+    }
     counter!(SLOW_CLIENTS).absolute(0);
     counter!(REDIS_REDIALS).absolute(0);
     for reason in ShedReason::ALL {
@@ -240,6 +244,10 @@ fn describe() {
     describe_counter!(
         TOKENS_EXPIRED,
         "Sockets disconnected by the server because their token expired."
+    );
+    describe_counter!(
+        DEFERRED_JOINS,
+        "Sockets connected while their active orders could not be read, and what became of their order rooms, by result."
     );
     describe_counter!(
         REOFFERS,
@@ -459,6 +467,11 @@ pub fn slow_client_disconnected() {
 /// A socket disconnected because its token expired.
 pub fn token_expired() {
     counter!(TOKENS_EXPIRED).increment(1);
+}
+
+/// A socket whose order rooms were not joined at connect, and what came of it.
+pub fn deferred_order_join(result: DeferredJoin) {
+    counter!(DEFERRED_JOINS, "result" => result.as_str()).increment(1);
 }
 
 /// A client's missed events, recovered or not.

@@ -139,6 +139,10 @@ pub(super) fn wire<E: Engine>(
             config.limits.max_per_user,
             config.limits.new_per_s,
         )
+        .per_address(
+            config.limits.new_per_addr_per_s,
+            config.limits.trusted_proxies.clone(),
+        )
         .across(engine.user_sessions(&instance))
         .gated_by(health.clone()),
     );

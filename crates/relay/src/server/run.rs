@@ -93,6 +93,9 @@ pub(super) fn spawn<E: Engine>(
             consumer.run(&tasks).await;
         }
     });
+    // The peer address reaches the gateway's per-address budget as
+    // `ConnectInfo<SocketAddr>` in each request's extensions.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let stop = stop.clone();
         async move { stop.cancelled().await }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use relay::auth::Role;
-use relay_client::Client;
+use relay_client::{Client, ConnectOptions};
 use serde_json::json;
 
 use crate::support::{Cluster, WAIT, connect, fault_proxy::FaultProxy, token, wait_for_status};
@@ -147,5 +147,126 @@ async fn reset_connections_are_dialed_again_and_nothing_is_lost() {
     assert!(
         proxy.open_connections() > 0,
         "the node dialed Redis again after the resets"
+    );
+}
+
+/// One `driver:location_update` with an ack; returns the ack.
+async fn send_location(driver: &Client, lat: f64) -> serde_json::Value {
+    driver
+        .emit_with_ack(
+            "driver:location_update",
+            json!({"lat": lat, "lng": 7.0}),
+            WAIT,
+        )
+        .await
+        .expect("ack")
+        .into_iter()
+        .next()
+        .expect("ack payload")
+}
+
+/// Waits for an `order:driver_location` of `o1` at `lat`, skipping others.
+async fn location_at(client: &mut Client, lat: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = client
+            .wait_for("order:driver_location", left)
+            .await
+            .unwrap_or_else(|e| panic!("no location at {lat}: {e}"));
+        if event.data()["lat"].as_f64() == Some(lat) {
+            assert_eq!(event.data()["order_id"], "o1");
+            return;
+        }
+    }
+}
+
+async fn try_connect(url: &str, jwt: &str) -> Result<Client, String> {
+    Client::connect(
+        ConnectOptions::new(url)
+            .auth(json!({ "token": jwt }))
+            .timeout(WAIT),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_that_connect_while_redis_stalls_are_never_left_outside_their_order_rooms() {
+    let cluster = Cluster::start(
+        "connect-stall",
+        1,
+        &[("RELAY_LOCATION_MIN_INTERVAL_MS", "0")],
+    )
+    .await;
+    let url = cluster.url(0);
+    let readyz = format!("{url}/readyz");
+    cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}),
+        )
+        .await;
+    cluster
+        .xadd(
+            "order.assigned",
+            json!({"order_id": "o1", "driver_id": "d1"}),
+        )
+        .await;
+    let mut driver = connect(&url, &token("d1", Role::Driver)).await;
+    status(&cluster, "preparing").await;
+    assert_eq!(next_status(&mut driver).await.1, "preparing");
+
+    // Redis stalls (SIGSTOP: connections open, nothing answered).
+    cluster.redis.pause();
+    // A customer let in before the node notices: its order lookup fails.
+    let early = tokio::spawn({
+        let url = url.clone();
+        async move { try_connect(&url, &token("c1", Role::Customer)).await }
+    });
+    wait_for_status(&readyz, 503).await;
+    // Once the node knows, new sessions are shed with 503 (clients retry).
+    let refused = try_connect(&url, &token("c1", Role::Customer))
+        .await
+        .expect_err("shed while the store does not answer");
+    assert!(refused.contains("503"), "{refused}");
+    let mut early = early
+        .await
+        .expect("task")
+        .expect("connected, though its orders could not be read");
+
+    cluster.redis.resume();
+    wait_for_status(&readyz, 200).await;
+    let mut late = try_connect(&url, &token("c1", Role::Customer))
+        .await
+        .expect("let in once the store answers");
+
+    // The early customer's order room is joined once the store answers:
+    // the driver's updates reach it (first the catch-up or a live one, then
+    // a fresh one through the room).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut lat = 45.0;
+    loop {
+        lat += 0.001;
+        assert_eq!(send_location(&driver, lat).await["ok"], true);
+        if early
+            .wait_for("order:driver_location", Duration::from_millis(200))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the customer that connected during the stall never joined order_o1"
+        );
+    }
+    assert_eq!(send_location(&driver, 46.5).await["ok"], true);
+    location_at(&mut early, 46.5).await;
+    location_at(&mut late, 46.5).await;
+    let url = cluster.url(0);
+    assert!(
+        crate::support::metric(&url, "relay_deferred_order_joins_total{result=\"joined\"}").await
+            >= 1.0
     );
 }

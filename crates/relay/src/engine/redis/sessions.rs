@@ -1,5 +1,6 @@
-//! Each user's sockets counted across the cluster: one hash per user with a
-//! count per node instance, and a short-lived key per instance that says it
+//! Each user's sockets counted across the cluster: one hash per user (a
+//! role and a `sub`, `{prefix}sessions:{role}:{sub}`) with a count per node
+//! instance, and a short-lived key per instance that says it
 //! is alive. A node that dies stops refreshing its key, and its counts stop
 //! counting (and are removed) without anyone having to clean up after it.
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::link::Link;
+use crate::auth::Role;
 use crate::engine::StoreResult;
 use crate::engine::traits::{BoxFuture, UserSessions};
 
@@ -67,8 +69,11 @@ impl RedisUserSessions {
         }
     }
 
-    fn user_key(&self, user: &str) -> String {
-        format!("{}sessions:{user}", self.prefix)
+    /// Keyed by role and sub, as the rooms are (`customer_{sub}`,
+    /// `driver_{sub}`): a customer and a driver sharing a `sub` are two users.
+    /// No role has a `:`, so the key reads back unambiguously.
+    fn user_key(&self, role: Role, sub: &str) -> String {
+        format!("{}sessions:{}:{sub}", self.prefix, role.as_str())
     }
 
     fn alive_prefix(&self) -> String {
@@ -77,11 +82,16 @@ impl RedisUserSessions {
 }
 
 impl UserSessions for RedisUserSessions {
-    fn admit<'a>(&'a self, user: &'a str, limit: usize) -> BoxFuture<'a, StoreResult<bool>> {
+    fn admit<'a>(
+        &'a self,
+        role: Role,
+        sub: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<bool>> {
         Box::pin(async move {
             let admitted: i64 = self
                 .admit
-                .key(self.user_key(user))
+                .key(self.user_key(role, sub))
                 .arg(&self.instance)
                 .arg(limit)
                 .arg(self.alive_prefix())
@@ -92,11 +102,11 @@ impl UserSessions for RedisUserSessions {
         })
     }
 
-    fn release(&self, user: String) -> BoxFuture<'_, StoreResult<()>> {
+    fn release(&self, role: Role, sub: String) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
             let _: i64 = self
                 .release
-                .key(self.user_key(&user))
+                .key(self.user_key(role, &sub))
                 .arg(&self.instance)
                 .invoke_async(&mut self.conn.clone())
                 .await?;

@@ -53,6 +53,31 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server stalls with every connection open (nothing is
+    /// answered, nothing is refused), as a Redis stuck on a slow disk or a
+    /// long command.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: the stalled server answers again.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server is running");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again on the same port, empty.
     pub async fn restart(&mut self) {
         self.kill().await;
