@@ -136,8 +136,10 @@ pub struct ServeArgs {
 
     /// New sessions one client address may start per second, beside the
     /// node-wide budget; beyond, HTTP 503 and the client retries (0 = no
-    /// limit; at most 1000000). IPv6 addresses count per /64.
-    #[arg(long, env = "RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S", default_value_t = 20,
+    /// limit; at most 1000000). IPv6 addresses count per /64. Behind a load
+    /// balancer, set RELAY_TRUSTED_PROXIES: otherwise every client shares
+    /// the balancer's address.
+    #[arg(long, env = "RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub max_new_connections_per_addr_per_s: u32,
 
