@@ -216,6 +216,24 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_grace_s: u64,
 
+    /// Longest time to receive a request's headers, from the connection's
+    /// start or from the first byte of a next request, in ms (100 to 600000).
+    #[arg(long, env = "RELAY_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub http_header_timeout_ms: u64,
+
+    /// Longest time a kept-alive HTTP connection may sit between two requests,
+    /// in ms (100 to 3600000). Upgraded WebSockets are governed by the ping instead.
+    #[arg(long, env = "RELAY_HTTP_IDLE_TIMEOUT_MS", default_value_t = 75_000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub http_idle_timeout_ms: u64,
+
+    /// Connections a node holds that are not (yet) Socket.IO sessions;
+    /// beyond, new connections are closed at once (1 to 1000000).
+    #[arg(long, env = "RELAY_MAX_PENDING_CONNECTIONS", default_value_t = 10_000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_pending_connections: usize,
+
     /// Serve the live demo page at /demo, which hands an admin token to
     /// anyone who can reach this port: development only.
     #[arg(long, env = "RELAY_DEMO", value_parser = BoolishValueParser::new())]
@@ -358,6 +376,14 @@ impl FromStr for IpNet {
     }
 }
 
+/// Bounds on HTTP connections that are not (yet) Socket.IO sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConfig {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_pending: usize,
+}
+
 /// A node's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -376,6 +402,7 @@ pub struct Config {
     pub stream: StreamConfig,
     pub transport: TransportConfig,
     pub shutdown_grace: Duration,
+    pub http: HttpConfig,
     /// The /demo page (and its admin token) is served.
     pub demo: bool,
     pub log_format: LogFormat,
@@ -548,6 +575,11 @@ impl Config {
                 ping_timeout: Duration::from_millis(args.ping_timeout_ms),
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+            http: HttpConfig {
+                header_timeout: Duration::from_millis(args.http_header_timeout_ms),
+                idle_timeout: Duration::from_millis(args.http_idle_timeout_ms),
+                max_pending: args.max_pending_connections,
+            },
             demo: args.demo,
             log_format: args.log_format,
             log: args.log,
@@ -738,6 +770,9 @@ mod tests {
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
         assert_eq!(config.stream.max_deliveries, 5);
         assert!(!config.demo);
+        assert_eq!(config.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.http.idle_timeout, Duration::from_secs(75));
+        assert_eq!(config.http.max_pending, 10_000);
     }
 
     #[test]
@@ -830,6 +865,15 @@ mod tests {
             (&["--claim-idle-ms", "10"], "--claim-idle-ms"),
             (&["--connect-timeout-ms", "0"], "--connect-timeout-ms"),
             (&["--jwt-leeway-s", "86400"], "--jwt-leeway-s"),
+            (
+                &["--http-header-timeout-ms", "0"],
+                "--http-header-timeout-ms",
+            ),
+            (&["--http-idle-timeout-ms", "0"], "--http-idle-timeout-ms"),
+            (
+                &["--max-pending-connections", "0"],
+                "--max-pending-connections",
+            ),
             (
                 &["--ws-max-frame-bytes", "1000000"],
                 "RELAY_WS_MAX_FRAME_BYTES",

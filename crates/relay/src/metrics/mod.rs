@@ -45,6 +45,12 @@ pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
 pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
+pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
+pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
+pub const HTTP_PENDING: &str = "relay_http_pending_connections";
+
+/// Why the node closed an HTTP connection that was not a session.
+pub const HTTP_CLOSE_REASONS: [&str; 3] = ["header_timeout", "idle_timeout", "pending_full"];
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 7] = [
@@ -202,6 +208,10 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for event in ServerEvent::OFFERS {
         counter!(REOFFERS, "event" => event.as_str()).absolute(0);
     }
+    for reason in HTTP_CLOSE_REASONS {
+        counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason).absolute(0);
+    }
+    counter!(HTTP_ACCEPT_ERRORS).absolute(0);
     zero_bounded_series();
     hot();
     Ok(handle)
@@ -232,6 +242,18 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_SHED,
         "New sessions refused with HTTP 503 before they started, by reason."
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_CLOSED,
+        "HTTP connections that were not sessions closed by the node, by reason."
+    );
+    describe_counter!(
+        HTTP_ACCEPT_ERRORS,
+        "Failed accepts on the listener (e.g. out of file descriptors); each backs off briefly."
+    );
+    describe_gauge!(
+        HTTP_PENDING,
+        "HTTP connections open that are not (yet) Socket.IO sessions."
     );
     describe_counter!(
         REDIS_REDIALS,
@@ -452,6 +474,19 @@ pub fn http_unmatched() {
 /// A new session refused before it started.
 pub fn connection_shed(reason: ShedReason) {
     counter!(CONNECTIONS_SHED, "reason" => reason.as_str()).increment(1);
+}
+
+/// An HTTP connection closed by the node: one of [`HTTP_CLOSE_REASONS`].
+pub fn http_connection_closed(reason: &'static str) {
+    counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+pub fn http_accept_error() {
+    counter!(HTTP_ACCEPT_ERRORS).increment(1);
+}
+
+pub fn set_http_pending(connections: usize) {
+    gauge!(HTTP_PENDING).set(connections as f64);
 }
 
 /// Every Redis connection dropped for a new one after failed health probes.

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
+mod accept;
 mod build;
 mod drain;
 mod run;

@@ -94,13 +94,11 @@ pub(super) fn spawn<E: Engine>(
         }
     });
     // The peer address reaches the gateway's per-address budget as
-    // `ConnectInfo<SocketAddr>` in each request's extensions.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    });
-    let http = tasks.spawn("http server", async move { server.await });
+    // `ConnectInfo<SocketAddr>` in each request's extensions (accept.rs).
+    let http = tasks.spawn(
+        "http server",
+        super::accept::serve(listener, app, config.http, stop.clone()),
+    );
     Running {
         stop,
         health,

@@ -10,7 +10,9 @@ use relay::{
 use relay_client::{Client, CloseReason, ConnectOptions, Transport};
 use serde_json::json;
 
-use crate::support::{Cluster, InProcessNode, SECRET, WAIT, http, metric, token};
+use crate::support::{
+    Cluster, InProcessNode, NodeProcess, SECRET, WAIT, http, metric, token, wait_for_status,
+};
 
 async fn try_connect(url: &str, jwt: &str) -> Result<Client, String> {
     Client::connect(
@@ -316,4 +318,198 @@ async fn a_session_that_sends_no_connect_is_closed_after_the_connect_timeout() {
         closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(3),
         "closed after {closed_after:?}"
     );
+}
+
+/// Reads from `stream` until the node closes it (EOF or reset), within `bound`.
+async fn closed_by_node(stream: &mut tokio::net::TcpStream, bound: Duration) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(bound, read_to_end)
+        .await
+        .map_err(|_| format!("still open after {bound:?}"))
+}
+
+/// The value of one series through `client`'s kept-alive connection (a new
+/// one may be refused while pending connections are full).
+async fn metric_through(client: &reqwest::Client, url: &str, series: &str) -> f64 {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_half_sent_and_idle_connections_are_closed_at_their_timeouts() {
+    use tokio::{io::AsyncWriteExt, net::TcpStream};
+    let node = NodeProcess::spawn_ready(&[
+        ("RELAY_HTTP_HEADER_TIMEOUT_MS", "500"),
+        ("RELAY_HTTP_IDLE_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    let addr = node.url().trim_start_matches("http://").to_owned();
+    let started = tokio::time::Instant::now();
+    let mut silent = TcpStream::connect(&addr).await.expect("connect");
+    let mut half = TcpStream::connect(&addr).await.expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut idle = TcpStream::connect(&addr).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answered = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut idle, &mut answered)
+        .await
+        .expect("answer");
+    assert_eq!(&answered, b"HTTP/1.1 200");
+    let answered_at = tokio::time::Instant::now();
+
+    closed_by_node(&mut silent, WAIT)
+        .await
+        .expect("silent connection");
+    closed_by_node(&mut half, WAIT)
+        .await
+        .expect("half-sent headers");
+    let headers_closed = started.elapsed();
+    // The header timeout, not sooner (and not at once: 500 ms is the setting).
+    assert!(
+        headers_closed >= Duration::from_millis(450),
+        "{headers_closed:?}"
+    );
+    closed_by_node(&mut idle, WAIT)
+        .await
+        .expect("idle keep-alive connection");
+    let idle_closed = answered_at.elapsed();
+    assert!(
+        idle_closed >= Duration::from_millis(1400),
+        "{idle_closed:?}"
+    );
+
+    let url = node.url();
+    let closed =
+        |reason: &str| format!("relay_http_connections_closed_total{{reason=\"{reason}\"}}");
+    assert!(metric(&url, &closed("header_timeout")).await >= 2.0);
+    assert!(metric(&url, &closed("idle_timeout")).await >= 1.0);
+    assert_eq!(metric(&url, &closed("pending_full")).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_and_websockets_outlast_the_http_timeouts() {
+    // A long poll waits for the next ping (1 s), twice the idle timeout and
+    // four times the header timeout; a WebSocket is quiet as long.
+    let node = NodeProcess::spawn_ready(&[
+        ("RELAY_HTTP_HEADER_TIMEOUT_MS", "250"),
+        ("RELAY_HTTP_IDLE_TIMEOUT_MS", "500"),
+        ("RELAY_PING_INTERVAL_MS", "1000"),
+    ])
+    .await;
+    let url = node.url();
+    let mut clients = Vec::new();
+    for (i, transport) in [Transport::Polling, Transport::WebSocket]
+        .into_iter()
+        .enumerate()
+    {
+        let client = Client::connect(
+            ConnectOptions::new(&url)
+                .transport(transport)
+                .auth(json!({ "token": token(&format!("p{i}"), Role::Customer) }))
+                .timeout(WAIT),
+        )
+        .await
+        .expect("connect");
+        clients.push(client);
+    }
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    for client in &mut clients {
+        let ack = client
+            .emit_with_ack("order:subscribe", json!({"order_id": "nope"}), WAIT)
+            .await
+            .expect("still connected after several pings");
+        assert_eq!(ack[0]["ok"], false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_connections_beyond_the_bound_is_closed_and_the_node_keeps_serving() {
+    const BOUND: usize = 20;
+    const FLOOD: usize = 60;
+    let bound = BOUND.to_string();
+    let node = NodeProcess::spawn_ready(&[("RELAY_MAX_PENDING_CONNECTIONS", &bound)]).await;
+    let url = node.url();
+    let addr = url.trim_start_matches("http://").to_owned();
+    // Connected before the flood: a client with a kept-alive HTTP
+    // connection (itself pending: it is no session), and a socket.
+    let keep = http();
+    let status = keep
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(status.status(), 200);
+    let socket = try_connect(&url, &token("f1", Role::Customer))
+        .await
+        .expect("socket");
+
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        flood.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    // The ones beyond the bound are closed at once; the others are held.
+    let reads = futures_util::future::join_all(
+        flood
+            .iter_mut()
+            .map(|s| closed_by_node(s, Duration::from_secs(1))),
+    )
+    .await;
+    let closed = reads.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        (FLOOD - BOUND..FLOOD).contains(&closed),
+        "{closed} of {FLOOD} closed with {BOUND} pending allowed"
+    );
+    let full = "relay_http_connections_closed_total{reason=\"pending_full\"}";
+    assert_eq!(metric_through(&keep, &url, full).await, closed as f64);
+
+    // During the flood: the kept-alive connection and the socket are served.
+    let status = keep
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(status.status(), 200);
+    let ack = socket
+        .emit_with_ack("order:subscribe", json!({"order_id": "nope"}), WAIT)
+        .await
+        .expect("socket served during the flood");
+    assert_eq!(ack[0]["ok"], false);
+    // A new connection is not.
+    assert!(
+        http().get(format!("{url}/healthz")).send().await.is_err(),
+        "a new connection was served beyond the bound"
+    );
+
+    // Released: new connections, probes and clients are served again.
+    drop(flood);
+    wait_for_status(&format!("{url}/healthz"), 200).await;
+    try_connect(&url, &token("f2", Role::Customer))
+        .await
+        .expect("a new client after the flood");
 }
