@@ -216,6 +216,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_grace_s: u64,
 
+    /// After SIGTERM, how long /readyz answers 503 while the node still
+    /// serves and accepts, before the drain proper closes the listener, in
+    /// ms (0 to 3600000, at most half of RELAY_SHUTDOWN_GRACE_S) [default:
+    /// 5000, or a third of RELAY_SHUTDOWN_GRACE_S when that is less].
+    #[arg(long, env = "RELAY_SHUTDOWN_DELAY_MS",
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub shutdown_delay_ms: Option<u64>,
+
     /// Longest time to receive a request's headers, from the connection's
     /// start or from the first byte of a next request, in ms (100 to 600000).
     #[arg(long, env = "RELAY_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000,
@@ -384,6 +392,9 @@ pub struct HttpConfig {
     pub max_pending: usize,
 }
 
+/// Default readiness drain after SIGTERM, when the grace period allows it.
+const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+
 /// A node's validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -402,6 +413,8 @@ pub struct Config {
     pub stream: StreamConfig,
     pub transport: TransportConfig,
     pub shutdown_grace: Duration,
+    /// From SIGTERM until the listener closes: /readyz answers 503 meanwhile.
+    pub shutdown_delay: Duration,
     pub http: HttpConfig,
     /// The /demo page (and its admin token) is served.
     pub demo: bool,
@@ -529,6 +542,19 @@ impl Config {
             .map(|p| p.parse::<IpNet>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ConfigError::new("RELAY_TRUSTED_PROXIES", e))?;
+        // The drain proper (stream hand-back, closing clients) keeps the
+        // other half of the grace period at least.
+        let shutdown_grace = Duration::from_secs(args.shutdown_grace_s);
+        let shutdown_delay = match args.shutdown_delay_ms {
+            Some(ms) if Duration::from_millis(ms) > shutdown_grace / 2 => {
+                return Err(ConfigError::new(
+                    "RELAY_SHUTDOWN_DELAY_MS",
+                    "must be at most half of RELAY_SHUTDOWN_GRACE_S (in ms)",
+                ));
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => SHUTDOWN_DELAY.min(shutdown_grace / 3),
+        };
         tracing_subscriber::EnvFilter::try_new(&args.log)
             .map_err(|e| ConfigError::new("RELAY_LOG", e.to_string()))?;
 
@@ -574,7 +600,8 @@ impl Config {
                 ping_interval: Duration::from_millis(args.ping_interval_ms),
                 ping_timeout: Duration::from_millis(args.ping_timeout_ms),
             },
-            shutdown_grace: Duration::from_secs(args.shutdown_grace_s),
+            shutdown_grace,
+            shutdown_delay,
             http: HttpConfig {
                 header_timeout: Duration::from_millis(args.http_header_timeout_ms),
                 idle_timeout: Duration::from_millis(args.http_idle_timeout_ms),
@@ -770,9 +797,28 @@ mod tests {
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
         assert_eq!(config.stream.max_deliveries, 5);
         assert!(!config.demo);
+        assert_eq!(config.shutdown_delay, Duration::from_secs(5));
         assert_eq!(config.http.header_timeout, Duration::from_secs(10));
         assert_eq!(config.http.idle_timeout, Duration::from_secs(75));
         assert_eq!(config.http.max_pending, 10_000);
+    }
+
+    #[test]
+    fn the_shutdown_delay_leaves_the_drain_half_the_grace_period() {
+        let short = parse(&["--jwt-secret", "s", "--shutdown-grace-s", "3"]).unwrap();
+        assert_eq!(short.shutdown_delay, Duration::from_secs(1));
+        let off = parse(&["--jwt-secret", "s", "--shutdown-delay-ms", "0"]).unwrap();
+        assert_eq!(off.shutdown_delay, Duration::ZERO);
+        let err = parse(&[
+            "--jwt-secret",
+            "s",
+            "--shutdown-grace-s",
+            "4",
+            "--shutdown-delay-ms",
+            "2001",
+        ])
+        .unwrap_err();
+        assert_eq!(err.setting, "RELAY_SHUTDOWN_DELAY_MS");
     }
 
     #[test]
@@ -874,6 +920,7 @@ mod tests {
                 &["--max-pending-connections", "0"],
                 "--max-pending-connections",
             ),
+            (&["--shutdown-delay-ms", "3600001"], "--shutdown-delay-ms"),
             (
                 &["--ws-max-frame-bytes", "1000000"],
                 "RELAY_WS_MAX_FRAME_BYTES",

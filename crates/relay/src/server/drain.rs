@@ -1,7 +1,9 @@
 //! The drain, in the order docs/design.md gives ("Shutdown"), within the
-//! grace period: stream work first (stop reading, let in-progress emits
-//! finish, hand back what is left), then the clients, then every other task
-//! of the node, joined through its tracker.
+//! grace period: first the readiness drain (unready, new sessions refused,
+//! everything else served, the listener open so that load balancers probing
+//! /readyz see 503 rather than a refused connection), then stream work (stop
+//! reading, let in-progress emits finish, hand back what is left), then the
+//! clients, then every other task of the node, joined through its tracker.
 
 use std::time::Duration;
 
@@ -10,14 +12,23 @@ use tokio_util::sync::CancellationToken;
 use super::{ServeError, run::Running};
 use crate::{engine::Engine, tasks::Tasks};
 
-/// Waits for the node's stop signal, then drains it. Returns once every
-/// task of `tasks` has ended, or once `grace` is over, naming the tasks
+/// How long the drain takes at most, both counted from the shutdown signal.
+pub(super) struct Timing {
+    /// The readiness drain, before the node's tasks are told to stop.
+    pub delay: Duration,
+    /// Everything.
+    pub grace: Duration,
+}
+
+/// Waits for `shutdown`, then drains the node. Returns once every task of
+/// `tasks` has ended, or once the grace period is over, naming the tasks
 /// still running then.
 pub(super) async fn drain<E: Engine>(
     running: Running<E>,
     tasks: Tasks,
     engine_stop: CancellationToken,
-    grace: Duration,
+    shutdown: CancellationToken,
+    Timing { delay, grace }: Timing,
 ) -> Result<(), ServeError> {
     let Running {
         stop,
@@ -27,8 +38,14 @@ pub(super) async fn drain<E: Engine>(
         health_watch,
         http,
     } = running;
-    stop.cancelled().await;
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + grace;
     health.set_draining();
+    if !delay.is_zero() {
+        tracing::info!(?delay, "unready; serving on until the readiness drain ends");
+        tokio::time::sleep(delay).await;
+    }
+    stop.cancel();
     let ordered = async {
         // The consumer stops reading, gives in-progress emits their time
         // and hands back the entries it still holds.
@@ -43,7 +60,7 @@ pub(super) async fn drain<E: Engine>(
         tasks.wait().await;
         served
     };
-    let outcome = tokio::time::timeout(grace, ordered).await;
+    let outcome = tokio::time::timeout_at(deadline, ordered).await;
     let panicked = tasks.panicked();
     if !panicked.is_empty() {
         tracing::error!(tasks = ?panicked, "tasks of this node panicked");

@@ -58,7 +58,9 @@ type BroadcastFn = dyn Fn(
 /// A node running in this process.
 pub struct RunningNode {
     addr: SocketAddr,
-    stop: CancellationToken,
+    /// Cancelled by SIGTERM (or [`Self::stop`]); the drain then cancels the
+    /// tasks' own stop signal after the readiness drain.
+    shutdown: CancellationToken,
     tasks: Tasks,
     task: JoinHandle<Result<(), ServeError>>,
     broadcast: Arc<BroadcastFn>,
@@ -71,7 +73,7 @@ impl RunningNode {
 
     /// Cancelling it starts the drain, as SIGTERM does.
     pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
+        self.shutdown.clone()
     }
 
     /// The node's long-lived tasks: which are running, which panicked.
@@ -93,7 +95,7 @@ impl RunningNode {
     /// Starts the drain and waits until the node has stopped: every task
     /// ended, or the grace period over.
     pub async fn stop(self) -> Result<(), ServeError> {
-        self.stop.cancel();
+        self.shutdown.cancel();
         self.task.await?
     }
 
@@ -146,14 +148,23 @@ fn launch<E: Engine>(
 ) -> Result<RunningNode, ServeError> {
     let addr = listener.local_addr()?;
     let node = build::wire(engine, prepared, &tasks)?;
-    let grace = node.config.shutdown_grace;
+    let timing = drain::Timing {
+        delay: node.config.shutdown_delay,
+        grace: node.config.shutdown_grace,
+    };
     let broadcast = broadcast_through(node.gateway.clone());
     let running = run::spawn(node, listener, addr, &tasks);
-    let stop = running.stop.clone();
-    let task = tokio::spawn(drain::drain(running, tasks.clone(), engine_stop, grace));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(drain::drain(
+        running,
+        tasks.clone(),
+        engine_stop,
+        shutdown.clone(),
+        timing,
+    ));
     Ok(RunningNode {
         addr,
-        stop,
+        shutdown,
         tasks,
         task,
         broadcast,

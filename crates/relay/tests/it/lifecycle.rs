@@ -254,3 +254,53 @@ async fn a_task_that_does_not_stop_holds_the_drain_only_for_the_grace_period() {
     );
     assert_eq!(tasks.running(), ["stuck"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_readyz_answers_503_for_the_shutdown_delay_then_the_node_exits() {
+    const DELAY: Duration = Duration::from_millis(1500);
+    let mut node = NodeProcess::spawn_ready(&[
+        ("RELAY_SHUTDOWN_DELAY_MS", "1500"),
+        ("RELAY_SHUTDOWN_GRACE_S", "4"),
+    ])
+    .await;
+    let url = format!("{}/readyz", node.url());
+    // A new connection per probe, as a load balancer's health check makes.
+    let probe = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(WAIT)
+        .build()
+        .expect("client");
+    let signalled = Instant::now();
+    node.terminate();
+    let mut answers = Vec::new();
+    let refused_after = loop {
+        match probe.get(&url).send().await {
+            Ok(response) => answers.push((signalled.elapsed(), response.status().as_u16())),
+            Err(e) if e.is_connect() => break signalled.elapsed(),
+            Err(e) => panic!("readyz: {e}"),
+        }
+        assert!(signalled.elapsed() < WAIT, "the listener never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // 503 from (nearly) the signal on, never 200 once it was 503, until the
+    // delay is over: load balancers see the node leave.
+    let first_503 = answers
+        .iter()
+        .position(|(_, status)| *status == 503)
+        .unwrap_or_else(|| panic!("no 503 before the listener closed: {answers:?}"));
+    assert!(
+        answers[first_503..].iter().all(|(_, s)| *s == 503),
+        "{answers:?}"
+    );
+    assert!(
+        answers[first_503].0 < Duration::from_millis(500),
+        "{answers:?}"
+    );
+    assert!(refused_after >= DELAY, "refused after {refused_after:?}");
+    assert_eq!(node.exit_code().await, Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(4),
+        "exited after {:?}",
+        signalled.elapsed()
+    );
+}

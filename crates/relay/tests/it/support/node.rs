@@ -9,11 +9,13 @@ use tokio::process::{Child, Command};
 
 use super::{SECRET, WAIT, free_port, wait_for_status};
 
-/// Settings shared by both kinds of node: the test secret and fast pings.
+/// Settings shared by both kinds of node: the test secret, and no readiness
+/// drain (the tests that stop nodes would each wait for it otherwise).
 fn base_env() -> Vec<(String, String)> {
     vec![
         ("RELAY_JWT_SECRET".into(), SECRET.into()),
         ("RELAY_LOG".into(), "warn,relay=info".into()),
+        ("RELAY_SHUTDOWN_DELAY_MS".into(), "0".into()),
     ]
 }
 
