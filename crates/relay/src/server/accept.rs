@@ -175,8 +175,9 @@ async fn serve_connection(
             }
             () = closing.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                // Nothing in progress to finish: close now.
-                if watch.idle() {
+                // Nothing in progress and no request coming in: close now.
+                // A request whose first bytes came in is answered first.
+                if watch.idle() && !watch.heard.load(Ordering::Relaxed) {
                     return;
                 }
                 conn.as_mut().graceful_shutdown();
