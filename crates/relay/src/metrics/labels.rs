@@ -188,3 +188,13 @@ mod tests {
         assert_eq!(PublishRejection::ALL.len(), 5);
     }
 }
+
+label_set! {
+    /// The `reason` of `relay_http_connections_closed_total`: why the node
+    /// closed an HTTP connection that was not (yet) a session.
+    HttpCloseReason {
+        HeaderTimeout => "header_timeout",
+        IdleTimeout => "idle_timeout",
+        PendingFull => "pending_full",
+    }
+}

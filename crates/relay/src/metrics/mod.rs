@@ -13,7 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    LocationOutcome, PublishRejection, RecoveryResult, ShedReason, StoreOp, Transport,
+    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, ShedReason, StoreOp,
+    Transport,
 };
 
 use crate::{
@@ -48,9 +49,6 @@ pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
 pub const HTTP_PENDING: &str = "relay_http_pending_connections";
-
-/// Why the node closed an HTTP connection that was not a session.
-pub const HTTP_CLOSE_REASONS: [&str; 3] = ["header_timeout", "idle_timeout", "pending_full"];
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 7] = [
@@ -208,8 +206,8 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for event in ServerEvent::OFFERS {
         counter!(REOFFERS, "event" => event.as_str()).absolute(0);
     }
-    for reason in HTTP_CLOSE_REASONS {
-        counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason).absolute(0);
+    for reason in HttpCloseReason::ALL {
+        counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(HTTP_ACCEPT_ERRORS).absolute(0);
     zero_bounded_series();
@@ -476,9 +474,9 @@ pub fn connection_shed(reason: ShedReason) {
     counter!(CONNECTIONS_SHED, "reason" => reason.as_str()).increment(1);
 }
 
-/// An HTTP connection closed by the node: one of [`HTTP_CLOSE_REASONS`].
-pub fn http_connection_closed(reason: &'static str) {
-    counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+/// An HTTP connection closed by the node.
+pub fn http_connection_closed(reason: HttpCloseReason) {
+    counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn http_accept_error() {

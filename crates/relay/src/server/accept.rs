@@ -45,7 +45,10 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_service::Service;
 
-use crate::{config::HttpConfig, metrics};
+use crate::{
+    config::HttpConfig,
+    metrics::{self, HttpCloseReason},
+};
 
 /// Pause after an accept that failed for want of resources (EMFILE,
 /// ENFILE, ENOBUFS): the loop must not spin while nothing can be accepted.
@@ -76,7 +79,7 @@ pub(super) async fn serve(
             },
         };
         let Ok(permit) = pending.clone().try_acquire_owned() else {
-            metrics::http_connection_closed("pending_full");
+            metrics::http_connection_closed(HttpCloseReason::PendingFull);
             drop(stream);
             continue;
         };
@@ -249,15 +252,21 @@ struct State {
 impl State {
     /// When the connection is to be closed, and why; none while a request
     /// is in progress.
-    fn deadline(&self, http: &HttpConfig) -> Option<(Instant, &'static str)> {
+    fn deadline(&self, http: &HttpConfig) -> Option<(Instant, HttpCloseReason)> {
         if self.in_flight > 0 {
             return None;
         }
         Some(match self.heard_at {
-            Some(at) => (at + http.header_timeout, "header_timeout"),
+            Some(at) => (at + http.header_timeout, HttpCloseReason::HeaderTimeout),
             // A connection that never sent a request is waiting for headers.
-            None if self.served == 0 => (self.idle_since + http.header_timeout, "header_timeout"),
-            None => (self.idle_since + http.idle_timeout, "idle_timeout"),
+            None if self.served == 0 => (
+                self.idle_since + http.header_timeout,
+                HttpCloseReason::HeaderTimeout,
+            ),
+            None => (
+                self.idle_since + http.idle_timeout,
+                HttpCloseReason::IdleTimeout,
+            ),
         })
     }
 }
@@ -311,7 +320,7 @@ impl Watch {
     }
 
     /// Resolves once the connection's deadline has passed, with the reason.
-    async fn expired(&self, http: &HttpConfig) -> &'static str {
+    async fn expired(&self, http: &HttpConfig) -> HttpCloseReason {
         loop {
             let deadline = self.state().deadline(http);
             match deadline {
