@@ -3,7 +3,7 @@
 //! `POST /api/events` as the publish API checks and appends it.
 //!
 //! Input: a body starting with `{` is a publish API body; anything else is
-//! `<type>\n<data>` (no newline: an entry without `data`; an empty type: an
+//! `<type>\n<data>`, any bytes (no newline: an entry without `data`; an empty type: an
 //! entry without `type`).
 //!
 //! Beyond "no panic": every refusal is told by its bounded reason; a decoded
@@ -16,8 +16,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use relay::events::{
-    DecodeError, DeliveryTarget, EventKind, OrderEvent, decode, decode_value, is_rfc3339,
-    sequence_key,
+    DecodeError, DecodeReason, DeliveryTarget, EventKind, OrderEvent, decode, decode_entry,
+    decode_value, is_rfc3339, sequence_key,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -30,7 +30,10 @@ fn id_ok(id: &str) -> bool {
 /// and the 400 say starts with its label.
 fn check_refusal(e: &DecodeError) {
     let text = e.to_string();
-    assert!(text.starts_with(&format!("{}: ", e.reason.as_str())), "{text}");
+    assert!(
+        text.starts_with(&format!("{}: ", e.reason.as_str())),
+        "{text}"
+    );
 }
 
 fn check_event(kind: &str, data: &str, event: &OrderEvent) {
@@ -68,7 +71,7 @@ fn check_event(kind: &str, data: &str, event: &OrderEvent) {
     // Per-order sequencing must key the entry by the order it is handled as.
     if let Some(order) = event.order_id() {
         assert_eq!(
-            sequence_key(Some(data)).as_deref(),
+            sequence_key(Some(data.as_bytes())).as_deref(),
             Some(order),
             "sequenced under another order: {data}"
         );
@@ -86,20 +89,40 @@ fn check_sequencing(data: &str) {
         .get("order_id")
         .and_then(Value::as_str)
         .filter(|id| !id.is_empty());
-    assert_eq!(sequence_key(Some(data)).as_deref(), expected, "{data}");
+    assert_eq!(
+        sequence_key(Some(data.as_bytes())).as_deref(),
+        expected,
+        "{data}"
+    );
 }
 
-fn entry(kind: Option<&str>, data: Option<&str>) {
-    if let Some(data) = data {
+fn text(b: Option<&[u8]>) -> Option<&str> {
+    b.and_then(|b| std::str::from_utf8(b).ok())
+}
+
+/// The fields as the consumer reads them: bytes, text or not.
+fn entry(kind: Option<&[u8]>, data: Option<&[u8]>) {
+    if let Some(data) = text(data) {
         check_sequencing(data);
+    } else if data.is_some() {
+        // Not text: no order, as for the read script.
+        assert_eq!(sequence_key(data), None);
     }
-    match decode(kind, data) {
+    match decode_entry(kind, data) {
         Ok(event) => check_event(
-            kind.expect("decoded: has a type"),
-            data.expect("decoded: has data"),
+            text(kind).expect("decoded: has a text type"),
+            text(data).expect("decoded: has text data"),
             &event,
         ),
-        Err(e) => check_refusal(&e),
+        Err(e) => {
+            check_refusal(&e);
+            let not_text = |b: Option<&[u8]>| b.is_some() && text(b).is_none();
+            assert_eq!(
+                e.reason == DecodeReason::InvalidUtf8,
+                not_text(kind) || not_text(data),
+                "{e}"
+            );
+        }
     }
 }
 
@@ -140,13 +163,10 @@ fuzz_target!(|input: &[u8]| {
     if input.first() == Some(&b'{') {
         return publish(input);
     }
-    // Stream fields that are not UTF-8 are read as absent (engine/redis/values.rs).
-    let Ok(text) = std::str::from_utf8(input) else {
-        return entry(None, None);
-    };
-    let (kind, data) = match text.split_once('\n') {
-        Some((kind, data)) => (kind, Some(data)),
-        None => (text, None),
+    // Stream fields are bytes, text or not (engine/redis/values.rs).
+    let (kind, data) = match input.iter().position(|b| *b == b'\n') {
+        Some(at) => (&input[..at], Some(&input[at + 1..])),
+        None => (input, None),
     };
     entry(Some(kind).filter(|k| !k.is_empty()), data);
 });

@@ -176,6 +176,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub max_deliveries: u32,
 
+    // Stream entries: one block for the size limit (issue #15, 7d).
+    /// Largest stream entry (its field names and values) and publish API
+    /// event, in bytes; larger entries go to the dead letters as
+    /// `too_large`, larger events get 413 (4096 to 67108864).
+    #[arg(long, env = "RELAY_MAX_EVENT_BYTES", default_value_t = 64 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(MIN_PAYLOAD..=MAX_PAYLOAD))]
+    pub max_event_bytes: usize,
+
     /// Accept WebSocket connections only (no long-polling, no sticky sessions needed).
     #[arg(long, env = "RELAY_WEBSOCKET_ONLY", value_parser = BoolishValueParser::new())]
     pub websocket_only: bool,
@@ -316,6 +324,7 @@ pub struct HistoryConfig {
 pub struct StreamConfig {
     pub claim_idle: Duration,
     pub max_deliveries: u32,
+    pub max_event_bytes: usize,
 }
 
 /// Connection limits of a node (0 = no limit).
@@ -590,6 +599,7 @@ impl Config {
             stream: StreamConfig {
                 claim_idle: Duration::from_millis(args.claim_idle_ms),
                 max_deliveries: args.max_deliveries,
+                max_event_bytes: args.max_event_bytes,
             },
             transport: TransportConfig {
                 connect_timeout: Duration::from_millis(args.connect_timeout_ms),
@@ -796,6 +806,7 @@ mod tests {
         assert_eq!(config.history.ttl, Duration::from_secs(600));
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
         assert_eq!(config.stream.max_deliveries, 5);
+        assert_eq!(config.stream.max_event_bytes, 65_536);
         assert!(!config.demo);
         assert_eq!(config.shutdown_delay, Duration::from_secs(5));
         assert_eq!(config.http.header_timeout, Duration::from_secs(10));
@@ -910,6 +921,7 @@ mod tests {
             (&["--ping-interval-ms", "0"], "--ping-interval-ms"),
             (&["--claim-idle-ms", "10"], "--claim-idle-ms"),
             (&["--connect-timeout-ms", "0"], "--connect-timeout-ms"),
+            (&["--max-event-bytes", "1000"], "--max-event-bytes"),
             (&["--jwt-leeway-s", "86400"], "--jwt-leeway-s"),
             (
                 &["--http-header-timeout-ms", "0"],

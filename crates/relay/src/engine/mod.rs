@@ -10,7 +10,8 @@ mod traits;
 pub use error::{EngineError, StoreError, StoreResult};
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, in_offset_order,
+    OrderStore, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, entry_size,
+    in_offset_order,
 };
 
 use std::{

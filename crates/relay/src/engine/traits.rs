@@ -13,15 +13,46 @@ use crate::{
     outcome::Outcome,
 };
 
-/// One entry of the event stream, as read.
+/// One entry of the event stream, as read. `type` and `data` are the bytes
+/// of the entry: a dead letter copies them as they were, text or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     pub id: String,
-    pub kind: Option<String>,
-    pub data: Option<String>,
+    pub kind: Option<Vec<u8>>,
+    pub data: Option<Vec<u8>>,
     /// Registered at the head of its order's queue when read: nothing of
     /// that order is before it, so it need not wait for its turn.
     pub first_in_order: bool,
+}
+
+impl StreamEntry {
+    /// The size `RELAY_MAX_EVENT_BYTES` limits: the bytes of the entry's
+    /// field names and values (the Redis read script counts the same).
+    pub fn size(&self) -> usize {
+        let field = |name: &str, value: &Option<Vec<u8>>| {
+            value.as_ref().map_or(0, |v| name.len() + v.len())
+        };
+        field("type", &self.kind) + field("data", &self.data)
+    }
+
+    /// `type` as text; None when absent or not UTF-8.
+    pub fn kind_str(&self) -> Option<&str> {
+        self.kind
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+    }
+
+    /// `data` as text; None when absent or not UTF-8.
+    pub fn data_str(&self) -> Option<&str> {
+        self.data
+            .as_deref()
+            .and_then(|d| std::str::from_utf8(d).ok())
+    }
+}
+
+/// The size of an entry of these fields, as [`StreamEntry::size`] counts it.
+pub fn entry_size(kind: &str, data: &str) -> usize {
+    "type".len() + kind.len() + "data".len() + data.len()
 }
 
 /// How far an offer of one event to one room got.
@@ -35,15 +66,25 @@ pub enum OfferState {
     Decided,
 }
 
-/// A dead-lettered entry, as stored.
+/// A dead-lettered entry, as stored: `type` and `data` byte for byte. As
+/// JSON (the operations API) they are text, bytes that are not UTF-8
+/// replaced by U+FFFD.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeadLetter {
     pub id: String,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub data: Option<String>,
+    #[serde(rename = "type", serialize_with = "lossy_text")]
+    pub kind: Option<Vec<u8>>,
+    #[serde(serialize_with = "lossy_text")]
+    pub data: Option<Vec<u8>>,
     pub reason: String,
     pub node: String,
+}
+
+fn lossy_text<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(bytes) => s.serialize_str(&String::from_utf8_lossy(bytes)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Entries of stopped consumers, taken over by this one.
@@ -159,7 +200,13 @@ pub trait EventStream: Send + Sync + 'static {
 
 /// Active orders, indexed by customer, store and driver.
 pub trait OrderStore: Send + Sync + 'static {
-    fn create(&self, order: &ActiveOrder) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Records the order unless an order of that id is active: then that
+    /// one is returned, left exactly as it is (a redelivered `order.created`
+    /// must not put back a status that later events moved on from).
+    fn create(
+        &self,
+        order: &ActiveOrder,
+    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
 
     /// Sets the status; None when the order is not active.
     fn set_status(

@@ -33,19 +33,25 @@ pub enum DecodeReason {
     MissingType,
     UnknownType,
     MissingData,
+    /// `type` or `data` is not UTF-8 text.
+    InvalidUtf8,
     BadJson,
     MissingField,
     InvalidField,
+    /// The entry is beyond `RELAY_MAX_EVENT_BYTES`: refused before decoding.
+    TooLarge,
 }
 
 impl DecodeReason {
-    pub const ALL: [DecodeReason; 6] = [
+    pub const ALL: [DecodeReason; 8] = [
         Self::MissingType,
         Self::UnknownType,
         Self::MissingData,
+        Self::InvalidUtf8,
         Self::BadJson,
         Self::MissingField,
         Self::InvalidField,
+        Self::TooLarge,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -53,19 +59,47 @@ impl DecodeReason {
             Self::MissingType => "missing_type",
             Self::UnknownType => "unknown_type",
             Self::MissingData => "missing_data",
+            Self::InvalidUtf8 => "invalid_utf8",
             Self::BadJson => "bad_json",
             Self::MissingField => "missing_field",
             Self::InvalidField => "invalid_field",
+            Self::TooLarge => "too_large",
         }
     }
 
-    /// Whether an entry refused for this reason has a known event type.
-    pub const fn knows_type(self) -> bool {
+    /// Whether an entry refused for this reason can have a known event type.
+    pub const fn may_know_type(self) -> bool {
         !matches!(self, Self::MissingType | Self::UnknownType)
+    }
+
+    /// Whether an entry refused for this reason can lack a known event type
+    /// (its `type` absent, unknown, not text, or never read).
+    pub const fn may_lack_type(self) -> bool {
+        matches!(
+            self,
+            Self::MissingType | Self::UnknownType | Self::InvalidUtf8 | Self::TooLarge
+        )
     }
 }
 
 const MAX_ID_LEN: usize = 128;
+
+/// Decodes a stream entry's `type` and `data` fields as read: bytes, which
+/// must be UTF-8 text before anything else is looked at.
+pub fn decode_entry(kind: Option<&[u8]>, data: Option<&[u8]>) -> Result<OrderEvent, DecodeError> {
+    let kind = kind.map(|k| text("type", k)).transpose()?;
+    let data = data.map(|d| text("data", d)).transpose()?;
+    decode(kind, data)
+}
+
+fn text<'a>(field: &str, bytes: &'a [u8]) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        DecodeError::new(
+            DecodeReason::InvalidUtf8,
+            format!("`{field}` is not UTF-8 text: {e}"),
+        )
+    })
+}
 
 /// Decodes the `type` and `data` fields of a stream entry (or of a publish
 /// API body; both go through here so they accept exactly the same events).
@@ -133,9 +167,11 @@ pub fn decode_value(kind: EventKind, value: Value) -> Result<OrderEvent, DecodeE
 
 /// The order an entry belongs to, for per-order sequencing: the `order_id`
 /// string of a JSON object `data`, whatever the type. The stream read script
-/// applies the same rule (see `engine/redis/stream.rs`).
-pub fn sequence_key(data: Option<&str>) -> Option<String> {
-    match serde_json::from_str::<Keyed>(data?).ok()?.0? {
+/// applies the same rule (see `engine/redis/stream.rs`), and takes no key
+/// from `data` that is not UTF-8 text (it is dead-lettered undecoded).
+pub fn sequence_key(data: Option<&[u8]>) -> Option<String> {
+    let data = std::str::from_utf8(data?).ok()?;
+    match serde_json::from_str::<Keyed>(data).ok()?.0? {
         Value::String(id) if !id.is_empty() => Some(id),
         _ => None,
     }
@@ -423,14 +459,42 @@ mod tests {
     }
 
     #[test]
+    fn fields_that_are_not_utf8_are_refused_as_such() {
+        let reason = |kind: &[u8], data: &[u8]| {
+            decode_entry(Some(kind), Some(data))
+                .expect_err("must fail")
+                .reason
+        };
+        let status = br#"{"order_id":"o1","status":"ready"}"#;
+        assert_eq!(
+            reason(b"order.status", b"{\"order_id\":\"o1\xff\"}"),
+            DecodeReason::InvalidUtf8
+        );
+        assert_eq!(
+            reason(b"order.st\xc3\x28tus", status),
+            DecodeReason::InvalidUtf8
+        );
+        assert!(decode_entry(Some(b"order.status"), Some(status)).is_ok());
+        assert_eq!(
+            decode_entry(None, Some(status)).unwrap_err().reason,
+            DecodeReason::MissingType
+        );
+        // No sequencing key from data that is not text (the read script agrees).
+        assert_eq!(
+            sequence_key(Some(b"{\"order_id\":\"o1\",\"x\":\"\xfe\"}")),
+            None
+        );
+    }
+
+    #[test]
     fn sequence_key_is_the_order_id_string() {
         assert_eq!(
-            sequence_key(Some(r#"{"order_id":"o1","x":1}"#)).as_deref(),
+            sequence_key(Some(br#"{"order_id":"o1","x":1}"#)).as_deref(),
             Some("o1")
         );
-        assert_eq!(sequence_key(Some(r#"{"order_id":5}"#)), None);
-        assert_eq!(sequence_key(Some(r#"{"level":"x"}"#)), None);
-        assert_eq!(sequence_key(Some("nope")), None);
+        assert_eq!(sequence_key(Some(br#"{"order_id":5}"#)), None);
+        assert_eq!(sequence_key(Some(br#"{"level":"x"}"#)), None);
+        assert_eq!(sequence_key(Some(b"nope")), None);
         assert_eq!(sequence_key(None), None);
     }
 
@@ -442,9 +506,9 @@ mod tests {
         let data = r#"{"order_id":"o1","driver_id":"d1","order_id":"o2"}"#;
         let event = decode(Some("order.assigned"), Some(data)).expect("assigned");
         assert_eq!(event.order_id(), Some("o2"));
-        assert_eq!(sequence_key(Some(data)).as_deref(), Some("o2"));
+        assert_eq!(sequence_key(Some(data.as_bytes())).as_deref(), Some("o2"));
         // Not an object: no order, as for `decode` and the read script.
-        assert_eq!(sequence_key(Some(r#"["o1"]"#)), None);
-        assert_eq!(sequence_key(Some(r#"{"order_id":null}"#)), None);
+        assert_eq!(sequence_key(Some(br#"["o1"]"#)), None);
+        assert_eq!(sequence_key(Some(br#"{"order_id":null}"#)), None);
     }
 }

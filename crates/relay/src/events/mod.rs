@@ -9,7 +9,7 @@ mod time;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-pub use decode::{DecodeError, DecodeReason, decode, decode_value, sequence_key};
+pub use decode::{DecodeError, DecodeReason, decode, decode_entry, decode_value, sequence_key};
 pub use location::{LocationUpdate, Reject};
 pub use names::{ClientEvent, ServerEvent};
 pub use time::{Timestamp, is_rfc3339, now_ms, rfc3339};

@@ -17,7 +17,7 @@ use super::{
     errors::{ApiError, bearer},
 };
 use crate::{
-    engine::{Engine, EventStream},
+    engine::{Engine, EventStream, entry_size},
     events::{EventKind, decode_value},
     metrics::{self, PublishRejection, StoreOp},
 };
@@ -54,6 +54,10 @@ pub async fn publish<E: Engine>(
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
     let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            metrics::publish_rejected(PublishRejection::TooLarge);
+            return too_large(state.max_event_bytes);
+        }
         metrics::publish_rejected(PublishRejection::BadBody);
         ApiError::bad_request(format!(
             "body must be {{\"type\": ..., \"data\": {{...}}}}: {}",
@@ -65,6 +69,11 @@ pub async fn publish<E: Engine>(
         ApiError::bad_request(format!("unknown event type `{}`", body.kind))
     })?;
     let data = body.data.to_string();
+    // The entry as appended, measured as the consumer measures it.
+    if entry_size(kind.as_str(), &data) > state.max_event_bytes {
+        metrics::publish_rejected(PublishRejection::TooLarge);
+        return Err(too_large(state.max_event_bytes));
+    }
     decode_value(kind, body.data)
         .inspect_err(|_| metrics::publish_rejected(PublishRejection::InvalidEvent))?;
     let event_id = state
@@ -78,6 +87,13 @@ pub async fn publish<E: Engine>(
         })?;
     metrics::event_published(kind);
     Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the event is larger than RELAY_MAX_EVENT_BYTES ({limit} bytes)"),
+    )
 }
 
 #[derive(Deserialize)]

@@ -32,8 +32,15 @@ pub use detach::detach_from_read_buffer;
 /// right before a scrape.
 pub type Census = Arc<dyn Fn() + Send + Sync>;
 
-/// Largest publish API body: an order with a long item list fits easily.
+/// Smallest limit of a request body: an order with a long item list fits easily.
 const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Bodies are read up to twice the event limit: the event's size is checked
+/// on `data` as appended, which may be shorter than the body (escapes,
+/// whitespace); anything beyond is refused (413) unread.
+fn body_limit(max_event_bytes: usize) -> usize {
+    MAX_BODY_BYTES.max(max_event_bytes.saturating_mul(2))
+}
 
 pub struct HttpState<E: Engine> {
     pub health: Health,
@@ -42,6 +49,8 @@ pub struct HttpState<E: Engine> {
     pub engine: Arc<E>,
     pub verifier: Arc<Verifier>,
     pub api_key: Option<Secret>,
+    /// `RELAY_MAX_EVENT_BYTES`: larger published events get 413.
+    pub max_event_bytes: usize,
     /// Unix seconds at start, for `process_start_time_seconds`.
     pub started_at: f64,
     /// Set when `RELAY_DEMO` is on.
@@ -57,6 +66,7 @@ impl<E: Engine> Clone for HttpState<E> {
             engine: self.engine.clone(),
             verifier: self.verifier.clone(),
             api_key: self.api_key.clone(),
+            max_event_bytes: self.max_event_bytes,
             started_at: self.started_at,
             demo: self.demo.clone(),
         }
@@ -72,7 +82,7 @@ pub fn router<E: Engine>(state: HttpState<E>) -> Router {
         .route("/api/events", post(api::publish::<E>))
         .route("/api/outcomes", get(api::outcomes::<E>))
         .route("/api/dead-letters", get(api::dead_letters::<E>))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(body_limit(state.max_event_bytes)))
         .route_layer(axum::middleware::from_fn(observe::count_requests));
     // Merged after the counting layer: the demo stays out of the API's metrics.
     let router = match state.demo {

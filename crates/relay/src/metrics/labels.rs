@@ -51,6 +51,8 @@ label_set! {
         BadBody => "bad_body",
         UnknownType => "unknown_type",
         InvalidEvent => "invalid_event",
+        /// Beyond `RELAY_MAX_EVENT_BYTES` (413).
+        TooLarge => "too_large",
         /// Any store failure (the response says which: 503 or 500).
         StoreUnavailable => "store_unavailable",
     }
@@ -185,7 +187,7 @@ mod tests {
             ["ok", "rejected", "rate_limited", "unknown"]
         );
         assert_eq!(DisconnectReason::ALL.len(), 8);
-        assert_eq!(PublishRejection::ALL.len(), 5);
+        assert_eq!(PublishRejection::ALL.len(), 6);
     }
 }
 

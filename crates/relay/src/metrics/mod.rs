@@ -426,16 +426,18 @@ fn zero_bounded_series() {
     // without is `unknown`, as is one delivered too often (its type unread).
     for kind in EventKind::ALL {
         counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).absolute(0);
-        for reason in DecodeReason::ALL.into_iter().filter(|r| r.knows_type()) {
+        for reason in DecodeReason::ALL.into_iter().filter(|r| r.may_know_type()) {
             counter!(STREAM_DEAD_LETTERED, "type" => kind.as_str(), "reason" => reason.as_str())
                 .absolute(0);
         }
     }
-    for reason in DecodeReason::ALL.into_iter().filter(|r| !r.knows_type()) {
+    for reason in DecodeReason::ALL.into_iter().filter(|r| r.may_lack_type()) {
         counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => reason.as_str())
             .absolute(0);
     }
     counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => MAX_DELIVERIES).absolute(0);
+    counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
+        .absolute(0);
     for reason in PublishRejection::ALL {
         counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
@@ -593,9 +595,14 @@ const UNKNOWN_TYPE: &str = "unknown";
 /// The `reason` label of an entry dead-lettered after too many deliveries.
 const MAX_DELIVERIES: &str = "max_deliveries";
 
+/// The `reason` label of an `order.created` refused for an order that is
+/// active with another customer or store.
+const ORDER_EXISTS: &str = "order_exists";
+
 /// The `type` label of a stream entry: a known kind, or `unknown`.
-pub fn entry_type(kind: Option<&str>) -> &'static str {
-    kind.and_then(EventKind::parse)
+pub fn entry_type(kind: Option<&[u8]>) -> &'static str {
+    kind.and_then(|k| std::str::from_utf8(k).ok())
+        .and_then(EventKind::parse)
         .map_or(UNKNOWN_TYPE, EventKind::as_str)
 }
 
@@ -619,6 +626,13 @@ pub fn stream_dead_lettered(kind: &'static str, reason: DecodeReason) {
 /// An entry delivered too often went to the dead letters (its type unread).
 pub fn stream_dead_lettered_after_max_deliveries() {
     counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => MAX_DELIVERIES).increment(1);
+}
+
+/// An `order.created` for an order active with other parties went to the
+/// dead letters.
+pub fn stream_dead_lettered_order_exists() {
+    counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
+        .increment(1);
 }
 
 pub fn stream_claimed(n: usize) {

@@ -64,6 +64,7 @@ pub(super) fn redis_engine(
             node_id: &config.node_id,
             claim_idle: config.stream.claim_idle,
             max_deliveries: config.stream.max_deliveries,
+            max_event_bytes: config.stream.max_event_bytes,
             location_ttl: config.location.ttl,
             history_size: config.history.size,
             history_ttl: config.history.ttl,
@@ -170,6 +171,7 @@ pub(super) fn wire<E: Engine>(
         engine: engine.clone(),
         verifier,
         api_key: config.api_key.clone(),
+        max_event_bytes: config.stream.max_event_bytes,
         started_at: crate::events::now_ms() as f64 / 1000.0,
         demo: demo_settings(&config, engine.name()),
     })
@@ -199,6 +201,7 @@ pub(super) fn wire<E: Engine>(
         ConsumerSettings {
             max_in_flight: MAX_IN_FLIGHT,
             claim_idle: config.stream.claim_idle,
+            max_event_bytes: config.stream.max_event_bytes,
             drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
         },
         stop.clone(),

@@ -14,7 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::tasks::Tasks;
 use crate::{
     engine::{Engine, EventStream, Health, StoreError, StreamEntry},
-    events::{decode, sequence_key},
+    events::{DecodeError, DecodeReason, decode_entry, sequence_key},
     metrics::{self, StoreOp},
     stream::{Dispatcher, Effect},
 };
@@ -32,6 +32,10 @@ pub struct ConsumerSettings {
     /// merchant wait holds a slot, never the stream.
     pub max_in_flight: usize,
     pub claim_idle: Duration,
+    /// Entries beyond this size are dead-lettered undecoded (`too_large`).
+    /// The Redis engine refuses them as it reads them; this catches the
+    /// rest (the memory engine, entries claimed from an older node).
+    pub max_event_bytes: usize,
     /// Time given to in-progress emits at shutdown before handing back.
     pub drain: Duration,
 }
@@ -346,19 +350,21 @@ impl<E: Engine> Consumer<E> {
     async fn process(&self, job: Job, order: Option<&str>) {
         let Job { entry, permit } = job;
         let kind = metrics::entry_type(entry.kind.as_deref());
-        let event = match decode(entry.kind.as_deref(), entry.data.as_deref()) {
+        let size = entry.size();
+        let decoded = if size > self.settings.max_event_bytes {
+            Err(DecodeError {
+                reason: DecodeReason::TooLarge,
+                detail: format!("{size} bytes, limit {}", self.settings.max_event_bytes),
+            })
+        } else {
+            decode_entry(entry.kind.as_deref(), entry.data.as_deref())
+        };
+        let event = match decoded {
             Ok(event) => event,
             Err(e) => {
                 tracing::warn!(id = %entry.id, error = %e, "malformed entry: dead-lettered");
-                let reason = e.to_string();
-                if self
-                    .retry(StoreOp::DeadLetter, &entry.id, || {
-                        self.stream().dead_letter(&entry, &reason)
-                    })
-                    .await
-                {
+                if self.dead_letter(&entry, &e.to_string()).await {
                     metrics::stream_dead_lettered(kind, e.reason);
-                    self.release(&entry.id);
                 }
                 return;
             }
@@ -410,6 +416,12 @@ impl<E: Engine> Consumer<E> {
         }
         match effect {
             Effect::Done => self.complete(&entry.id, kind).await,
+            Effect::Refused(reason) => {
+                tracing::warn!(id = %entry.id, %reason, "event refused: dead-lettered");
+                if self.dead_letter(&entry, &reason.to_string()).await {
+                    metrics::stream_dead_lettered_order_exists();
+                }
+            }
             Effect::Offers(outcomes) => {
                 let this = self.clone();
                 self.tasks.spawn(async move {
@@ -425,6 +437,19 @@ impl<E: Engine> Consumer<E> {
             }
         }
         drop(permit);
+    }
+
+    /// Copies the entry to the dead letters (which acks it); true once done.
+    async fn dead_letter(&self, entry: &StreamEntry, reason: &str) -> bool {
+        let done = self
+            .retry(StoreOp::DeadLetter, &entry.id, || {
+                self.stream().dead_letter(entry, reason)
+            })
+            .await;
+        if done {
+            self.release(&entry.id);
+        }
+        done
     }
 
     async fn complete(&self, id: &str, kind: &'static str) {

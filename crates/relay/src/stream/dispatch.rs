@@ -35,6 +35,25 @@ pub enum Effect {
     Done,
     /// Offers are out; the entry is complete once their outcomes are written.
     Offers(OutcomesPending),
+    /// Refused, nothing changed: the entry goes to the dead letters.
+    Refused(Refusal),
+}
+
+/// Why an event that decoded is refused all the same. Its text is the dead
+/// letter's `reason`: the label, `: ` and details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// `order.created` for an order that is active with another customer
+    /// or store: a backend bug or a reused id. Acting on it would leave the
+    /// first parties in the order's rooms (docs/protocol.md).
+    #[error(
+        "order_exists: order {order_id} is active for customer {customer_id} at store {store_id}"
+    )]
+    OrderExists {
+        order_id: String,
+        customer_id: String,
+        store_id: String,
+    },
 }
 
 pub struct Dispatcher<E: Engine> {
@@ -78,7 +97,20 @@ impl<E: Engine> Dispatcher<E> {
         let order = ActiveOrder::placed(&e.order_id, &e.customer_id, &e.store_id, now_ms());
         // State first, then the join: a customer connecting meanwhile either
         // reads the order at connect or is already in its customer room.
-        self.engine.orders().create(&order).await?;
+        if let Some(active) = self.engine.orders().create(&order).await? {
+            // The order is active already. With the same parties this is the
+            // same order again (a redelivery, a backend's retry): the order
+            // stays as later events left it, and the join and the offer
+            // below are idempotent. With other parties it is refused: the
+            // order and its rooms stay as they are.
+            if active.customer_id != e.customer_id || active.store_id != e.store_id {
+                return Ok(Effect::Refused(Refusal::OrderExists {
+                    order_id: active.order_id,
+                    customer_id: active.customer_id,
+                    store_id: active.store_id,
+                }));
+            }
+        }
         self.gateway
             .join_members(
                 &Room::Customer(e.customer_id.clone()),

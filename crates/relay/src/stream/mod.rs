@@ -9,5 +9,5 @@ mod error;
 pub mod offers;
 
 pub use consumer::{Consumer, ConsumerSettings};
-pub use dispatch::{Dispatcher, Effect};
+pub use dispatch::{Dispatcher, Effect, Refusal};
 pub use error::DispatchError;

@@ -286,3 +286,111 @@ async fn a_geo_request_offers_each_nearby_fresh_driver() {
     );
     let _ = WAIT;
 }
+
+/// A second `order.created` for an active order that names another
+/// customer or store is refused into the dead letters (`order_exists`):
+/// the order keeps its parties, who get every update to the end, and the
+/// parties it named get nothing and join no room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_order_created_for_other_parties_is_refused_and_reaches_nobody() {
+    let cluster = Cluster::start("recreated", 2, &[]).await;
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let mut customer_a = connect(&a, &token("cA", Role::Customer)).await;
+    let mut merchant_1 = connect(&b, &merchant_token("m1", &["S1"])).await;
+    let mut customer_b = connect(&b, &token("cB", Role::Customer)).await;
+    let mut merchant_2 = connect(&a, &merchant_token("m2", &["S2"])).await;
+
+    let created = cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o1", "customer_id": "cA", "store_id": "S1", "items": []}),
+        )
+        .await;
+    let offer = expect_event(&mut merchant_1, "merchant:new_order").await;
+    assert_eq!(offer.data()["event_id"], created);
+    merchant_1
+        .ack(&offer, json!({"accepted": true}))
+        .await
+        .expect("ack");
+    let accepted = cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "accepted"}),
+        )
+        .await;
+    for client in [&mut customer_a, &mut merchant_1] {
+        let update = expect_event(client, "order:status_update").await;
+        assert_eq!(update.data()["event_id"], accepted);
+    }
+
+    // The same order id, other parties: refused, the order left as it is.
+    let again = cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o1", "customer_id": "cB", "store_id": "S2", "items": []}),
+        )
+        .await;
+    let dead = cluster.wait_entries("events:dead", 1).await;
+    assert_eq!(dead[0].1["id"], again);
+    assert!(
+        dead[0].1["reason"].starts_with("order_exists"),
+        "{:?}",
+        dead[0].1
+    );
+    assert_eq!(dead[0].1["type"], "order.created");
+
+    for status in ["preparing", "delivered"] {
+        let id = cluster
+            .xadd("order.status", json!({"order_id": "o1", "status": status}))
+            .await;
+        for client in [&mut customer_a, &mut merchant_1] {
+            let update = expect_event(client, "order:status_update").await;
+            assert_eq!(update.data()["event_id"], id);
+            assert_eq!(update.data()["status"], status);
+            assert_eq!(
+                update.data()["seq"],
+                if status == "preparing" { 2 } else { 3 }
+            );
+        }
+    }
+    // Over: a late status of o1 reaches nobody; each client's next event
+    // is about an order of its own, appended after it.
+    cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "late_echo"}),
+        )
+        .await;
+    for (customer, store, order) in [("cA", "S1", "o2"), ("cB", "S2", "o3")] {
+        cluster
+            .xadd(
+                "order.created",
+                json!({"order_id": order, "customer_id": customer, "store_id": store, "items": []}),
+            )
+            .await;
+        cluster
+            .xadd(
+                "order.status",
+                json!({"order_id": order, "status": "accepted"}),
+            )
+            .await;
+    }
+    let first = |event: relay_client::Event| event.data()["order_id"].clone();
+    assert_eq!(
+        first(expect_event(&mut customer_a, "order:status_update").await),
+        "o2"
+    );
+    assert_eq!(
+        first(expect_event(&mut merchant_1, "merchant:new_order").await),
+        "o2"
+    );
+    assert_eq!(
+        first(expect_event(&mut customer_b, "order:status_update").await),
+        "o3"
+    );
+    assert_eq!(
+        first(expect_event(&mut merchant_2, "merchant:new_order").await),
+        "o3"
+    );
+    let _ = WAIT;
+}

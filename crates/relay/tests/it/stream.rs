@@ -186,6 +186,7 @@ async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held(
         node_id: "ghost",
         claim_idle: std::time::Duration::from_secs(3),
         max_deliveries: 5,
+        max_event_bytes: 64 * 1024,
         location_ttl: std::time::Duration::from_secs(120),
         history_size: 100,
         history_ttl: std::time::Duration::from_secs(600),
@@ -357,4 +358,159 @@ async fn an_entry_the_store_refuses_is_redelivered_then_dead_lettered_not_retrie
     )
     .await;
     assert_eq!(retried, 0.0, "a refused entry must not be retried in place");
+}
+
+/// Waits (XREAD BLOCK, bounded) until `{prefix}events:dead` holds `n`
+/// entries; returns them all with the fields' raw bytes.
+async fn dead_letters_raw(cluster: &Cluster, n: usize) -> Vec<(String, HashMap<String, Vec<u8>>)> {
+    let key = cluster.key("events:dead");
+    let mut conn = cluster.redis.connection().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let dead: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        if dead.len() >= n {
+            return dead;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "{} of {n} dead letters", dead.len());
+        let last = dead.last().map_or("0-0".to_owned(), |(id, _)| id.clone());
+        let _: redis::Value = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(left.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(last)
+            .query_async(&mut conn)
+            .await
+            .expect("XREAD");
+    }
+}
+
+/// CONTRACT §3: a dead letter keeps `type` and `data` as they were, also
+/// when they are not text: the very bytes, with the reason `invalid_utf8`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_that_are_not_utf8_are_dead_lettered_byte_for_byte() {
+    let cluster = Cluster::start("notutf8", 1, &[]).await;
+    let mut admin = connect(&cluster.url(0), &token("a1", Role::Admin)).await;
+    let bad_data: &[u8] = b"{\"order_id\":\"o1\",\"status\":\"ready\xff\xfe\"}";
+    let bad_type: &[u8] = b"order.st\xc3\x28tus";
+    let mut conn = cluster.redis.connection().await;
+    let xadd = |kind: &[u8], data: &[u8]| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(cluster.key("events"))
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("data")
+            .arg(data);
+        cmd
+    };
+    let with_bad_data: String = xadd(b"order.status", bad_data)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    let with_bad_type: String = xadd(bad_type, br#"{"order_id":"o2","status":"x"}"#)
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    // A later entry proves the consumer went on.
+    cluster
+        .xadd("admin.alert", json!({"level": "info", "message": "after"}))
+        .await;
+    assert_eq!(
+        expect_event(&mut admin, "admin:alert").await.data()["message"],
+        "after"
+    );
+    let dead = dead_letters_raw(&cluster, 2).await;
+    let letter = |id: &str| {
+        dead.iter()
+            .find(|(_, d)| d.get("id").map(Vec::as_slice) == Some(id.as_bytes()))
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("{id} not dead-lettered: {dead:?}"))
+    };
+    let reason = |d: &HashMap<String, Vec<u8>>| {
+        String::from_utf8_lossy(&d["reason"])
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let first = letter(&with_bad_data);
+    assert_eq!(reason(&first), "invalid_utf8", "{first:?}");
+    assert_eq!(first.get("data").map(Vec::as_slice), Some(bad_data));
+    assert_eq!(
+        first.get("type").map(Vec::as_slice),
+        Some(&b"order.status"[..])
+    );
+    let second = letter(&with_bad_type);
+    assert_eq!(reason(&second), "invalid_utf8", "{second:?}");
+    assert_eq!(second.get("type").map(Vec::as_slice), Some(bad_type));
+    assert_eq!(
+        second.get("data").map(Vec::as_slice),
+        Some(&br#"{"order_id":"o2","status":"x"}"#[..])
+    );
+}
+
+/// An entry beyond `RELAY_MAX_EVENT_BYTES` goes to the dead letters as it
+/// was, with the reason `too_large`: never emitted, never recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded() {
+    let cluster = Cluster::start("toolarge", 1, &[("RELAY_MAX_EVENT_BYTES", "65536")]).await;
+    let mut admin = connect(&cluster.url(0), &token("a1", Role::Admin)).await;
+    let huge = json!({"level": "warn", "message": "x".repeat(100 * 1024)}).to_string();
+    let big = cluster
+        .xadd_raw(&[("type", "admin.alert"), ("data", &huge)])
+        .await;
+    cluster
+        .xadd("admin.alert", json!({"level": "info", "message": "after"}))
+        .await;
+    // The first alert the admin gets is the small one: the big one never came.
+    assert_eq!(
+        expect_event(&mut admin, "admin:alert").await.data()["message"],
+        "after"
+    );
+    let dead = cluster.wait_entries("events:dead", 1).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "{:?}",
+        dead.iter().map(|(id, _)| id).collect::<Vec<_>>()
+    );
+    let letter = &dead[0].1;
+    assert_eq!(letter["id"], big);
+    assert!(
+        letter["reason"].starts_with("too_large"),
+        "{}",
+        letter["reason"]
+    );
+    assert_eq!(letter["type"], "admin.alert");
+    assert!(letter["data"] == huge, "data kept as it was");
+    // Alerts run side by side: one appended after the dead letter is
+    // written is the admin's very next event.
+    cluster
+        .xadd("admin.alert", json!({"level": "info", "message": "last"}))
+        .await;
+    assert_eq!(
+        expect_event(&mut admin, "admin:alert").await.data()["message"],
+        "last"
+    );
+    // Recorded: only the small alerts, in the room's and the cluster's history.
+    for history in ["history:admin_updates", "history:all"] {
+        let recorded = cluster.entries(history).await;
+        assert_eq!(recorded.len(), 2, "{history}: {} entries", recorded.len());
+    }
+    let mut conn = cluster.redis.connection().await;
+    let pending: PendingSummary = redis::cmd("XPENDING")
+        .arg(cluster.key("events"))
+        .arg(cluster.key("relay"))
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    assert_eq!(pending.0, 0, "{pending:?}");
 }

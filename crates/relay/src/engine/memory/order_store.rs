@@ -22,9 +22,13 @@ impl MemoryOrders {
 }
 
 impl OrderStore for MemoryOrders {
-    async fn create(&self, order: &ActiveOrder) -> StoreResult<()> {
-        self.orders().insert(order.order_id.clone(), order.clone());
-        Ok(())
+    async fn create(&self, order: &ActiveOrder) -> StoreResult<Option<ActiveOrder>> {
+        let mut orders = self.orders();
+        if let Some(active) = orders.get(&order.order_id) {
+            return Ok(Some(active.clone()));
+        }
+        orders.insert(order.order_id.clone(), order.clone());
+        Ok(None)
     }
 
     async fn set_status(

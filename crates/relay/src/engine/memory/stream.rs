@@ -106,8 +106,8 @@ impl EventStream for MemoryStream {
                     *id,
                     StreamEntry {
                         id: id_string(*id),
-                        kind: Some(kind.clone()),
-                        data: Some(data.clone()),
+                        kind: Some(kind.clone().into_bytes()),
+                        data: Some(data.clone().into_bytes()),
                         first_in_order: false,
                     },
                 )
@@ -309,8 +309,8 @@ impl EventStream for MemoryStream {
             .skip(skip)
             .map(|(id, kind, data)| StreamEntry {
                 id: id_string(*id),
-                kind: Some(kind.clone()),
-                data: Some(data.clone()),
+                kind: Some(kind.clone().into_bytes()),
+                data: Some(data.clone().into_bytes()),
                 first_in_order: false,
             })
             .collect())
@@ -339,8 +339,8 @@ mod tests {
         let recent = stream.recent_events(2).await.unwrap();
         let got: Vec<_> = recent.iter().map(|e| e.id.clone()).collect();
         assert_eq!(got, ids[1..]);
-        assert_eq!(recent[1].kind.as_deref(), Some("admin.alert"));
-        assert_eq!(recent[1].data.as_deref(), Some(r#"{"n":2}"#));
+        assert_eq!(recent[1].kind_str(), Some("admin.alert"));
+        assert_eq!(recent[1].data_str(), Some(r#"{"n":2}"#));
         assert_eq!(stream.recent_events(100).await.unwrap().len(), 3);
     }
 

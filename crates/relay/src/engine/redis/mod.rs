@@ -63,6 +63,8 @@ pub struct RedisSettings<'a> {
     pub node_id: &'a str,
     pub claim_idle: Duration,
     pub max_deliveries: u32,
+    /// Stream entries beyond this size go to the dead letters unread.
+    pub max_event_bytes: usize,
     pub location_ttl: Duration,
     pub history_size: usize,
     pub history_ttl: Duration,
@@ -117,6 +119,7 @@ impl RedisEngine {
                 node: settings.node_id,
                 claim_idle: settings.claim_idle,
                 max_deliveries: settings.max_deliveries,
+                max_event_bytes: settings.max_event_bytes,
             },
             tasks,
             stop,

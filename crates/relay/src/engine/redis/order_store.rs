@@ -25,12 +25,10 @@ const ORDER_TTL_MS: u64 = 48 * 3600 * 1000;
 const CREATE: &str = r"
 local p, id = ARGV[1], ARGV[2]
 local key = p .. 'order:' .. id
--- Created again (a redelivered order.created): the old indexes let go of it.
-local old = redis.call('HMGET', key, 'customer_id', 'store_id', 'driver_id')
-if old[1] then redis.call('SREM', p .. 'orders:customer:' .. old[1], id) end
-if old[2] then redis.call('SREM', p .. 'orders:store:' .. old[2], id) end
-if old[3] then redis.call('SREM', p .. 'orders:driver:' .. old[3], id) end
-redis.call('DEL', key)
+-- Active already (a redelivered or repeated order.created): left exactly
+-- as it is, and returned.
+local existing = redis.call('HGETALL', key)
+if #existing > 0 then return existing end
 redis.call('HSET', key, 'order_id', id, 'status', ARGV[3], 'customer_id', ARGV[4], 'store_id', ARGV[5],
   'created_at', ARGV[6], 'updated_at', ARGV[6])
 redis.call('PEXPIRE', key, ARGV[7])
@@ -42,7 +40,7 @@ end
 local active = p .. 'orders:active'
 redis.call('ZADD', active, ARGV[6], id)
 redis.call('ZREMRANGEBYSCORE', active, '-inf', '(' .. (tonumber(ARGV[6]) - tonumber(ARGV[7])))
-return 1
+return false
 ";
 
 const SET_STATUS: &str = r"
@@ -172,8 +170,8 @@ fn parse_order(reply: Value) -> Option<ActiveOrder> {
 }
 
 impl OrderStore for RedisOrders {
-    async fn create(&self, order: &ActiveOrder) -> StoreResult<()> {
-        let _: i64 = self
+    async fn create(&self, order: &ActiveOrder) -> StoreResult<Option<ActiveOrder>> {
+        let reply: Value = self
             .create
             .arg(&self.prefix)
             .arg(&order.order_id)
@@ -184,7 +182,7 @@ impl OrderStore for RedisOrders {
             .arg(ORDER_TTL_MS)
             .invoke_async(&mut self.conn())
             .await?;
-        Ok(())
+        Ok(parse_order(reply))
     }
 
     async fn set_status(

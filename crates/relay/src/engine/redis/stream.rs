@@ -29,9 +29,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::PubSubDriver;
 use super::link::Link;
-use super::values::{bulk_string, parse_entries, stream_entry};
+use super::values::{bulk_bytes, bulk_string, parse_entries, stream_entry};
 use crate::engine::{StoreError, StoreResult};
-use crate::metrics::StoreOp;
+use crate::events::DecodeReason;
+use crate::metrics::{self, StoreOp};
 use crate::tasks::Tasks;
 use crate::{
     engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
@@ -65,34 +66,90 @@ const TURN_POLL: Duration = Duration::from_millis(200);
 const STALE_HEAD_CHECK: Duration = Duration::from_secs(1);
 
 /// XREADGROUP of new entries and their registration in the order queues,
-/// as one atomic step. Returns {entries, last id of the stream, ids that
-/// went to the head of an empty queue}.
+/// as one atomic step. KEYS: the stream, the dead letters. ARGV: group,
+/// consumer, count, queue prefix, queue TTL, size limit, dead letters'
+/// MAXLEN. Returns {entries, last id read (else the stream's last), ids that
+/// went to the head of an empty queue, entries refused as too large}.
+///
+/// An entry beyond the size limit (its field names and values together) is
+/// copied to the dead letters as it is and acked right here: it never
+/// leaves Redis, never reaches a node's memory, is never decoded, emitted
+/// or recorded. Each refused one comes back as {id, type (when at most 64
+/// bytes), size} for the node's metrics and log.
+///
+/// Only `data` that is UTF-8 text is looked into for its order: the node
+/// dead-letters the rest undecoded, and takes no order from it either.
 const READ_SCRIPT: &str = r"
-local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
-local entries = {}
-local first = {}
-if res then entries = res[1][2] end
-for _, e in ipairs(entries) do
-  local f = e[2]
-  local data = nil
-  if f then
-    for i = 1, #f, 2 do if f[i] == 'data' then data = f[i + 1] end end
+local function is_utf8(s)
+  local i, n = 1, #s
+  while true do
+    i = string.find(s, '[\128-\255]', i)
+    if not i then return true end
+    local c = string.byte(s, i)
+    local len, lo, hi = 0, 128, 191
+    if c >= 194 and c <= 223 then len = 1
+    elseif c >= 224 and c <= 239 then
+      len = 2
+      if c == 224 then lo = 160 elseif c == 237 then hi = 159 end
+    elseif c >= 240 and c <= 244 then
+      len = 3
+      if c == 240 then lo = 144 elseif c == 244 then hi = 143 end
+    else return false end
+    if i + len > n then return false end
+    for k = 1, len do
+      local b = string.byte(s, i + k)
+      if k == 1 then
+        if b < lo or b > hi then return false end
+      elseif b < 128 or b > 191 then return false end
+    end
+    i = i + len + 1
   end
-  if data then
-    local ok, obj = pcall(cjson.decode, data)
-    if ok and type(obj) == 'table' and type(obj['order_id']) == 'string' and obj['order_id'] ~= '' then
-      local q = ARGV[4] .. obj['order_id']
-      if redis.call('RPUSH', q, e[1]) == 1 then table.insert(first, e[1]) end
-      redis.call('PEXPIRE', q, ARGV[5])
+end
+local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+local limit = tonumber(ARGV[6])
+local entries, first, refused = {}, {}, {}
+local last = nil
+if res then
+  for _, e in ipairs(res[1][2]) do
+    last = e[1]
+    local f = e[2] or {}
+    local size, kind, data = 0, nil, nil
+    for i = 1, #f, 2 do
+      size = size + #f[i] + #f[i + 1]
+      if f[i] == 'type' then kind = f[i + 1] elseif f[i] == 'data' then data = f[i + 1] end
+    end
+    if size > limit then
+      local letter = {'id', e[1]}
+      if kind then letter[#letter + 1] = 'type'; letter[#letter + 1] = kind end
+      if data then letter[#letter + 1] = 'data'; letter[#letter + 1] = data end
+      letter[#letter + 1] = 'reason'
+      letter[#letter + 1] = 'too_large: ' .. size .. ' bytes, limit ' .. limit
+      letter[#letter + 1] = 'node'
+      letter[#letter + 1] = ARGV[2]
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', unpack(letter))
+      redis.call('XACK', KEYS[1], ARGV[1], e[1])
+      local label = ''
+      if kind and #kind <= 64 then label = kind end
+      refused[#refused + 1] = {e[1], label, size}
+    else
+      entries[#entries + 1] = e
+      if data and is_utf8(data) then
+        local ok, obj = pcall(cjson.decode, data)
+        if ok and type(obj) == 'table' and type(obj['order_id']) == 'string' and obj['order_id'] ~= '' then
+          local q = ARGV[4] .. obj['order_id']
+          if redis.call('RPUSH', q, e[1]) == 1 then table.insert(first, e[1]) end
+          redis.call('PEXPIRE', q, ARGV[5])
+        end
+      end
     end
   end
 end
-local last = '0-0'
-if #entries == 0 then
+if not last then
+  last = '0-0'
   local tail = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   if tail[1] then last = tail[1][1] end
 end
-return {entries, last, first}
+return {entries, last, first, refused}
 ";
 
 /// 1: the entry is at the head of its queue; 2: not queued (already
@@ -140,6 +197,7 @@ pub struct RedisStream {
     node: String,
     claim_idle: Duration,
     max_deliveries: u32,
+    max_event_bytes: usize,
     /// Last stream id seen by an empty read: XREAD BLOCK waits for newer ones.
     last_seen: Mutex<String>,
     waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
@@ -165,6 +223,8 @@ pub struct StreamSettings<'a> {
     pub node: &'a str,
     pub claim_idle: Duration,
     pub max_deliveries: u32,
+    /// Entries beyond this size go to the dead letters unread (`too_large`).
+    pub max_event_bytes: usize,
 }
 
 impl RedisStream {
@@ -201,6 +261,7 @@ impl RedisStream {
             node: settings.node.to_owned(),
             claim_idle: settings.claim_idle,
             max_deliveries: settings.max_deliveries,
+            max_event_bytes: settings.max_event_bytes,
             last_seen: Mutex::new("0-0".to_owned()),
             waiters,
             read: Script::new(READ_SCRIPT),
@@ -224,16 +285,42 @@ impl RedisStream {
         let reply: Value = self
             .read
             .key(&self.keys.stream)
+            .key(&self.keys.dead)
             .arg(&self.keys.group)
             .arg(&self.node)
             .arg(count.max(1))
             .arg(&self.keys.seq_prefix)
             .arg(QUEUE_TTL_MS)
+            .arg(self.max_event_bytes)
+            .arg(DEAD_LETTERS_MAXLEN)
             .invoke_async(&mut self.conn())
             .await?;
         let Value::Array(mut parts) = reply else {
             return Ok(Vec::new());
         };
+        if let Some(Value::Array(refused)) = parts.pop() {
+            for refused in refused {
+                let Value::Array(mut fields) = refused else {
+                    continue;
+                };
+                let size = match fields.pop() {
+                    Some(Value::Int(size)) => size,
+                    _ => 0,
+                };
+                let kind = fields.pop().and_then(bulk_bytes);
+                let id = fields.pop().and_then(bulk_string).unwrap_or_default();
+                tracing::warn!(
+                    id,
+                    size,
+                    limit = self.max_event_bytes,
+                    "entry beyond RELAY_MAX_EVENT_BYTES: dead-lettered unread"
+                );
+                metrics::stream_dead_lettered(
+                    metrics::entry_type(kind.as_deref()),
+                    DecodeReason::TooLarge,
+                );
+            }
+        }
         let first: HashSet<String> = match parts.pop() {
             Some(Value::Array(ids)) => ids.into_iter().filter_map(bulk_string).collect(),
             _ => HashSet::new(),
@@ -243,9 +330,9 @@ impl RedisStream {
         for entry in &mut entries {
             entry.first_in_order = first.contains(&entry.id);
         }
-        // Waiting for new entries starts after the last one seen: the tail
-        // of the stream, or the newest entry just read.
-        if let Some(last) = entries.last().map(|e| e.id.clone()).or(last) {
+        // Waiting for new entries starts after the last one seen: the newest
+        // entry just read (dead-lettered ones too), or the tail of the stream.
+        if let Some(last) = last {
             *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = last;
         }
         Ok(entries)
@@ -459,7 +546,7 @@ impl EventStream for RedisStream {
                     Ok(()) => claimed.dead_lettered += 1,
                     Err(e) if e.is_transient() => return Err(e),
                     Err(e) => {
-                        crate::metrics::store_error(StoreOp::DeadLetter);
+                        metrics::store_error(StoreOp::DeadLetter);
                         tracing::error!(id, error = %e, "entry not dead-lettered");
                     }
                 }
@@ -722,13 +809,19 @@ impl EventStream for RedisStream {
             .ids
             .into_iter()
             .map(|mut row| {
-                let mut take = |k: &str| row.map.remove(k).and_then(bulk_string);
+                let mut take = |k: &str| row.map.remove(k).and_then(bulk_bytes);
+                let (id, kind, data) = (take("id"), take("type"), take("data"));
+                let (reason, node) = (take("reason"), take("node"));
+                let text = |v: Option<Vec<u8>>| {
+                    v.map(|v| String::from_utf8_lossy(&v).into_owned())
+                        .unwrap_or_default()
+                };
                 DeadLetter {
-                    id: take("id").unwrap_or_default(),
-                    kind: take("type"),
-                    data: take("data"),
-                    reason: take("reason").unwrap_or_default(),
-                    node: take("node").unwrap_or_default(),
+                    id: text(id),
+                    kind,
+                    data,
+                    reason: text(reason),
+                    node: text(node),
                 }
             })
             .collect();

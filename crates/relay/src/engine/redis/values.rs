@@ -16,6 +16,16 @@ pub fn bulk_string(value: Value) -> Option<String> {
     }
 }
 
+/// A value's bytes as they are, text or not.
+pub fn bulk_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
 /// `[k1, v1, k2, v2, ...]` (RESP2) or a map (RESP3) into a map.
 pub fn field_map(value: Value) -> HashMap<String, Value> {
     let mut map = HashMap::new();
@@ -54,10 +64,10 @@ pub fn parse_entry(value: Value) -> Option<(String, HashMap<String, Value>)> {
     Some((id, fields))
 }
 
-/// A stream entry as XRANGE, XREAD or XCLAIM gave it; a field that is not
-/// text reads as missing.
+/// A stream entry as XRANGE, XREAD or XCLAIM gave it, its fields' bytes
+/// as they are.
 pub fn stream_entry(mut entry: StreamId) -> StreamEntry {
-    let mut take = |k: &str| entry.map.remove(k).and_then(bulk_string);
+    let mut take = |k: &str| entry.map.remove(k).and_then(bulk_bytes);
     StreamEntry {
         kind: take("type"),
         data: take("data"),
@@ -75,8 +85,8 @@ pub fn parse_entries(value: Value) -> Vec<StreamEntry> {
         .filter_map(parse_entry)
         .map(|(id, mut fields)| StreamEntry {
             id,
-            kind: fields.remove("type").and_then(bulk_string),
-            data: fields.remove("data").and_then(bulk_string),
+            kind: fields.remove("type").and_then(bulk_bytes),
+            data: fields.remove("data").and_then(bulk_bytes),
             first_in_order: false,
         })
         .collect()
@@ -110,12 +120,32 @@ mod tests {
         let entries: Vec<_> = claimed.ids.into_iter().map(stream_entry).collect();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, "1-0");
-        assert_eq!(entries[0].kind.as_deref(), Some("order.status"));
-        assert_eq!(entries[0].data.as_deref(), Some("{}"));
+        assert_eq!(entries[0].kind_str(), Some("order.status"));
+        assert_eq!(entries[0].data_str(), Some("{}"));
         assert_eq!(
-            (entries[1].id.as_str(), entries[1].kind.as_deref()),
+            (entries[1].id.as_str(), entries[1].kind_str()),
             ("2-0", None)
         );
+    }
+
+    #[test]
+    fn fields_that_are_not_text_keep_their_bytes() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("1-0"),
+            Value::Array(vec![
+                bulk("type"),
+                Value::BulkString(b"order.\xffstatus".to_vec()),
+                bulk("data"),
+                Value::BulkString(b"{\"a\":\"\xc3\x28\"}".to_vec()),
+            ]),
+        ])]);
+        let entries = parse_entries(reply);
+        assert_eq!(entries[0].kind.as_deref(), Some(&b"order.\xffstatus"[..]));
+        assert_eq!(
+            entries[0].data.as_deref(),
+            Some(&b"{\"a\":\"\xc3\x28\"}"[..])
+        );
+        assert_eq!(entries[0].kind_str(), None);
     }
 
     #[test]
@@ -134,7 +164,7 @@ mod tests {
         ]);
         let entries = parse_entries(reply);
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[0].kind.as_deref(), Some("order.status"));
+        assert_eq!(entries[0].kind_str(), Some("order.status"));
         assert_eq!(entries[1].id, "2-0");
         assert_eq!(entries[1].data, None);
     }

@@ -211,7 +211,7 @@ pub fn assemble(
 
     // Oldest first: later positions and steps win.
     for entry in events {
-        let (Some(kind), Some(data)) = (entry.kind.as_deref(), entry.data.as_deref()) else {
+        let (Some(kind), Some(data)) = (entry.kind_str(), entry.data_str()) else {
             continue;
         };
         let Ok(Value::Object(data)) = serde_json::from_str::<Value>(data) else {
@@ -402,8 +402,8 @@ mod tests {
     fn entry(id: &str, kind: &str, data: Value) -> StreamEntry {
         StreamEntry {
             id: id.to_owned(),
-            kind: Some(kind.to_owned()),
-            data: Some(data.to_string()),
+            kind: Some(kind.as_bytes().to_vec()),
+            data: Some(data.to_string().into_bytes()),
             first_in_order: false,
         }
     }

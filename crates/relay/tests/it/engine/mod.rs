@@ -120,6 +120,7 @@ fn redis_node(server: &RedisServer, prefix: &str, node_id: &str, s: &Settings) -
         node_id,
         claim_idle: s.claim_idle,
         max_deliveries: s.max_deliveries,
+        max_event_bytes: 64 * 1024,
         location_ttl: s.location_ttl,
         history_size: s.history_size,
         history_ttl: s.history_ttl,

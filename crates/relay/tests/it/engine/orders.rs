@@ -16,7 +16,7 @@ conformance! {
     active_orders_are_listed_per_customer_store_and_driver_oldest_first,
     an_ended_order_is_listed_nowhere,
     newest_lists_the_latest_active_orders_oldest_first,
-    recreating_an_order_starts_it_afresh,
+    creating_an_active_order_again_leaves_it_as_it_is,
 }
 
 fn customer(id: &str) -> Principal {
@@ -51,7 +51,8 @@ async fn create<E: Engine>(
     at: u64,
 ) -> ActiveOrder {
     let order = ActiveOrder::placed(id, customer, store, at);
-    engine.orders().create(&order).await.expect("create");
+    let active = engine.orders().create(&order).await.expect("create");
+    assert_eq!(active, None, "{id} was not active before");
     order
 }
 
@@ -248,21 +249,38 @@ async fn newest_lists_the_latest_active_orders_oldest_first<E: Engine>(engine: &
     assert!(newest(0).await.is_empty());
 }
 
-async fn recreating_an_order_starts_it_afresh<E: Engine>(engine: &E) {
-    // order.created handled again (redelivered after a node died), after
-    // the order had moved on.
+/// issue #15 (5) and #17: `order.created` handled again for an active
+/// order (redelivered after a node died, or naming other parties) changes
+/// nothing: the order keeps its parties, status, count and driver, and the
+/// active one is returned for the dispatcher to judge.
+async fn creating_an_active_order_again_leaves_it_as_it_is<E: Engine>(engine: &E) {
     let orders = engine.orders();
     create(engine, "o1", "c1", "s1", 1_000).await;
     orders
         .set_status("o1", "accepted", 2_000)
         .await
         .expect("status");
-    orders.assign("o1", "d1", 3_000).await.expect("assign");
-    let again = create(engine, "o1", "c1", "s1", 4_000).await;
-    assert_eq!(orders.get("o1").await.expect("get"), Some(again));
+    let moved_on = orders
+        .assign("o1", "d1", 3_000)
+        .await
+        .expect("assign")
+        .expect("active");
+    for (customer_id, store_id) in [("c1", "s1"), ("c2", "s2")] {
+        let again = ActiveOrder::placed("o1", customer_id, store_id, 4_000);
+        let active = orders.create(&again).await.expect("create again");
+        assert_eq!(active.as_ref(), Some(&moved_on), "{customer_id}/{store_id}");
+        assert_eq!(orders.get("o1").await.expect("get"), Some(moved_on.clone()));
+    }
+    assert_eq!(moved_on.status, "accepted");
+    assert_eq!(moved_on.seq, 1);
     assert_eq!(listed(engine, &customer("c1")).await, ["o1"]);
-    assert!(
-        listed(engine, &driver("d1")).await.is_empty(),
-        "the order has no driver any more: no driver lists it"
-    );
+    assert_eq!(listed(engine, &merchant(&["s1"])).await, ["o1"]);
+    assert_eq!(listed(engine, &driver("d1")).await, ["o1"]);
+    assert!(listed(engine, &customer("c2")).await.is_empty());
+    assert!(listed(engine, &merchant(&["s2"])).await.is_empty());
+    // Once ended, the id may start a new order.
+    orders.end("o1").await.expect("end");
+    create(engine, "o1", "c2", "s2", 5_000).await;
+    assert_eq!(listed(engine, &customer("c2")).await, ["o1"]);
+    assert!(listed(engine, &customer("c1")).await.is_empty());
 }

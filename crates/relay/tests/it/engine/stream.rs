@@ -24,6 +24,7 @@ conformance! {
     an_entry_not_in_any_queue_does_not_wait,
     a_cancelled_wait_for_the_turn_returns,
     dead_letters_keep_the_raw_entry_and_release_its_order,
+    dead_letters_keep_fields_that_are_not_text_byte_for_byte,
     an_offer_has_exactly_one_outcome,
     offer_state_goes_fresh_offered_decided,
     entries_in_flight_are_never_claimed(Settings {
@@ -95,12 +96,8 @@ async fn appended_entries_are_read_once_in_stream_order<E: Engine>(engine: &E) {
     assert_eq!(ids(&first), appended[..2], "read_new takes at most `count`");
     assert_eq!(ids(&rest), appended[2..]);
     for (entry, (kind, data)) in first.iter().chain(&rest).zip(sent) {
-        assert_eq!(entry.kind.as_deref(), Some(kind));
-        assert_eq!(
-            entry.data.as_deref(),
-            Some(data),
-            "data read back as appended"
-        );
+        assert_eq!(entry.kind_str(), Some(kind));
+        assert_eq!(entry.data_str(), Some(data), "data read back as appended");
     }
     assert!(read_all(engine).await.is_empty(), "each entry is read once");
 }
@@ -175,8 +172,8 @@ async fn recent_events_come_newest_last_and_outlive_their_ack<E: Engine>(engine:
     }
     let recent = stream.recent_events(2).await.expect("recent_events");
     assert_eq!(ids(&recent), appended[1..]);
-    assert_eq!(recent[1].kind.as_deref(), Some("admin.alert"));
-    assert_eq!(recent[1].data.as_deref(), Some(r#"{"n":2}"#));
+    assert_eq!(recent[1].kind_str(), Some("admin.alert"));
+    assert_eq!(recent[1].data_str(), Some(r#"{"n":2}"#));
     assert_eq!(stream.recent_events(100).await.expect("recent").len(), 3);
 }
 
@@ -354,8 +351,8 @@ async fn dead_letters_keep_the_raw_entry_and_release_its_order<E: Engine>(engine
         .map(|d| {
             (
                 d.id.as_str(),
-                d.kind.as_deref(),
-                d.data.as_deref(),
+                text(&d.kind),
+                text(&d.data),
                 d.reason.as_str(),
             )
         })
@@ -392,6 +389,36 @@ async fn dead_letters_keep_the_raw_entry_and_release_its_order<E: Engine>(engine
     )
     .await
     .expect("turn");
+}
+
+fn text(field: &Option<Vec<u8>>) -> Option<&str> {
+    field.as_deref().and_then(|b| std::str::from_utf8(b).ok())
+}
+
+/// CONTRACT §3, issue #15 (4): `type` and `data` are kept as they were,
+/// also when they are not UTF-8 text.
+async fn dead_letters_keep_fields_that_are_not_text_byte_for_byte<E: Engine>(engine: &E) {
+    let stream = engine.stream();
+    let kind = b"order.st\xc3\x28tus".to_vec();
+    let data = b"{\"order_id\":\"o1\",\"status\":\"\xff\xfe\"}".to_vec();
+    let entry = StreamEntry {
+        id: "1-2".to_owned(),
+        kind: Some(kind.clone()),
+        data: Some(data.clone()),
+        first_in_order: false,
+    };
+    stream
+        .dead_letter(&entry, "invalid_utf8: `type` is not UTF-8 text")
+        .await
+        .expect("dead_letter");
+    let dead = stream.recent_dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].kind.as_deref(), Some(kind.as_slice()));
+    assert_eq!(dead[0].data.as_deref(), Some(data.as_slice()));
+    assert!(dead[0].reason.starts_with("invalid_utf8"));
+    // As JSON (the operations API) the bytes that are not text show as U+FFFD.
+    let json = serde_json::to_value(&dead[0]).expect("json");
+    assert_eq!(json["type"], "order.st\u{fffd}(tus");
 }
 
 fn ids_of(dead: &[relay::engine::DeadLetter]) -> Vec<&str> {
@@ -529,7 +556,7 @@ async fn a_restarted_node_reads_its_own_pending_entries_first(f: &Fixture<RedisE
         .await
         .expect("own_pending");
     assert_eq!(ids(&own), [&a2], "only its own unacked entries");
-    assert_eq!(own[0].data.as_deref(), Some(r#"{"n":2}"#));
+    assert_eq!(own[0].data_str(), Some(r#"{"n":2}"#));
     assert!(
         f.peer()
             .stream()
@@ -554,7 +581,7 @@ async fn a_peer_claims_the_entries_of_a_stopped_node(f: &Fixture<RedisEngine>) {
     .await;
     assert_eq!(ids(&claimed.entries), [&a1, &a2]);
     assert_eq!(
-        claimed.entries[0].data.as_deref(),
+        claimed.entries[0].data_str(),
         Some(status("o1", "accepted").as_str())
     );
     assert_eq!(claimed.dead_lettered, 0);
@@ -652,8 +679,8 @@ async fn entries_delivered_too_often_go_to_the_dead_letters(f: &Fixture<RedisEng
         .expect("dead");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, a1);
-    assert_eq!(dead[0].kind.as_deref(), Some("order.status"));
-    assert_eq!(dead[0].data.as_deref(), Some(raw.as_str()));
+    assert_eq!(dead[0].kind.as_deref(), Some(&b"order.status"[..]));
+    assert_eq!(dead[0].data.as_deref(), Some(raw.as_bytes()));
     assert_eq!(f.engine.stream().stats().await.expect("stats").pending, 0);
     // The order is released: its next entry goes.
     within(
