@@ -200,3 +200,35 @@ async fn embedded_mode_runs_the_same_events_through_the_publish_api() {
         "preparing"
     );
 }
+
+/// issue #15 (7d): the publish API refuses an event whose entry would be
+/// beyond `RELAY_MAX_EVENT_BYTES` with 413, whether its body is read or not,
+/// and appends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_api_refuses_events_beyond_the_size_limit() {
+    let cluster = Cluster::start("publish413", 1, &[("RELAY_MAX_EVENT_BYTES", "65536")]).await;
+    let url = cluster.url(0);
+    let alert = |n: usize| {
+        json!({"type": "admin.alert", "data": {"level": "info", "message": "x".repeat(n)}})
+            .to_string()
+    };
+    for n in [70 * 1024, 1024 * 1024] {
+        let (status, body) = publish(&url, Some(API_KEY), &alert(n)).await;
+        assert_eq!(status, 413, "{n} bytes: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("RELAY_MAX_EVENT_BYTES")),
+            "{body}"
+        );
+    }
+    assert!(
+        cluster.entries("events").await.is_empty(),
+        "nothing appended"
+    );
+    let (status, _) = publish(&url, Some(API_KEY), &alert(60 * 1024)).await;
+    assert_eq!(status, 202, "within the limit");
+    let refused =
+        crate::support::metric(&url, "relay_publish_rejected_total{reason=\"too_large\"}").await;
+    assert_eq!(refused, 2.0);
+}
