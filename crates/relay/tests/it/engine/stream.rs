@@ -46,6 +46,7 @@ cluster! {
         claim_idle: Duration::from_millis(300),
         ..Settings::default()
     }),
+    the_read_script_queues_an_entry_by_its_order_only_when_its_data_is_text,
     entries_delivered_too_often_go_to_the_dead_letters(Settings {
         claim_idle: Duration::from_millis(100),
         max_deliveries: 2,
@@ -736,4 +737,52 @@ async fn a_queue_head_no_longer_pending_stops_blocking_its_order(f: &Fixture<Red
     )
     .await
     .expect("turn");
+}
+
+/// The read script takes an entry's order only from `data` that is UTF-8
+/// text, as `sequence_key` does: an entry it queued and the node could not
+/// key would block its order until the stale-head check.
+async fn the_read_script_queues_an_entry_by_its_order_only_when_its_data_is_text(
+    f: &Fixture<RedisEngine>,
+) {
+    let server = f.redis.as_ref().expect("redis fixture");
+    let mut conn = server.connection().await;
+    let cases: [(&str, &[u8], bool); 7] = [
+        ("ascii", b"", true),
+        (
+            "two, three and four bytes",
+            "\u{e9}\u{20ac}\u{1f680}".as_bytes(),
+            true,
+        ),
+        ("a stray continuation byte", b"\x80", false),
+        ("an overlong encoding", b"\xc0\xaf", false),
+        ("a surrogate", b"\xed\xa0\x80", false),
+        ("beyond U+10FFFF", b"\xf4\x90\x80\x80", false),
+        ("cut short", b"ab\xe2\x82", false),
+    ];
+    for (n, (what, text, _)) in cases.iter().enumerate() {
+        let mut data = format!(r#"{{"order_id":"q{n}","status":"x","note":""#).into_bytes();
+        data.extend_from_slice(text);
+        data.extend_from_slice(b"\"}");
+        let _: String = ::redis::cmd("XADD")
+            .arg(format!("{}events", f.prefix))
+            .arg("*")
+            .arg("type")
+            .arg("order.status")
+            .arg("data")
+            .arg(&data)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("XADD {what}: {e}"));
+    }
+    let read = read_all(&f.engine).await;
+    assert_eq!(read.len(), cases.len());
+    for (entry, (what, text, queued)) in read.iter().zip(cases) {
+        assert_eq!(entry.first_in_order, queued, "{what}");
+        let data = entry.data.as_deref().expect("data");
+        assert!(
+            data.ends_with(&[text, b"\"}"].concat()),
+            "{what}: bytes kept"
+        );
+    }
 }
