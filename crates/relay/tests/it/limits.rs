@@ -339,18 +339,57 @@ async fn closed_by_node(stream: &mut tokio::net::TcpStream, bound: Duration) -> 
 
 /// The value of one series through `client`'s kept-alive connection (a new
 /// one may be refused while pending connections are full).
-async fn metric_through(client: &reqwest::Client, url: &str, series: &str) -> f64 {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// One HTTP/1.1 connection kept open by hand: a pooled client may open a
+/// second connection whenever it likes, and that one would meet the bound.
+struct KeptAlive(tokio::net::TcpStream);
+
+impl KeptAlive {
+    async fn open(addr: &str) -> Self {
+        Self(tokio::net::TcpStream::connect(addr).await.expect("connect"))
+    }
+
+    /// GET `path` on this connection: the status and the body.
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n");
+        self.0
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let read = async {
+            loop {
+                let n = self.0.read(&mut chunk).await.expect("read response");
+                assert!(n > 0, "connection closed by the node");
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .expect("content-length");
+                if buf.len() >= end + 4 + length {
+                    let status = head[9..12].parse().expect("status");
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + length]);
+                    return (status, body.into_owned());
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .expect("response in time")
+    }
+
+    async fn metric(&mut self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,13 +493,8 @@ async fn a_flood_of_silent_connections_beyond_the_bound_is_closed_and_the_node_k
     let addr = url.trim_start_matches("http://").to_owned();
     // Connected before the flood: a client with a kept-alive HTTP
     // connection (itself pending: it is no session), and a socket.
-    let keep = http();
-    let status = keep
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(status.status(), 200);
+    let mut keep = KeptAlive::open(&addr).await;
+    assert_eq!(keep.get("/healthz").await.0, 200);
     let socket = try_connect(&url, &token("f1", Role::Customer))
         .await
         .expect("socket");
@@ -486,15 +520,10 @@ async fn a_flood_of_silent_connections_beyond_the_bound_is_closed_and_the_node_k
         "{closed} of {FLOOD} closed with {BOUND} pending allowed"
     );
     let full = "relay_http_connections_closed_total{reason=\"pending_full\"}";
-    assert_eq!(metric_through(&keep, &url, full).await, closed as f64);
+    assert_eq!(keep.metric(full).await, closed as f64);
 
     // During the flood: the kept-alive connection and the socket are served.
-    let status = keep
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(status.status(), 200);
+    assert_eq!(keep.get("/healthz").await.0, 200);
     let ack = socket
         .emit_with_ack("order:subscribe", json!({"order_id": "nope"}), WAIT)
         .await
