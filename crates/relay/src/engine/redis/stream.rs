@@ -72,9 +72,11 @@ const STALE_HEAD_CHECK: Duration = Duration::from_secs(1);
 /// went to the head of an empty queue, entries refused as too large}.
 ///
 /// An entry beyond the size limit (its field names and values together) is
-/// copied to the dead letters as it is and acked right here: it never
-/// leaves Redis, never reaches a node's memory, is never decoded, emitted
-/// or recorded. Each refused one comes back as {id, type (when at most 64
+/// copied to the dead letters as it is and acked right here: the read
+/// script never returns it, so it is never decoded, emitted or recorded.
+/// (It still reaches an idle node once, whole, in the reply of the
+/// `XREAD BLOCK` that only wakes the consumer: Redis has no way to wait
+/// for an entry without sending it. Measured in docs/reliability.md.) Each refused one comes back as {id, type (when at most 64
 /// bytes), size} for the node's metrics and log.
 ///
 /// Only `data` that is UTF-8 text is looked into for its order: the node
@@ -223,7 +225,7 @@ pub struct StreamSettings<'a> {
     pub node: &'a str,
     pub claim_idle: Duration,
     pub max_deliveries: u32,
-    /// Entries beyond this size go to the dead letters unread (`too_large`).
+    /// Entries beyond this size go to the dead letters undecoded (`too_large`).
     pub max_event_bytes: usize,
 }
 
@@ -313,7 +315,7 @@ impl RedisStream {
                     id,
                     size,
                     limit = self.max_event_bytes,
-                    "entry beyond RELAY_MAX_EVENT_BYTES: dead-lettered unread"
+                    "entry beyond RELAY_MAX_EVENT_BYTES: dead-lettered undecoded"
                 );
                 metrics::stream_dead_lettered(
                     metrics::entry_type(kind.as_deref()),
