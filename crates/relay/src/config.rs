@@ -70,6 +70,20 @@ pub struct ServeArgs {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
 
+    /// PEM file of the CA(s) that sign the Redis server's certificate
+    /// (needs a rediss:// REDIS_URL) [default: the system's roots].
+    #[arg(long, env = "RELAY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate (chain), for a Redis that requires mutual TLS;
+    /// needs RELAY_REDIS_CLIENT_KEY.
+    #[arg(long, env = "RELAY_REDIS_CLIENT_CERT")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of RELAY_REDIS_CLIENT_CERT.
+    #[arg(long, env = "RELAY_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
+
     /// HS256 secret for client tokens.
     #[arg(long, env = "RELAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
@@ -401,6 +415,113 @@ pub struct HttpConfig {
     pub max_pending: usize,
 }
 
+/// TLS files for a `rediss://` Redis, read and parsed at start. Empty:
+/// the system's roots, no client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// PEM of the CA(s) to trust instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<ClientIdentity>,
+}
+
+/// A client certificate and its key, for mutual TLS.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientIdentity { .. }")
+    }
+}
+
+impl RedisTls {
+    fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+        let certificates = |setting: &'static str, path: &PathBuf| {
+            let pem = read_file(setting, path)?;
+            let parsed = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    ConfigError::new(setting, format!("{} is not PEM: {e}", path.display()))
+                })?;
+            if parsed.is_empty() {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            Ok(pem)
+        };
+        let ca_pem = match &args.redis_ca_file {
+            Some(path) => Some(certificates("RELAY_REDIS_CA_FILE", path)?),
+            None => None,
+        };
+        let client = match (&args.redis_client_cert, &args.redis_client_key) {
+            (Some(cert), Some(key)) => {
+                let cert_pem = certificates("RELAY_REDIS_CLIENT_CERT", cert)?;
+                let key_pem = read_file("RELAY_REDIS_CLIENT_KEY", key)?;
+                // The parser's message names the PEM section, never the key.
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+                    ConfigError::new(
+                        "RELAY_REDIS_CLIENT_KEY",
+                        format!("{} holds no PEM private key", key.display()),
+                    )
+                })?;
+                Some(ClientIdentity { cert_pem, key_pem })
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "RELAY_REDIS_CLIENT_KEY",
+                    "required with RELAY_REDIS_CLIENT_CERT",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "RELAY_REDIS_CLIENT_CERT",
+                    "required with RELAY_REDIS_CLIENT_KEY",
+                ));
+            }
+            (None, None) => None,
+        };
+        let tls = Self { ca_pem, client };
+        if !tls.is_empty() {
+            let is_tls = args.redis_url.as_ref().is_some_and(|url| {
+                matches!(
+                    redis::IntoConnectionInfo::into_connection_info(url.expose())
+                        .map(|info| info.addr().clone()),
+                    Ok(redis::ConnectionAddr::TcpTls { .. })
+                )
+            });
+            if !is_tls {
+                let setting = if args.redis_ca_file.is_some() {
+                    "RELAY_REDIS_CA_FILE"
+                } else {
+                    "RELAY_REDIS_CLIENT_CERT"
+                };
+                return Err(ConfigError::new(
+                    setting,
+                    "needs a rediss:// REDIS_URL (TLS); a redis:// or unset one would not use it",
+                ));
+            }
+        }
+        Ok(tls)
+    }
+
+    /// No file given: the system's roots, no client certificate.
+    pub fn is_empty(&self) -> bool {
+        self.ca_pem.is_none() && self.client.is_none()
+    }
+}
+
+fn read_file(setting: &'static str, path: &PathBuf) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path)
+        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {e}", path.display())))
+}
+
 /// Default readiness drain after SIGTERM, when the grace period allows it.
 const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
@@ -409,6 +530,7 @@ const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 pub struct Config {
     pub addr: SocketAddr,
     pub redis_url: Option<Secret>,
+    pub redis_tls: RedisTls,
     pub jwt: JwtConfig,
     pub api_key: Option<Secret>,
     pub node_id: String,
@@ -434,6 +556,7 @@ pub struct Config {
 impl Config {
     /// Checks the settings against each other and loads the files they name.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let redis_tls = RedisTls::from_args(&args)?;
         let key = match (args.jwt_secret, args.jwt_public_key) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
@@ -570,6 +693,7 @@ impl Config {
         Ok(Self {
             addr: args.addr,
             redis_url: args.redis_url,
+            redis_tls,
             jwt: JwtConfig {
                 key,
                 issuer: args.jwt_issuer.filter(|s| !s.is_empty()),

@@ -3,6 +3,8 @@
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
+use crate::metrics::RedisFailure;
+
 /// A failure of the backing store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +30,14 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
+    /// The Redis error behind this one, if any.
+    pub fn redis(&self) -> Option<&RedisError> {
+        match self {
+            Self::Unavailable(e) | Self::Timeout(e) | Self::Reply(e) => Some(e),
+            Self::Cancelled | Self::BadData(_) => None,
+        }
+    }
+
     /// Whether the same operation may succeed later without anyone changing
     /// anything: worth retrying in place. Everything else is reported (and,
     /// for a stream entry, left to the claim and dead-letter path).
@@ -83,6 +93,82 @@ impl From<RedisError> for StoreError {
             _ => Self::Reply(e),
         }
     }
+}
+
+/// Why a Redis error keeps this node from using Redis: the cause that the
+/// one log line names and `relay_redis_connect_errors_total` counts.
+pub fn redis_failure(e: &RedisError) -> RedisFailure {
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+    {
+        return RedisFailure::Auth;
+    }
+    if e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) || e.code() == Some("NOPERM") {
+        return RedisFailure::Permission;
+    }
+    if is_tls(e) {
+        return RedisFailure::Tls;
+    }
+    RedisFailure::Unreachable
+}
+
+/// The one line that tells an operator why this node cannot use Redis.
+/// Neither the URL nor the password is in it: Redis's own messages carry
+/// neither, and for a refused password only the cause is shown.
+pub fn log_redis_failure(cause: RedisFailure, e: &RedisError) {
+    match cause {
+        RedisFailure::Tls => tracing::error!(
+            cause = cause.as_str(),
+            error = %e,
+            "redis TLS handshake failed: the server's certificate does not verify \
+             against RELAY_REDIS_CA_FILE (or the system's roots), or the server \
+             refused the client certificate (RELAY_REDIS_CLIENT_CERT); node stays unready"
+        ),
+        RedisFailure::Auth => tracing::error!(
+            cause = cause.as_str(),
+            "redis refused the user name or password of REDIS_URL; node stays unready"
+        ),
+        RedisFailure::Permission => tracing::error!(
+            cause = cause.as_str(),
+            error = %e,
+            "the redis ACL user of REDIS_URL lacks a permission relay needs \
+             (docs/deploy.md lists them); node stays unready"
+        ),
+        RedisFailure::Unreachable => {
+            tracing::warn!(cause = cause.as_str(), error = %e, "redis unreachable")
+        }
+    }
+}
+
+/// A TLS failure: a certificate that does not verify, an alert from the
+/// server refusing ours. The handshake's own error when it is still in the
+/// chain; its text otherwise, because the connection manager hands every
+/// waiter a copy of a failed connect, in which an I/O error keeps only its
+/// kind and message.
+fn is_tls(e: &RedisError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    if matches!(e.kind(), ErrorKind::Server(_)) {
+        return false;
+    }
+    // rustls's messages: "invalid peer certificate: UnknownIssuer",
+    // "received fatal alert: CertificateRequired", "peer sent no certificates".
+    let text = e.to_string();
+    ["certificate", "fatal alert", "handshake"]
+        .iter()
+        .any(|word| text.contains(word))
 }
 
 /// A failure to set an engine up.
@@ -179,6 +265,32 @@ mod tests {
         let auth: StoreError =
             RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS")).into();
         assert!(matches!(auth, StoreError::Reply(_)) && !auth.is_transient());
+    }
+
+    #[test]
+    fn redis_failures_are_classified_by_cause() {
+        let io = |msg: &str| {
+            RedisError::from(io::Error::new(io::ErrorKind::InvalidData, msg.to_owned()))
+        };
+        let rustls = RedisError::from(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        assert_eq!(redis_failure(&rustls), RedisFailure::Tls);
+        assert_eq!(
+            redis_failure(&io("invalid peer certificate: UnknownIssuer")),
+            RedisFailure::Tls
+        );
+        assert_eq!(
+            redis_failure(&io("received fatal alert: CertificateRequired")),
+            RedisFailure::Tls
+        );
+        let wrongpass = RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS"));
+        assert_eq!(redis_failure(&wrongpass), RedisFailure::Auth);
+        let noperm = RedisError::from((ErrorKind::Server(ServerErrorKind::NoPerm), "no"));
+        assert_eq!(redis_failure(&noperm), RedisFailure::Permission);
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(redis_failure(&refused), RedisFailure::Unreachable);
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod memory;
 pub mod redis;
 mod traits;
 
-pub use error::{EngineError, StoreError, StoreResult};
+pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
     OrderStore, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, entry_size,

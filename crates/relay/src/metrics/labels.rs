@@ -200,3 +200,19 @@ label_set! {
         PendingFull => "pending_full",
     }
 }
+
+label_set! {
+    /// The `cause` of `relay_redis_connect_errors_total`: why Redis could
+    /// not be used. Only `unreachable` passes by itself; the others wait for
+    /// an operator.
+    RedisFailure {
+        /// The server's certificate does not verify, or the server refused ours.
+        Tls => "tls",
+        /// A wrong user name or password (WRONGPASS, NOAUTH).
+        Auth => "auth",
+        /// The ACL user lacks a command, key or channel the relay needs (NOPERM).
+        Permission => "permission",
+        /// Refused, reset, timed out, or anything else on the way.
+        Unreachable => "unreachable",
+    }
+}

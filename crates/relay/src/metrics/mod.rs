@@ -13,8 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, ShedReason, StoreOp,
-    Transport,
+    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, RedisFailure, ShedReason,
+    StoreOp, Transport,
 };
 
 use crate::{
@@ -42,6 +42,7 @@ pub const RECOVERIES: &str = "relay_recoveries_total";
 pub const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
 pub const SLOW_CLIENTS: &str = "relay_slow_client_disconnects_total";
 pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
+pub const REDIS_CONNECT_ERRORS: &str = "relay_redis_connect_errors_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
@@ -200,6 +201,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     }
     counter!(SLOW_CLIENTS).absolute(0);
     counter!(REDIS_REDIALS).absolute(0);
+    for cause in RedisFailure::ALL {
+        counter!(REDIS_CONNECT_ERRORS, "cause" => cause.as_str()).absolute(0);
+    }
     for reason in ShedReason::ALL {
         counter!(CONNECTIONS_SHED, "reason" => reason.as_str()).absolute(0);
     }
@@ -256,6 +260,10 @@ fn describe() {
     describe_counter!(
         REDIS_REDIALS,
         "Times every Redis connection was dropped and dialed again after the link went silent."
+    );
+    describe_counter!(
+        REDIS_CONNECT_ERRORS,
+        "Failed attempts to use Redis, by cause (tls, auth, permission, unreachable)."
     );
     describe_counter!(
         SLOW_CLIENTS,
@@ -492,6 +500,12 @@ pub fn set_http_pending(connections: usize) {
 /// Every Redis connection dropped for a new one after failed health probes.
 pub fn redis_redial() {
     counter!(REDIS_REDIALS).increment(1);
+}
+
+/// A failed attempt to use Redis (a health probe, creating the consumer
+/// group), by cause.
+pub fn redis_connect_error(cause: RedisFailure) {
+    counter!(REDIS_CONNECT_ERRORS, "cause" => cause.as_str()).increment(1);
 }
 
 /// A socket disconnected because it stopped reading and its buffer filled.

@@ -60,6 +60,7 @@ pub(super) fn redis_engine(
     let engine = RedisEngine::with_tasks(
         RedisSettings {
             url,
+            tls: &config.redis_tls,
             key_prefix: &config.key_prefix,
             node_id: &config.node_id,
             claim_idle: config.stream.claim_idle,

@@ -13,9 +13,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::tasks::Tasks;
 use crate::{
-    engine::{Engine, EventStream, Health, StoreError, StreamEntry},
+    engine::{
+        Engine, EventStream, Health, StoreError, StreamEntry, log_redis_failure, redis_failure,
+    },
     events::{DecodeError, DecodeReason, decode_entry, sequence_key},
-    metrics::{self, StoreOp},
+    metrics::{self, RedisFailure, StoreOp},
     stream::{Dispatcher, Effect},
 };
 
@@ -114,6 +116,7 @@ impl<E: Engine> Consumer<E> {
 
     async fn prepare(&self) -> bool {
         let mut backoff = Duration::from_millis(100);
+        let mut told = false;
         loop {
             match self.stream().prepare().await {
                 Ok(()) => {
@@ -126,7 +129,18 @@ impl<E: Engine> Consumer<E> {
                     tracing::warn!(error = %e, "consumer group not ready")
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "consumer group cannot be created");
+                    // A refused password or a missing ACL permission is
+                    // counted by cause and told once; other refusals as before.
+                    match e.redis().map(|r| (redis_failure(r), r)) {
+                        Some((cause @ (RedisFailure::Auth | RedisFailure::Permission), r)) => {
+                            metrics::redis_connect_error(cause);
+                            if !told {
+                                log_redis_failure(cause, r);
+                                told = true;
+                            }
+                        }
+                        _ => tracing::error!(error = %e, "consumer group cannot be created"),
+                    }
                     backoff = MAX_BACKOFF;
                 }
             }

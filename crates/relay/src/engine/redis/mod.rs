@@ -12,7 +12,10 @@ mod values;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::{IntoConnectionInfo, ProtocolVersion, aio::ConnectionManagerConfig};
+use redis::{
+    ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
+    TlsCertificates, aio::ConnectionManagerConfig,
+};
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{
     CustomRedisAdapter, InitError, InitRes, RedisAdapterConfig, RedisAdapterCtr,
@@ -24,11 +27,14 @@ pub use history::RedisHistory;
 use link::Link;
 pub use locations::RedisLocations;
 pub use order_store::RedisOrders;
-pub use pubsub::PubSubDriver;
+pub use pubsub::{PubSubDriver, PubSubError};
 pub use stream::{RedisStream, StreamSettings};
 
-use super::{Engine, EngineError, Health, StoreError, StoreResult};
-use crate::config::Secret;
+use super::{
+    Engine, EngineError, Health, StoreError, StoreResult, log_redis_failure, redis_failure,
+};
+use crate::config::{RedisTls, Secret};
+use crate::metrics::RedisFailure;
 use crate::tasks::Tasks;
 
 /// How often the link to Redis is checked for `/readyz`.
@@ -59,6 +65,8 @@ pub struct RedisEngine {
 /// What the Redis engine needs from the configuration.
 pub struct RedisSettings<'a> {
     pub url: &'a Secret,
+    /// CA and client certificate for a `rediss://` URL.
+    pub tls: &'a RedisTls,
     pub key_prefix: &'a str,
     pub node_id: &'a str,
     pub claim_idle: Duration,
@@ -91,13 +99,13 @@ impl RedisEngine {
             .expose()
             .into_connection_info()
             .map_err(|e| EngineError::BadUrl(e.kind()))?;
-        let resp2 = redis::Client::open(info.clone()).map_err(EngineError::Client)?;
+        let resp2 = open_client(info.clone(), settings.tls).map_err(EngineError::Client)?;
         // The adapter's pub/sub rides on RESP3 push messages, whatever the URL says.
         let redis_settings = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let resp3 = redis::Client::open(info.set_redis_settings(redis_settings))
+        let resp3 = open_client(info.set_redis_settings(redis_settings), settings.tls)
             .map_err(EngineError::Client)?;
         let driver = PubSubDriver::new(resp3, connection_config()).map_err(EngineError::Client)?;
         let lazy = |config| Link::new(resp2.clone(), config).map_err(EngineError::Client);
@@ -150,6 +158,31 @@ impl RedisEngine {
             ),
         })
     }
+}
+
+/// Every Redis client of the engine is made here, so that every connection
+/// (commands, blocking reads, pub/sub) speaks TLS with the same files.
+fn open_client(info: ConnectionInfo, tls: &RedisTls) -> redis::RedisResult<redis::Client> {
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return redis::Client::open(info);
+    }
+    // rustls needs one process-wide crypto provider; a second install (another
+    // node in the same process) is refused, harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if tls.is_empty() {
+        // The system's roots.
+        return redis::Client::open(info);
+    }
+    redis::Client::build_with_tls(
+        info,
+        TlsCertificates {
+            client_tls: tls.client.as_ref().map(|c| ClientTlsConfig {
+                client_cert: c.cert_pem.clone(),
+                client_key: c.key_pem.clone(),
+            }),
+            root_cert: tls.ca_pem.clone(),
+        },
+    )
 }
 
 /// Fail fast while Redis is away (callers retry on their own schedule)
@@ -228,24 +261,49 @@ impl Engine for RedisEngine {
         let mut probe: Option<MessageStream<ChanItem>> = None;
         let mut seq: u64 = 0;
         let mut failed: u32 = 0;
+        // The cause last logged, so that a lasting failure is one line.
+        let mut logged: Option<RedisFailure> = None;
         loop {
+            let mut error = None;
             if probe.is_none() {
-                probe = self
-                    .driver
-                    .subscribe(self.probe_channel.clone(), 4)
-                    .await
-                    .ok();
+                match self.driver.subscribe(self.probe_channel.clone(), 4).await {
+                    Ok(stream) => probe = Some(stream),
+                    Err(e) => error = Some(e),
+                }
             }
             seq += 1;
             let up = match probe.as_mut() {
-                Some(stream) => self.round_trip(stream, seq).await,
+                Some(stream) => match self.round_trip(stream, seq).await {
+                    Ok(up) => up,
+                    Err(e) => {
+                        error = Some(e);
+                        false
+                    }
+                },
                 None => false,
             };
-            if up != health.store_up() {
-                if up {
+            if up {
+                if !health.store_up() {
                     tracing::info!("redis reachable");
-                } else {
-                    tracing::warn!("redis unreachable");
+                }
+                logged = None;
+            } else {
+                let cause = error
+                    .as_ref()
+                    .map_or(RedisFailure::Unreachable, |e| redis_failure(e.redis()));
+                crate::metrics::redis_connect_error(cause);
+                // An outage is told once as it begins; a cause only an
+                // operator can fix, once as soon as it is seen.
+                let tell = match cause {
+                    RedisFailure::Unreachable => health.store_up(),
+                    _ => logged != Some(cause),
+                };
+                if tell {
+                    match &error {
+                        Some(e) => log_redis_failure(cause, e.redis()),
+                        None => tracing::warn!(cause = cause.as_str(), "redis unreachable"),
+                    }
+                    logged = Some(cause);
                 }
             }
             health.set_store_up(up);
@@ -285,16 +343,16 @@ impl RedisEngine {
         }
     }
 
-    async fn round_trip(&self, stream: &mut MessageStream<ChanItem>, seq: u64) -> bool {
+    /// Whether a probe came back; an error when it could not even be sent.
+    async fn round_trip(
+        &self,
+        stream: &mut MessageStream<ChanItem>,
+        seq: u64,
+    ) -> Result<bool, PubSubError> {
         let nonce = seq.to_string().into_bytes();
-        let sent = self
-            .driver
+        self.driver
             .publish(self.probe_channel.clone(), nonce.clone())
-            .await
-            .is_ok();
-        if !sent {
-            return false;
-        }
+            .await?;
         // Earlier probes that came back late are skipped.
         let echoed = async {
             while let Some((_, payload)) = stream.next().await {
@@ -304,8 +362,8 @@ impl RedisEngine {
             }
             false
         };
-        tokio::time::timeout(HEALTH_INTERVAL, echoed)
+        Ok(tokio::time::timeout(HEALTH_INTERVAL, echoed)
             .await
-            .unwrap_or(false)
+            .unwrap_or(false))
     }
 }

@@ -96,6 +96,12 @@ fn route_push(push: PushInfo, handlers: &Handlers) {
 #[error("redis pub/sub: {0}")]
 pub struct PubSubError(#[from] redis::RedisError);
 
+impl PubSubError {
+    pub fn redis(&self) -> &redis::RedisError {
+        &self.0
+    }
+}
+
 impl From<PubSubError> for crate::engine::StoreError {
     fn from(PubSubError(e): PubSubError) -> Self {
         e.into()
