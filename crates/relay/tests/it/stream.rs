@@ -182,6 +182,7 @@ async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held(
     // entries of o1 and never handles them.
     let ghost = RedisEngine::new(RedisSettings {
         url: &Secret::new(cluster.redis.url()),
+        tls: &Default::default(),
         key_prefix: &cluster.prefix,
         node_id: "ghost",
         claim_idle: std::time::Duration::from_secs(3),

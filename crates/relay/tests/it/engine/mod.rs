@@ -116,6 +116,7 @@ impl Fixture<RedisEngine> {
 fn redis_node(server: &RedisServer, prefix: &str, node_id: &str, s: &Settings) -> RedisEngine {
     RedisEngine::new(RedisSettings {
         url: &Secret::new(server.url()),
+        tls: &Default::default(),
         key_prefix: prefix,
         node_id,
         claim_idle: s.claim_idle,

@@ -13,7 +13,7 @@ use relay::config::Secret;
 
 pub use cluster::{API_KEY, Cluster, connect, connect_with, expect_event};
 pub use node::{InProcessNode, NodeProcess};
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, TestCerts, TlsRedisServer};
 
 pub const SECRET: &str = "integration-secret";
 /// Upper bound for anything a test waits for.

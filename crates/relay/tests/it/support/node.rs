@@ -49,6 +49,15 @@ impl NodeProcess {
         node
     }
 
+    /// Like [`Self::spawn`] (up, not necessarily ready), with the node's log
+    /// (stderr) in `log`.
+    pub async fn spawn_up_logging_to(env: &[(&str, &str)], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        let node = Self::spawn_with_stderr(env, Stdio::from(file));
+        wait_for_status(&format!("{}/healthz", node.url()), 200).await;
+        node
+    }
+
     fn spawn_unchecked(env: &[(&str, &str)]) -> Self {
         let stderr = if std::env::var_os("RELAY_TEST_LOGS").is_some() {
             Stdio::inherit()

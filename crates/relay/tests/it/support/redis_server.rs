@@ -113,3 +113,158 @@ impl RedisServer {
         }
     }
 }
+
+/// Test certificates made with `openssl` in a directory of their own: a CA,
+/// a server certificate for 127.0.0.1 and a client certificate it signed,
+/// and a second CA that signed neither.
+pub struct TestCerts {
+    dir: std::path::PathBuf,
+}
+
+impl TestCerts {
+    pub fn generate(name: &str) -> Self {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("certificate dir");
+        let certs = Self { dir };
+        certs.write(
+            "server.ext",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+        );
+        certs.write(
+            "client.ext",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        );
+        for ca in ["ca", "other-ca"] {
+            certs.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                &format!("/CN=relay test {ca}"),
+                "-keyout",
+                &certs.path(&format!("{ca}.key")),
+                "-out",
+                &certs.path(&format!("{ca}.crt")),
+            ]);
+        }
+        for (leaf, cn) in [("server", "127.0.0.1"), ("client", "relay")] {
+            certs.openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &certs.path(&format!("{leaf}.key")),
+                "-out",
+                &certs.path(&format!("{leaf}.csr")),
+            ]);
+            certs.openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-CA",
+                &certs.path("ca.crt"),
+                "-CAkey",
+                &certs.path("ca.key"),
+                "-CAcreateserial",
+                "-in",
+                &certs.path(&format!("{leaf}.csr")),
+                "-extfile",
+                &certs.path(&format!("{leaf}.ext")),
+                "-out",
+                &certs.path(&format!("{leaf}.crt")),
+            ]);
+        }
+        certs
+    }
+
+    /// A file of the set: `ca.crt`, `other-ca.crt`, `server.crt`,
+    /// `server.key`, `client.crt`, `client.key`.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.join(file), text).expect("write");
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A private `redis-server` that speaks TLS only, on a free loopback port,
+/// killed on drop. `extra` are more `redis-server` arguments (ACL users).
+pub struct TlsRedisServer {
+    port: u16,
+    _child: Child,
+}
+
+impl TlsRedisServer {
+    /// `auth_clients`: whether the server requires a client certificate.
+    pub async fn start(certs: &TestCerts, auth_clients: bool, extra: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--tls-cert-file", &certs.path("server.crt")])
+            .args(["--tls-key-file", &certs.path("server.key")])
+            .args(["--tls-ca-cert-file", &certs.path("ca.crt")])
+            .args([
+                "--tls-auth-clients",
+                if auth_clients { "yes" } else { "no" },
+            ])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed (Debian package redis-server)");
+        // Listening is enough: every client here speaks TLS through the node.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Self {
+            port,
+            _child: child,
+        }
+    }
+
+    /// `rediss://[user:password@]127.0.0.1:port`.
+    pub fn url(&self, credentials: Option<(&str, &str)>) -> String {
+        match credentials {
+            Some((user, password)) => format!("rediss://{user}:{password}@127.0.0.1:{}", self.port),
+            None => format!("rediss://127.0.0.1:{}", self.port),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! CONTRACT §6: a Redis over TLS (`rediss://`, a CA file, mutual TLS) and
+//! ACL users. A certificate that does not verify or a refused password keeps
+//! the node up and unready, with one log line naming the cause and a counter.
+
+use std::{path::PathBuf, time::Duration};
+
+use relay::auth::Role;
+use serde_json::json;
+
+use crate::support::{
+    API_KEY, NodeProcess, TestCerts, TlsRedisServer, WAIT, connect, expect_event, http, metric,
+    token,
+};
+
+/// The ACL user of docs/deploy.md: its keys and channels, no dangerous commands.
+const ACL_USER: &str = "relay on >relay-password ~relay:* &relay:* +@all -@dangerous";
+
+fn log_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-tls-{name}.log"))
+}
+
+/// A node's log once it holds `needle`, within [`WAIT`].
+async fn wait_log(log: &PathBuf, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {needle:?} in the log within {WAIT:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the counter of `cause` moved, then checks the node is unready.
+async fn assert_unready_because(url: &str, cause: &str) {
+    let series = format!("relay_redis_connect_errors_total{{cause=\"{cause}\"}}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(url, &series).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} did not move within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = http()
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503, "ready despite {cause}");
+}
+
+/// One order event, published through the node (the node appends it over
+/// TLS), reaches a customer's Socket.IO client.
+async fn relays_an_order_event(url: &str) {
+    let mut customer = connect(url, &token("c1", Role::Customer)).await;
+    for event in [
+        json!({"type": "order.created", "data": {"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}}),
+        json!({"type": "order.status", "data": {"order_id": "o1", "status": "preparing"}}),
+    ] {
+        let res = http()
+            .post(format!("{url}/api/events"))
+            .bearer_auth(API_KEY)
+            .json(&event)
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(res.status().as_u16(), 202);
+    }
+    let update = expect_event(&mut customer, "order:status_update").await;
+    assert_eq!(update.data()["order_id"], "o1");
+    assert_eq!(update.data()["status"], "preparing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_with_a_ca_file_relays_end_to_end() {
+    let certs = TestCerts::generate("ca");
+    let redis = TlsRedisServer::start(&certs, false, &[]).await;
+    let node = NodeProcess::spawn_ready(&[
+        ("REDIS_URL", &redis.url(None)),
+        ("RELAY_REDIS_CA_FILE", &certs.path("ca.crt")),
+        ("RELAY_API_KEY", API_KEY),
+    ])
+    .await;
+    relays_an_order_event(&node.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_mutual_needs_the_client_certificate() {
+    let certs = TestCerts::generate("mutual");
+    let redis = TlsRedisServer::start(&certs, true, &[]).await;
+    let url = redis.url(None);
+    let ca = certs.path("ca.crt");
+    let (cert, key) = (certs.path("client.crt"), certs.path("client.key"));
+    let with_cert = NodeProcess::spawn_ready(&[
+        ("REDIS_URL", &url),
+        ("RELAY_REDIS_CA_FILE", &ca),
+        ("RELAY_REDIS_CLIENT_CERT", &cert),
+        ("RELAY_REDIS_CLIENT_KEY", &key),
+        ("RELAY_API_KEY", API_KEY),
+    ])
+    .await;
+    relays_an_order_event(&with_cert.url()).await;
+
+    let log = log_path("mutual");
+    let without = NodeProcess::spawn_up_logging_to(
+        &[("REDIS_URL", &url), ("RELAY_REDIS_CA_FILE", &ca)],
+        &log,
+    )
+    .await;
+    assert_unready_because(&without.url(), "tls").await;
+    wait_log(&log, "redis TLS handshake failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_with_a_foreign_ca_stays_unready_and_says_why() {
+    let certs = TestCerts::generate("foreign");
+    let redis = TlsRedisServer::start(&certs, false, &[]).await;
+    let log = log_path("foreign");
+    let node = NodeProcess::spawn_up_logging_to(
+        &[
+            ("REDIS_URL", &redis.url(None)),
+            ("RELAY_REDIS_CA_FILE", &certs.path("other-ca.crt")),
+        ],
+        &log,
+    )
+    .await;
+    assert_unready_because(&node.url(), "tls").await;
+    let text = wait_log(&log, "redis TLS handshake failed").await;
+    assert_eq!(
+        text.matches("redis TLS handshake failed").count(),
+        1,
+        "one line for a lasting cause:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_tls_acl_user_works_and_a_wrong_password_never_leaks() {
+    let certs = TestCerts::generate("acl");
+    // redis-server takes each rule as an argument of its own.
+    let mut args = vec!["--user", "default", "off", "--user"];
+    args.extend(ACL_USER.split(' '));
+    let redis = TlsRedisServer::start(&certs, false, &args).await;
+    let ca = certs.path("ca.crt");
+    let node = NodeProcess::spawn_ready(&[
+        ("REDIS_URL", &redis.url(Some(("relay", "relay-password")))),
+        ("RELAY_REDIS_CA_FILE", &ca),
+        ("RELAY_API_KEY", API_KEY),
+    ])
+    .await;
+    relays_an_order_event(&node.url()).await;
+
+    let password = "wrong-password-that-must-not-leak";
+    let log = log_path("acl");
+    let refused = NodeProcess::spawn_up_logging_to(
+        &[
+            ("REDIS_URL", &redis.url(Some(("relay", password)))),
+            ("RELAY_REDIS_CA_FILE", &ca),
+            ("RELAY_LOG", "debug"),
+        ],
+        &log,
+    )
+    .await;
+    assert_unready_because(&refused.url(), "auth").await;
+    let text = wait_log(&log, "redis refused the user name or password").await;
+    assert!(!text.contains(password), "the password leaked:\n{text}");
+    let scrape = crate::support::scrape(&refused.url()).await;
+    assert!(!scrape.contains(password));
+}
