@@ -12,8 +12,15 @@ use crate::support::{
     token,
 };
 
-/// The ACL user of docs/deploy.md: its keys and channels, no dangerous commands.
-const ACL_USER: &str = "relay on >relay-password ~relay:* &relay:* +@all -@dangerous";
+/// The ACL user of docs/deploy.md: the relay's keys and channels, and only
+/// the commands it sends (its scripts' included).
+const ACL_USER: &str = "relay on >relay-password resetkeys ~relay:* resetchannels &relay:* \
+     -@all +hello +ping +select +subscribe +unsubscribe +publish +pubsub|numsub \
+     +evalsha +script|load +time +exists +del +set +mget +hget +hset +hdel +hgetall +hmget \
+     +hincrby +sadd +srem +smembers +rpush +lpop +lindex +llen +lpos +lrem +zadd +zrem \
+     +zrevrange +zrangebyscore +zremrangebyscore +geoadd +geosearch +pexpire +xadd +xack \
+     +xclaim +xgroup|create +xinfo|groups +xinfo|stream +xpending +xrange +xrevrange +xread \
+     +xreadgroup +xtrim";
 
 fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-tls-{name}.log"))
@@ -139,20 +146,56 @@ async fn redis_tls_with_a_foreign_ca_stays_unready_and_says_why() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_tls_acl_user_works_and_a_wrong_password_never_leaks() {
+async fn redis_tls_acl_user_works_a_missing_permission_and_a_wrong_password_are_told() {
     let certs = TestCerts::generate("acl");
     // redis-server takes each rule as an argument of its own.
     let mut args = vec!["--user", "default", "off", "--user"];
-    args.extend(ACL_USER.split(' '));
+    args.extend(ACL_USER.split_whitespace());
+    // The same without the consumer group's creation.
+    args.extend([
+        "--user",
+        "nogroup",
+        "on",
+        ">nogroup-password",
+        "~relay:*",
+        "&relay:*",
+        "+@all",
+    ]);
+    args.extend(["-xgroup"]);
     let redis = TlsRedisServer::start(&certs, false, &args).await;
     let ca = certs.path("ca.crt");
-    let node = NodeProcess::spawn_ready(&[
-        ("REDIS_URL", &redis.url(Some(("relay", "relay-password")))),
-        ("RELAY_REDIS_CA_FILE", &ca),
-        ("RELAY_API_KEY", API_KEY),
-    ])
+    let log = log_path("acl-user");
+    let node = NodeProcess::spawn_up_logging_to(
+        &[
+            ("REDIS_URL", &redis.url(Some(("relay", "relay-password")))),
+            ("RELAY_REDIS_CA_FILE", &ca),
+            ("RELAY_API_KEY", API_KEY),
+        ],
+        &log,
+    )
     .await;
+    node.wait_ready().await;
     relays_an_order_event(&node.url()).await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !text.contains("NOPERM"),
+        "a command the ACL user lacks:\n{text}"
+    );
+
+    let log = log_path("acl-nogroup");
+    let lacking = NodeProcess::spawn_up_logging_to(
+        &[
+            (
+                "REDIS_URL",
+                &redis.url(Some(("nogroup", "nogroup-password"))),
+            ),
+            ("RELAY_REDIS_CA_FILE", &ca),
+        ],
+        &log,
+    )
+    .await;
+    assert_unready_because(&lacking.url(), "permission").await;
+    wait_log(&log, "lacks a permission relay needs").await;
 
     let password = "wrong-password-that-must-not-leak";
     let log = log_path("acl");
