@@ -918,6 +918,80 @@ mod tests {
     }
 
     #[test]
+    fn redis_tls_files_are_checked_at_start() {
+        let dir = std::env::temp_dir().join(format!("relay-tls-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "not a certificate").expect("write");
+        let not_pem = not_pem.to_str().expect("path");
+        let missing = dir.join("missing.pem");
+        let missing = missing.to_str().expect("path");
+        let setting = |args: &[&str]| {
+            let mut argv = vec!["--jwt-secret", "s"];
+            argv.extend_from_slice(args);
+            parse(&argv).expect_err("must be refused").setting
+        };
+        let tls = ["--redis-url", "rediss://127.0.0.1:6380"];
+        assert_eq!(
+            setting(&[&tls[..], &["--redis-ca-file", missing]].concat()),
+            "RELAY_REDIS_CA_FILE"
+        );
+        assert_eq!(
+            setting(&[&tls[..], &["--redis-ca-file", not_pem]].concat()),
+            "RELAY_REDIS_CA_FILE"
+        );
+        assert_eq!(
+            setting(&[&tls[..], &["--redis-client-cert", not_pem]].concat()),
+            "RELAY_REDIS_CLIENT_KEY"
+        );
+        assert_eq!(
+            setting(&[&tls[..], &["--redis-client-key", not_pem]].concat()),
+            "RELAY_REDIS_CLIENT_CERT"
+        );
+        assert_eq!(
+            setting(
+                &[
+                    &tls[..],
+                    &[
+                        "--redis-client-cert",
+                        not_pem,
+                        "--redis-client-key",
+                        not_pem
+                    ]
+                ]
+                .concat()
+            ),
+            "RELAY_REDIS_CLIENT_CERT"
+        );
+        // A CA for a URL without TLS would be ignored: refused instead.
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n";
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, pem).expect("write");
+        let ca = ca.to_str().expect("path");
+        assert_eq!(
+            setting(&[
+                "--redis-url",
+                "redis://127.0.0.1:6379",
+                "--redis-ca-file",
+                ca
+            ]),
+            "RELAY_REDIS_CA_FILE"
+        );
+        assert_eq!(setting(&["--redis-ca-file", ca]), "RELAY_REDIS_CA_FILE");
+        let config = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-url",
+            "rediss://h:6380",
+            "--redis-ca-file",
+            ca,
+        ])
+        .expect("valid");
+        assert!(config.redis_tls.ca_pem.is_some() && config.redis_tls.client.is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn defaults_follow_the_contract() {
         let config = parse(&["--jwt-secret", "s"]).expect("valid");
         assert_eq!(config.addr.to_string(), "0.0.0.0:3000");
