@@ -116,6 +116,31 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
             ],
             "RELAY_LOCATION_MIN_INTERVAL_MS",
         ),
+        // TLS files: readable PEM, paired, and only with a rediss:// URL.
+        (
+            &[
+                secret,
+                ("REDIS_URL", "rediss://127.0.0.1:6380"),
+                ("RELAY_REDIS_CA_FILE", "/nonexistent-ca.pem"),
+            ],
+            "RELAY_REDIS_CA_FILE",
+        ),
+        (
+            &[
+                secret,
+                ("REDIS_URL", "rediss://127.0.0.1:6380"),
+                ("RELAY_REDIS_CLIENT_CERT", "/nonexistent-cert.pem"),
+            ],
+            "RELAY_REDIS_CLIENT_KEY",
+        ),
+        (
+            &[
+                secret,
+                ("REDIS_URL", "rediss://127.0.0.1:6380"),
+                ("RELAY_REDIS_CA_FILE", "/etc/hostname"),
+            ],
+            "RELAY_REDIS_CA_FILE",
+        ),
     ];
     for (env, setting) in cases {
         assert_config_error(&relay(&["serve"], env), setting);
