@@ -91,6 +91,9 @@ pub async fn run<E: Engine>(
     let (mut feed, mut last) = loop {
         match engine.history().feed().await {
             Ok(feed) => break feed,
+            Err(e) if e.told_by_health() => {
+                tracing::debug!(error = %e, retry_in = ?backoff, "history feed not subscribed")
+            }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "history feed not subscribed")
             }

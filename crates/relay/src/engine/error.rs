@@ -49,6 +49,14 @@ impl StoreError {
         }
     }
 
+    /// A refused password or a TLS failure: every connection fails alike and
+    /// the health watch logs it once, naming the cause, so the retries of
+    /// each task log it at debug level only.
+    pub fn told_by_health(&self) -> bool {
+        self.redis()
+            .is_some_and(|e| matches!(redis_failure(e), RedisFailure::Tls | RedisFailure::Auth))
+    }
+
     /// The store cannot serve now (as opposed to refusing this request or
     /// answering nonsense): what HTTP calls 503.
     pub fn is_unavailable(&self) -> bool {
@@ -188,6 +196,11 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// See [`StoreError::told_by_health`].
+    pub fn told_by_health(&self) -> bool {
+        matches!(self, Self::Adapter(e) if e.told_by_health())
+    }
+
     /// Whether trying again later may succeed (only the adapter's
     /// subscriptions, when Redis is away); the others are configuration.
     pub fn is_transient(&self) -> bool {

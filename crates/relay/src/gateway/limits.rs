@@ -117,7 +117,7 @@ impl ConnectionLimits {
             if let Err(e) = cluster.keep_alive().await {
                 metrics::store_error(StoreOp::Sessions);
                 // Tried again next round either way; a refusal needs an operator.
-                if e.is_transient() {
+                if e.is_transient() || e.told_by_health() {
                     tracing::debug!(error = %e, "session keep-alive failed");
                 } else {
                     tracing::error!(error = %e, "session keep-alive refused: other nodes may stop counting this node's sockets");

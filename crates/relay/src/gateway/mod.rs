@@ -153,7 +153,9 @@ impl<E: Engine> Gateway<E> {
                 Err(e) => {
                     // Without the namespace the node serves nobody: keep
                     // trying, at the slowest pace when only an operator can help.
-                    if e.is_transient() {
+                    if e.told_by_health() {
+                        tracing::debug!(error = %e, retry_in = ?backoff, "adapter not ready");
+                    } else if e.is_transient() {
                         tracing::warn!(error = %e, retry_in = ?backoff, "adapter not ready");
                     } else {
                         backoff = Duration::from_secs(2);

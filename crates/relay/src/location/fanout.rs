@@ -109,6 +109,9 @@ pub async fn receive<E: Engine>(
             Ok(Some(feed)) => break feed,
             // A single node: there is nobody to hear from.
             Ok(None) => return,
+            Err(e) if e.told_by_health() => {
+                tracing::debug!(error = %e, retry_in = ?backoff, "location feed not subscribed")
+            }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "location feed not subscribed")
             }

@@ -125,14 +125,17 @@ impl<E: Engine> Consumer<E> {
                 }
                 // Nothing can be read without the group: keep trying, at the
                 // slowest pace when only an operator can help.
+                Err(e) if e.told_by_health() => {
+                    tracing::debug!(error = %e, "consumer group not ready")
+                }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(error = %e, "consumer group not ready")
                 }
                 Err(e) => {
-                    // A refused password or a missing ACL permission is
-                    // counted by cause and told once; other refusals as before.
+                    // A missing ACL permission (the health probe only needs
+                    // pub/sub) is counted and told once; other refusals as before.
                     match e.redis().map(|r| (redis_failure(r), r)) {
-                        Some((cause @ (RedisFailure::Auth | RedisFailure::Permission), r)) => {
+                        Some((cause @ RedisFailure::Permission, r)) => {
                             metrics::redis_connect_error(cause);
                             if !told {
                                 log_redis_failure(cause, r);
@@ -242,7 +245,9 @@ impl<E: Engine> Consumer<E> {
                     metrics::store_error(StoreOp::StreamRead);
                     // The stream is all there is to read: keep trying, at the
                     // slowest pace when only an operator can help.
-                    if e.is_transient() {
+                    if e.told_by_health() {
+                        tracing::debug!(error = %e, "reading the event stream failed");
+                    } else if e.is_transient() {
                         tracing::warn!(error = %e, "reading the event stream failed");
                     } else {
                         tracing::error!(error = %e, "reading the event stream failed");

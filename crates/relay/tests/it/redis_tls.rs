@@ -44,21 +44,36 @@ async fn wait_log(log: &PathBuf, needle: &str) -> String {
 
 /// Waits until the counter of `cause` moved, then checks the node is unready.
 async fn assert_unready_because(url: &str, cause: &str) {
-    let series = format!("relay_redis_connect_errors_total{{cause=\"{cause}\"}}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metric(url, &series).await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} did not move within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_failures(url, cause, 1.0).await;
     let ready = http()
         .get(format!("{url}/readyz"))
         .send()
         .await
         .expect("readyz");
     assert_eq!(ready.status().as_u16(), 503, "ready despite {cause}");
+}
+
+/// Waits until `cause` was counted `n` times (health probes, one a second).
+async fn wait_failures(url: &str, cause: &str, n: f64) {
+    let series = format!("relay_redis_connect_errors_total{{cause=\"{cause}\"}}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(url, &series).await < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} did not move within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The log's lines at WARN or ERROR (the node logs JSON).
+fn loud_lines(log: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""level":"ERROR""#) || l.contains(r#""level":"WARN""#))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One order event, published through the node (the node appends it over
@@ -132,17 +147,17 @@ async fn redis_tls_with_a_foreign_ca_stays_unready_and_says_why() {
         &[
             ("REDIS_URL", &redis.url(None)),
             ("RELAY_REDIS_CA_FILE", &certs.path("other-ca.crt")),
+            ("RELAY_LOG_FORMAT", "json"),
         ],
         &log,
     )
     .await;
     assert_unready_because(&node.url(), "tls").await;
-    let text = wait_log(&log, "redis TLS handshake failed").await;
-    assert_eq!(
-        text.matches("redis TLS handshake failed").count(),
-        1,
-        "one line for a lasting cause:\n{text}"
-    );
+    wait_log(&log, "redis TLS handshake failed").await;
+    // A few probes later, still the one line: no task repeats it.
+    wait_failures(&node.url(), "tls", 4.0).await;
+    let loud = loud_lines(&log);
+    assert_eq!(loud.len(), 1, "one line for a lasting cause: {loud:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,12 +219,17 @@ async fn redis_tls_acl_user_works_a_missing_permission_and_a_wrong_password_are_
             ("REDIS_URL", &redis.url(Some(("relay", password)))),
             ("RELAY_REDIS_CA_FILE", &ca),
             ("RELAY_LOG", "debug"),
+            ("RELAY_LOG_FORMAT", "json"),
         ],
         &log,
     )
     .await;
     assert_unready_because(&refused.url(), "auth").await;
-    let text = wait_log(&log, "redis refused the user name or password").await;
+    wait_log(&log, "redis refused the user name or password").await;
+    wait_failures(&refused.url(), "auth", 4.0).await;
+    let loud = loud_lines(&log);
+    assert_eq!(loud.len(), 1, "one line for a lasting cause: {loud:#?}");
+    let text = std::fs::read_to_string(&log).expect("log");
     assert!(!text.contains(password), "the password leaked:\n{text}");
     let scrape = crate::support::scrape(&refused.url()).await;
     assert!(!scrape.contains(password));

@@ -264,6 +264,8 @@ impl Engine for RedisEngine {
         // The cause last logged, so that a lasting failure is one line.
         let mut logged: Option<RedisFailure> = None;
         loop {
+            // Dialing again helps a silent link, not a refused certificate or password.
+            let mut redial_helps = true;
             let mut error = None;
             if probe.is_none() {
                 match self.driver.subscribe(self.probe_channel.clone(), 4).await {
@@ -292,6 +294,7 @@ impl Engine for RedisEngine {
                     .as_ref()
                     .map_or(RedisFailure::Unreachable, |e| redis_failure(e.redis()));
                 crate::metrics::redis_connect_error(cause);
+                redial_helps = cause == RedisFailure::Unreachable;
                 // An outage is told once as it begins; a cause only an
                 // operator can fix, once as soon as it is seen.
                 let tell = match cause {
@@ -307,7 +310,7 @@ impl Engine for RedisEngine {
                 }
             }
             health.set_store_up(up);
-            failed = if up { 0 } else { failed + 1 };
+            failed = if up || !redial_helps { 0 } else { failed + 1 };
             if failed == REDIAL_AFTER_FAILED_PROBES {
                 failed = 0;
                 self.redial().await;
