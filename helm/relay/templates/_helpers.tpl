@@ -97,6 +97,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 /etc/relay/jwt/{{ .Values.auth.jwt.publicKeyItem }}
 {{- end }}
 
+{{/* Where redis.tls Secrets are mounted, and the files in it. */}}
+{{- define "relay.redisTlsDir" -}}
+/etc/relay/redis-tls
+{{- end }}
+
+{{/* "true" when a redis.tls Secret is set (the redis-tls volume is mounted). */}}
+{{- define "relay.redisTls" -}}
+{{- $t := .Values.redis.tls | default dict }}
+{{- if or $t.caSecret $t.clientSecret }}true{{ end }}
+{{- end }}
+
 {{/* Seconds of the preStop pause; 0 when there is none. */}}
 {{- define "relay.preStopSeconds" -}}
 {{- if eq .Values.shutdown.preStop.mode "none" }}0{{ else }}{{ .Values.shutdown.preStop.seconds | int }}{{ end }}
@@ -141,6 +152,14 @@ names the values to fix.
 {{- if not (include "relay.redisEnabled" .) }}
   {{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
     {{- fail "relay: more than one pod needs a shared Redis: set redis.url or redis.existingSecret (without them relay runs in embedded single-node mode, allowed only with replicaCount=1 and autoscaling off)" }}
+  {{- end }}
+{{- end }}
+{{- if include "relay.redisTls" . }}
+  {{- if not (include "relay.redisEnabled" .) }}
+    {{- fail "relay: redis.tls needs a rediss:// Redis: set redis.url or redis.existingSecret" }}
+  {{- end }}
+  {{- if and .Values.redis.url (not (hasPrefix "rediss://" .Values.redis.url)) }}
+    {{- fail "relay: redis.tls.caSecret/clientSecret need a rediss:// redis.url (TLS)" }}
   {{- end }}
 {{- end }}
 {{- if gt (int .Values.relay.wsMaxFrameBytes) (int .Values.relay.wsMaxMessageBytes) }}
