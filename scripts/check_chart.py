@@ -25,6 +25,11 @@ For each value set in CASES it:
      - preStop: the native sleep action by default, exec `sleep` when asked;
        terminationGracePeriodSeconds = preStop + RELAY_SHUTDOWN_GRACE_S +
        margin, and at least preStop + grace + 1;
+     - redis.tls: one read-only projected volume redis-tls at
+       /etc/relay/redis-tls with exactly the CA and client Secrets' items
+       (ca.crt, client.crt, client.key), and RELAY_REDIS_CA_FILE,
+       RELAY_REDIS_CLIENT_CERT, RELAY_REDIS_CLIENT_KEY naming those files;
+       none of them without redis.tls;
      - env: every RELAY_* setting present with its value, secrets
        (RELAY_JWT_SECRET, RELAY_API_KEY, REDIS_URL) only through secretKeyRef
        to the chart Secret or the existingSecret, never a literal value;
@@ -185,6 +190,16 @@ FULL = {
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "realtime", "effect": "NoSchedule"}],
 }
 
+# Redis over TLS with an ACL user: URL in the chart Secret, CA and client
+# certificate (mutual TLS) from existing Secrets, non-default keys.
+REDIS_TLS = deep_merge(BASE, {
+    "redis": {
+        "url": "rediss://relay:s3cret@redis.example.com:6380/0",
+        "tls": {"caSecret": "redis-ca", "caKey": "ca.pem",
+                "clientSecret": "relay-redis-client", "clientCertKey": "cert.pem", "clientKeyKey": "key.pem"},
+    },
+})
+
 CASES: dict[str, dict[str, Any]] = {
     # Defaults plus the two values every cluster install needs.
     "defaults": BASE,
@@ -208,6 +223,14 @@ CASES: dict[str, dict[str, Any]] = {
         "shutdown": {"preStop": {"mode": "none"}},
         "podDisruptionBudget": {"minAvailable": "50%"},
         "image": {"digest": "sha256:" + "a" * 64},
+    }),
+    # rediss:// with a CA and a client certificate (mutual TLS).
+    "redis-tls": REDIS_TLS,
+    # A managed Redis: URL in an existing Secret, CA only, default key,
+    # next to a public-key JWT volume.
+    "redis-tls-ca-existing-secret": deep_merge(FULL, {
+        "redis": {"tls": {"caSecret": "redis-ca"}},
+        "auth": {"jwt": {"mode": "publicKey", "existingPublicKeySecret": "jwt-keys"}},
     }),
 }
 
@@ -238,6 +261,20 @@ BAD_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "public key with mode secret": (deep_merge(BASE, {"auth": {"jwt": {"publicKey": PEM}}}), "need auth.jwt.mode=publicKey"),
     "frame larger than message": (deep_merge(BASE, {"relay": {"wsMaxFrameBytes": 131072}}), "wsMaxFrameBytes"),
     "httpRoute without parentRefs": (deep_merge(BASE, {"httpRoute": {"enabled": True}}), "httpRoute.parentRefs"),
+    "schema: empty redis.tls.clientSecret": (deep_merge(REDIS_TLS, {"redis": {"tls": {"clientSecret": ""}}}),
+                                             "/redis/tls/clientSecret"),
+    "schema: empty redis.tls.caSecret": (deep_merge(REDIS_TLS, {"redis": {"tls": {"caSecret": ""}}}), "/redis/tls/caSecret"),
+    "schema: empty client key item": (deep_merge(REDIS_TLS, {"redis": {"tls": {"clientKeyKey": ""}}}),
+                                      "/redis/tls/clientKeyKey"),
+    "schema: client secret without its key item": (deep_merge(REDIS_TLS, {"redis": {"tls": {"clientKeyKey": None}}}),
+                                                   "'clientKeyKey' required"),
+    "schema: misspelt redis.tls key": (deep_merge(REDIS_TLS, {"redis": {"tls": {"caFile": "/ca.crt"}}}),
+                                       "additional properties"),
+    "schema: redis.tls secret not a name": (deep_merge(REDIS_TLS, {"redis": {"tls": {"caSecret": "Redis CA"}}}),
+                                            "/redis/tls/caSecret"),
+    "redis.tls with a redis:// url": (deep_merge(REDIS_TLS, {"redis": {"url": BASE["redis"]["url"]}}), "rediss://"),
+    "redis.tls without Redis": ({"auth": BASE["auth"], "replicaCount": 1, "redis": {"tls": {"caSecret": "redis-ca"}}},
+                                "redis.tls needs"),
 }
 
 # ------------------------------------------------- CRD structural schemas
@@ -498,7 +535,7 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
     for vol in pod.get("volumes", []):
         check("emptyDir" not in vol and "hostPath" not in vol, f"no writable volume: {vol}")
     for m in c.get("volumeMounts", []):
-        check(m.get("readOnly") is True or m["name"] not in ("jwt-public-key",), f"read-only mount {m}")
+        check(m.get("readOnly") is True or m["name"] not in ("jwt-public-key", "redis-tls"), f"read-only mount {m}")
 
     # Resources and spreading.
     check(bool(c.get("resources", {}).get("requests", {}).get("cpu")), "CPU request set (the HPA needs it)")
@@ -566,6 +603,12 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
         expected["RELAY_CORS_ORIGINS"] = ",".join(r["corsOrigins"])
     if jwt["mode"] == "publicKey":
         expected["RELAY_JWT_PUBLIC_KEY"] = f"/etc/relay/jwt/{jwt['publicKeyItem']}"
+    tls = v["redis"].get("tls", {})
+    if tls.get("caSecret"):
+        expected["RELAY_REDIS_CA_FILE"] = "/etc/relay/redis-tls/ca.crt"
+    if tls.get("clientSecret"):
+        expected["RELAY_REDIS_CLIENT_CERT"] = "/etc/relay/redis-tls/client.crt"
+        expected["RELAY_REDIS_CLIENT_KEY"] = "/etc/relay/redis-tls/client.key"
     check(cfg == expected, f"ConfigMap settings differ: extra/wrong "
           f"{ {k: x for k, x in cfg.items() if expected.get(k) != x} }, missing {sorted(set(expected) - set(cfg))}")
     check(all(isinstance(x, str) for x in cfg.values()), "ConfigMap values are strings")
@@ -609,6 +652,7 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
                 pk = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"] == cm]
                 check(len(pk) == 1 and pk[0]["data"].get(jwt["publicKeyItem"], "").strip() == jwt["publicKey"].strip(),
                       "inline public key rendered verbatim into its ConfigMap")
+    check_redis_tls(pod, c, tls)
     if auth["existingSecret"] and auth["existingSecretKeys"]["apiKey"]:
         secret_ref("RELAY_API_KEY", auth["existingSecret"], auth["existingSecretKeys"]["apiKey"])
     elif auth["apiKey"] and not auth["existingSecret"]:
@@ -653,6 +697,29 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
     ann = dep["spec"]["template"]["metadata"].get("annotations", {})
     for key in ("checksum/config", "checksum/secret"):
         check(bool(re.fullmatch(r"[0-9a-f]{64}", str(ann.get(key, "")))), f"pod annotation {key} is a sha256")
+
+
+def check_redis_tls(pod: dict[str, Any], c: dict[str, Any], tls: dict[str, Any]) -> None:
+    """redis.tls: the CA and client Secrets in one read-only projected
+    volume at /etc/relay/redis-tls (the ConfigMap names its files)."""
+    mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "redis-tls"]
+    vols = [x for x in pod.get("volumes", []) if x["name"] == "redis-tls"]
+    sources = []
+    if tls.get("caSecret"):
+        sources.append({"secret": {"name": tls["caSecret"], "items": [{"key": tls["caKey"], "path": "ca.crt"}]}})
+    if tls.get("clientSecret"):
+        sources.append({"secret": {"name": tls["clientSecret"], "items": [
+            {"key": tls["clientCertKey"], "path": "client.crt"},
+            {"key": tls["clientKeyKey"], "path": "client.key"}]}})
+    if not sources:
+        check(not mounts and not vols, f"no redis-tls volume without redis.tls: {mounts} {vols}")
+        return
+    check(mounts == [{"name": "redis-tls", "mountPath": "/etc/relay/redis-tls", "readOnly": True}],
+          f"redis-tls mounted read-only at /etc/relay/redis-tls: {mounts}")
+    check(vols == [{"name": "redis-tls", "projected": {"sources": sources}}],
+          f"redis-tls projected volume from the Secrets' items: {vols} != {sources}")
+    paths = {m["mountPath"] for m in c.get("volumeMounts", [])}
+    check(len(paths) == len(c.get("volumeMounts", [])), f"distinct mount paths: {sorted(paths)}")
 
 
 def check_checksums(chart: helm.Chart) -> None:
