@@ -56,6 +56,7 @@ start_stack() {
     # would otherwise count as rejects.
     RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
       RELAY_LOCATION_MIN_INTERVAL_MS=0 RELAY_CLIENT_EVENTS_PER_S=50 RELAY_MAX_NEW_CONNECTIONS_PER_S=0 \
+      RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 \
       "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
     pids+=($!)
     node_pids+=($!)
@@ -100,7 +101,7 @@ stop_stack
   echo "Produced by \`make bench\` ($(date -u +%Y-%m-%d), relay $("$BIN" --version | cut -d' ' -f2), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))."
   echo "Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2), two relay nodes (release build) and the load generator all on one machine:"
   echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)."
-  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=0, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_MAX_NEW_CONNECTIONS_PER_S=0 (the load generator opens thousands of connections a second), RELAY_LOG=warn; everything else default."
+  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=0, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_MAX_NEW_CONNECTIONS_PER_S=0 and RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 (the load generator opens thousands of connections a second, all from one address), RELAY_LOG=warn; everything else default."
   echo "Open-file limit $(ulimit -n) per process: $IDLE idle connections per node."
   echo
   cat "$RUN_DIR/report.md"
