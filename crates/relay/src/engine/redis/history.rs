@@ -8,7 +8,7 @@
 //! moment resumes exactly where it was, and misses nothing.
 
 use redis::{
-    Script, Value,
+    AsyncCommands, Script, Value,
     streams::{StreamId, StreamRangeReply, StreamReadReply},
 };
 
@@ -182,13 +182,10 @@ impl History for RedisHistory {
     }
 
     async fn feed(&self) -> StoreResult<(mpsc::Receiver<Recorded>, Option<String>)> {
-        let newest: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.all_key())
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn.clone())
+        let newest: StreamRangeReply = self
+            .conn
+            .clone()
+            .xrevrange_count(self.all_key(), "+", "-", 1)
             .await?;
         let last = parse_records(newest.ids).pop().map(|r| r.offset);
         let (tx, rx) = mpsc::channel(FEED);

@@ -17,7 +17,7 @@ use std::{
 
 use futures_util::StreamExt;
 use redis::{
-    Script, Value,
+    AsyncCommands, Script, Value,
     streams::{
         StreamClaimReply, StreamInfoGroupsReply, StreamPendingCountReply, StreamPendingReply,
         StreamRangeReply, StreamReadReply,
@@ -764,13 +764,9 @@ impl EventStream for RedisStream {
         &self,
         limit: usize,
     ) -> StoreResult<Vec<serde_json::Map<String, serde_json::Value>>> {
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(&self.keys.outcomes)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.conn())
+        let reply: StreamRangeReply = self
+            .conn()
+            .xrevrange_count(&self.keys.outcomes, "+", "-", limit)
             .await?;
         let mut outcomes: Vec<_> = reply
             .ids
@@ -799,13 +795,9 @@ impl EventStream for RedisStream {
     }
 
     async fn recent_dead_letters(&self, limit: usize) -> StoreResult<Vec<DeadLetter>> {
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(&self.keys.dead)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.conn())
+        let reply: StreamRangeReply = self
+            .conn()
+            .xrevrange_count(&self.keys.dead, "+", "-", limit)
             .await?;
         let mut dead: Vec<_> = reply
             .ids
@@ -832,13 +824,9 @@ impl EventStream for RedisStream {
     }
 
     async fn recent_events(&self, limit: usize) -> StoreResult<Vec<StreamEntry>> {
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(&self.keys.stream)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.conn())
+        let reply: StreamRangeReply = self
+            .conn()
+            .xrevrange_count(&self.keys.stream, "+", "-", limit)
             .await?;
         let mut entries: Vec<_> = reply.ids.into_iter().map(stream_entry).collect();
         entries.reverse();
