@@ -8,9 +8,11 @@
 //!   `rooms`, `active_order`, `outcome`, `metrics`, `tasks` (the tracker
 //!   every long-lived task is spawned on);
 //! - `engine`: the seam to Redis or memory (stream, history, orders,
-//!   locations, sessions, the Socket.IO adapter);
+//!   locations, sessions, per-room channels, the Socket.IO adapter);
+//! - `interest`: which room channels this node subscribes to (the rooms of
+//!   its own sockets);
 //! - `location` (driver updates: cache and fan-out) and `delivery`
-//!   (recorded events to local sockets, recovery);
+//!   (what the room channels bring, to local sockets; recovery; gap fill);
 //! - `gateway`: the Socket.IO namespace, handshake and client events;
 //! - `stream`: the consumer group, per-order sequencing, dispatch, offers;
 //! - `http`: the publish API, queries, probes, metrics, /demo;
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod interest;
 pub mod location;
 pub mod metrics;
 pub mod outcome;

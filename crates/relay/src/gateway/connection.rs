@@ -17,6 +17,7 @@ use crate::{
     auth::{Principal, Rejection, Role},
     delivery::Replay,
     engine::{Engine, LocationCache, OrderStore},
+    interest::Interest,
     location::DriverLocationEvent,
     metrics,
     rooms::Room,
@@ -34,6 +35,7 @@ pub async fn join_rooms<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
     State(gateway): State<GatewayState>,
     TryData(auth): TryData<Value>,
 ) -> Result<(), Rejection> {
@@ -54,6 +56,10 @@ pub async fn join_rooms<E: Engine>(
         .iter()
         .map(Room::name)
         .collect();
+    // Every room is subscribed before the socket joins it: whatever is
+    // published after the CONNECT reply reaches this node. A failure is
+    // retried by the delivery loop, which then fills the gap.
+    let _ = interest.ensure(&rooms).await;
     // Role rooms first: an order event processed meanwhile reaches the
     // socket through them (see the dispatcher's cluster-wide joins).
     if last_event_id.is_none() {
@@ -66,6 +72,7 @@ pub async fn join_rooms<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
+                let _ = interest.ensure(&order_rooms).await;
                 if last_event_id.is_none() {
                     socket.join(order_rooms.clone());
                 }
@@ -127,6 +134,7 @@ const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
 async fn join_orders_later<E: Engine>(
     socket: &SocketRef<E::Adapter>,
     engine: &E,
+    interest: &Interest<E>,
     principal: &Principal,
 ) {
     let mut pause = JOIN_RETRY_FIRST;
@@ -142,6 +150,7 @@ async fn join_orders_later<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
+                let _ = interest.ensure(&rooms).await;
                 socket.join(rooms.clone());
                 metrics::deferred_order_join(DeferredJoin::Joined);
                 tracing::info!(sid = %socket.id, ?rooms, "order rooms joined once the store answered");
@@ -209,6 +218,7 @@ pub async fn on_connect<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
     State(replay): State<Replay<E::Adapter>>,
 ) {
     metrics::connected(principal.role());
@@ -234,7 +244,7 @@ pub async fn on_connect<E: Engine>(
     );
     socket.on_disconnect(on_disconnect::<E::Adapter>);
     if socket.extensions.remove::<OrdersUnjoined>().is_some() {
-        join_orders_later(&socket, engine.as_ref(), &principal).await;
+        join_orders_later(&socket, engine.as_ref(), &interest, &principal).await;
     }
 }
 

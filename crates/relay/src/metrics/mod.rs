@@ -46,6 +46,9 @@ pub const REDIS_CONNECT_ERRORS: &str = "relay_redis_connect_errors_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
+pub const ROOM_SUBSCRIPTIONS: &str = "relay_room_subscriptions";
+pub const GAP_FILLS: &str = "relay_gap_fills_total";
+pub const GAP_FILLED: &str = "relay_gap_filled_events_total";
 pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
@@ -195,6 +198,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(RECOVERIES, "result" => result.as_str()).absolute(0);
     }
     counter!(REPLAYED).absolute(0);
+    gauge!(ROOM_SUBSCRIPTIONS).set(0.0);
+    counter!(GAP_FILLS).absolute(0);
+    counter!(GAP_FILLED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
     for result in DeferredJoin::ALL {
         counter!(DEFERRED_JOINS, "result" => result.as_str()).absolute(0);
@@ -241,6 +247,18 @@ fn describe() {
         "Clients' requests for missed events (connect with last_event_id, or sync), by result."
     );
     describe_counter!(REPLAYED, "Events replayed to clients from the history.");
+    describe_gauge!(
+        ROOM_SUBSCRIPTIONS,
+        "Room channels this node subscribes to: rooms with a local socket, plus those left within the linger."
+    );
+    describe_counter!(
+        GAP_FILLS,
+        "Times this node filled a possible gap in its room feed from the history (after its pub/sub link dropped)."
+    );
+    describe_counter!(
+        GAP_FILLED,
+        "Recorded events delivered from the history by gap fills (they had not come live)."
+    );
     describe_counter!(
         CONNECTIONS_SHED,
         "New sessions refused with HTTP 503 before they started, by reason."
@@ -540,6 +558,16 @@ pub fn reoffered(event: ServerEvent) {
 
 pub fn replayed(events: usize) {
     counter!(REPLAYED).increment(events as u64);
+}
+
+pub fn set_room_subscriptions(rooms: usize) {
+    gauge!(ROOM_SUBSCRIPTIONS).set(rooms as f64);
+}
+
+/// A gap fill ran and delivered `events` that had not come live.
+pub fn gap_filled(events: usize) {
+    counter!(GAP_FILLS).increment(1);
+    counter!(GAP_FILLED).increment(events as u64);
 }
 
 pub fn set_cluster_nodes(nodes: usize) {

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ServeError;
+use crate::interest::Interest;
 use crate::{
     auth::Verifier,
     config::{Config, ConfigError},
@@ -99,7 +100,9 @@ pub(super) struct Node<E: Engine> {
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
     pub replay_requests: mpsc::Receiver<Resume<E::Adapter>>,
-    /// Resolved by the delivery loop once its history feed is subscribed.
+    /// The room channels this node subscribes to.
+    pub interest: Arc<Interest<E>>,
+    /// Resolved by the delivery loop once it runs.
     pub history_subscribed: (oneshot::Sender<()>, oneshot::Receiver<()>),
     pub consumer: Consumer<E>,
     pub app: axum::Router,
@@ -119,7 +122,7 @@ pub(super) fn wire<E: Engine>(
     let verifier = Arc::new(verifier);
 
     // Unique even when two nodes are misconfigured with one node id: a node
-    // skips only the location batches it published itself.
+    // skips only the locations it published itself.
     let instance = format!(
         "{}#{}#{}",
         config.node_id,
@@ -135,6 +138,7 @@ pub(super) fn wire<E: Engine>(
         tasks,
     ));
     let (replay, replay_requests) = crate::delivery::channel();
+    let interest = Arc::new(Interest::new(engine.clone()));
     let limits = Arc::new(
         ConnectionLimits::new(
             config.limits.max_connections,
@@ -157,6 +161,7 @@ pub(super) fn wire<E: Engine>(
             client_events_per_s: config.client_events_per_s,
             locations,
             replay,
+            interest: interest.clone(),
             limits: limits.clone(),
             expiries: expiries.clone(),
         },
@@ -217,6 +222,7 @@ pub(super) fn wire<E: Engine>(
         limits,
         expiries,
         replay_requests,
+        interest,
         history_subscribed: oneshot::channel(),
         consumer,
         app,

@@ -43,6 +43,7 @@ pub(super) fn spawn<E: Engine>(
         limits,
         expiries,
         replay_requests,
+        interest,
         history_subscribed: (subscribed, history_subscribed),
         consumer,
         app,
@@ -59,15 +60,17 @@ pub(super) fn spawn<E: Engine>(
         "delivery loop",
         crate::delivery::run(
             engine.clone(),
+            interest.clone(),
             gateway.io().clone(),
+            instance,
             replay_requests,
             subscribed,
             stop.clone(),
         ),
     );
     tasks.spawn(
-        "location receiver",
-        crate::location::receive(engine.clone(), gateway.io().clone(), instance, stop.clone()),
+        "room sweep",
+        crate::interest::sweep(interest, gateway.io().clone(), stop.clone()),
     );
     tracing::info!(
         %addr,

@@ -74,7 +74,7 @@ async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_o
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let recorded: usize = redis::cmd("XLEN")
-            .arg(cluster.key("history:customer_c1"))
+            .arg(cluster.key(&cluster.history("customer_c1")))
             .query_async(&mut conn)
             .await
             .expect("XLEN");

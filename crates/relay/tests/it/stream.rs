@@ -502,8 +502,8 @@ async fn an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded
         "last"
     );
     // Recorded: only the small alerts, in the room's and the cluster's history.
-    for history in ["history:admin_updates", "history:all"] {
-        let recorded = cluster.entries(history).await;
+    for history in [cluster.history("admin_updates"), cluster.history("all")] {
+        let recorded = cluster.entries(&history).await;
         assert_eq!(recorded.len(), 2, "{history}: {} entries", recorded.len());
     }
     let mut conn = cluster.redis.connection().await;

@@ -4,6 +4,7 @@
 mod history;
 mod locations;
 mod order_store;
+mod rooms;
 mod stream;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
+pub use rooms::MemoryRooms;
 pub use stream::MemoryStream;
 
 use super::{Engine, EngineError, Health};
@@ -23,6 +25,7 @@ pub struct MemoryEngine {
     orders: MemoryOrders,
     locations: MemoryLocations,
     history: MemoryHistory,
+    rooms: MemoryRooms,
 }
 
 impl MemoryEngine {
@@ -32,8 +35,10 @@ impl MemoryEngine {
         history_size: usize,
         history_ttl: Duration,
     ) -> Self {
+        let rooms = MemoryRooms::default();
         Self {
-            history: MemoryHistory::new(history_size, history_ttl),
+            history: MemoryHistory::new(history_size, history_ttl, rooms.clone()),
+            rooms,
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
@@ -41,16 +46,13 @@ impl MemoryEngine {
     }
 }
 
-use socketioxide_redis::drivers::{ChanItem, MessageStream};
-
-use super::StoreResult;
-
 impl Engine for MemoryEngine {
     type Adapter = LocalAdapter;
     type Stream = MemoryStream;
     type Orders = MemoryOrders;
     type Locations = MemoryLocations;
     type History = MemoryHistory;
+    type Rooms = MemoryRooms;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -74,12 +76,12 @@ impl Engine for MemoryEngine {
         &self.history
     }
 
-    async fn finish_init((): ()) -> Result<(), EngineError> {
-        Ok(())
+    fn rooms(&self) -> &MemoryRooms {
+        &self.rooms
     }
 
-    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
-        Ok(None)
+    async fn finish_init((): ()) -> Result<(), EngineError> {
+        Ok(())
     }
 
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {

@@ -33,25 +33,18 @@ const GEO_MAX_LAT: f64 = 85.051_128_78;
 pub struct RedisLocations {
     conn: Link,
     prefix: String,
-    /// The pub/sub channel of location deliveries between nodes.
-    channel: String,
     ttl: Duration,
     prune: Script,
 }
 
 impl RedisLocations {
-    pub fn new(conn: Link, prefix: &str, channel: String, ttl: Duration) -> Self {
+    pub fn new(conn: Link, prefix: &str, ttl: Duration) -> Self {
         Self {
             conn,
             prefix: prefix.to_owned(),
-            channel,
             ttl,
             prune: Script::new(PRUNE),
         }
-    }
-
-    pub fn channel(&self) -> &str {
-        &self.channel
     }
 
     /// When each driver was last seen (unix ms), for pruning the geo set.
@@ -96,21 +89,13 @@ fn location(fields: Vec<Value>) -> Option<DriverLocation> {
 impl LocationCache for RedisLocations {
     /// One pipeline per batch: GEOADD, the hash with its TTL, and the
     /// last-seen score, per driver.
-    async fn write(
-        &self,
-        batch: &[(String, DriverLocation)],
-        broadcast: Option<&[u8]>,
-    ) -> StoreResult<()> {
-        if batch.is_empty() && broadcast.is_none() {
+    async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
+        if batch.is_empty() {
             return Ok(());
         }
         let ttl_ms = self.ttl.as_millis() as u64;
         let mut pipe = redis::pipe();
-        // Deliveries first: the other nodes' customers wait on them, the cache can wait.
-        if let Some(payload) = broadcast {
-            pipe.cmd("PUBLISH").arg(&self.channel).arg(payload).ignore();
-        }
-        if !batch.is_empty() {
+        {
             // One GEOADD and one ZADD for the whole batch, not one per driver.
             let mut geoadd = redis::cmd("GEOADD");
             geoadd.arg(self.geo_key());

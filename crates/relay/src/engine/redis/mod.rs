@@ -5,6 +5,7 @@ mod link;
 mod locations;
 mod order_store;
 mod pubsub;
+mod rooms;
 mod sessions;
 mod stream;
 mod values;
@@ -28,11 +29,10 @@ use link::Link;
 pub use locations::RedisLocations;
 pub use order_store::RedisOrders;
 pub use pubsub::{PubSubDriver, PubSubError};
+pub use rooms::RedisRooms;
 pub use stream::{RedisStream, StreamSettings};
 
-use super::{
-    Engine, EngineError, Health, StoreError, StoreResult, log_redis_failure, redis_failure,
-};
+use super::{Engine, EngineError, Health, log_redis_failure, redis_failure};
 use crate::config::{RedisTls, Secret};
 use crate::metrics::RedisFailure;
 use crate::tasks::Tasks;
@@ -43,10 +43,6 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Failed health probes in a row after which every connection is dropped
 /// and dialed again: a link that went silent never fails on its own.
 const REDIAL_AFTER_FAILED_PROBES: u32 = 3;
-
-/// Location batches waiting for this node's fan-out task; one arrives per
-/// peer every few milliseconds under load.
-const LOCATION_FEED_BUFFER: usize = 4096;
 
 pub struct RedisEngine {
     driver: PubSubDriver,
@@ -60,6 +56,7 @@ pub struct RedisEngine {
     orders: RedisOrders,
     locations: RedisLocations,
     history: RedisHistory,
+    rooms: RedisRooms,
 }
 
 /// What the Redis engine needs from the configuration.
@@ -87,7 +84,7 @@ impl RedisEngine {
     }
 
     /// As [`Self::new`], with the engine's own long-lived tasks (sequencing
-    /// notices, the history feed) in the node's `tasks`. They end at `stop`,
+    /// notices) in the node's `tasks`. They end at `stop`,
     /// which a node cancels last, once nothing uses the engine any more.
     pub fn with_tasks(
         settings: RedisSettings<'_>,
@@ -114,9 +111,7 @@ impl RedisEngine {
         // the block time: the default 500 ms would fail every blocking read.
         let blocking =
             lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?;
-        let history_blocking =
-            lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?;
-        let links = vec![commands.clone(), blocking.clone(), history_blocking.clone()];
+        let links = vec![commands.clone(), blocking.clone()];
         let prefix = settings.key_prefix;
         let stream = RedisStream::new(
             commands.clone(),
@@ -132,6 +127,7 @@ impl RedisEngine {
             tasks,
             stop,
         );
+        let rooms = RedisRooms::new(driver.clone(), prefix);
         Ok(Self {
             driver: driver.clone(),
             links,
@@ -144,18 +140,13 @@ impl RedisEngine {
             orders: RedisOrders::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
-                history_blocking,
+                rooms.clone(),
                 prefix,
                 settings.history_size,
                 settings.history_ttl,
-                tasks.clone(),
             ),
-            locations: RedisLocations::new(
-                commands,
-                prefix,
-                format!("{prefix}sio-locations"),
-                settings.location_ttl,
-            ),
+            locations: RedisLocations::new(commands, prefix, settings.location_ttl),
+            rooms,
         })
     }
 }
@@ -202,6 +193,7 @@ impl Engine for RedisEngine {
     type Orders = RedisOrders;
     type Locations = RedisLocations;
     type History = RedisHistory;
+    type Rooms = RedisRooms;
 
     fn stream(&self) -> &RedisStream {
         &self.stream
@@ -219,6 +211,10 @@ impl Engine for RedisEngine {
         &self.history
     }
 
+    fn rooms(&self) -> &RedisRooms {
+        &self.rooms
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -228,15 +224,6 @@ impl Engine for RedisEngine {
             self.driver.clone(),
             RedisAdapterConfig::new().with_prefix(self.channel_prefix.clone()),
         )
-    }
-
-    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
-        let feed = self
-            .driver
-            .subscribe(self.locations.channel().to_owned(), LOCATION_FEED_BUFFER)
-            .await
-            .map_err(StoreError::from)?;
-        Ok(Some(feed))
     }
 
     fn user_sessions(&self, instance: &str) -> Option<std::sync::Arc<dyn super::UserSessions>> {

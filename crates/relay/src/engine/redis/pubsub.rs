@@ -13,7 +13,7 @@ use std::{
 
 use redis::{PushInfo, PushKind, Value};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::link::Link;
 use crate::metrics::{self, AdapterDirection, AdapterOp};
@@ -24,6 +24,8 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 pub struct PubSubDriver {
     conn: Link,
     handlers: Handlers,
+    /// Bumped whenever messages may have been lost (see [`Self::losses`]).
+    losses: Arc<watch::Sender<u64>>,
 }
 
 impl PubSubDriver {
@@ -34,16 +36,89 @@ impl PubSubDriver {
         config: redis::aio::ConnectionManagerConfig,
     ) -> redis::RedisResult<Self> {
         let handlers: Handlers = Arc::default();
+        let losses = Arc::new(watch::Sender::new(0));
         let route = {
-            let handlers = handlers.clone();
+            let (handlers, losses) = (handlers.clone(), losses.clone());
             move |push: PushInfo| {
-                route_push(push, &handlers);
+                route_push(push, &handlers, &losses);
                 Ok::<(), Infallible>(())
             }
         };
         let config = config.set_push_sender(route).set_automatic_resubscription();
         let conn = Link::new(client, config)?;
-        Ok(Self { conn, handlers })
+        Ok(Self {
+            conn,
+            handlers,
+            losses,
+        })
+    }
+
+    /// Changes whenever a message may have been lost: the connection
+    /// dropped (what was published until it is back is gone), it was
+    /// redialed, or an inbound buffer was full.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.losses.subscribe()
+    }
+
+    /// Subscribes to many channels in one command, all into `tx`.
+    pub async fn subscribe_into(
+        &self,
+        chans: &[String],
+        tx: &mpsc::Sender<ChanItem>,
+    ) -> Result<(), PubSubError> {
+        if chans.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut handlers = self.write_handlers();
+            for chan in chans {
+                handlers.insert(chan.clone(), tx.clone());
+            }
+        }
+        if let Err(e) = self.conn.manager().subscribe(chans).await {
+            metrics::adapter_error(AdapterOp::Subscribe);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub async fn unsubscribe_many(&self, chans: &[String]) -> Result<(), PubSubError> {
+        if chans.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut handlers = self.write_handlers();
+            for chan in chans {
+                handlers.remove(chan);
+            }
+        }
+        self.conn.manager().unsubscribe(chans).await?;
+        Ok(())
+    }
+
+    /// Publishes each payload to its channel, in order, in one pipeline.
+    pub async fn publish_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), PubSubError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let count = items.len();
+        let mut pipe = redis::pipe();
+        for (chan, val) in items {
+            pipe.cmd("PUBLISH").arg(chan).arg(val).ignore();
+        }
+        let mut conn = self.conn.clone();
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => {
+                for _ in 0..count {
+                    metrics::adapter_message(AdapterDirection::Publish);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                metrics::adapter_error(AdapterOp::Publish);
+                Err(e.into())
+            }
+        }
     }
 
     /// Drops the connection for a fresh one and subscribes it to every
@@ -51,6 +126,7 @@ impl PubSubDriver {
     /// only covers its reconnects, not a new manager).
     pub async fn redial(&self) -> Result<(), PubSubError> {
         self.conn.redial()?;
+        self.losses.send_modify(|n| *n += 1);
         let channels: Vec<String> = self
             .handlers
             .read()
@@ -66,7 +142,11 @@ impl PubSubDriver {
     }
 }
 
-fn route_push(push: PushInfo, handlers: &Handlers) {
+fn route_push(push: PushInfo, handlers: &Handlers, losses: &watch::Sender<u64>) {
+    if matches!(push.kind, PushKind::Disconnection) {
+        losses.send_modify(|n| *n += 1);
+        return;
+    }
     if !matches!(push.kind, PushKind::Message) || push.data.len() < 2 {
         return;
     }
@@ -88,6 +168,7 @@ fn route_push(push: PushInfo, handlers: &Handlers) {
         if tx.try_send((chan, payload)).is_err() {
             metrics::adapter_error(AdapterOp::BufferFull);
             tracing::warn!("adapter inbound buffer full, message dropped");
+            losses.send_modify(|n| *n += 1);
         }
     }
 }

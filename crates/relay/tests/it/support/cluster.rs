@@ -73,6 +73,12 @@ impl Cluster {
         format!("{}{name}", self.prefix)
     }
 
+    /// The name, below the prefix, of a room's history stream (`all`: the
+    /// stream of offsets); they all share one hash tag.
+    pub fn history(&self, room: &str) -> String {
+        format!("history:{{{}history}}:{room}", self.prefix)
+    }
+
     /// `XADD {prefix}events * type <kind> data <json>`, as the backend does.
     pub async fn xadd(&self, kind: &str, data: serde_json::Value) -> String {
         let mut conn = self.redis.connection().await;
