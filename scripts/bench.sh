@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=target/release/relay
-SIM=target/release/relay-sim
-OUT=${BENCH_OUT:-docs/benchmarks.md}
+BIN=${BENCH_BIN:-target/release/relay}
+SIM=${BENCH_SIM:-target/release/relay-sim}
+# One scenario alone: location, idle, orders or scale (its report goes to
+# target/bench/ unless BENCH_OUT says otherwise).
+ONLY=${BENCH_ONLY:-all}
+if [ "$ONLY" = all ]; then OUT=${BENCH_OUT:-docs/benchmarks.md}; else OUT=${BENCH_OUT:-target/bench/benchmarks-$ONLY.md}; fi
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
 PORTS=(${BENCH_PORTS:-3201 3202})
 DRIVERS=${BENCH_DRIVERS:-4000}
@@ -18,6 +21,11 @@ IDLE=${BENCH_IDLE_PER_NODE:-20000}
 IDLE_SETTLE=${BENCH_IDLE_SETTLE_S:-30}
 ORDER_RATE=${BENCH_ORDER_RATE:-1000}
 ORDER_CUSTOMERS=${BENCH_ORDER_CUSTOMERS:-500}
+# Scale-out: clusters of these sizes, all clients on the first two nodes.
+SCALE_NODES=(${BENCH_SCALE_NODES:-2 4 8})
+SCALE_RATE=${BENCH_SCALE_RATE:-4000}
+SCALE_DRIVERS=${BENCH_SCALE_DRIVERS:-1000}
+SCALE_DURATION=${BENCH_SCALE_DURATION_S:-15}
 RUN_DIR=target/bench
 mkdir -p "$RUN_DIR"
 
@@ -42,7 +50,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Starts Redis and the nodes of PORTS (or the first $1 ports from 3201).
 start_stack() {
+  local ports=("${PORTS[@]}")
+  if [ $# -gt 0 ]; then ports=(); for i in $(seq 1 "$1"); do ports+=($((3200 + i))); done; fi
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
     --logfile "$PWD/$RUN_DIR/redis.log" &
   redis_pid=$!
@@ -50,7 +61,7 @@ start_stack() {
   for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   node_pids=()
   urls=()
-  for port in "${PORTS[@]}"; do
+  for port in "${ports[@]}"; do
     # Each simulated driver sends 5 updates/s (real ones: one every 5-10 s),
     # so the per-driver throttle is off: the load generator's tick jitter
     # would otherwise count as rejects.
@@ -62,7 +73,7 @@ start_stack() {
     node_pids+=($!)
     urls+=("http://127.0.0.1:$port")
   done
-  for port in "${PORTS[@]}"; do
+  for port in "${ports[@]}"; do
     for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
   done
 }
@@ -78,22 +89,42 @@ loadgen() {
 }
 
 rm -f "$RUN_DIR/report.md"
+runs() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 # A fresh stack per scenario, so that one's connections don't weigh on the next.
-for rate in "${RATES[@]}"; do
+if runs location; then
+  for rate in "${RATES[@]}"; do
+    start_stack
+    loadgen location --drivers "$DRIVERS" --rate "$rate" --duration-s "$DURATION"
+    stop_stack
+  done
+fi
+if runs idle; then
   start_stack
-  loadgen location --drivers "$DRIVERS" --rate "$rate" --duration-s "$DURATION"
+  for i in "${!urls[@]}"; do
+    "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
+      --report "$RUN_DIR/report.md" \
+      idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
+  done
   stop_stack
-done
-start_stack
-for i in "${!urls[@]}"; do
-  "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
-    --report "$RUN_DIR/report.md" \
-    idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
-done
-stop_stack
-start_stack
-loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
-stop_stack
+fi
+if runs orders; then
+  start_stack
+  loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
+  stop_stack
+fi
+if runs scale; then
+  # Clients on the first two nodes only; the others hold none, and their
+  # CPU and Redis's bytes sent per update are what should stay flat.
+  for n in "${SCALE_NODES[@]}"; do
+    start_stack "$n"
+    echo "#### Scale-out: $n nodes" >> "$RUN_DIR/report.md"
+    echo >> "$RUN_DIR/report.md"
+    "$SIM" loadgen --nodes "${urls[0]},${urls[1]}" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
+      --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" \
+      location --drivers "$SCALE_DRIVERS" --rate "$SCALE_RATE" --duration-s "$SCALE_DURATION"
+    stop_stack
+  done
+fi
 
 {
   echo "# Benchmarks"

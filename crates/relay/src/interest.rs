@@ -15,7 +15,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engine::{Engine, RoomChannels, StoreResult},
+    engine::{Engine, RoomChannels, StoreError, StoreResult},
     metrics,
 };
 
@@ -24,6 +24,12 @@ pub const LINGER: Duration = Duration::from_secs(5);
 
 /// How often rooms without local sockets are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest a join waits for its SUBSCRIBE. A store that stalls must not
+/// hold connects (and every other join, behind the lock) for the
+/// connection's whole retry budget: past this the rooms stay wanted, and
+/// the delivery loop subscribes them and fills the gap once it answers.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct Interest<E: Engine> {
     engine: Arc<E>,
@@ -63,7 +69,7 @@ impl<E: Engine> Interest<E> {
         if missing.is_empty() {
             return Ok(());
         }
-        let result = self.engine.rooms().subscribe(&missing).await;
+        let result = self.subscribe(&missing).await;
         if let Err(e) = &result {
             tracing::warn!(error = %e, rooms = missing.len(), "room subscription failed; retrying with a gap fill");
             self.failures.send_modify(|n| *n += 1);
@@ -75,8 +81,21 @@ impl<E: Engine> Interest<E> {
     pub async fn resubscribe_all(&self) -> StoreResult<Vec<String>> {
         let subscribed = self.rooms.lock().await;
         let rooms: Vec<String> = subscribed.keys().cloned().collect();
-        self.engine.rooms().subscribe(&rooms).await?;
+        self.subscribe(&rooms).await?;
         Ok(rooms)
+    }
+
+    async fn subscribe(&self, rooms: &[String]) -> StoreResult<()> {
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.engine.rooms().subscribe(rooms))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::from(redis::RedisError::from(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "room subscription unconfirmed",
+                    ),
+                )))
+            })
     }
 
     /// Changes when a subscription of [`Self::ensure`] failed.
@@ -109,15 +128,19 @@ impl<E: Engine> Interest<E> {
             .map(|(room, _)| room.clone())
             .collect();
         if !idle.is_empty() {
-            match self.engine.rooms().unsubscribe(&idle).await {
-                Ok(()) => {
+            let left =
+                tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.engine.rooms().unsubscribe(&idle))
+                    .await;
+            match left {
+                Ok(Ok(())) => {
                     for room in &idle {
                         subscribed.remove(room);
                     }
                     tracing::debug!(rooms = idle.len(), "room channels left");
                 }
                 // Stays subscribed: the next sweep tries again.
-                Err(e) => tracing::debug!(error = %e, "unsubscribing room channels failed"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "unsubscribing room channels failed"),
+                Err(_) => tracing::debug!("unsubscribing room channels timed out"),
             }
         }
         if !strays.is_empty() {

@@ -212,6 +212,19 @@ impl Target {
             .await?)
     }
 
+    /// Redis's `total_net_output_bytes` (INFO stats), when Redis is known.
+    async fn redis_bytes_sent(&self) -> Option<u64> {
+        let mut conn = self.connection().await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Opens WebSocket clients, `concurrency` handshakes at a time.
     async fn connect_all(
         &self,

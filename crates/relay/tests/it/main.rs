@@ -14,6 +14,7 @@ mod engine;
 mod events;
 mod faults;
 mod handshake;
+mod interest;
 mod interop;
 mod layers;
 mod lifecycle;
