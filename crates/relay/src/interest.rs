@@ -29,7 +29,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// hold connects (and every other join, behind the lock) for the
 /// connection's whole retry budget: past this the rooms stay wanted, and
 /// the delivery loop subscribes them and fills the gap once it answers.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 pub struct Interest<E: Engine> {
     engine: Arc<E>,
