@@ -12,8 +12,8 @@ pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_f
 pub use routed::{MalformedRouted, Routed};
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, Recorded, RoomChannels, StreamEntry, StreamStats, UserSessions, cmp_offsets,
-    entry_size, in_offset_order, merge_rooms,
+    OrderStore, Recorded, RoomChannels, RoomFeed, StreamEntry, StreamStats, UserSessions,
+    cmp_offsets, entry_size, in_offset_order, merge_rooms,
 };
 
 use std::{

@@ -351,6 +351,9 @@ pub trait History: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<Recorded>>> + Send;
 }
 
+/// The messages of a node's subscribed rooms, as (channel, payload).
+pub type RoomFeed = tokio::sync::mpsc::Receiver<(String, Vec<u8>)>;
+
 /// One channel per room, for what only the nodes with sockets in that room
 /// need ([`crate::engine::Routed`]): a node subscribes while it has members
 /// there.
@@ -358,7 +361,7 @@ pub trait RoomChannels: Send + Sync + 'static {
     /// Every message of the rooms this node subscribes to, as (channel,
     /// payload), in the order each publisher sent them. Taken once; `None`
     /// after that.
-    fn take_feed(&self) -> Option<tokio::sync::mpsc::Receiver<(String, Vec<u8>)>>;
+    fn take_feed(&self) -> Option<RoomFeed>;
 
     /// The room of a channel named in the feed.
     fn room_of<'a>(&self, channel: &'a str) -> &'a str;

@@ -8,7 +8,7 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::{RoomChannels, StoreResult};
+use crate::engine::{RoomChannels, RoomFeed, StoreResult};
 
 /// Messages waiting for the delivery loop.
 const FEED: usize = 65_536;
@@ -21,7 +21,7 @@ pub struct MemoryRooms {
 struct Inner {
     subscribed: Mutex<HashSet<String>>,
     tx: mpsc::Sender<(String, Vec<u8>)>,
-    feed: Mutex<Option<mpsc::Receiver<(String, Vec<u8>)>>>,
+    feed: Mutex<Option<RoomFeed>>,
     /// Nothing is ever lost in process: it never changes.
     losses: watch::Sender<u64>,
 }
@@ -63,7 +63,7 @@ impl MemoryRooms {
 }
 
 impl RoomChannels for MemoryRooms {
-    fn take_feed(&self) -> Option<mpsc::Receiver<(String, Vec<u8>)>> {
+    fn take_feed(&self) -> Option<RoomFeed> {
         self.inner
             .feed
             .lock()

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use super::pubsub::PubSubDriver;
-use crate::engine::{RoomChannels, StoreError, StoreResult};
+use crate::engine::{RoomChannels, RoomFeed, StoreError, StoreResult};
 
 /// Messages waiting for this node's delivery loop: about a second of a busy
 /// node's location traffic. A full buffer drops and reports a loss.
@@ -23,7 +23,7 @@ pub struct RedisRooms {
     /// `{prefix}room:`
     channel_prefix: Arc<str>,
     tx: mpsc::Sender<(String, Vec<u8>)>,
-    feed: Arc<Mutex<Option<mpsc::Receiver<(String, Vec<u8>)>>>>,
+    feed: Arc<Mutex<Option<RoomFeed>>>,
 }
 
 impl RedisRooms {
@@ -47,7 +47,7 @@ impl RedisRooms {
 }
 
 impl RoomChannels for RedisRooms {
-    fn take_feed(&self) -> Option<mpsc::Receiver<(String, Vec<u8>)>> {
+    fn take_feed(&self) -> Option<RoomFeed> {
         self.feed.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
