@@ -50,10 +50,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts Redis and the nodes of PORTS (or the first $1 ports from 3201).
+# Starts Redis and the nodes of PORTS (or $1 nodes on the ports after
+# BENCH_PORT_BASE).
+PORT_BASE=${BENCH_PORT_BASE:-3200}
 start_stack() {
   local ports=("${PORTS[@]}")
-  if [ $# -gt 0 ]; then ports=(); for i in $(seq 1 "$1"); do ports+=($((3200 + i))); done; fi
+  if [ $# -gt 0 ]; then ports=(); for i in $(seq 1 "$1"); do ports+=($((PORT_BASE + i))); done; fi
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
     --logfile "$PWD/$RUN_DIR/redis.log" &
   redis_pid=$!
@@ -117,7 +119,7 @@ if runs scale; then
   # CPU and Redis's bytes sent per update are what should stay flat.
   for n in "${SCALE_NODES[@]}"; do
     start_stack "$n"
-    echo "#### Scale-out: $n nodes" >> "$RUN_DIR/report.md"
+    echo "### Scale-out: $n nodes, clients on the first two" >> "$RUN_DIR/report.md"
     echo >> "$RUN_DIR/report.md"
     "$SIM" loadgen --nodes "${urls[0]},${urls[1]}" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
       --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" \

@@ -147,6 +147,7 @@ pub async fn run<E: Engine>(
     let mut failures = interest.failures();
     let _ = subscribed.send(());
     let mut seen = Seen::default();
+    let own_locations = Routed::location_prefix(&node);
     loop {
         tokio::select! {
             // Losses first: nothing after a gap goes out before the gap is
@@ -167,6 +168,9 @@ pub async fn run<E: Engine>(
                 fill_gap(&engine, &interest, &io, &mut seen, &mut [&mut losses, &mut failures], &stop).await;
             }
             message = feed.recv() => match message {
+                // The driver's node hears its own locations (its driver is
+                // in the room) and delivered them already: skipped undecoded.
+                Some((_, payload)) if payload.starts_with(&own_locations) => {}
                 Some((channel, payload)) => {
                     let room = engine.rooms().room_of(&channel);
                     handle(&interest, &io, &node, &mut seen, room, &payload).await;

@@ -41,6 +41,16 @@ impl Routed {
     pub fn decode(bytes: &[u8]) -> Result<Self, MalformedRouted> {
         Ok(serde_json::from_slice(bytes)?)
     }
+
+    /// How every encoded location of `node` begins (the tag, then the node:
+    /// serde keeps the declared order), so that a node can skip its own
+    /// without decoding them.
+    pub fn location_prefix(node: &str) -> Vec<u8> {
+        let mut prefix = br#"{"k":"location","node":"#.to_vec();
+        prefix.extend(serde_json::to_vec(node).unwrap_or_default());
+        prefix.push(b',');
+        prefix
+    }
 }
 
 #[cfg(test)]
@@ -72,6 +82,13 @@ mod tests {
         for message in all {
             assert_eq!(Routed::decode(&message.encode()).unwrap(), message);
         }
+        let own = Routed::Location {
+            node: "n\"1".into(),
+            except: "driver_d1".into(),
+            data: serde_json::json!({}),
+        };
+        assert!(own.encode().starts_with(&Routed::location_prefix("n\"1")));
+        assert!(!own.encode().starts_with(&Routed::location_prefix("n")));
         assert!(Routed::decode(b"{\"k\":\"nope\"}").is_err());
     }
 }
