@@ -265,7 +265,9 @@ async fn fill_gap<E: Engine>(
         }
         let filled = async {
             let rooms = interest.resubscribe_all().await?;
-            engine.history().since(&rooms, from_ms).await
+            let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
+            let found = engine.history().since(&names, from_ms).await?;
+            Ok::<_, crate::engine::StoreError>(only_since_wanted(found, &rooms))
         }
         .await;
         match filled {
@@ -292,6 +294,37 @@ async fn fill_gap<E: Engine>(
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Each event only for the rooms this node wanted before it was published:
+/// an older one never came here live, and delivering it now could put it
+/// after later events of its room.
+fn only_since_wanted(found: Vec<Recorded>, rooms: &[(String, u64)]) -> Vec<Recorded> {
+    let since: std::collections::HashMap<&str, u64> = rooms
+        .iter()
+        .map(|(room, ms)| (room.as_str(), *ms))
+        .collect();
+    found
+        .into_iter()
+        .filter_map(|mut recorded| {
+            let published_ms = offset_ms(&recorded.offset);
+            recorded.rooms.retain(|room| {
+                since
+                    .get(room.as_str())
+                    .is_some_and(|ms| published_ms >= *ms)
+            });
+            (!recorded.rooms.is_empty()).then_some(recorded)
+        })
+        .collect()
+}
+
+/// The unix ms of an `ms-seq` offset.
+fn offset_ms(offset: &str) -> u64 {
+    offset
+        .split_once('-')
+        .map_or(offset, |(ms, _)| ms)
+        .parse()
+        .unwrap_or(0)
 }
 
 async fn deliver<A: Adapter>(io: &SocketIo<A>, recorded: &Recorded) {
@@ -407,4 +440,44 @@ fn finish<A: Adapter>(socket: &SocketRef<A>, rooms: &[String], join: bool, recov
         ServerEvent::SyncDone.as_str(),
         &json!({ "recovered": recovered }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(offset: &str, rooms: &[&str]) -> Recorded {
+        Recorded {
+            offset: offset.to_owned(),
+            event: "order:status_update".to_owned(),
+            data: "{}".to_owned(),
+            rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
+            then_leave: None,
+        }
+    }
+
+    #[test]
+    fn a_gap_fill_brings_only_what_was_published_after_its_room_was_wanted() {
+        let wanted = [
+            ("order_o1".to_owned(), 2000),
+            ("customer_c1".to_owned(), 1000),
+        ];
+        let found = vec![
+            recorded("1500-0", &["order_o1", "customer_c1"]),
+            recorded("1800-3", &["order_o1"]),
+            recorded("2000-0", &["order_o1"]),
+        ];
+        let kept = only_since_wanted(found, &wanted);
+        let kept: Vec<(&str, Vec<String>)> = kept
+            .iter()
+            .map(|r| (r.offset.as_str(), r.rooms.clone()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("1500-0", vec!["customer_c1".to_owned()]),
+                ("2000-0", vec!["order_o1".to_owned()]),
+            ]
+        );
+    }
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::{Engine, RoomChannels, StoreError, StoreResult},
+    events::now_ms,
     metrics,
 };
 
@@ -31,16 +32,34 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// the delivery loop subscribes them and fills the gap once it answers.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// A subscribed room.
+struct Wanted {
+    /// The last time it had a local socket or was asked for.
+    seen: Instant,
+    /// When it was first asked for (unix ms): what was published before
+    /// never reached this node, and a gap fill must not bring it now, after
+    /// later events of the room went out live.
+    since_ms: u64,
+}
+
+impl Wanted {
+    fn new(now: Instant) -> Self {
+        Self {
+            seen: now,
+            since_ms: now_ms(),
+        }
+    }
+}
+
 pub struct Interest<E: Engine> {
     engine: Arc<E>,
-    /// Subscribed rooms, each with the last time it had a local socket or
-    /// was asked for. An async lock, held across SUBSCRIBE and UNSUBSCRIBE:
+    /// Subscribed rooms. An async lock, held across SUBSCRIBE and UNSUBSCRIBE:
     /// a sweep's UNSUBSCRIBE must not overtake a join's SUBSCRIBE of the
     /// same room. Joins are rare next to emits; emits never take it.
-    rooms: tokio::sync::Mutex<HashMap<String, Instant>>,
+    rooms: tokio::sync::Mutex<HashMap<String, Wanted>>,
     /// Bumped when a subscription failed: the rooms are recorded as wanted,
     /// and the delivery loop subscribes them again and fills the gap.
-    failures: watch::Sender<u64>,
+    failures: Arc<watch::Sender<u64>>,
 }
 
 impl<E: Engine> Interest<E> {
@@ -48,7 +67,7 @@ impl<E: Engine> Interest<E> {
         Self {
             engine,
             rooms: tokio::sync::Mutex::default(),
-            failures: watch::Sender::new(0),
+            failures: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -61,33 +80,53 @@ impl<E: Engine> Interest<E> {
         let now = Instant::now();
         let mut missing = Vec::new();
         for room in rooms {
-            if subscribed.insert(room.clone(), now).is_none() {
-                missing.push(room.clone());
+            match subscribed.get_mut(room) {
+                Some(wanted) => wanted.seen = now,
+                None => {
+                    subscribed.insert(room.clone(), Wanted::new(now));
+                    missing.push(room.clone());
+                }
             }
         }
         metrics::set_room_subscriptions(subscribed.len());
         if missing.is_empty() {
             return Ok(());
         }
-        let result = self.subscribe(&missing).await;
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, rooms = missing.len(), "room subscription failed; retrying with a gap fill");
-            self.failures.send_modify(|n| *n += 1);
-        }
-        result
+        self.subscribe(&missing).await
     }
 
-    /// Subscribes to every wanted room again (after a loss); returns them.
-    pub async fn resubscribe_all(&self) -> StoreResult<Vec<String>> {
+    /// Subscribes to every wanted room again (after a loss); returns them,
+    /// each with when it was first asked for (unix ms).
+    pub async fn resubscribe_all(&self) -> StoreResult<Vec<(String, u64)>> {
         let subscribed = self.rooms.lock().await;
         let rooms: Vec<String> = subscribed.keys().cloned().collect();
         self.subscribe(&rooms).await?;
-        Ok(rooms)
+        Ok(subscribed
+            .iter()
+            .map(|(room, wanted)| (room.clone(), wanted.since_ms))
+            .collect())
     }
 
+    /// Subscribes in a task of its own, waited for at most
+    /// [`SUBSCRIBE_TIMEOUT`]: a SUBSCRIBE given up half-way might never be
+    /// sent, leaving a room the registry counts as subscribed deaf. So it
+    /// always runs to its end, and only a real failure is reported as a
+    /// loss (by the task).
     async fn subscribe(&self, rooms: &[String]) -> StoreResult<()> {
-        tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.engine.rooms().subscribe(rooms))
+        let (engine, failures, rooms) =
+            (self.engine.clone(), self.failures.clone(), rooms.to_vec());
+        let (done, result) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let subscribed = engine.rooms().subscribe(&rooms).await;
+            if let Err(e) = &subscribed {
+                tracing::warn!(error = %e, rooms = rooms.len(), "room subscription failed; retrying with a gap fill");
+                failures.send_modify(|n| *n += 1);
+            }
+            let _ = done.send(subscribed);
+        });
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, result)
             .await
+            .map(|r| r.unwrap_or(Err(StoreError::Cancelled)))
             .unwrap_or_else(|_| {
                 Err(StoreError::from(redis::RedisError::from(
                     std::io::Error::new(
@@ -118,13 +157,13 @@ impl<E: Engine> Interest<E> {
         let mut strays = Vec::new();
         for room in present {
             match subscribed.get_mut(&room) {
-                Some(seen) => *seen = now,
+                Some(wanted) => wanted.seen = now,
                 None => strays.push(room),
             }
         }
         let idle: Vec<String> = subscribed
             .iter()
-            .filter(|(_, seen)| now.duration_since(**seen) >= LINGER)
+            .filter(|(_, wanted)| now.duration_since(wanted.seen) >= LINGER)
             .map(|(room, _)| room.clone())
             .collect();
         if !idle.is_empty() {
@@ -149,7 +188,7 @@ impl<E: Engine> Interest<E> {
                 "rooms with local sockets were not subscribed"
             );
             for room in &strays {
-                subscribed.insert(room.clone(), now);
+                subscribed.insert(room.clone(), Wanted::new(now));
             }
             self.failures.send_modify(|n| *n += 1);
         }
