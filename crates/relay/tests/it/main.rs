@@ -26,5 +26,6 @@ mod recovery;
 mod redis_tls;
 mod rooms;
 mod security;
+mod storm;
 mod stream;
 mod transport;
