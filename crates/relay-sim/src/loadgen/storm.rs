@@ -168,7 +168,7 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
 
     // Until every victim has its sync:done, CPU sampled each second for the
     // busiest second.
-    let mut samples = vec![(killed_at, cpu_before.clone())];
+    let mut samples = vec![(killed_at, cpu_before)];
     let mut done: Vec<Recovery> = Vec::with_capacity(args.clients);
     let deadline = Instant::now() + args.limit;
     let mut every_second = tokio::time::interval(Duration::from_secs(1));
@@ -188,7 +188,7 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
     }
     let storm_end = shared.epoch.elapsed();
     let cpu_after = [survivor_pid, redis_pid].map(|p| p.and_then(ProcSample::read));
-    samples.push((storm_end, cpu_after.clone()));
+    samples.push((storm_end, cpu_after));
     let shed_after = survivor_shed(target).await;
 
     tokio::time::sleep(TAIL).await;
