@@ -280,6 +280,7 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
          `auth.last_event_id` the way socket.io-client does (first try after its back-off, 1 s doubling to 5 s, \
          randomisation 0.5; after a 503 at least the `Retry-After` it names). Machine: {machine}.\n\n\
          | figure | value |\n| --- | --- |\n\
+         | `sync:done {{ recovered: true }}`, first / 50 % of the clients | {first_at} / {p50_at} after the kill |\n\
          | `sync:done {{ recovered: true }}`, 99 % of the clients | {p99_at} after the kill |\n\
          | `sync:done {{ recovered: true }}`, 100 % | {all_at} after the kill |\n\
          | `recovered: false` / no `sync:done` within {limit} s | {not_recovered} / {missing} |\n\
@@ -294,6 +295,8 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
         rate = args.rate,
         warmup = args.warmup.as_secs(),
         machine = machine(),
+        first_at = at_share(1.0 / args.clients as f64),
+        p50_at = at_share(0.5),
         p99_at = at_share(0.99),
         all_at = at_share(1.0),
         limit = args.limit.as_secs(),
