@@ -28,6 +28,8 @@ use relay_client::{Backoff, Client, ClientError, ConnectOptions, Transport};
 const TAIL: Duration = Duration::from_secs(3);
 /// Bound on delivery of the last events once the stream is handled.
 const DRAIN: Duration = Duration::from_secs(15);
+/// Bound on the wait, after the warm-up, for every client's first event.
+const PRIME_LIMIT: Duration = Duration::from_secs(60);
 /// Bound on one reconnect attempt (socket.io-client's `timeout` is 20 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -46,10 +48,14 @@ struct Shared {
     sent_at: Vec<AtomicU64>,
     /// Distinct events received, all clients together.
     delivered: AtomicUsize,
+    /// Clients that have received at least one event: only those have a
+    /// `last_event_id` to come back with.
+    primed: AtomicUsize,
     /// Handshakes refused with 503, and of those, without a Retry-After.
     shed: AtomicUsize,
     shed_blind: AtomicUsize,
-    /// Reconnect attempts that failed otherwise.
+    /// Reconnect attempts that timed out, and that failed otherwise.
+    timed_out: AtomicUsize,
     failed: AtomicUsize,
 }
 
@@ -88,6 +94,10 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
         .map(|(_, pid)| *pid);
     let run = &target.run;
     let orders = args.clients + args.survivor_clients;
+    // The survivor's own customers are spread over the orders (every 11th
+    // of 11,000), so that the round-robin of events reaches them all along.
+    let own = args.survivor_clients;
+    let is_victim = |i: usize| (i * own) % orders >= own;
     let setup = (0..orders)
         .map(|i| ("order.created", json!({"order_id": format!("{run}-o{i}"), "customer_id": format!("{run}-c{i}"), "store_id": format!("{run}-s"), "items": []})))
         .collect();
@@ -96,7 +106,7 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
         .connect_all(
             (0..orders)
                 .map(|i| {
-                    let node = if i < args.clients {
+                    let node = if is_victim(i) {
                         victim_url
                     } else {
                         survivor_url
@@ -110,14 +120,18 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
         )
         .await?;
 
-    let capacity =
-        (f64::from(args.rate) * (args.warmup + args.limit + TAIL).as_secs_f64()) as usize + 1;
+    let capacity = (f64::from(args.rate)
+        * (args.warmup + PRIME_LIMIT + args.limit + TAIL).as_secs_f64())
+        as usize
+        + 1;
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         sent_at: (0..capacity).map(|_| AtomicU64::new(u64::MAX)).collect(),
         delivered: AtomicUsize::new(0),
+        primed: AtomicUsize::new(0),
         shed: AtomicUsize::new(0),
         shed_blind: AtomicUsize::new(0),
+        timed_out: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
     });
     let stop = CancellationToken::new();
@@ -126,7 +140,7 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
         .into_iter()
         .enumerate()
         .map(|(i, client)| {
-            let victim = i < args.clients;
+            let victim = is_victim(i);
             tokio::spawn(customer(CustomerRun {
                 index: i,
                 client,
@@ -151,11 +165,25 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
         shared.clone(),
         stop_producer.clone(),
     ));
-    // Steady state before the kill (a benchmark: the pause is the measurement).
+    // Steady state before the kill (a benchmark: the pause is the
+    // measurement), and until every client has an event id to resume from:
+    // one without would reconnect as a new client, without sync:done.
     tokio::time::sleep(args.warmup).await;
+    let primed_by = Instant::now() + PRIME_LIMIT;
+    while shared.primed.load(Ordering::Relaxed) < orders {
+        if Instant::now() > primed_by {
+            return Err(LoadgenError::Setup(format!(
+                "only {} of {orders} clients had an event within {PRIME_LIMIT:?} of the warm-up",
+                shared.primed.load(Ordering::Relaxed)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warmed = shared.epoch.elapsed();
 
     let shed_before = survivor_shed(target).await;
-    let cpu_before = [survivor_pid, redis_pid].map(|p| p.and_then(ProcSample::read));
+    let measured = [survivor_pid, redis_pid, Some(std::process::id())];
+    let cpu_before = measured.map(|p| p.and_then(ProcSample::read));
     let status = std::process::Command::new("kill")
         .args(["-KILL", &victim_pid.to_string()])
         .status()?;
@@ -181,13 +209,13 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
             },
             _ = every_second.tick() => samples.push((
                 shared.epoch.elapsed(),
-                [survivor_pid, redis_pid].map(|p| p.and_then(ProcSample::read)),
+                measured.map(|p| p.and_then(ProcSample::read)),
             )),
             () = tokio::time::sleep_until(deadline) => break,
         }
     }
     let storm_end = shared.epoch.elapsed();
-    let cpu_after = [survivor_pid, redis_pid].map(|p| p.and_then(ProcSample::read));
+    let cpu_after = measured.map(|p| p.and_then(ProcSample::read));
     samples.push((storm_end, cpu_after));
     let shed_after = survivor_shed(target).await;
 
@@ -276,7 +304,7 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
     Ok(format!(
         "### Reconnect storm\n\n\
          {clients} customers on node 1 and {own} on node 2, each in its order's room; order events appended with XADD at {rate}/s \
-         round-robin over their orders; node 1 SIGKILLed after {warmup} s. Its clients reconnect to node 2 with \
+         round-robin over their orders; node 1 SIGKILLed after {warmup:.1} s, once every client had an event to resume from. Its clients reconnect to node 2 with \
          `auth.last_event_id` the way socket.io-client does (first try after its back-off, 1 s doubling to 5 s, \
          randomisation 0.5; after a 503 at least the `Retry-After` it names). Machine: {machine}.\n\n\
          | figure | value |\n| --- | --- |\n\
@@ -286,14 +314,14 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
          | `recovered: false` / no `sync:done` within {limit} s | {not_recovered} / {missing} |\n\
          | events appended / lost / repeated (at least once) | {appended} / {lost} / {duplicates} |\n\
          | handshakes shed by node 2 (`connect_rate`) | {shed_metric:.0} |\n\
-         | 503s seen by the clients / without `Retry-After` / other failed tries | {shed} / {blind} / {failed} |\n\
+         | reconnect tries refused with 503 / of those without `Retry-After` / timed out ({timeout} s) / failed otherwise | {shed} / {blind} / {timed_out} / {failed} |\n\
          | node 2's own customers, XADD -> client, during the storm | {storm_p} |\n\
          | the same before the kill | {before_p} |\n\n\
          | process, kill -> last `sync:done` | CPU (mean) | CPU (busiest second) |\n| --- | --- | --- |\n{cpu_rows}",
         clients = args.clients,
         own = args.survivor_clients,
         rate = args.rate,
-        warmup = args.warmup.as_secs(),
+        warmup = warmed.as_secs_f64(),
         machine = machine(),
         first_at = at_share(1.0 / args.clients as f64),
         p50_at = at_share(0.5),
@@ -303,6 +331,8 @@ pub async fn run(target: &Target, args: StormArgs) -> Result<String, LoadgenErro
         shed_metric = shed_after - shed_before,
         shed = shared.shed.load(Ordering::Relaxed),
         blind = shared.shed_blind.load(Ordering::Relaxed),
+        timed_out = shared.timed_out.load(Ordering::Relaxed),
+        timeout = CONNECT_TIMEOUT.as_secs(),
         failed = shared.failed.load(Ordering::Relaxed),
         storm_p = p(&mut storm_live),
         before_p = p(&mut before_live),
@@ -316,12 +346,13 @@ async fn survivor_shed(target: &Target) -> f64 {
     })
 }
 
-/// Mean cores over the storm and the busiest one-second step, for node 2
-/// and Redis.
-fn cpu_rows(samples: &[(Duration, [Option<ProcSample>; 2])]) -> String {
+/// Mean cores over the storm and the busiest one-second step, for node 2,
+/// Redis and this load generator.
+fn cpu_rows(samples: &[(Duration, [Option<ProcSample>; 3])]) -> String {
     let mut rows = String::new();
-    for (p, label) in ["node 2 (survivor)", "redis-server"].iter().enumerate() {
-        let cpu = |s: &(Duration, [Option<ProcSample>; 2])| s.1[p].as_ref().map(|x| (s.0, x.cpu));
+    let labels = ["node 2 (survivor)", "redis-server", "load generator"];
+    for (p, label) in labels.iter().enumerate() {
+        let cpu = |s: &(Duration, [Option<ProcSample>; 3])| s.1[p].as_ref().map(|x| (s.0, x.cpu));
         let points: Vec<(Duration, Duration)> = samples.iter().filter_map(cpu).collect();
         let (Some(first), Some(last)) = (points.first(), points.last()) else {
             continue;
@@ -409,6 +440,9 @@ async fn customer(mut c: CustomerRun) -> Seen {
                     .and_then(|k| k.parse::<u32>().ok());
                 let Some(k) = k else { continue };
                 if let Some(id) = event.data()["event_id"].as_str() {
+                    if last_event_id.is_none() {
+                        c.shared.primed.fetch_add(1, Ordering::Relaxed);
+                    }
                     last_event_id = Some(id.to_owned());
                 }
                 seen.events.push(k);
@@ -485,7 +519,10 @@ async fn reconnect(
                     if e.retry_after().is_none() {
                         c.shared.shed_blind.fetch_add(1, Ordering::Relaxed);
                     }
+                } else if matches!(e, ClientError::Timeout(_)) {
+                    c.shared.timed_out.fetch_add(1, Ordering::Relaxed);
                 } else {
+                    tracing::debug!(error = %e, "reconnect failed");
                     c.shared.failed.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::select! {
