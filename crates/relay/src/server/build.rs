@@ -47,19 +47,19 @@ impl Prepared {
     }
 }
 
-/// The Redis engine when `REDIS_URL` is set. Its own tasks go in `tasks`
+/// The Redis engine when `REDIS_URL` or `REDIS_CLUSTER_URLS` is set. Its own tasks go in `tasks`
 /// and end at `engine_stop`.
 pub(super) fn redis_engine(
     config: &Config,
     tasks: &Tasks,
     engine_stop: &CancellationToken,
 ) -> Result<Option<RedisEngine>, ServeError> {
-    let Some(url) = &config.redis_url else {
+    let Some(target) = &config.redis else {
         return Ok(None);
     };
     let engine = RedisEngine::with_tasks(
         RedisSettings {
-            url,
+            target,
             tls: &config.redis_tls,
             key_prefix: &config.key_prefix,
             node_id: &config.node_id,

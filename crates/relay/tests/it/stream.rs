@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use relay::auth::Role;
-use relay::config::Secret;
 use relay::engine::redis::{RedisEngine, RedisSettings};
 use relay::engine::{Engine, EventStream};
 use serde_json::json;
@@ -181,7 +180,7 @@ async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held(
     // Another consumer of the group (a node that then died) takes both
     // entries of o1 and never handles them.
     let ghost = RedisEngine::new(RedisSettings {
-        url: &Secret::new(cluster.redis.url()),
+        target: &cluster.redis.target(),
         tls: &Default::default(),
         key_prefix: &cluster.prefix,
         node_id: "ghost",

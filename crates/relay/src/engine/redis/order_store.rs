@@ -2,12 +2,15 @@
 //! and driver, and one sorted set of every active order by creation time
 //! (`{prefix}orders:active`, for the cluster-wide overview of the demo
 //! page). Every write is one script, so an index never disagrees with its
-//! order for long; readers drop index entries whose order is gone.
+//! order for long; readers drop index entries whose order is gone. On a
+//! cluster all of them share the slot of `{prefix}orders` (one hash tag),
+//! because a script touches an order and the indexes of its parties.
 
 use std::collections::HashMap;
 
 use redis::{Script, Value};
 
+use super::keys::KeySpace;
 use super::link::Link;
 
 use super::values::{bulk_string, field_map};
@@ -81,6 +84,7 @@ return fields
 
 pub struct RedisOrders {
     conn: Link,
+    /// Where every key of the order state starts (tagged on a cluster).
     prefix: String,
     create: Script,
     set_status: Script,
@@ -89,10 +93,10 @@ pub struct RedisOrders {
 }
 
 impl RedisOrders {
-    pub fn new(conn: Link, prefix: &str) -> Self {
+    pub fn new(conn: Link, space: &KeySpace) -> Self {
         Self {
             conn,
-            prefix: prefix.to_owned(),
+            prefix: space.beside("orders"),
             create: Script::new(CREATE),
             set_status: Script::new(SET_STATUS),
             assign: Script::new(ASSIGN),
@@ -102,6 +106,12 @@ impl RedisOrders {
 
     fn conn(&self) -> Link {
         self.conn.clone()
+    }
+
+    /// The order's hash: also the key a script is routed by on a cluster
+    /// (the scripts build the other keys from the same tagged prefix).
+    fn order_key(&self, order_id: &str) -> String {
+        format!("{}order:{order_id}", self.prefix)
     }
 
     async fn members(&self, set: String) -> StoreResult<Vec<ActiveOrder>> {
@@ -125,8 +135,7 @@ impl RedisOrders {
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.cmd("HGETALL")
-                .arg(format!("{}order:{id}", self.prefix));
+            pipe.cmd("HGETALL").arg(self.order_key(id));
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
         let mut orders = Vec::with_capacity(ids.len());
@@ -173,6 +182,7 @@ impl OrderStore for RedisOrders {
     async fn create(&self, order: &ActiveOrder) -> StoreResult<Option<ActiveOrder>> {
         let reply: Value = self
             .create
+            .key(self.order_key(&order.order_id))
             .arg(&self.prefix)
             .arg(&order.order_id)
             .arg(&order.status)
@@ -193,6 +203,7 @@ impl OrderStore for RedisOrders {
     ) -> StoreResult<Option<ActiveOrder>> {
         let reply: Value = self
             .set_status
+            .key(self.order_key(order_id))
             .arg(&self.prefix)
             .arg(order_id)
             .arg(status)
@@ -210,6 +221,7 @@ impl OrderStore for RedisOrders {
     ) -> StoreResult<Option<ActiveOrder>> {
         let reply: Value = self
             .assign
+            .key(self.order_key(order_id))
             .arg(&self.prefix)
             .arg(order_id)
             .arg(driver_id)
@@ -223,6 +235,7 @@ impl OrderStore for RedisOrders {
     async fn end(&self, order_id: &str) -> StoreResult<Option<ActiveOrder>> {
         let reply: Value = self
             .end
+            .key(self.order_key(order_id))
             .arg(&self.prefix)
             .arg(order_id)
             .invoke_async(&mut self.conn())
@@ -232,7 +245,7 @@ impl OrderStore for RedisOrders {
 
     async fn get(&self, order_id: &str) -> StoreResult<Option<ActiveOrder>> {
         let reply: Value = redis::cmd("HGETALL")
-            .arg(format!("{}order:{order_id}", self.prefix))
+            .arg(self.order_key(order_id))
             .query_async(&mut self.conn())
             .await?;
         Ok(parse_order(reply))

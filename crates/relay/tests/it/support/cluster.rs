@@ -7,12 +7,12 @@ use redis::Value;
 use relay_client::{Client, ConnectOptions, Transport};
 use serde_json::json;
 
-use super::{NodeProcess, RedisServer, WAIT, unique_prefix};
+use super::{Backend, Kind, NodeProcess, TestConnection, WAIT, unique_prefix};
 
 pub const API_KEY: &str = "test-api-key";
 
 pub struct Cluster {
-    pub redis: RedisServer,
+    pub redis: Backend,
     pub prefix: String,
     pub nodes: Vec<NodeProcess>,
     extra: Vec<(String, String)>,
@@ -21,7 +21,12 @@ pub struct Cluster {
 impl Cluster {
     /// Redis plus `n` ready nodes, with a key prefix of the test's own.
     pub async fn start(test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
-        let redis = RedisServer::start().await;
+        Self::start_on(Kind::Server, test, n, extra).await
+    }
+
+    /// As [`Self::start`], on one server or on a Redis Cluster.
+    pub async fn start_on(kind: Kind, test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
+        let redis = Backend::start(kind).await;
         let mut cluster = Self {
             redis,
             prefix: unique_prefix(test),
@@ -39,7 +44,7 @@ impl Cluster {
 
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            ("REDIS_URL".to_owned(), self.redis.url()),
+            self.redis.env(),
             ("RELAY_KEY_PREFIX".to_owned(), self.prefix.clone()),
             ("RELAY_API_KEY".to_owned(), API_KEY.to_owned()),
         ];
@@ -143,12 +148,16 @@ impl Cluster {
     pub async fn cache_location(&self, driver: &str, lat: f64, lng: f64) {
         let mut conn = self.redis.connection().await;
         let ts = relay::events::now_ms();
-        let _: Value = redis::pipe()
-            .cmd("GEOADD")
+        // Two slots on a cluster: the geo set, and the driver's hash.
+        let _: Value = redis::cmd("GEOADD")
             .arg(self.key("drivers:geo"))
             .arg(lng)
             .arg(lat)
             .arg(driver)
+            .query_async(&mut conn)
+            .await
+            .expect("cache location");
+        let _: Value = redis::pipe()
             .cmd("HSET")
             .arg(self.key(&format!("driver:{driver}")))
             .arg(&[
@@ -165,10 +174,7 @@ impl Cluster {
     }
 }
 
-async fn read_all(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> Vec<(String, HashMap<String, String>)> {
+async fn read_all(conn: &mut TestConnection, key: &str) -> Vec<(String, HashMap<String, String>)> {
     let rows: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
