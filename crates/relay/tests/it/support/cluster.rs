@@ -78,6 +78,20 @@ impl Cluster {
         format!("{}{name}", self.prefix)
     }
 
+    /// A key of the relay's own group `anchor` (docs/design.md, "Keys"):
+    /// on a cluster it carries the group's hash tag.
+    pub fn relay_key(&self, anchor: &str, name: &str) -> String {
+        match self.redis {
+            Backend::Server(_) => self.key(name),
+            Backend::Cluster(_) => format!("{0}{{{0}{anchor}}}:{name}", self.prefix),
+        }
+    }
+
+    /// A recovery history stream (`history:all`, `history:<room>`).
+    pub fn history_key(&self, name: &str) -> String {
+        self.relay_key("history", name)
+    }
+
     /// `XADD {prefix}events * type <kind> data <json>`, as the backend does.
     pub async fn xadd(&self, kind: &str, data: serde_json::Value) -> String {
         let mut conn = self.redis.connection().await;
@@ -141,7 +155,12 @@ impl Cluster {
     }
 
     pub async fn entries(&self, name: &str) -> Vec<(String, HashMap<String, String>)> {
-        read_all(&mut self.redis.connection().await, &self.key(name)).await
+        self.entries_of(&self.key(name)).await
+    }
+
+    /// As [`Self::entries`], of a whole key name.
+    pub async fn entries_of(&self, key: &str) -> Vec<(String, HashMap<String, String>)> {
+        read_all(&mut self.redis.connection().await, key).await
     }
 
     /// Caches a driver location the way the relay does (CONTRACT §4).
