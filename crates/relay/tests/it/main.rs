@@ -23,6 +23,7 @@ mod network;
 mod observability;
 mod offers;
 mod recovery;
+mod redis_cluster;
 mod redis_tls;
 mod rooms;
 mod security;

@@ -21,7 +21,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
-    cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo},
+    cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo},
 };
 
 #[derive(Clone)]
@@ -134,18 +134,31 @@ impl Link {
         }
     }
 
-    /// A PING to every primary of a cluster (nothing on one server): a
-    /// shard whose primary is gone and not yet replaced answers nothing.
-    pub async fn ping_primaries(&self) -> RedisResult<()> {
+    /// Whether every primary of a cluster says `cluster_state:ok` (always
+    /// true on one server). While a shard has lost its primary and no
+    /// replica has taken over yet, the cluster says `fail`; a PING would not
+    /// tell, because the connection drops a failed primary from its map.
+    pub async fn cluster_ok(&self) -> RedisResult<bool> {
         let Conn::Cluster(mut c) = self.conn() else {
-            return Ok(());
+            return Ok(true);
         };
-        let routing = RoutingInfo::MultiNode((
-            MultipleNodeRoutingInfo::AllMasters,
-            Some(ResponsePolicy::AllSucceeded),
-        ));
-        c.route_command(redis::cmd("PING"), routing).await?;
-        Ok(())
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("INFO");
+        let reply = c.route_command(cmd, routing).await?;
+        let infos: Vec<Value> = match reply {
+            Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        Ok(!infos.is_empty()
+            && infos.into_iter().all(|info| match info {
+                Value::BulkString(text) => text
+                    .windows(b"cluster_state:ok".len())
+                    .any(|w| w == b"cluster_state:ok"),
+                Value::VerbatimString { text, .. } => text.contains("cluster_state:ok"),
+                _ => false,
+            }))
     }
 }
 

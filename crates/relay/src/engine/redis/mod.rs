@@ -44,6 +44,9 @@ use crate::tasks::Tasks;
 /// How often the link to Redis is checked for `/readyz`.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// From subscribing every channel again to the probe that confirms it.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(50);
+
 /// Failed health probes in a row after which every connection is dropped
 /// and dialed again: a link that went silent never fails on its own.
 const REDIAL_AFTER_FAILED_PROBES: u32 = 3;
@@ -364,11 +367,13 @@ impl Engine for RedisEngine {
     /// Redis counts as up when a message published through the adapter's
     /// connection comes back on a channel subscribed through it (a bare PING
     /// would pass while the subscriptions are still being restored) and, on
-    /// a cluster, every primary answers a PING.
+    /// a cluster, every primary says the cluster is ok.
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {
         let mut probe: Option<MessageStream<ChanItem>> = None;
         let mut seq: u64 = 0;
         let mut failed: u32 = 0;
+        // The pub/sub connection was dialed again since the cluster came back.
+        let mut resubscribed = false;
         // The cause last logged, so that a lasting failure is one line.
         let mut logged: Option<RedisFailure> = None;
         loop {
@@ -392,16 +397,39 @@ impl Engine for RedisEngine {
                 },
                 None => false,
             };
-            // On a cluster the probe's channel lies in one shard: every
-            // primary must answer too, or a shard's keys are out of reach.
+            // On a cluster the probe's channel lies in one shard: the
+            // cluster must serve every slot too, or a shard's keys are out
+            // of reach.
             let up = up
-                && match self.commands.ping_primaries().await {
-                    Ok(()) => true,
+                && match self.commands.cluster_ok().await {
+                    Ok(ok) => ok,
                     Err(e) => {
                         error = Some(e.into());
                         false
                     }
                 };
+            // Back on a cluster (at start, or after a failover): the
+            // pub/sub connection may still hold the old slot map, with the
+            // subscriptions of a failed-over shard on its dead primary (it
+            // refreshes the map only when a command of its own meets the
+            // move). Dialed again, it subscribes every channel where its
+            // slot lives now; ready only once that is done and a probe has
+            // come back on the new connection.
+            if up && !health.store_up() && self.commands.is_cluster() && !resubscribed {
+                probe = None;
+                match self.driver.redial().await {
+                    Ok(()) => resubscribed = true,
+                    Err(e) => tracing::debug!(error = %e, "subscribing again on the cluster"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+                }
+                continue;
+            }
+            if up {
+                resubscribed = false;
+            }
             if up {
                 if !health.store_up() {
                     tracing::info!("redis reachable");

@@ -36,24 +36,94 @@ pub struct PubSubDriver {
 
 /// Hands each pushed message to the subscriber of its channel; given to
 /// the connection as its push sender.
-pub struct PushRouter(Handlers);
+pub struct PushRouter {
+    handlers: Handlers,
+    /// Sharded channels the server dropped while we still listen on them.
+    dropped: mpsc::UnboundedSender<String>,
+}
 
 impl AsyncPushSender for PushRouter {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
-        route_push(info, &self.0);
+        if info.kind == PushKind::SUnsubscribe {
+            self.dropped_by_server(&info);
+        } else {
+            route_push(info, &self.handlers);
+        }
         Ok(())
     }
 }
 
+impl PushRouter {
+    /// When its slot moves to another shard, Redis drops a sharded channel's
+    /// subscribers with an SUNSUBSCRIBE push of its own. A channel this node
+    /// still has a subscriber for is subscribed again (on the slot's new
+    /// owner); one it unsubscribed itself has no subscriber any more.
+    fn dropped_by_server(&self, info: &PushInfo) {
+        let Some(Value::BulkString(chan)) = info.data.first() else {
+            return;
+        };
+        let Ok(chan) = std::str::from_utf8(chan) else {
+            return;
+        };
+        let listening = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(chan);
+        if listening {
+            let _ = self.dropped.send(chan.to_owned());
+        }
+    }
+}
+
+/// How long a channel whose slot is moving waits between tries.
+const RESUBSCRIBE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl PubSubDriver {
     /// Builds the driver without touching the network: `connect` makes a
-    /// lazy RESP3 link whose pushes go to the router it is given.
+    /// lazy RESP3 link whose pushes go to the router it is given. Must run
+    /// inside the runtime (the task that subscribes dropped channels again).
     pub fn new(
         connect: impl FnOnce(PushRouter) -> redis::RedisResult<Link>,
     ) -> redis::RedisResult<Self> {
         let handlers: Handlers = Arc::default();
-        let conn = connect(PushRouter(handlers.clone()))?;
-        Ok(Self { conn, handlers })
+        let (dropped, mut lost) = mpsc::unbounded_channel::<String>();
+        let conn = connect(PushRouter {
+            handlers: handlers.clone(),
+            dropped,
+        })?;
+        let driver = Self { conn, handlers };
+        let again = driver.clone();
+        tokio::spawn(async move {
+            while let Some(chan) = lost.recv().await {
+                again.subscribe_again(&chan).await;
+            }
+        });
+        Ok(driver)
+    }
+
+    /// Until it works (the slot's new owner may not serve it yet) or
+    /// nobody listens on `chan` any more.
+    async fn subscribe_again(&self, chan: &str) {
+        let listening = || {
+            self.handlers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(chan)
+        };
+        while listening() {
+            match self.conn.subscribe(chan).await {
+                Ok(()) => {
+                    tracing::info!(channel = chan, "sharded channel moved: subscribed again");
+                    return;
+                }
+                Err(e) => {
+                    metrics::adapter_error(AdapterOp::Subscribe);
+                    tracing::debug!(channel = chan, error = %e, "subscribing again failed");
+                    tokio::time::sleep(RESUBSCRIBE_RETRY).await;
+                }
+            }
+        }
     }
 
     /// Drops the connection for a fresh one and subscribes it to every

@@ -26,7 +26,11 @@ impl Cluster {
 
     /// As [`Self::start`], on one server or on a Redis Cluster.
     pub async fn start_on(kind: Kind, test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
-        let redis = Backend::start(kind).await;
+        Self::start_with(Backend::start(kind).await, test, n, extra).await
+    }
+
+    /// As [`Self::start`], on a Redis made beforehand.
+    pub async fn start_with(redis: Backend, test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
         let mut cluster = Self {
             redis,
             prefix: unique_prefix(test),

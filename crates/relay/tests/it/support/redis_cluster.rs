@@ -36,7 +36,6 @@ struct ClusterNode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
     pub primary: u16,
-    pub replicas: Vec<u16>,
 }
 
 impl RedisCluster {
@@ -84,7 +83,7 @@ impl RedisCluster {
             .await
             .expect("redis-cli must be installed (Debian package redis-tools, with redis-server)");
         assert!(created.success(), "redis-cli --cluster create failed");
-        cluster.wait_ok().await;
+        cluster.wait_until(true).await;
         cluster
     }
 
@@ -101,6 +100,9 @@ impl RedisCluster {
             .args(["--cluster-node-timeout", &node_timeout_ms.to_string()])
             // A replica takes over however long ago it last heard its primary.
             .args(["--cluster-replica-validity-factor", "0"])
+            // A replica's first sync starts at once, not after the default 5 s
+            // wait for other replicas.
+            .args(["--repl-diskless-sync-delay", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -137,9 +139,16 @@ impl RedisCluster {
     /// Waits until every live node says `cluster_state:ok` and they all
     /// agree on who serves every slot.
     pub async fn wait_ok(&self) {
+        self.wait_until(false).await;
+    }
+
+    /// As [`Self::wait_ok`]; with `replicas`, also until every shard has a
+    /// replica in sync (Redis lists a replica in CLUSTER SLOTS only once its
+    /// first sync is done: a failover before that loses the shard's data).
+    async fn wait_until(&self, replicas: bool) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if self.is_ok().await {
+            if self.is_ok(replicas).await {
                 return;
             }
             assert!(
@@ -150,7 +159,7 @@ impl RedisCluster {
         }
     }
 
-    async fn is_ok(&self) -> bool {
+    async fn is_ok(&self, replicas: bool) -> bool {
         let mut views = Vec::new();
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
             let Ok(mut conn) = node_connection(node.port).await else {
@@ -170,6 +179,13 @@ impl RedisCluster {
             match shards_seen_by(node.port).await {
                 Some(view) => views.push(view),
                 None => return false,
+            }
+        }
+        if replicas && let Some(view) = views.first() {
+            for (_, shard) in view {
+                if !replicas_in_sync(shard.primary).await {
+                    return false;
+                }
             }
         }
         views.windows(2).all(|w| w[0] == w[1])
@@ -223,28 +239,16 @@ impl RedisCluster {
         }
     }
 
-    /// Waits until every replica of the slot of `key` has the primary's data
-    /// (`master_link_status:up` and the same replication offset).
+    /// Waits until the shard of `key` has a replica that finished its sync.
     pub async fn wait_replicas_synced(&self, key: &str) {
         let shard = self.shard_of(key).await;
         let deadline = tokio::time::Instant::now() + WAIT;
-        for replica in shard.replicas {
-            loop {
-                let mut conn = node_connection(replica).await.expect("replica");
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut conn)
-                    .await
-                    .expect("INFO");
-                if info.contains("master_link_status:up") {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "replica {replica} not in sync within {WAIT:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        while !replicas_in_sync(shard.primary).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no replica of {key}'s shard in sync within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -311,12 +315,17 @@ impl RedisCluster {
                 .await
                 .expect("MIGRATE");
         }
-        for port in self
-            .nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.port)
-        {
+        // The new owner first, then the old one, then the other primaries
+        // (replicas learn it from their primaries).
+        let mut primaries = vec![to, from];
+        primaries.extend(
+            shards
+                .iter()
+                .map(|(_, s)| s.primary)
+                .filter(|p| *p != to && *p != from),
+        );
+        primaries.dedup();
+        for port in primaries {
             let mut conn = node_connection(port).await.expect("node");
             let _: redis::Value = setslot("NODE", &to_id)
                 .query_async(&mut conn)
@@ -414,6 +423,57 @@ async fn wait_for_ping(port: u16) {
     }
 }
 
+/// Whether `primary` has replicas and each finished its first sync. Redis
+/// lists a replica in CLUSTER SLOTS only seconds later (once its offset
+/// has gone round the cluster bus), so they are found in CLUSTER NODES.
+async fn replicas_in_sync(primary: u16) -> bool {
+    let Ok(mut conn) = node_connection(primary).await else {
+        return false;
+    };
+    let Ok(nodes) = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async::<String>(&mut conn)
+        .await
+    else {
+        return false;
+    };
+    let port_of =
+        |addr: &str| -> Option<u16> { addr.split('@').next()?.rsplit(':').next()?.parse().ok() };
+    let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
+    let Some(id) = lines
+        .iter()
+        .find(|f| f.len() > 3 && port_of(f[1]) == Some(primary))
+        .map(|f| f[0])
+    else {
+        return false;
+    };
+    let replicas: Vec<u16> = lines
+        .iter()
+        .filter(|f| f.len() > 3 && f[3] == id && f[2].contains("slave") && !f[2].contains("fail"))
+        .filter_map(|f| port_of(f[1]))
+        .collect();
+    if replicas.is_empty() {
+        return false;
+    }
+    for replica in replicas {
+        let Ok(mut conn) = node_connection(replica).await else {
+            return false;
+        };
+        let info: String = match redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(info) => info,
+            Err(_) => return false,
+        };
+        if !info.contains("master_link_status:up") {
+            return false;
+        }
+    }
+    true
+}
+
 /// `CLUSTER SLOTS` as one node sees it: slot ranges and their shards,
 /// sorted. None when the node does not answer.
 async fn shards_seen_by(port: u16) -> Option<Vec<((u16, u16), Shard)>> {
@@ -433,14 +493,12 @@ async fn shards_seen_by(port: u16) -> Option<Vec<((u16, u16), Shard)>> {
             _ => None,
         };
         let (start, end) = (int(parts.first()?)? as u16, int(parts.get(1)?)? as u16);
-        let mut ports = parts[2..].iter().filter_map(|node| match node {
+        let primary = parts[2..].iter().find_map(|node| match node {
             redis::Value::Array(n) => n.get(1).and_then(int).map(|p| p as u16),
             _ => None,
         });
-        let primary = ports.next()?;
-        let mut replicas: Vec<u16> = ports.collect();
-        replicas.sort_unstable();
-        out.push(((start, end), Shard { primary, replicas }));
+        let primary = primary?;
+        out.push(((start, end), Shard { primary }));
     }
     out.sort_by_key(|(range, _)| *range);
     Some(out)
