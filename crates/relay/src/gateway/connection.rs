@@ -10,7 +10,7 @@ use socketioxide::{
     socket::DisconnectReason,
 };
 
-use super::{GatewayState, budget::EventBudget, location, subscriptions, sync};
+use super::{GatewayState, budget::EventBudget, location, refresh, subscriptions, sync};
 use crate::events::{ClientEvent, ServerEvent};
 use crate::metrics::{ClientEventOutcome, DeferredJoin};
 use crate::{
@@ -102,6 +102,7 @@ pub async fn join_rooms<E: Engine>(
         subscriptions::unsubscribe::<E>,
     );
     socket.on(ClientEvent::Sync.as_str(), sync::sync::<E::Adapter>);
+    socket.on(ClientEvent::AuthRefresh.as_str(), refresh::refresh::<E>);
     socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
 }

@@ -41,6 +41,8 @@ label_set! {
         StreamRead => "stream_read",
         Subscribe => "subscribe",
         DeadLetter => "dead_letter",
+        /// Reading a merchant's watched orders when a refresh drops a store.
+        Refresh => "refresh",
     }
 }
 
@@ -149,6 +151,23 @@ label_set! {
     }
 }
 
+label_set! {
+    /// The `outcome` of `relay_token_refreshes_total`: what came of an
+    /// `auth:refresh`. A refused token is counted by its handshake reason.
+    RefreshOutcome {
+        Ok => "ok",
+        MissingToken => "missing_token",
+        InvalidToken => "invalid_token",
+        TokenExpired => "token_expired",
+        RoleNotAllowed => "role_not_allowed",
+        InvalidClaims => "invalid_claims",
+        /// A valid token of another user, or of the same user in another role.
+        OtherUser => "other_user",
+        /// The socket's event budget was spent; the token was not looked at.
+        RateLimited => "rate_limited",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +195,7 @@ mod tests {
                 "stream_read",
                 "subscribe",
                 "dead_letter",
+                "refresh",
             ]
         );
         assert_eq!(
@@ -185,6 +205,19 @@ mod tests {
         assert_eq!(
             ClientEventOutcome::ALL.map(ClientEventOutcome::as_str),
             ["ok", "rejected", "rate_limited", "unknown"]
+        );
+        assert_eq!(
+            RefreshOutcome::ALL.map(RefreshOutcome::as_str),
+            [
+                "ok",
+                "missing_token",
+                "invalid_token",
+                "token_expired",
+                "role_not_allowed",
+                "invalid_claims",
+                "other_user",
+                "rate_limited"
+            ]
         );
         assert_eq!(DisconnectReason::ALL.len(), 8);
         assert_eq!(PublishRejection::ALL.len(), 6);

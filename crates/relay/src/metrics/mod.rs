@@ -13,12 +13,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, RedisFailure, ShedReason,
-    StoreOp, Transport,
+    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, RedisFailure,
+    RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
-    auth::{Rejection, Role},
+    auth::{RefreshRefusal, Rejection, Role},
     events::{ClientEvent, DecodeReason, EventKind, Reject, ServerEvent},
     outcome::OutcomeKind,
 };
@@ -44,6 +44,8 @@ pub const SLOW_CLIENTS: &str = "relay_slow_client_disconnects_total";
 pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
 pub const REDIS_CONNECT_ERRORS: &str = "relay_redis_connect_errors_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
+pub const TOKEN_REFRESHES: &str = "relay_token_refreshes_total";
+pub const TOKEN_EXPIRY_NOTICES: &str = "relay_token_expiry_notices_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
 pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
@@ -196,6 +198,10 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     }
     counter!(REPLAYED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
+    counter!(TOKEN_EXPIRY_NOTICES).absolute(0);
+    for outcome in RefreshOutcome::ALL {
+        counter!(TOKEN_REFRESHES, "outcome" => outcome.as_str()).absolute(0);
+    }
     for result in DeferredJoin::ALL {
         counter!(DEFERRED_JOINS, "result" => result.as_str()).absolute(0);
     }
@@ -272,6 +278,14 @@ fn describe() {
     describe_counter!(
         TOKENS_EXPIRED,
         "Sockets disconnected by the server because their token expired."
+    );
+    describe_counter!(
+        TOKEN_REFRESHES,
+        "auth:refresh requests, by outcome (ok, a handshake reason, other_user, rate_limited)."
+    );
+    describe_counter!(
+        TOKEN_EXPIRY_NOTICES,
+        "auth:expiring notices sent to sockets whose token ends soon."
     );
     describe_counter!(
         DEFERRED_JOINS,
@@ -516,6 +530,41 @@ pub fn slow_client_disconnected() {
 /// A socket disconnected because its token expired.
 pub fn token_expired() {
     counter!(TOKENS_EXPIRED).increment(1);
+}
+
+/// An `auth:refresh`, by outcome (also counted as a client event).
+pub fn token_refresh(result: Result<(), RefreshRefusal>) {
+    use crate::auth::Rejection as R;
+    let outcome = match result {
+        Ok(()) => RefreshOutcome::Ok,
+        Err(RefreshRefusal::OtherSubject | RefreshRefusal::OtherRole) => RefreshOutcome::OtherUser,
+        Err(RefreshRefusal::Token(rejection)) => match rejection {
+            R::MissingToken => RefreshOutcome::MissingToken,
+            R::InvalidToken => RefreshOutcome::InvalidToken,
+            R::TokenExpired => RefreshOutcome::TokenExpired,
+            R::RoleNotAllowed => RefreshOutcome::RoleNotAllowed,
+            // A refresh never counts connections; any other claim problem.
+            R::InvalidClaims | R::TooManyConnections => RefreshOutcome::InvalidClaims,
+        },
+    };
+    token_refresh_outcome(outcome);
+}
+
+/// An `auth:refresh` whose outcome is known without a token (`rate_limited`).
+pub fn token_refresh_outcome(outcome: RefreshOutcome) {
+    counter!(TOKEN_REFRESHES, "outcome" => outcome.as_str()).increment(1);
+    let client = match outcome {
+        RefreshOutcome::Ok => ClientEventOutcome::Ok,
+        RefreshOutcome::RateLimited => ClientEventOutcome::RateLimited,
+        _ => ClientEventOutcome::Rejected,
+    };
+    client_event(ClientEvent::AuthRefresh, client);
+}
+
+/// An `auth:expiring` sent to a socket whose token ends soon.
+pub fn token_expiry_notice() {
+    counter!(TOKEN_EXPIRY_NOTICES).increment(1);
+    emitted(ServerEvent::AuthExpiring);
 }
 
 /// A socket whose order rooms were not joined at connect, and what came of it.

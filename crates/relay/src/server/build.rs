@@ -148,7 +148,7 @@ pub(super) fn wire<E: Engine>(
         .across(engine.user_sessions(&instance))
         .gated_by(health.clone()),
     );
-    let expiries = Arc::new(Expiries::default());
+    let expiries = Arc::new(Expiries::new(config.token_refresh_notice));
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,

@@ -24,6 +24,7 @@ mod observability;
 mod offers;
 mod recovery;
 mod redis_tls;
+mod refresh;
 mod rooms;
 mod security;
 mod stream;
