@@ -10,7 +10,11 @@ use serde_json::json;
 use socketioxide::{SocketIo, adapter::Adapter, socket::Sid};
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::Principal, events::ServerEvent, events::now_ms, metrics};
+use crate::{
+    auth::Principal,
+    events::{ServerEvent, now_ms},
+    metrics,
+};
 
 /// How often due sockets are looked for: a token outlives its `exp` by at
 /// most this much, and a notice comes at most this much late.

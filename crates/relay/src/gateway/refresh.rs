@@ -14,7 +14,7 @@ use socketioxide::{
 use super::{GatewayState, budget::EventBudget, handshake::token_from};
 use crate::metrics::{RefreshOutcome, StoreOp};
 use crate::{
-    auth::{self, Principal, RefreshRefusal, Rejection, Role},
+    auth::{self, Principal, Rejection, Role},
     engine::{Engine, OrderStore},
     metrics,
     rooms::{Room, RoomChanges},
@@ -62,7 +62,7 @@ pub async fn refresh<E: Engine>(
         socket.leave(leave.iter().map(Room::name).collect::<Vec<_>>());
         leave_dropped_stores_orders(&socket, engine.as_ref(), &current, &next).await;
     }
-    metrics::token_refresh(Ok::<(), RefreshRefusal>(()));
+    metrics::token_refresh(Ok(()));
     tracing::debug!(sid = %socket.id, exp = next.exp(), joined = join.len(), left = leave.len(), "token refreshed");
     let _ = ack.send(&json!({ "ok": true, "exp": next.exp() }));
 }
