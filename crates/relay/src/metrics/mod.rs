@@ -52,6 +52,9 @@ pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
 pub const HTTP_PENDING: &str = "relay_http_pending_connections";
+pub const TASK_PANICS: &str = "relay_task_panics_total";
+pub const LOG_WRITE_ERRORS: &str = "relay_log_write_errors_total";
+pub const LOG_LINES_DROPPED: &str = "relay_log_lines_dropped_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 7] = [
@@ -220,12 +223,37 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(HTTP_ACCEPT_ERRORS).absolute(0);
+    record_process_faults();
     zero_bounded_series();
     hot();
     Ok(handle)
 }
 
+/// Task panics and log losses are counted where no recorder can be assumed
+/// (below this module, and before it is installed): copied in at install
+/// and at every scrape.
+pub fn record_process_faults() {
+    for (task, panics) in crate::tasks::panic_counts() {
+        counter!(TASK_PANICS, "task" => task).absolute(panics);
+    }
+    let losses = crate::telemetry::losses();
+    counter!(LOG_WRITE_ERRORS).absolute(losses.write_errors);
+    counter!(LOG_LINES_DROPPED).absolute(losses.dropped_lines);
+}
+
 fn describe() {
+    describe_counter!(
+        TASK_PANICS,
+        "Panics of the node's long-lived tasks, by task (restarted or fatal)."
+    );
+    describe_counter!(
+        LOG_WRITE_ERRORS,
+        "Writes of log lines to stderr that failed (closed pipe, full disk); the lines are lost."
+    );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr's reader did not keep up."
+    );
     describe_gauge!(
         CONNECTED_SOCKETS,
         "Sockets connected to this node, by role and transport."

@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 use crate::{
     engine::{
         Engine, EventStream, Health, StoreError, StreamEntry, log_redis_failure, redis_failure,
@@ -107,7 +107,11 @@ impl<E: Engine> Consumer<E> {
             return;
         }
         self.take_own_pending().await;
-        let maintenance = tasks.spawn("consumer maintenance", self.clone().maintain());
+        // Restarted after a panic: each round reads what it needs afresh.
+        let maintenance = tasks.spawn_restarting(names::CONSUMER_MAINTENANCE, {
+            let this = self.clone();
+            move || this.clone().maintain()
+        });
         self.read_loop().await;
         self.health.set_consumer_running(false);
         let _ = maintenance.await;

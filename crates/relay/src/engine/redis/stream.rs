@@ -33,7 +33,7 @@ use super::values::{bulk_bytes, bulk_string, parse_entries, stream_entry};
 use crate::engine::{StoreError, StoreResult};
 use crate::events::DecodeReason;
 use crate::metrics::{self, StoreOp};
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 use crate::{
     engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
     events::{now_ms, sequence_key},
@@ -250,7 +250,8 @@ impl RedisStream {
         };
         let waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
         let notices = forward_notices(driver, keys.seq_channel.clone(), waiters.clone());
-        tasks.spawn("sequencing notices", async move {
+        // Not restarted: waiters registered with it would miss notices.
+        tasks.spawn(names::SEQUENCING_NOTICES, async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = notices => {}
