@@ -28,4 +28,5 @@ mod refresh;
 mod rooms;
 mod security;
 mod stream;
+mod supervision;
 mod transport;
