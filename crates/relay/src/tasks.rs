@@ -161,6 +161,7 @@ impl Tasks {
                 }
                 tracing::warn!(task = name, delay = ?RESTART_DELAY, "restarting task");
                 tokio::time::sleep(RESTART_DELAY).await;
+                tracing::info!(task = name, "task restarted");
             }
         })
     }

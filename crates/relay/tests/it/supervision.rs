@@ -218,7 +218,7 @@ async fn panic_in(redis: &RedisServer, task: &'static str, after: After) {
             eventually("the restart", || async {
                 let log = std::fs::read_to_string(&log).ok()?;
                 log.lines()
-                    .any(|l| l.contains("restarting task") && l.contains(task))
+                    .any(|l| l.contains("task restarted") && l.contains(task))
                     .then_some(())
             })
             .await;
