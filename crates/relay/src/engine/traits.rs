@@ -55,6 +55,22 @@ pub fn entry_size(kind: &str, data: &str) -> usize {
     "type".len() + kind.len() + "data".len() + data.len()
 }
 
+/// How long `POST /api/events` remembers an `Idempotency-Key`.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What an append under an idempotency key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedAppend {
+    /// The key was new: the event was appended as this id.
+    Appended(String),
+    /// The key was used for the same event: nothing appended; the first
+    /// append's id.
+    Replayed(String),
+    /// The key was used for another event: nothing appended; the first
+    /// append's id.
+    Conflict(String),
+}
+
 /// How far an offer of one event to one room got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfferState {
@@ -158,6 +174,16 @@ pub trait EventStream: Send + Sync + 'static {
 
     /// Appends an event, as the backend's XADD does; returns its id.
     fn append(&self, kind: &str, data: &str) -> impl Future<Output = StoreResult<String>> + Send;
+
+    /// Appends an event unless `key` was used within [`IDEMPOTENCY_TTL`],
+    /// as one atomic step on every node together (a backend's retry, or two
+    /// copies of one request racing, append once).
+    fn append_keyed(
+        &self,
+        key: &str,
+        kind: &str,
+        data: &str,
+    ) -> impl Future<Output = StoreResult<KeyedAppend>> + Send;
 
     /// Appends the outcome of one offer (`event_id` to `target`), unless one
     /// was written already: returns whether this call wrote it.

@@ -13,8 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, RedisFailure,
-    RefreshOutcome, ShedReason, StoreOp, Transport,
+    HttpCloseReason, IdempotentOutcome, LocationOutcome, PublishRejection, RecoveryResult,
+    RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
@@ -90,6 +90,7 @@ pub const ACK_OUTCOMES: &str = "relay_ack_outcomes_total";
 pub const ACK_LATENCY: &str = "relay_ack_latency_seconds";
 pub const EVENTS_PUBLISHED: &str = "relay_events_published_total";
 pub const PUBLISH_REJECTED: &str = "relay_publish_rejected_total";
+pub const API_IDEMPOTENT: &str = "relay_api_idempotent_total";
 
 /// Ack latency: from a quick tap (50 ms) to a merchant using most of its minute.
 const ACK_LATENCY_BUCKETS: [f64; 14] = [
@@ -426,6 +427,10 @@ fn describe() {
         "Events appended through the publish API, by type."
     );
     describe_counter!(PUBLISH_REJECTED, "Publish API requests refused, by reason.");
+    describe_counter!(
+        API_IDEMPOTENT,
+        "Publish API requests whose Idempotency-Key was used before: replayed or conflict."
+    );
 }
 
 pub fn emitted(event: ServerEvent) {
@@ -490,6 +495,9 @@ fn zero_bounded_series() {
         .absolute(0);
     for reason in PublishRejection::ALL {
         counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
+    for outcome in IdempotentOutcome::ALL {
+        counter!(API_IDEMPOTENT, "outcome" => outcome.as_str()).absolute(0);
     }
 }
 
@@ -755,6 +763,11 @@ pub fn ack_outcome(event: ServerEvent, outcome: OutcomeKind, latency_s: Option<f
 
 pub fn event_published(kind: EventKind) {
     counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).increment(1);
+}
+
+/// A publish request whose `Idempotency-Key` was used before.
+pub fn idempotent_request(outcome: IdempotentOutcome) {
+    counter!(API_IDEMPOTENT, "outcome" => outcome.as_str()).increment(1);
 }
 
 pub fn publish_rejected(reason: PublishRejection) {

@@ -14,6 +14,7 @@ mod engine;
 mod events;
 mod faults;
 mod handshake;
+mod idempotency;
 mod interop;
 mod layers;
 mod lifecycle;

@@ -1,6 +1,7 @@
 //! The Redis engine: what every node of a cluster shares.
 
 mod history;
+mod idempotency;
 mod link;
 mod locations;
 mod order_store;

@@ -35,7 +35,9 @@ use crate::events::DecodeReason;
 use crate::metrics::{self, StoreOp};
 use crate::tasks::{Tasks, names};
 use crate::{
-    engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
+    engine::traits::{
+        Claimed, DeadLetter, EventStream, KeyedAppend, OfferState, StreamEntry, StreamStats,
+    },
     events::{now_ms, sequence_key},
     outcome::Outcome,
 };
@@ -693,6 +695,18 @@ impl EventStream for RedisStream {
             .query_async(&mut self.conn())
             .await?;
         Ok(id)
+    }
+
+    async fn append_keyed(&self, key: &str, kind: &str, data: &str) -> StoreResult<KeyedAppend> {
+        super::idempotency::append_keyed(
+            self.conn(),
+            &self.keys.prefix,
+            &self.keys.stream,
+            key,
+            kind,
+            data,
+        )
+        .await
     }
 
     async fn append_outcome(&self, outcome: &Outcome) -> StoreResult<bool> {
