@@ -9,9 +9,9 @@ mod traits;
 
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use traits::{
-    Claimed, DeadLetter, DriverLocation, EventStream, History, IDEMPOTENCY_TTL, KeyedAppend,
-    LocationCache, Missed, OfferState, OrderStore, Recorded, StreamEntry, StreamStats,
-    UserSessions, cmp_offsets, entry_size, in_offset_order,
+    Assignment, Claimed, Created, DeadLetter, DriverLocation, EventStream, History,
+    IDEMPOTENCY_TTL, KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite,
+    Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, entry_size, in_offset_order,
 };
 
 use std::{

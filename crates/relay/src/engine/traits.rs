@@ -204,6 +204,15 @@ pub trait EventStream: Send + Sync + 'static {
         target: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
+    /// The drivers a geo-fenced request of `event_id` goes to: `found` the
+    /// first time, whatever was found the first time ever after (a node
+    /// that takes the entry over offers it to the same drivers).
+    fn offer_targets(
+        &self,
+        event_id: &str,
+        found: &[String],
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
     fn stats(&self) -> impl Future<Output = StoreResult<StreamStats>> + Send;
 
     /// The most recent outcomes and dead letters, newest last (operations API).
@@ -224,34 +233,96 @@ pub trait EventStream: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
 }
 
+/// What `order.created` found when it went to record its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Recorded now.
+    New,
+    /// An order of that id is active: left exactly as it is (a redelivered
+    /// `order.created` must not put back a status that later events moved
+    /// on from) and returned for the dispatcher to judge.
+    Active(ActiveOrder),
+    /// The order ended after this entry (a redelivery of an order that is
+    /// over): nothing recorded.
+    Ended,
+}
+
+/// What an entry's write did to its order. Every write names the stream
+/// entry it comes from, and the order remembers the last one applied, so a
+/// handler that runs twice (a node died after the write, before its XACK)
+/// changes nothing the second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderWrite<T = ActiveOrder> {
+    /// The order as this entry left it: written now, or written before with
+    /// nothing of the order after it (then nothing was written again).
+    Current(T),
+    /// A later entry of the order was applied already, or the order ended
+    /// after this entry: a late repeat, nothing written.
+    Superseded,
+    /// No such active order (never created, ended before this entry, or
+    /// expired): nothing written.
+    NotActive,
+}
+
+impl<T> OrderWrite<T> {
+    pub fn current(self) -> Option<T> {
+        match self {
+            Self::Current(t) => Some(t),
+            Self::Superseded | Self::NotActive => None,
+        }
+    }
+}
+
+/// An assignment as written: the order and the driver it had before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub order: ActiveOrder,
+    /// The driver the order had before this entry (also when the entry is
+    /// a repeat: the one it replaced the first time).
+    pub previous: Option<String>,
+}
+
 /// Active orders, indexed by customer, store and driver.
+///
+/// `event_id` is the stream entry a write comes from. Entries of an order
+/// reach the store in stream order (the consumer's sequencing), except a
+/// repeat: an entry written once and handled again. An entry at or before
+/// the last one applied to the order, or before the entry that ended it
+/// (remembered for as long as an unended order is kept), is such a repeat.
 pub trait OrderStore: Send + Sync + 'static {
-    /// Records the order unless an order of that id is active: then that
-    /// one is returned, left exactly as it is (a redelivered `order.created`
-    /// must not put back a status that later events moved on from).
+    /// Records the order unless an order of that id is active or ended
+    /// after `event_id`.
     fn create(
         &self,
         order: &ActiveOrder,
-    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<Created>> + Send;
 
-    /// Sets the status; None when the order is not active.
+    /// Sets the status and counts it in `seq`.
     fn set_status(
         &self,
         order_id: &str,
         status: &str,
         at: Timestamp,
-    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<OrderWrite>> + Send;
 
-    /// Records the driver (replacing an earlier one); None when not active.
+    /// Records the driver (replacing an earlier one).
     fn assign(
         &self,
         order_id: &str,
         driver_id: &str,
         at: Timestamp,
-    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<OrderWrite<Assignment>>> + Send;
 
-    /// Forgets the order; returns it as it was.
-    fn end(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+    /// Forgets the order, remembering that `event_id` ended it; returns it
+    /// as it was.
+    fn end(
+        &self,
+        order_id: &str,
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
 
     fn get(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
 

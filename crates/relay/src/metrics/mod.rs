@@ -81,6 +81,7 @@ pub const STREAM_ACKED: &str = "relay_stream_acked_total";
 pub const STREAM_RETRIES: &str = "relay_stream_retries_total";
 pub const STREAM_DEAD_LETTERED: &str = "relay_stream_dead_lettered_total";
 pub const STREAM_CLAIMED: &str = "relay_stream_claimed_total";
+pub const STREAM_SUPERSEDED: &str = "relay_stream_superseded_total";
 pub const STREAM_LAG: &str = "relay_stream_lag";
 pub const STREAM_PENDING: &str = "relay_stream_pending";
 pub const STREAM_OLDEST_PENDING: &str = "relay_stream_oldest_pending_seconds";
@@ -190,6 +191,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         }
     }
     counter!(STREAM_CLAIMED).absolute(0);
+    for kind in SUPERSEDABLE {
+        counter!(STREAM_SUPERSEDED, "type" => kind.as_str()).absolute(0);
+    }
     for outcome in LocationOutcome::ALL {
         counter!(LOCATION_UPDATES, "outcome" => outcome.as_str()).absolute(0);
     }
@@ -396,6 +400,10 @@ fn describe() {
     describe_counter!(
         STREAM_CLAIMED,
         "Entries of stopped consumers claimed by this node."
+    );
+    describe_counter!(
+        STREAM_SUPERSEDED,
+        "Entries handled again after later entries of their order: nothing written or emitted."
     );
     describe_gauge!(
         STREAM_LAG,
@@ -729,6 +737,19 @@ pub fn stream_dead_lettered_after_max_deliveries() {
 
 /// An `order.created` for an order active with other parties went to the
 /// dead letters.
+/// The entries whose handling can find them superseded (they write order state).
+const SUPERSEDABLE: [EventKind; 3] = [
+    EventKind::OrderCreated,
+    EventKind::OrderStatus,
+    EventKind::OrderAssigned,
+];
+
+/// An entry handled again after later entries of its order (or the
+/// order's end) were applied: it wrote and emitted nothing.
+pub fn stream_superseded(kind: EventKind) {
+    counter!(STREAM_SUPERSEDED, "type" => kind.as_str()).increment(1);
+}
+
 pub fn stream_dead_lettered_order_exists() {
     counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
         .increment(1);

@@ -29,7 +29,11 @@ async fn publish_keyed(url: &str, key: &[u8], body: &str) -> (u16, Value, Option
         .get("idempotent-replayed")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    (status, response.json().await.unwrap_or(Value::Null), replayed)
+    (
+        status,
+        response.json().await.unwrap_or(Value::Null),
+        replayed,
+    )
 }
 
 fn event_id(body: &Value) -> String {
@@ -45,17 +49,28 @@ async fn a_repeated_key_appends_once_on_any_node_and_answers_the_first_event_id(
     let (a, b) = (cluster.url(0), cluster.url(1));
 
     let (status, first, replayed) = publish_keyed(&a, b"retry-1", ALERT).await;
-    assert_eq!((status, replayed.as_deref()), (202, Some("false")), "{first}");
+    assert_eq!(
+        (status, replayed.as_deref()),
+        (202, Some("false")),
+        "{first}"
+    );
     let first = event_id(&first);
     // The same request again, on the same node and on the other one.
     for url in [&a, &b] {
         let (status, again, replayed) = publish_keyed(url, b"retry-1", ALERT).await;
-        assert_eq!((status, replayed.as_deref()), (202, Some("true")), "{again}");
+        assert_eq!(
+            (status, replayed.as_deref()),
+            (202, Some("true")),
+            "{again}"
+        );
         assert_eq!(event_id(&again), first);
     }
     let entries = cluster.entries("events").await;
     assert_eq!(
-        entries.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        entries
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>(),
         [first.as_str()],
         "one entry for three requests"
     );
@@ -120,7 +135,11 @@ async fn malformed_keys_are_400_and_append_nothing() {
     }
     assert!(cluster.entries("events").await.is_empty());
     assert_eq!(
-        metric(&url, r#"relay_publish_rejected_total{reason="bad_idempotency_key"}"#).await,
+        metric(
+            &url,
+            r#"relay_publish_rejected_total{reason="bad_idempotency_key"}"#
+        )
+        .await,
         5.0
     );
     let longest = vec![b'~'; 255];

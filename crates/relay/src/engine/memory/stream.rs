@@ -47,6 +47,8 @@ struct State {
     recent: VecDeque<(Id, String, String)>,
     /// Per order, the ids read and not yet emitted, in stream order.
     queues: HashMap<String, VecDeque<String>>,
+    /// The drivers each geo-fenced request went to, by event id.
+    offer_targets: HashMap<String, Vec<String>>,
     /// Idempotency keys of the publish API: the event each one appended.
     keyed: HashMap<String, Keyed>,
     /// The keys in the order they expire (they all live as long).
@@ -281,6 +283,15 @@ impl EventStream for MemoryStream {
         };
         self.arrived.notify_one();
         Ok(KeyedAppend::Appended(appended))
+    }
+
+    async fn offer_targets(&self, event_id: &str, found: &[String]) -> StoreResult<Vec<String>> {
+        Ok(self
+            .state()
+            .offer_targets
+            .entry(event_id.to_owned())
+            .or_insert_with(|| found.to_vec())
+            .clone())
     }
 
     async fn offer_state(&self, event_id: &str, target: &str) -> StoreResult<OfferState> {

@@ -722,6 +722,27 @@ impl EventStream for RedisStream {
         Ok(written == 1)
     }
 
+    async fn offer_targets(&self, event_id: &str, found: &[String]) -> StoreResult<Vec<String>> {
+        let key = self.offer_key("targets", event_id, "geo");
+        let encoded = serde_json::to_string(found)
+            .map_err(|e| StoreError::BadData(format!("offer targets: {e}")))?;
+        // SET NX GET (Redis 7): records the first list, answers an earlier one.
+        let first: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&encoded)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(OFFER_MARK_TTL_MS)
+            .query_async(&mut self.conn())
+            .await?;
+        match first {
+            None => Ok(found.to_vec()),
+            Some(first) => serde_json::from_str(&first)
+                .map_err(|e| StoreError::BadData(format!("offer targets of {event_id}: {e}"))),
+        }
+    }
+
     async fn offer_state(&self, event_id: &str, target: &str) -> StoreResult<OfferState> {
         let (decided, offered): (Option<String>, Option<String>) = redis::cmd("MGET")
             .arg(self.offer_key("decided", event_id, target))
