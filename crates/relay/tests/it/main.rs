@@ -30,4 +30,5 @@ mod rooms;
 mod security;
 mod stream;
 mod supervision;
+mod takeover;
 mod transport;

@@ -1,0 +1,295 @@
+//! issue #17 (3): every handler of a stream entry is safe to run twice. A
+//! node that dies after an entry's effect and before its XACK leaves the
+//! entry to another node, which handles it again; clients must see no
+//! regression (a status going back, a driver back in a room, an order back
+//! from the dead, an offer made twice).
+
+use std::collections::HashSet;
+
+use redis::streams::StreamInfoGroupsReply;
+use relay::auth::Role;
+use relay_client::{Client, Event};
+use serde_json::{Value, json};
+
+use crate::support::{Cluster, WAIT, connect, expect_event, http, merchant_token, token};
+
+/// Waits until the group has delivered every entry up to `last` and
+/// acknowledged all of them: every entry handled to its end.
+async fn wait_all_handled(cluster: &Cluster, last: &str) {
+    let mut conn = cluster.redis.connection().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(cluster.key("events"))
+            .query_async(&mut conn)
+            .await
+            .expect("XINFO GROUPS");
+        let group = groups
+            .groups
+            .iter()
+            .find(|g| g.name == cluster.key("relay"))
+            .expect("the group");
+        if group.last_delivered_id == last && group.pending == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries up to {last} not handled within {WAIT:?}: {group:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event up to and including the first `order:status_update` with
+/// `status`.
+async fn until_status(client: &mut Client, status: &str) -> Vec<Event> {
+    until_statuses(client, &[status]).await
+}
+
+/// Every event until an `order:status_update` of each of `statuses` came
+/// (updates of different orders may come in any order).
+async fn until_statuses(client: &mut Client, statuses: &[&str]) -> Vec<Event> {
+    let mut seen: Vec<Event> = Vec::new();
+    let mut missing: HashSet<&str> = statuses.iter().copied().collect();
+    while !missing.is_empty() {
+        let event = client
+            .next_event(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("waiting for {missing:?}: {e}; had {seen:?}"));
+        if event.name == "order:status_update"
+            && let Some(status) = event.data()["status"].as_str()
+        {
+            missing.remove(status);
+        }
+        seen.push(event);
+    }
+    seen
+}
+
+async fn active(url: &str, jwt: &str) -> Value {
+    http()
+        .get(format!("{url}/orders/active"))
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .expect("orders/active")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Every entry of every type, handled to its end, is then delivered to the
+/// group a second time (`XGROUP SETID ... 0`: the same as every node dying
+/// after each effect and before each XACK). The second round writes no
+/// state, brings back no status or driver, re-creates no ended order, makes
+/// no offer again and writes no second outcome; what it may emit again is
+/// only an order's newest event, with the same `event_id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_type_handled_twice_shows_clients_no_regression() {
+    let cluster = Cluster::start("takeover-twice", 2, &[]).await;
+    let (a, b) = (cluster.url(0), cluster.url(1));
+    let customer_jwt = token("c1", Role::Customer);
+    let mut customer = connect(&b, &customer_jwt).await;
+    let mut merchant = connect(&a, &merchant_token("m1", &["s1"])).await;
+    let mut d1 = connect(&b, &token("d1", Role::Driver)).await;
+    let mut d2 = connect(&a, &token("d2", Role::Driver)).await;
+    let mut admin = connect(&b, &token("a1", Role::Admin)).await;
+    cluster.cache_location("d1", 12.9716, 77.5946).await;
+    cluster.cache_location("d2", 12.9720, 77.5950).await;
+
+    // The first round, each effect seen through.
+    cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}),
+        )
+        .await;
+    let offer = expect_event(&mut merchant, "merchant:new_order").await;
+    merchant
+        .ack(&offer, json!({"accepted": true}))
+        .await
+        .expect("ack");
+    cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "preparing"}),
+        )
+        .await;
+    until_status(&mut customer, "preparing").await;
+    cluster
+        .xadd(
+            "order.assigned",
+            json!({"order_id": "o1", "driver_id": "d1"}),
+        )
+        .await;
+    let request = cluster
+        .xadd(
+            "delivery.request",
+            json!({"order_id": "o1", "pickup": {"lat": 12.9716, "lng": 77.5946},
+                   "drop": {"lat": 12.98, "lng": 77.6}, "fare": 50, "radius_m": 3000}),
+        )
+        .await;
+    for driver in [&mut d1, &mut d2] {
+        let offer = expect_event(driver, "delivery:new_request").await;
+        assert_eq!(offer.data()["event_id"], request.as_str());
+        driver
+            .ack(&offer, json!({"accepted": true}))
+            .await
+            .expect("ack");
+    }
+    cluster
+        .xadd(
+            "order.assigned",
+            json!({"order_id": "o1", "driver_id": "d2"}),
+        )
+        .await;
+    cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "picked_up"}),
+        )
+        .await;
+    cluster
+        .xadd("admin.alert", json!({"level": "info", "message": "once"}))
+        .await;
+    expect_event(&mut admin, "admin:alert").await;
+    // An order that is over by the end of the round.
+    cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o2", "customer_id": "c1", "store_id": "s1", "items": []}),
+        )
+        .await;
+    let offer = merchant
+        .wait_for("merchant:new_order", WAIT)
+        .await
+        .expect("o2's offer");
+    merchant
+        .ack(&offer, json!({"accepted": false, "reason": "closed"}))
+        .await
+        .expect("ack");
+    let last = cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o2", "status": "rejected"}),
+        )
+        .await;
+    let first_round = until_statuses(&mut customer, &["picked_up", "rejected"]).await;
+    wait_all_handled(&cluster, &last).await;
+    let outcomes = cluster.entries("outcomes").await;
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+    let before = active(&b, &customer_jwt).await;
+    assert_eq!(
+        before["orders"].as_array().map(Vec::len),
+        Some(1),
+        "{before}"
+    );
+    assert_eq!(
+        (
+            &before["orders"][0]["order_id"],
+            &before["orders"][0]["status"],
+            &before["orders"][0]["driver_id"]
+        ),
+        (&json!("o1"), &json!("picked_up"), &json!("d2")),
+        "{before}"
+    );
+    let mut seen_ids: HashSet<String> = first_round
+        .iter()
+        .filter_map(|e| e.data()["event_id"].as_str().map(str::to_owned))
+        .collect();
+
+    // The second round: every entry again.
+    let mut conn = cluster.redis.connection().await;
+    let () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(cluster.key("events"))
+        .arg(cluster.key("relay"))
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("XGROUP SETID");
+    wait_all_handled(&cluster, &last).await;
+
+    // Then one more update of o1, and an offer to d1 for it: whatever the
+    // second round sent comes before them (one order, one sequence).
+    let arrived = cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "arrived"}),
+        )
+        .await;
+    let to_d1 = cluster
+        .xadd(
+            "delivery.request",
+            json!({"order_id": "o1", "pickup": {"lat": 12.9716, "lng": 77.5946},
+                   "drop": {"lat": 12.98, "lng": 77.6}, "fare": 60, "driver_id": "d1",
+                   "timer_s": 30}),
+        )
+        .await;
+
+    let second_round = until_status(&mut customer, "arrived").await;
+    for event in &second_round[..second_round.len() - 1] {
+        let id = event.data()["event_id"].as_str().map(str::to_owned);
+        match event.name.as_str() {
+            // The order's newest update, again, with its own id: dropped by the client.
+            "order:status_update" => {
+                assert_eq!(event.data()["status"], "picked_up", "{event:?}");
+                assert!(id.is_some_and(|id| seen_ids.contains(&id)), "{event:?}");
+            }
+            other => panic!("the second round sent the customer {other}: {event:?}"),
+        }
+    }
+    let arrived_update = second_round.last().expect("arrived");
+    assert_eq!(arrived_update.data()["event_id"], arrived.as_str());
+    assert_eq!(
+        arrived_update.data()["seq"],
+        3,
+        "no update was counted twice"
+    );
+    seen_ids.insert(arrived.clone());
+
+    // d1 left o1 when d2 took it: its next event is the new offer, not the
+    // update (it would have had it first, back in the room).
+    let next = d1.next_event(WAIT).await.expect("d1's next event");
+    assert_eq!(
+        (next.name.as_str(), &next.data()["event_id"]),
+        ("delivery:new_request", &json!(to_d1)),
+        "{next:?}"
+    );
+    // d2 (assigned) gets the update and no second offer before it.
+    until_status(&mut d2, "picked_up").await;
+    let d2_round = until_status(&mut d2, "arrived").await;
+    assert!(
+        d2_round
+            .iter()
+            .all(|e| e.name == "order:status_update" || e.name == "order:driver_location"),
+        "{d2_round:?}"
+    );
+    // The merchant gets no offer again, only the updates.
+    until_statuses(&mut merchant, &["preparing", "picked_up", "rejected"]).await;
+    let m_round = until_status(&mut merchant, "arrived").await;
+    assert!(
+        m_round.iter().all(|e| e.name == "order:status_update"),
+        "{m_round:?}"
+    );
+    let after = active(&b, &customer_jwt).await;
+    assert_eq!(
+        after["orders"].as_array().map(Vec::len),
+        Some(1),
+        "o2 stays over: {after}"
+    );
+    assert_eq!(
+        (
+            &after["orders"][0]["status"],
+            &after["orders"][0]["driver_id"]
+        ),
+        (&json!("arrived"), &json!("d2")),
+        "{after}"
+    );
+    assert_eq!(
+        cluster.entries("outcomes").await.len(),
+        4,
+        "no offer got a second outcome"
+    );
+}
