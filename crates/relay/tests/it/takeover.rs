@@ -293,3 +293,89 @@ async fn every_event_type_handled_twice_shows_clients_no_regression() {
         "no offer got a second outcome"
     );
 }
+
+/// issue #17 (3), the gap of #7, through a real kill: a node handles an
+/// `order.created` (the order is recorded, its merchant offer waits), the
+/// order is cancelled meanwhile, and the node is SIGKILLed before the
+/// offer's outcome and the XACK. The node that takes the entry over must
+/// not bring the order back, put the customer back in its room or offer
+/// the cancelled order to the merchant; the offer still gets its one outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_created_taken_over_after_the_order_ended_stays_ended() {
+    let mut cluster = Cluster::start("takeover-kill", 1, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
+    let customer_jwt = token("c1", Role::Customer);
+    let mut on_first = connect(&cluster.url(0), &customer_jwt).await;
+    let created = cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": [],
+                   "accept_timeout_s": 6}),
+        )
+        .await;
+    cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "cancelled"}),
+        )
+        .await;
+    until_status(&mut on_first, "cancelled").await;
+    // The creation is still pending: its offer waits for a merchant.
+    assert!(cluster.entries("outcomes").await.is_empty());
+    cluster.nodes[0].kill().await;
+
+    let survivor = cluster.add_node(None).await;
+    let url = cluster.url(survivor);
+    let mut customer = connect(&url, &customer_jwt).await;
+    let mut merchant = connect(&url, &merchant_token("m1", &["s1"])).await;
+
+    // The offer ends at its timer, unanswered and never sent again.
+    let outcomes = cluster.wait_entries("outcomes", 1).await;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    let outcome = &outcomes[0].1;
+    assert_eq!(
+        (outcome["event_id"].as_str(), outcome["outcome"].as_str()),
+        (created.as_str(), "no_recipient"),
+        "{outcome:?}"
+    );
+    let noise = cluster
+        .xadd("order.status", json!({"order_id": "o1", "status": "late"}))
+        .await;
+    wait_all_handled(&cluster, &noise).await;
+    assert_eq!(
+        crate::support::metric(
+            &url,
+            r#"relay_stream_superseded_total{type="order.created"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(active(&url, &customer_jwt).await["orders"], json!([]));
+
+    // A new order of the same customer and store, after all that: it is
+    // the first thing either of them gets (the customer was not back in
+    // o1's room for the late update, the merchant had no o1 offer).
+    cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o2", "customer_id": "c1", "store_id": "s1", "items": []}),
+        )
+        .await;
+    cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o2", "status": "accepted"}),
+        )
+        .await;
+    let first = merchant.next_event(WAIT).await.expect("merchant event");
+    assert_eq!(
+        (first.name.as_str(), &first.data()["order_id"]),
+        ("merchant:new_order", &json!("o2")),
+        "{first:?}"
+    );
+    let first = customer.next_event(WAIT).await.expect("customer event");
+    assert_eq!(
+        (first.name.as_str(), &first.data()["order_id"]),
+        ("order:status_update", &json!("o2")),
+        "{first:?}"
+    );
+}
