@@ -463,6 +463,37 @@ pub fn cmp_offsets(a: &str, b: &str) -> std::cmp::Ordering {
     parse(a).cmp(&parse(b))
 }
 
+/// How long a user's `order:subscribe` is remembered: as long as an order
+/// that never ends is kept. Not the history's TTL: a socket may stay
+/// connected far longer than that, and a node that dies gets no chance to
+/// refresh anything when its sockets go.
+pub const WATCH_TTL: Duration = Duration::from_secs(48 * 3600);
+
+/// The orders each user (a role and a `sub`, as for the connection limit)
+/// joined with `order:subscribe` and did not leave: a socket of that user
+/// that resumes, on any node, is put back in their rooms.
+pub trait WatchedOrders: Send + Sync + 'static {
+    /// Remembers (again, for another [`WATCH_TTL`]) that the user watches `order_id`.
+    fn watch(
+        &self,
+        principal: &Principal,
+        order_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Forgets it (`order:unsubscribe`, or the order is over).
+    fn unwatch(
+        &self,
+        principal: &Principal,
+        order_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The orders the user watches, in no particular order.
+    fn watched(
+        &self,
+        principal: &Principal,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+}
+
 /// A user's sockets counted across every node, for the per-user connection
 /// limit. Object-safe: the gateway holds it without knowing the engine.
 pub trait UserSessions: Send + Sync + 'static {

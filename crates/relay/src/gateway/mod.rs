@@ -11,6 +11,7 @@ mod location;
 mod offer;
 mod peer;
 mod refresh;
+mod remembered;
 mod subscriptions;
 mod sync;
 

@@ -26,6 +26,7 @@ mod offers;
 mod recovery;
 mod redis_tls;
 mod refresh;
+mod resubscribe;
 mod rooms;
 mod security;
 mod stream;
