@@ -785,13 +785,14 @@ pub struct UnknownVariable {
 /// `RELAY_*` names the project's own tooling sets around a node that are not
 /// settings of `relay serve`: the commit baked in at build time (the Makefile
 /// exports it), scripts/run.sh's mode switch and binaries, and the test
-/// suite's log switch.
-const NOT_SETTINGS: [&str; 5] = [
+/// suite's log switch and crash hook.
+const NOT_SETTINGS: [&str; 6] = [
     "RELAY_COMMIT",
     "RELAY_EMBEDDED",
     "RELAY_BIN",
     "RELAY_SIM_BIN",
     "RELAY_TEST_LOGS",
+    "RELAY_TEST_CRASH_BEFORE_ACK",
 ];
 
 /// The `RELAY_*` variables among `names` that `relay serve` does not read.

@@ -26,6 +26,10 @@ use crate::{
     tasks::Tasks,
 };
 
+/// The test suite's hook to crash a node between an entry's effect and its
+/// ack (see `ConsumerSettings::crash_before_ack`). Not a setting.
+pub const CRASH_HOOK: &str = "RELAY_TEST_CRASH_BEFORE_ACK";
+
 /// Stream entries one node works on at once (offers waiting for acks included).
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -204,6 +208,7 @@ pub(super) fn wire<E: Engine>(
             claim_idle: config.stream.claim_idle,
             max_event_bytes: config.stream.max_event_bytes,
             drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
+            crash_before_ack: std::env::var(CRASH_HOOK).ok().filter(|t| !t.is_empty()),
         },
         stop.clone(),
     );

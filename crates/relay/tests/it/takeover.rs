@@ -379,3 +379,93 @@ async fn an_order_created_taken_over_after_the_order_ended_stays_ended() {
         "{first:?}"
     );
 }
+
+/// issue #17 (3), through a node that dies at the worst moment: it emitted
+/// an `order.status` and let the order's next entry go, then died before
+/// the XACK (the test hook aborts it there). The survivor handles the next
+/// status, then claims the dead node's entry: it must not send the order
+/// back to the earlier status, for the customer nor for `/orders/active`,
+/// nor count it twice in `seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_taken_over_from_a_node_killed_before_its_ack_does_not_go_back() {
+    // The claim waits long enough for the survivor to handle the later
+    // status first (checked below through the counter).
+    let mut cluster =
+        Cluster::start("takeover-status", 0, &[("RELAY_CLAIM_IDLE_MS", "4000")]).await;
+    let first = cluster
+        .add_node_with(&[("RELAY_TEST_CRASH_BEFORE_ACK", "order.status")])
+        .await;
+    let customer_jwt = token("c1", Role::Customer);
+    let mut customer = connect(&cluster.url(first), &customer_jwt).await;
+    cluster
+        .xadd(
+            "order.created",
+            json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": [],
+                   "accept_timeout_s": 1}),
+        )
+        .await;
+    cluster.wait_entries("outcomes", 1).await;
+    let preparing = cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "preparing"}),
+        )
+        .await;
+    let update = expect_event(&mut customer, "order:status_update").await;
+    assert_eq!(update.data()["event_id"], preparing.as_str());
+    assert_ne!(
+        cluster.nodes[first].exit_code().await,
+        Some(0),
+        "the node died before its ack"
+    );
+
+    let ready = cluster
+        .xadd("order.status", json!({"order_id": "o1", "status": "ready"}))
+        .await;
+    let survivor = cluster.add_node(None).await;
+    let url = cluster.url(survivor);
+    let mut customer = Client::connect(
+        relay_client::ConnectOptions::new(&url)
+            .auth(json!({ "token": customer_jwt, "last_event_id": preparing }))
+            .timeout(WAIT),
+    )
+    .await
+    .expect("resume");
+    let got = until_status(&mut customer, "ready").await;
+    assert_eq!(
+        got.last().map(|e| e.data()["event_id"].clone()),
+        Some(json!(ready))
+    );
+    wait_all_handled(&cluster, &ready).await;
+    assert_eq!(
+        crate::support::metric(
+            &url,
+            r#"relay_stream_superseded_total{type="order.status"}"#
+        )
+        .await,
+        1.0,
+        "the dead node's entry was claimed after the later one, and superseded"
+    );
+    let orders = active(&url, &customer_jwt).await;
+    assert_eq!(orders["orders"][0]["status"], "ready", "{orders}");
+
+    let picked_up = cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "o1", "status": "picked_up"}),
+        )
+        .await;
+    let next = customer
+        .wait_for("order:status_update", WAIT)
+        .await
+        .expect("next update");
+    assert_eq!(
+        (
+            &next.data()["event_id"],
+            &next.data()["status"],
+            &next.data()["seq"]
+        ),
+        (&json!(picked_up), &json!("picked_up"), &json!(3)),
+        "no 'preparing' again, and counted once: {next:?}"
+    );
+}

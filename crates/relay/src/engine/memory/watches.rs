@@ -11,20 +11,22 @@ use crate::{
     events::now_ms,
 };
 
-/// Per user (role and `sub`), each watched order with when it is forgotten.
+/// A user: a role and a `sub`.
+type User = (&'static str, String);
+/// Each watched order with when it is forgotten (unix ms).
+type Watched = HashMap<String, u64>;
+
 #[derive(Default)]
 pub struct MemoryWatches {
-    users: Mutex<HashMap<(&'static str, String), HashMap<String, u64>>>,
+    users: Mutex<HashMap<User, Watched>>,
 }
 
-fn user(principal: &Principal) -> (&'static str, String) {
+fn user(principal: &Principal) -> User {
     (principal.role().as_str(), principal.sub().to_owned())
 }
 
 impl MemoryWatches {
-    fn users(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(&'static str, String), HashMap<String, u64>>> {
+    fn users(&self) -> std::sync::MutexGuard<'_, HashMap<User, Watched>> {
         self.users.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
