@@ -27,7 +27,8 @@ use crate::{
 };
 
 /// The test suite's hook to crash a node between an entry's effect and its
-/// ack (see `ConsumerSettings::crash_before_ack`). Not a setting.
+/// ack (see `ConsumerSettings::crash_before_ack`). Not a setting; read by
+/// debug builds only.
 pub const CRASH_HOOK: &str = "RELAY_TEST_CRASH_BEFORE_ACK";
 
 /// Stream entries one node works on at once (offers waiting for acks included).
@@ -208,7 +209,12 @@ pub(super) fn wire<E: Engine>(
             claim_idle: config.stream.claim_idle,
             max_event_bytes: config.stream.max_event_bytes,
             drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
-            crash_before_ack: std::env::var(CRASH_HOOK).ok().filter(|t| !t.is_empty()),
+            // Debug builds only, like the panic hook: a release node never
+            // reads it, whatever its environment holds.
+            crash_before_ack: cfg!(debug_assertions)
+                .then(|| std::env::var(CRASH_HOOK).ok())
+                .flatten()
+                .filter(|t| !t.is_empty()),
         },
         stop.clone(),
     );
