@@ -116,6 +116,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub jwt_leeway_s: u64,
 
+    /// How long before a socket's token expires it is sent `auth:expiring`,
+    /// in seconds (0 = never; at most 86400).
+    #[arg(long, env = "RELAY_TOKEN_REFRESH_NOTICE_S", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub token_refresh_notice_s: u64,
+
     /// Bearer key for the publish API; unset = publish API off.
     #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
@@ -629,6 +635,8 @@ pub struct Config {
     pub key_prefix: String,
     pub location: LocationConfig,
     pub client_events_per_s: u32,
+    /// `auth:expiring` goes out this long before a token's `exp` (zero: never).
+    pub token_refresh_notice: Duration,
     pub limits: ConnectionLimitsConfig,
     /// Allowed browser origins; empty: same-origin only; `*`: any.
     pub cors_origins: Vec<String>,
@@ -805,6 +813,7 @@ impl Config {
                 min_interval: Duration::from_millis(args.location_min_interval_ms),
             },
             client_events_per_s: args.client_events_per_s,
+            token_refresh_notice: Duration::from_secs(args.token_refresh_notice_s),
             cors_origins,
             limits: ConnectionLimitsConfig {
                 max_connections: args.max_connections,
@@ -873,13 +882,14 @@ pub struct UnknownVariable {
 /// `RELAY_*` names the project's own tooling sets around a node that are not
 /// settings of `relay serve`: the commit baked in at build time (the Makefile
 /// exports it), scripts/run.sh's mode switch and binaries, and the test
-/// suite's log switch.
-const NOT_SETTINGS: [&str; 5] = [
+/// suite's log switch and crash hook.
+const NOT_SETTINGS: [&str; 6] = [
     "RELAY_COMMIT",
     "RELAY_EMBEDDED",
     "RELAY_BIN",
     "RELAY_SIM_BIN",
     "RELAY_TEST_LOGS",
+    "RELAY_TEST_CRASH_BEFORE_ACK",
 ];
 
 /// The `RELAY_*` variables among `names` that `relay serve` does not read.
@@ -1097,6 +1107,7 @@ mod tests {
         assert_eq!(config.location.ttl, Duration::from_secs(120));
         assert_eq!(config.location.min_interval, Duration::from_millis(1000));
         assert_eq!(config.client_events_per_s, 20);
+        assert_eq!(config.token_refresh_notice, Duration::from_secs(60));
         assert_eq!(config.history.size, 100);
         assert_eq!(config.history.ttl, Duration::from_secs(600));
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
@@ -1271,6 +1282,10 @@ mod tests {
             (&["--max-event-bytes", "1000"], "--max-event-bytes"),
             (&["--jwt-leeway-s", "86400"], "--jwt-leeway-s"),
             (
+                &["--token-refresh-notice-s", "86401"],
+                "--token-refresh-notice-s",
+            ),
+            (
                 &["--http-header-timeout-ms", "0"],
                 "--http-header-timeout-ms",
             ),
@@ -1345,8 +1360,11 @@ mod tests {
             "0",
             "--jwt-leeway-s",
             "0",
+            "--token-refresh-notice-s",
+            "0",
         ])
         .expect("valid");
+        assert_eq!(config.token_refresh_notice, Duration::ZERO);
         assert_eq!(config.location.min_interval, Duration::ZERO);
         assert_eq!(config.client_events_per_s, 0);
         assert_eq!(config.limits.max_connections, 0);

@@ -26,6 +26,11 @@ use crate::{
     tasks::Tasks,
 };
 
+/// The test suite's hook to crash a node between an entry's effect and its
+/// ack (see `ConsumerSettings::crash_before_ack`). Not a setting; read by
+/// debug builds only.
+pub const CRASH_HOOK: &str = "RELAY_TEST_CRASH_BEFORE_ACK";
+
 /// Stream entries one node works on at once (offers waiting for acks included).
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -148,7 +153,7 @@ pub(super) fn wire<E: Engine>(
         .across(engine.user_sessions(&instance))
         .gated_by(health.clone()),
     );
-    let expiries = Arc::new(Expiries::default());
+    let expiries = Arc::new(Expiries::new(config.token_refresh_notice));
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,
@@ -204,6 +209,12 @@ pub(super) fn wire<E: Engine>(
             claim_idle: config.stream.claim_idle,
             max_event_bytes: config.stream.max_event_bytes,
             drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
+            // Debug builds only, like the panic hook: a release node never
+            // reads it, whatever its environment holds.
+            crash_before_ack: cfg!(debug_assertions)
+                .then(|| std::env::var(CRASH_HOOK).ok())
+                .flatten()
+                .filter(|t| !t.is_empty()),
         },
         stop.clone(),
     );

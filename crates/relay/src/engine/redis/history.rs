@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::values::bulk_string;
 use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, in_offset_order};
 use crate::metrics::{AdapterOp, StoreOp};
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 
 /// Events waiting for this node's delivery loop.
 const FEED: usize = 65_536;
@@ -243,7 +243,9 @@ impl History for RedisHistory {
             }
         };
         // Ends with its receiver, also while XREAD blocks with nothing new.
-        self.tasks.spawn("history feed", async move {
+        // Not restarted: the delivery loop ends with its feed, and a panic
+        // here fails the node.
+        self.tasks.spawn(names::HISTORY_FEED, async move {
             tokio::select! {
                 () = reader.closed() => {}
                 () = read_loop => {}

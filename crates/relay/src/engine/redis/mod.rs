@@ -1,6 +1,7 @@
 //! The Redis engine: what every node of a cluster shares.
 
 mod history;
+mod idempotency;
 mod keys;
 mod link;
 mod locations;
@@ -9,6 +10,7 @@ mod pubsub;
 mod sessions;
 mod stream;
 mod values;
+mod watches;
 
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ pub use locations::RedisLocations;
 pub use order_store::RedisOrders;
 pub use pubsub::{PubSubDriver, PubSubError};
 pub use stream::{RedisStream, StreamSettings};
+pub use watches::RedisWatches;
 
 use super::{
     Engine, EngineError, Health, StoreError, StoreResult, log_redis_failure, redis_failure,
@@ -67,6 +70,7 @@ pub struct RedisEngine {
     orders: RedisOrders,
     locations: RedisLocations,
     history: RedisHistory,
+    watches: RedisWatches,
 }
 
 /// What the Redis engine needs from the configuration.
@@ -136,6 +140,7 @@ impl RedisEngine {
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
             stream,
             orders: RedisOrders::new(commands.clone(), &space),
+            watches: RedisWatches::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
                 history_blocking,
@@ -312,6 +317,7 @@ impl Engine for RedisEngine {
     type Orders = RedisOrders;
     type Locations = RedisLocations;
     type History = RedisHistory;
+    type Watches = RedisWatches;
 
     fn stream(&self) -> &RedisStream {
         &self.stream
@@ -327,6 +333,10 @@ impl Engine for RedisEngine {
 
     fn history(&self) -> &RedisHistory {
         &self.history
+    }
+
+    fn watches(&self) -> &RedisWatches {
+        &self.watches
     }
 
     fn name(&self) -> &'static str {

@@ -45,9 +45,11 @@ use super::values::{bulk_bytes, bulk_string, parse_entries, stream_entry};
 use crate::engine::{StoreError, StoreResult};
 use crate::events::DecodeReason;
 use crate::metrics::{self, StoreOp};
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 use crate::{
-    engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
+    engine::traits::{
+        Claimed, DeadLetter, EventStream, KeyedAppend, OfferState, StreamEntry, StreamStats,
+    },
     events::{now_ms, sequence_key},
     outcome::Outcome,
 };
@@ -227,6 +229,8 @@ pub struct RedisStream {
 }
 
 struct Keys {
+    /// `RELAY_KEY_PREFIX`: idempotency records tag themselves with the stream.
+    prefix: String,
     /// Offer marks: beside the outcomes, whose script sets them.
     offers_prefix: String,
     stream: String,
@@ -257,6 +261,7 @@ impl RedisStream {
     ) -> Self {
         let space = KeySpace::new(settings.prefix, conn.is_cluster());
         let keys = Keys {
+            prefix: space.prefix().to_owned(),
             stream: space.key("events"),
             group: space.key("relay"),
             dead: space.key("events:dead"),
@@ -267,7 +272,8 @@ impl RedisStream {
         };
         let waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
         let notices = forward_notices(driver.clone(), keys.seq_channel.clone(), waiters.clone());
-        tasks.spawn("sequencing notices", async move {
+        // Not restarted: waiters registered with it would miss notices.
+        tasks.spawn(names::SEQUENCING_NOTICES, async move {
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = notices => {}
@@ -764,6 +770,18 @@ impl EventStream for RedisStream {
         Ok(id)
     }
 
+    async fn append_keyed(&self, key: &str, kind: &str, data: &str) -> StoreResult<KeyedAppend> {
+        super::idempotency::append_keyed(
+            self.conn(),
+            &self.keys.prefix,
+            &self.keys.stream,
+            key,
+            kind,
+            data,
+        )
+        .await
+    }
+
     async fn append_outcome(&self, outcome: &Outcome) -> StoreResult<bool> {
         let mut invocation = self.outcome.key(&self.keys.outcomes);
         invocation
@@ -775,6 +793,27 @@ impl EventStream for RedisStream {
         }
         let written: i64 = invocation.invoke_async(&mut self.conn()).await?;
         Ok(written == 1)
+    }
+
+    async fn offer_targets(&self, event_id: &str, found: &[String]) -> StoreResult<Vec<String>> {
+        let key = self.offer_key("targets", event_id, "geo");
+        let encoded = serde_json::to_string(found)
+            .map_err(|e| StoreError::BadData(format!("offer targets: {e}")))?;
+        // SET NX GET (Redis 7): records the first list, answers an earlier one.
+        let first: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&encoded)
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(OFFER_MARK_TTL_MS)
+            .query_async(&mut self.conn())
+            .await?;
+        match first {
+            None => Ok(found.to_vec()),
+            Some(first) => serde_json::from_str(&first)
+                .map_err(|e| StoreError::BadData(format!("offer targets of {event_id}: {e}"))),
+        }
     }
 
     async fn offer_state(&self, event_id: &str, target: &str) -> StoreResult<OfferState> {
