@@ -9,9 +9,10 @@ mod traits;
 
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use traits::{
-    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, entry_size,
-    in_offset_order,
+    Assignment, Claimed, Created, DeadLetter, DriverLocation, EventStream, History,
+    IDEMPOTENCY_TTL, KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite,
+    Recorded, StreamEntry, StreamStats, UserSessions, WATCH_TTL, WatchedOrders, cmp_offsets,
+    entry_size, in_offset_order,
 };
 
 use std::{
@@ -39,6 +40,7 @@ pub trait Engine: Send + Sync + 'static {
     type Orders: OrderStore;
     type Locations: LocationCache;
     type History: History;
+    type Watches: WatchedOrders;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
@@ -49,6 +51,7 @@ pub trait Engine: Send + Sync + 'static {
     fn orders(&self) -> &Self::Orders;
     fn locations(&self) -> &Self::Locations;
     fn history(&self) -> &Self::History;
+    fn watches(&self) -> &Self::Watches;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.

@@ -5,6 +5,7 @@ mod history;
 mod locations;
 mod order_store;
 mod stream;
+mod watches;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
 pub use stream::MemoryStream;
+pub use watches::MemoryWatches;
 
 use super::{Engine, EngineError, Health};
 
@@ -23,6 +25,7 @@ pub struct MemoryEngine {
     orders: MemoryOrders,
     locations: MemoryLocations,
     history: MemoryHistory,
+    watches: MemoryWatches,
 }
 
 impl MemoryEngine {
@@ -37,6 +40,7 @@ impl MemoryEngine {
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
+            watches: MemoryWatches::default(),
         }
     }
 }
@@ -51,6 +55,7 @@ impl Engine for MemoryEngine {
     type Orders = MemoryOrders;
     type Locations = MemoryLocations;
     type History = MemoryHistory;
+    type Watches = MemoryWatches;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -72,6 +77,10 @@ impl Engine for MemoryEngine {
 
     fn history(&self) -> &MemoryHistory {
         &self.history
+    }
+
+    fn watches(&self) -> &MemoryWatches {
+        &self.watches
     }
 
     async fn finish_init((): ()) -> Result<(), EngineError> {

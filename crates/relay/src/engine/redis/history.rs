@@ -5,20 +5,23 @@
 //! both, and scripts run one at a time, so offsets, rooms and delivery share
 //! one order. Nodes read `history:all` with XREAD BLOCK from the last offset
 //! they delivered: unlike pub/sub, a node whose Redis connection drops for a
-//! moment resumes exactly where it was, and misses nothing.
+//! moment resumes exactly where it was, and misses nothing. On a cluster
+//! all of them share the slot of `{prefix}history` (one hash tag), since
+//! one script writes the cluster-wide stream and the rooms'.
 
 use redis::{
     AsyncCommands, Script, Value,
     streams::{StreamId, StreamRangeReply, StreamReadReply},
 };
 
+use super::keys::KeySpace;
 use super::link::Link;
 use tokio::sync::mpsc;
 
 use super::values::bulk_string;
 use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, in_offset_order};
 use crate::metrics::{AdapterOp, StoreOp};
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 
 /// Events waiting for this node's delivery loop.
 const FEED: usize = 65_536;
@@ -126,7 +129,7 @@ impl RedisHistory {
     pub fn new(
         conn: Link,
         blocking: Link,
-        prefix: &str,
+        space: &KeySpace,
         size: usize,
         ttl: std::time::Duration,
         tasks: Tasks,
@@ -134,7 +137,7 @@ impl RedisHistory {
         Self {
             conn,
             blocking,
-            prefix: prefix.to_owned(),
+            prefix: space.beside("history"),
             size: size.max(1),
             ttl_ms: ttl.as_millis() as u64,
             publish: Script::new(PUBLISH_SCRIPT),
@@ -240,7 +243,9 @@ impl History for RedisHistory {
             }
         };
         // Ends with its receiver, also while XREAD blocks with nothing new.
-        self.tasks.spawn("history feed", async move {
+        // Not restarted: the delivery loop ends with its feed, and a panic
+        // here fails the node.
+        self.tasks.spawn(names::HISTORY_FEED, async move {
             tokio::select! {
                 () = reader.closed() => {}
                 () = read_loop => {}

@@ -1,12 +1,17 @@
 //! The driver location cache on Redis (CONTRACT §4): `GEOADD
 //! {prefix}drivers:geo` plus the hash `{prefix}driver:{id}` with a TTL.
-//! A driver in the geo set without its hash has gone stale.
+//! A driver in the geo set without its hash has gone stale. The last-seen
+//! index shares the geo set's slot on a cluster (the prune script touches
+//! both); the hashes keep their contract names, each in its own slot.
 
 use std::time::Duration;
 
 use redis::{Script, Value};
 
+use super::PubSubDriver;
+use super::keys::KeySpace;
 use super::link::Link;
+use socketioxide_redis::drivers::Driver;
 
 use super::values::bulk_string;
 use crate::engine::StoreResult;
@@ -32,6 +37,10 @@ const GEO_MAX_LAT: f64 = 85.051_128_78;
 
 pub struct RedisLocations {
     conn: Link,
+    /// Every publish goes through the pub/sub driver (sharded on a cluster).
+    driver: PubSubDriver,
+    geo: String,
+    last_seen: String,
     prefix: String,
     /// The pub/sub channel of location deliveries between nodes.
     channel: String,
@@ -40,10 +49,19 @@ pub struct RedisLocations {
 }
 
 impl RedisLocations {
-    pub fn new(conn: Link, prefix: &str, channel: String, ttl: Duration) -> Self {
+    pub fn new(
+        conn: Link,
+        driver: PubSubDriver,
+        space: &KeySpace,
+        channel: String,
+        ttl: Duration,
+    ) -> Self {
         Self {
             conn,
-            prefix: prefix.to_owned(),
+            driver,
+            geo: space.key("drivers:geo"),
+            last_seen: format!("{}drivers:seen", space.beside("drivers:geo")),
+            prefix: space.prefix().to_owned(),
             channel,
             ttl,
             prune: Script::new(PRUNE),
@@ -56,11 +74,11 @@ impl RedisLocations {
 
     /// When each driver was last seen (unix ms), for pruning the geo set.
     pub fn last_seen_key(&self) -> String {
-        format!("{}drivers:seen", self.prefix)
+        self.last_seen.clone()
     }
 
     pub fn geo_key(&self) -> String {
-        format!("{}drivers:geo", self.prefix)
+        self.geo.clone()
     }
 
     pub fn driver_key(&self, driver_id: &str) -> String {
@@ -105,12 +123,17 @@ impl LocationCache for RedisLocations {
             return Ok(());
         }
         let ttl_ms = self.ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
         // Deliveries first: the other nodes' customers wait on them, the cache can wait.
         if let Some(payload) = broadcast {
-            pipe.cmd("PUBLISH").arg(&self.channel).arg(payload).ignore();
+            self.driver
+                .publish(self.channel.clone(), payload.to_vec())
+                .await?;
         }
-        if !batch.is_empty() {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        {
             // One GEOADD and one ZADD for the whole batch, not one per driver.
             let mut geoadd = redis::cmd("GEOADD");
             geoadd.arg(self.geo_key());
