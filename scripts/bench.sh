@@ -2,15 +2,16 @@
 # `make bench`: Redis, two relay nodes and the load generator on this
 # machine; runs the standard scenarios and writes docs/benchmarks.md.
 # Scale with BENCH_* variables (see below); the defaults are the targets.
+# BENCH_ONLY=storm (or a comma-separated list of location, idle, orders,
+# scale, storm) runs only those; such a partial run leaves docs/benchmarks.md
+# alone unless BENCH_OUT is set, and prints its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${BENCH_BIN:-target/release/relay}
-SIM=${BENCH_SIM:-target/release/relay-sim}
-# One scenario alone: location, idle, orders or scale (its report goes to
-# target/bench/ unless BENCH_OUT says otherwise).
-ONLY=${BENCH_ONLY:-all}
-if [ "$ONLY" = all ]; then OUT=${BENCH_OUT:-docs/benchmarks.md}; else OUT=${BENCH_OUT:-target/bench/benchmarks-$ONLY.md}; fi
+# BENCH_BIN runs another relay binary (a before/after comparison).
+BIN=${BENCH_BIN:-${RELAY_BIN:-target/release/relay}}
+SIM=${BENCH_SIM:-${RELAY_SIM_BIN:-target/release/relay-sim}}
+OUT=${BENCH_OUT:-docs/benchmarks.md}
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
 PORTS=(${BENCH_PORTS:-3201 3202})
 DRIVERS=${BENCH_DRIVERS:-4000}
@@ -28,6 +29,11 @@ SCALE_DRIVERS=${BENCH_SCALE_DRIVERS:-1000}
 SCALE_DURATION=${BENCH_SCALE_DURATION_S:-15}
 RUN_DIR=target/bench
 mkdir -p "$RUN_DIR"
+
+# Whether scenario $1 runs this time.
+want() {
+  [ -z "${BENCH_ONLY:-}" ] || [[ ",${BENCH_ONLY// /,}," == *",$1,"* ]]
+}
 
 command -v redis-server >/dev/null || { echo "make bench needs redis-server (Debian package redis-server)" >&2; exit 1; }
 ulimit -n 262144 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -50,12 +56,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts Redis and the nodes of PORTS (or $1 nodes on the ports after
-# BENCH_PORT_BASE).
+# Starts Redis and the nodes of PORTS, or, when the first argument is a
+# number N, N nodes on the ports after BENCH_PORT_BASE. Further arguments
+# KEY=VALUE are settings of every node on top of the ones below.
 PORT_BASE=${BENCH_PORT_BASE:-3200}
 start_stack() {
   local ports=("${PORTS[@]}")
-  if [ $# -gt 0 ]; then ports=(); for i in $(seq 1 "$1"); do ports+=($((PORT_BASE + i))); done; fi
+  if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
+    ports=(); for i in $(seq 1 "$1"); do ports+=($((PORT_BASE + i))); done
+    shift
+  fi
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
     --logfile "$PWD/$RUN_DIR/redis.log" &
   redis_pid=$!
@@ -70,7 +80,7 @@ start_stack() {
     RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
       RELAY_LOCATION_MIN_INTERVAL_MS=0 RELAY_CLIENT_EVENTS_PER_S=50 RELAY_MAX_NEW_CONNECTIONS_PER_S=0 \
       RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 \
-      "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
+      env "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
     pids+=($!)
     node_pids+=($!)
     urls+=("http://127.0.0.1:$port")
@@ -90,17 +100,32 @@ loadgen() {
     --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" "$@"
 }
 
+# --- Reconnect storm (issue #17): node 1 SIGKILLed under its clients, who
+# come back to node 2 with last_event_id. The connection rate limit is on at
+# the chart's default (maxNewConnectionsPerSecond), so node 2 sheds part of
+# the storm with 503 + Retry-After and the clients retry; the per-address
+# limit stays off, since every simulated client comes from 127.0.0.1.
+STORM_CLIENTS=${BENCH_STORM_CLIENTS:-10000}
+STORM_SURVIVOR_CLIENTS=${BENCH_STORM_SURVIVOR_CLIENTS:-1000}
+STORM_RATE=${BENCH_STORM_RATE:-1000}
+STORM_CONNECT_RATE=${BENCH_STORM_CONNECT_RATE:-2000}
+bench_storm() {
+  start_stack RELAY_MAX_NEW_CONNECTIONS_PER_S="$STORM_CONNECT_RATE"
+  loadgen storm --clients "$STORM_CLIENTS" --survivor-clients "$STORM_SURVIVOR_CLIENTS" \
+    --rate "$STORM_RATE"
+  stop_stack
+}
+
 rm -f "$RUN_DIR/report.md"
-runs() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 # A fresh stack per scenario, so that one's connections don't weigh on the next.
-if runs location; then
+if want location; then
   for rate in "${RATES[@]}"; do
     start_stack
     loadgen location --drivers "$DRIVERS" --rate "$rate" --duration-s "$DURATION"
     stop_stack
   done
 fi
-if runs idle; then
+if want idle; then
   start_stack
   for i in "${!urls[@]}"; do
     "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
@@ -109,12 +134,12 @@ if runs idle; then
   done
   stop_stack
 fi
-if runs orders; then
+if want orders; then
   start_stack
   loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
   stop_stack
 fi
-if runs scale; then
+if want scale; then
   # Clients on the first two nodes only; the others hold none, and their
   # CPU and Redis's bytes sent per update are what should stay flat.
   for n in "${SCALE_NODES[@]}"; do
@@ -127,6 +152,14 @@ if runs scale; then
     stop_stack
   done
 fi
+if want storm; then
+  bench_storm
+fi
+
+if [ -n "${BENCH_ONLY:-}" ] && [ -z "${BENCH_OUT:-}" ]; then
+  echo "partial run (BENCH_ONLY=$BENCH_ONLY): report in $RUN_DIR/report.md, $OUT left as it is"
+  exit 0
+fi
 
 {
   echo "# Benchmarks"
@@ -134,7 +167,7 @@ fi
   echo "Produced by \`make bench\` ($(date -u +%Y-%m-%d), relay $("$BIN" --version | cut -d' ' -f2), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))."
   echo "Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2), two relay nodes (release build) and the load generator all on one machine:"
   echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)."
-  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=0, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_MAX_NEW_CONNECTIONS_PER_S=0 and RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 (the load generator opens thousands of connections a second, all from one address), RELAY_LOG=warn; everything else default."
+  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=0, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_MAX_NEW_CONNECTIONS_PER_S=0 (the reconnect storm: $STORM_CONNECT_RATE, the chart's default) and RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 (the load generator opens thousands of connections a second, all from one address), RELAY_LOG=warn; everything else default."
   echo "Open-file limit $(ulimit -n) per process: $IDLE idle connections per node."
   echo
   cat "$RUN_DIR/report.md"

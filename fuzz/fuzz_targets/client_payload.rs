@@ -10,7 +10,9 @@
 //! parser reads them), and survives the relay's own
 //! re-encoding (the `order:driver_location` emit and the fan-out batch to the
 //! other nodes) bit for bit; accepted order ids and sync ids are within their
-//! length limits; an offer's ack is stored as JSON that reads back the same.
+//! length limits; an `auth:refresh` token is read exactly as the handshake
+//! reads its `auth` payload (else `missing token`); an offer's ack is stored
+//! as JSON that reads back the same.
 
 #![no_main]
 
@@ -18,7 +20,11 @@ use libfuzzer_sys::fuzz_target;
 use relay::{
     engine::DriverLocation,
     events::LocationUpdate,
-    gateway::{DriverLocationEvent, OrderRef, SyncRequest, last_event_id, order_ref, token_from},
+    auth::Rejection,
+    gateway::{
+        DriverLocationEvent, OrderRef, SyncRequest, last_event_id, order_ref, refresh_token,
+        token_from,
+    },
 };
 use serde_json::Value;
 use socketioxide_core::{
@@ -122,6 +128,18 @@ fn event(packet: &str, mut value: socketioxide_core::Value) {
             let data = CommonParser.decode_value::<OrderRef>(&mut value, true);
             if let Ok(id) = order_ref(data) {
                 assert!(!id.is_empty() && id.len() <= 128, "order id {id:?}");
+            }
+        }
+        "auth:refresh" => {
+            let data = CommonParser.decode_value::<Value>(&mut value, true);
+            match refresh_token(data.as_ref().ok()) {
+                // What the handshake would read from the same payload as `auth`.
+                Ok(token) => {
+                    assert!(!token.is_empty(), "empty token");
+                    let auth = data.as_ref().expect("a token came from a payload");
+                    assert_eq!(token_from(Some(auth), None).as_deref(), Some(token.as_str()));
+                }
+                Err(rejection) => assert_eq!(rejection, Rejection::MissingToken),
             }
         }
         "sync" => {

@@ -454,6 +454,41 @@ test("recovery.sync_invalid_payload", async (ctx) => {
   shape(ack, { ok: false, error: (v) => typeof v === "string" && v.startsWith("invalid payload") }, "sync ack");
 });
 
+// ------------------------------------------------------------ token refresh (§7)
+
+test("auth.refresh", async (ctx) => {
+  const [merch, kept, added] = [uid("merch"), uid("store"), uid("store")];
+  // A token inside the notice period (60 s): auth:expiring comes at once.
+  const shortExp = now() + 30;
+  const conn = await ctx.connect(url(1), { jwt: sign({ sub: merch, role: "merchant", store_ids: [kept], exp: shortExp }) });
+  same((await conn.rec.next("auth:expiring")).data, { exp: shortExp }, "auth:expiring");
+  const exp = now() + 900;
+  const ack = await conn.request("auth:refresh", { token: sign({ sub: merch, role: "merchant", store_ids: [kept, added], exp }) });
+  same(ack, { ok: true, exp }, "auth:refresh ack");
+  // The added store's orders now reach the connection.
+  const { order } = await newOrder({ store: added, timer: 30 });
+  const e = await conn.rec.next("merchant:new_order");
+  eq(e.data.order_id, order, "order of the added store");
+  e.ack({ accepted: true });
+});
+
+test("auth.refresh_refused", async (ctx) => {
+  const customer = uid("cust");
+  const conn = await ctx.connect(url(2), { jwt: token(customer, "customer") });
+  const refusals = [
+    ["bad signature", { token: sign({ sub: customer, role: "customer", exp: now() + 600 }, { secret: "not-the-secret" }) }, "invalid token"],
+    ["expired", { token: sign({ sub: customer, role: "customer", exp: now() - 120 }) }, "token expired"],
+    ["another user", { token: token(uid("cust"), "customer") }, "invalid claims"],
+    ["another role", { token: token(customer, "driver") }, "role not allowed"],
+    ["no token", {}, "missing token"],
+  ];
+  for (const [what, payload, error] of refusals) {
+    same(await conn.request("auth:refresh", payload), { ok: false, error }, `auth:refresh, ${what}`);
+  }
+  assert(conn.socket.connected, "disconnected by a refused refresh");
+  eq((await conn.request("sync", { last_event_id: "0-0" })).ok, true, "sync after the refusals");
+});
+
 // ------------------------------------------------------------ HTTP for clients
 
 test("http.orders_active", async (ctx) => {

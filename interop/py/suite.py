@@ -522,6 +522,43 @@ def _(ctx):
     shape(ack, {"ok": False, "error": lambda v: isinstance(v, str) and v.startswith("invalid payload")}, "sync ack")
 
 
+# ------------------------------------------------------------ token refresh (§7)
+
+
+@case("auth.refresh")
+def _(ctx):
+    merch, kept, added = uid("merch"), uid("store"), uid("store")
+    # A token inside the notice period (60 s): auth:expiring comes at once.
+    short_exp = now_s() + 30
+    conn = ctx.connect(url(1), jwt=sign({"sub": merch, "role": "merchant", "store_ids": [kept], "exp": short_exp}))
+    eq(conn.next("auth:expiring").data, {"exp": short_exp}, "auth:expiring")
+    exp = now_s() + 900
+    ack = conn.request("auth:refresh", {"token": sign({"sub": merch, "role": "merchant", "store_ids": [kept, added], "exp": exp})})
+    eq(ack, {"ok": True, "exp": exp}, "auth:refresh ack")
+    # The added store's orders now reach the connection.
+    order, _customer, _store, _created = new_order(store=added, timer=30)
+    e = conn.next("merchant:new_order")
+    eq(e.data["order_id"], order, "order of the added store")
+    e.ack({"accepted": True})
+
+
+@case("auth.refresh_refused")
+def _(ctx):
+    customer = uid("cust")
+    conn = ctx.connect(url(2), jwt=token(customer, "customer"))
+    refusals = [
+        ("bad signature", {"token": sign({"sub": customer, "role": "customer", "exp": now_s() + 600}, secret="not-the-secret")}, "invalid token"),
+        ("expired", {"token": sign({"sub": customer, "role": "customer", "exp": now_s() - 120})}, "token expired"),
+        ("another user", {"token": token(uid("cust"), "customer")}, "invalid claims"),
+        ("another role", {"token": token(customer, "driver")}, "role not allowed"),
+        ("no token", {}, "missing token"),
+    ]
+    for what, payload, error in refusals:
+        eq(conn.request("auth:refresh", payload), {"ok": False, "error": error}, f"auth:refresh, {what}")
+    assert conn.sio.connected, "disconnected by a refused refresh"
+    eq(conn.request("sync", {"last_event_id": "0-0"}).get("ok"), True, "sync after the refusals")
+
+
 # ------------------------------------------------------------ HTTP for clients
 
 

@@ -6,7 +6,8 @@
 //!
 //! - leaves: `config`, `telemetry`, `events` (the wire schema), `auth`,
 //!   `rooms`, `active_order`, `outcome`, `metrics`, `tasks` (the tracker
-//!   every long-lived task is spawned on);
+//!   every long-lived task is spawned on, which restarts a task after a
+//!   panic or fails the node);
 //! - `engine`: the seam to Redis or memory (stream, history, orders,
 //!   locations, sessions, per-room channels, the Socket.IO adapter);
 //! - `interest`: which room channels this node subscribes to (the rooms of

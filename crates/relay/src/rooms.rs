@@ -38,9 +38,28 @@ impl Room {
         }
     }
 
+    /// The role rooms a connection leaves and joins when its principal
+    /// becomes `after` (a token refresh): only a merchant's change, when its
+    /// `store_ids` did.
+    pub fn changes(before: &Principal, after: &Principal) -> RoomChanges {
+        let old = Self::for_principal(before);
+        let new = Self::for_principal(after);
+        RoomChanges {
+            leave: old.iter().filter(|r| !new.contains(r)).cloned().collect(),
+            join: new.into_iter().filter(|r| !old.contains(r)).collect(),
+        }
+    }
+
     pub fn name(&self) -> String {
         self.to_string()
     }
+}
+
+/// See [`Room::changes`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoomChanges {
+    pub leave: Vec<Room>,
+    pub join: Vec<Room>,
 }
 
 impl fmt::Display for Room {
@@ -87,5 +106,24 @@ mod tests {
         );
         assert!(names(&Principal::new("s1", Role::Support, vec![])).is_empty());
         assert_eq!(Room::order("o9").name(), "order_o9");
+    }
+
+    #[test]
+    fn a_merchant_follows_its_new_store_ids() {
+        let merchant = |stores: &[&str]| {
+            Principal::new(
+                "m1",
+                Role::Merchant,
+                stores.iter().map(|s| (*s).to_owned()).collect(),
+            )
+        };
+        let changes = Room::changes(&merchant(&["s1", "s2"]), &merchant(&["s2", "s3"]));
+        assert_eq!(changes.leave, [Room::Merchant("s1".into())]);
+        assert_eq!(changes.join, [Room::Merchant("s3".into())]);
+        let customer = Principal::new("c1", Role::Customer, vec![]);
+        assert_eq!(
+            Room::changes(&customer, &customer.clone().expiring_at(9, 0)),
+            RoomChanges::default()
+        );
     }
 }

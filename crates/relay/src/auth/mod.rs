@@ -1,13 +1,16 @@
 //! Who a client is: JWT verification into a typed [`Principal`], the reasons a
-//! handshake is refused, and token minting for development.
+//! handshake is refused, whether a new token may continue a connection, and
+//! token minting for development.
 
 mod mint;
 mod principal;
+mod refresh;
 mod verifier;
 
 pub use mint::{MintError, mint_hs256};
 pub use principal::{Principal, Role};
-pub use verifier::{KeyError, Verifier};
+pub use refresh::{RefreshRefusal, refreshed};
+pub use verifier::{KeyError, MAX_TOKEN_BYTES, Verifier};
 
 /// Why a client was refused. `Display` is the exact `connect_error` message
 /// of CONTRACT §2; [`Rejection::reason`] is the bounded metric label.

@@ -63,8 +63,16 @@ struct PrincipalInner {
     sub: String,
     role: Role,
     store_ids: Vec<String>,
-    /// When the token stops being valid (unix ms, leeway included).
-    expires_at_ms: Option<u64>,
+    expiry: Option<Expiry>,
+}
+
+/// When a principal's token ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Expiry {
+    /// The token's `exp` claim (unix seconds), as the client knows it.
+    exp_s: u64,
+    /// When the relay stops honouring it (unix ms): `exp` plus the leeway.
+    ends_at_ms: u64,
 }
 
 impl Principal {
@@ -73,30 +81,40 @@ impl Principal {
             sub: sub.into(),
             role,
             store_ids,
-            expires_at_ms: None,
+            expiry: None,
         }))
     }
 
-    /// The same principal, valid until `at_ms` (unix ms).
-    pub fn expiring_at(mut self, at_ms: u64) -> Self {
+    /// The same principal, from a token whose `exp` is `exp_s` (unix
+    /// seconds), honoured for `leeway_s` more.
+    pub fn expiring_at(mut self, exp_s: u64, leeway_s: u64) -> Self {
+        let expiry = Some(Expiry {
+            exp_s,
+            ends_at_ms: exp_s.saturating_add(leeway_s).saturating_mul(1000),
+        });
         match Arc::get_mut(&mut self.0) {
-            Some(inner) => inner.expires_at_ms = Some(at_ms),
+            Some(inner) => inner.expiry = expiry,
             None => {
                 let inner = &self.0;
                 self = Self(Arc::new(PrincipalInner {
                     sub: inner.sub.clone(),
                     role: inner.role,
                     store_ids: inner.store_ids.clone(),
-                    expires_at_ms: Some(at_ms),
+                    expiry,
                 }));
             }
         }
         self
     }
 
-    /// When the token stops being valid (unix ms), if it said.
+    /// When the token stops being valid (unix ms, leeway included), if it said.
     pub fn expires_at_ms(&self) -> Option<u64> {
-        self.0.expires_at_ms
+        self.0.expiry.map(|e| e.ends_at_ms)
+    }
+
+    /// The token's `exp` claim (unix seconds), if it said.
+    pub fn exp(&self) -> Option<u64> {
+        self.0.expiry.map(|e| e.exp_s)
     }
 
     /// The user id (`sub` claim).

@@ -10,6 +10,10 @@ pub enum KeyError {
     UnsupportedPem { path: String },
 }
 
+/// Longest token verified: real ones are well under 2 KiB, and a longer one
+/// would only cost base64 and JSON work before failing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
 /// Verifies client tokens against the one configured key. The algorithm is
 /// pinned by the key, so `alg: none` and algorithm-confusion tokens fail.
 #[derive(Clone)]
@@ -68,6 +72,10 @@ impl Verifier {
 
     /// Checks signature, time and claims; never logs the token itself.
     pub fn verify(&self, token: &str) -> Result<Principal, Rejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            tracing::debug!(bytes = token.len(), "token refused: too long");
+            return Err(Rejection::InvalidToken);
+        }
         // RFC 7515 §4.1.11: a `crit` header names extensions the token needs
         // understood; we understand none, and jsonwebtoken ignores the header.
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
@@ -90,10 +98,7 @@ impl Verifier {
         })?;
         let exp = expiry(&data.claims, unix_now(), self.validation.leeway)?;
         let principal = principal_from_claims(&data.claims)?;
-        Ok(principal.expiring_at(
-            exp.saturating_add(self.validation.leeway)
-                .saturating_mul(1000),
-        ))
+        Ok(principal.expiring_at(exp, self.validation.leeway))
     }
 }
 
@@ -279,6 +284,10 @@ mod tests {
             assert_eq!(v.verify(&sign(claims.clone())), Err(expected), "{claims}");
         }
         assert_eq!(v.verify("not.a.jwt"), Err(Rejection::InvalidToken));
+        let padded = sign(
+            json!({"sub": "1", "role": "customer", "exp": now() + 60, "pad": "x".repeat(MAX_TOKEN_BYTES)}),
+        );
+        assert_eq!(v.verify(&padded), Err(Rejection::InvalidToken));
     }
 
     #[test]
@@ -313,6 +322,7 @@ mod tests {
             .verify(&sign(claims(json!(now() as f64 + 60.5))))
             .expect("valid");
         let at = p.expires_at_ms().expect("expiry");
+        assert_eq!(p.exp().map(|exp| (exp + 5) * 1000), Some(at));
         assert!(
             at >= (now() as u64 + 60 + 5) * 1000 && at <= (now() as u64 + 62 + 5) * 1000,
             "{at}"

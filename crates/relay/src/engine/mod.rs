@@ -11,9 +11,10 @@ mod traits;
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use routed::{MalformedRouted, Routed};
 pub use traits::{
-    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, Recorded, RoomChannels, RoomFeed, StreamEntry, StreamStats, UserSessions,
-    cmp_offsets, entry_size, in_offset_order, merge_rooms,
+    Assignment, Claimed, Created, DeadLetter, DriverLocation, EventStream, History,
+    IDEMPOTENCY_TTL, KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite,
+    Recorded, RoomChannels, RoomFeed, StreamEntry, StreamStats, UserSessions, WATCH_TTL,
+    WatchedOrders, cmp_offsets, entry_size, in_offset_order, merge_rooms,
 };
 
 use std::{
@@ -41,6 +42,7 @@ pub trait Engine: Send + Sync + 'static {
     type Locations: LocationCache;
     type History: History;
     type Rooms: RoomChannels;
+    type Watches: WatchedOrders;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
@@ -52,6 +54,7 @@ pub trait Engine: Send + Sync + 'static {
     fn locations(&self) -> &Self::Locations;
     fn history(&self) -> &Self::History;
     fn rooms(&self) -> &Self::Rooms;
+    fn watches(&self) -> &Self::Watches;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.

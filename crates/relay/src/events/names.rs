@@ -13,16 +13,19 @@ pub enum ServerEvent {
     OrderDriverLocation,
     /// The answer to a client's `sync` (and to a resume on connect).
     SyncDone,
+    /// To one socket, `RELAY_TOKEN_REFRESH_NOTICE_S` before its token's `exp`.
+    AuthExpiring,
 }
 
 impl ServerEvent {
-    pub const ALL: [ServerEvent; 6] = [
+    pub const ALL: [ServerEvent; 7] = [
         Self::OrderStatusUpdate,
         Self::MerchantNewOrder,
         Self::DeliveryNewRequest,
         Self::AdminAlert,
         Self::OrderDriverLocation,
         Self::SyncDone,
+        Self::AuthExpiring,
     ];
 
     /// The events that carry an offer (acked by a client, with an outcome).
@@ -36,6 +39,7 @@ impl ServerEvent {
             Self::AdminAlert => "admin:alert",
             Self::OrderDriverLocation => "order:driver_location",
             Self::SyncDone => "sync:done",
+            Self::AuthExpiring => "auth:expiring",
         }
     }
 
@@ -63,14 +67,16 @@ pub enum ClientEvent {
     DriverLocationUpdate,
     OrderSubscribe,
     OrderUnsubscribe,
+    AuthRefresh,
 }
 
 impl ClientEvent {
-    pub const ALL: [ClientEvent; 4] = [
+    pub const ALL: [ClientEvent; 5] = [
         Self::Sync,
         Self::DriverLocationUpdate,
         Self::OrderSubscribe,
         Self::OrderUnsubscribe,
+        Self::AuthRefresh,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -79,6 +85,7 @@ impl ClientEvent {
             Self::DriverLocationUpdate => "driver:location_update",
             Self::OrderSubscribe => "order:subscribe",
             Self::OrderUnsubscribe => "order:unsubscribe",
+            Self::AuthRefresh => "auth:refresh",
         }
     }
 }
@@ -105,6 +112,7 @@ mod tests {
                 "admin:alert",
                 "order:driver_location",
                 "sync:done",
+                "auth:expiring",
             ]
         );
         for event in ServerEvent::ALL {
@@ -118,7 +126,8 @@ mod tests {
                 "sync",
                 "driver:location_update",
                 "order:subscribe",
-                "order:unsubscribe"
+                "order:unsubscribe",
+                "auth:refresh"
             ]
         );
     }

@@ -10,7 +10,9 @@ use socketioxide::{
     socket::DisconnectReason,
 };
 
-use super::{GatewayState, budget::EventBudget, location, subscriptions, sync};
+use super::{
+    GatewayState, budget::EventBudget, location, refresh, remembered, subscriptions, sync,
+};
 use crate::events::{ClientEvent, ServerEvent};
 use crate::metrics::{ClientEventOutcome, DeferredJoin};
 use crate::{
@@ -87,12 +89,22 @@ pub async fn join_rooms<E: Engine>(
             }
         }
     }
-    tracing::trace!(sid = %socket.id, ?rooms, resume = last_event_id.is_some(), "rooms");
     if let Some(last_event_id) = last_event_id {
+        // Resuming: the orders it subscribed to before, on any node, too.
+        let remembered = remembered::remembered(engine.as_ref(), &principal).await;
+        for room in remembered.rooms {
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        tracing::trace!(sid = %socket.id, ?rooms, "rooms to resume");
         socket.extensions.insert(PendingResume {
             rooms,
             last_event_id,
+            over: remembered.over,
         });
+    } else {
+        tracing::trace!(sid = %socket.id, ?rooms, "rooms");
     }
     // Handlers too are in place before the CONNECT reply: an event the
     // client sends the moment it is connected must not find none.
@@ -108,7 +120,8 @@ pub async fn join_rooms<E: Engine>(
         ClientEvent::OrderUnsubscribe.as_str(),
         subscriptions::unsubscribe::<E>,
     );
-    socket.on(ClientEvent::Sync.as_str(), sync::sync::<E::Adapter>);
+    socket.on(ClientEvent::Sync.as_str(), sync::sync::<E>);
+    socket.on(ClientEvent::AuthRefresh.as_str(), refresh::refresh::<E>);
     socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
 }
@@ -173,6 +186,8 @@ async fn join_orders_later<E: Engine>(
 struct PendingResume {
     rooms: Vec<String>,
     last_event_id: String,
+    /// Remembered orders that are over: left after the replay.
+    over: Vec<String>,
 }
 
 /// Events outside the protocol are dropped, counted and, if the client asked
@@ -225,11 +240,13 @@ pub async fn on_connect<E: Engine>(
     if let Some(PendingResume {
         rooms,
         last_event_id,
+        over,
     }) = socket.extensions.remove::<PendingResume>()
     {
         replay
             .resume(socket.clone(), rooms, last_event_id, true)
             .await;
+        remembered::leave_over(engine.as_ref(), &principal, &socket, &over).await;
     }
     if principal.role() != Role::Driver
         && let Some(JoinedOrders(orders)) = socket.extensions.get::<JoinedOrders>()

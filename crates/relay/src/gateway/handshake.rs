@@ -26,9 +26,7 @@ pub async fn authenticate<A: Adapter>(
     match result {
         Ok(principal) => match state.limits.admit(principal.role(), principal.sub()).await {
             Ok(permit) => {
-                if let Some(at) = principal.expires_at_ms() {
-                    state.expiries.watch(socket.id, at);
-                }
+                state.expiries.watch(socket.id, &principal);
                 socket.extensions.insert(permit);
                 socket.extensions.insert::<Principal>(principal);
                 Ok(())

@@ -10,6 +10,8 @@ mod limits;
 mod location;
 mod offer;
 mod peer;
+mod refresh;
+mod remembered;
 mod subscriptions;
 mod sync;
 
@@ -26,6 +28,8 @@ pub use handshake::token_from;
 pub use limits::{ConnectionLimits, shed_new_sessions};
 pub use offer::Acks;
 /// Client payload checks, public for the fuzz targets in `fuzz/`.
+#[doc(hidden)]
+pub use refresh::refresh_token;
 #[doc(hidden)]
 pub use subscriptions::{OrderRef, order_ref};
 #[doc(hidden)]

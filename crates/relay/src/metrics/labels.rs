@@ -41,6 +41,8 @@ label_set! {
         StreamRead => "stream_read",
         Subscribe => "subscribe",
         DeadLetter => "dead_letter",
+        /// Reading a merchant's watched orders when a refresh drops a store.
+        Refresh => "refresh",
     }
 }
 
@@ -55,6 +57,19 @@ label_set! {
         TooLarge => "too_large",
         /// Any store failure (the response says which: 503 or 500).
         StoreUnavailable => "store_unavailable",
+        /// An `Idempotency-Key` that is empty, too long or not visible ASCII.
+        BadIdempotencyKey => "bad_idempotency_key",
+    }
+}
+
+label_set! {
+    /// The `outcome` of `relay_api_idempotent_total`: a publish request
+    /// whose `Idempotency-Key` was used before (first uses are not counted here).
+    IdempotentOutcome {
+        /// Same event: answered with the first append's id, nothing appended.
+        Replayed => "replayed",
+        /// Another event: 409, nothing appended.
+        Conflict => "conflict",
     }
 }
 
@@ -149,6 +164,23 @@ label_set! {
     }
 }
 
+label_set! {
+    /// The `outcome` of `relay_token_refreshes_total`: what came of an
+    /// `auth:refresh`. A refused token is counted by its handshake reason.
+    RefreshOutcome {
+        Ok => "ok",
+        MissingToken => "missing_token",
+        InvalidToken => "invalid_token",
+        TokenExpired => "token_expired",
+        RoleNotAllowed => "role_not_allowed",
+        InvalidClaims => "invalid_claims",
+        /// A valid token of another user, or of the same user in another role.
+        OtherUser => "other_user",
+        /// The socket's event budget was spent; the token was not looked at.
+        RateLimited => "rate_limited",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +208,7 @@ mod tests {
                 "stream_read",
                 "subscribe",
                 "dead_letter",
+                "refresh",
             ]
         );
         assert_eq!(
@@ -186,8 +219,21 @@ mod tests {
             ClientEventOutcome::ALL.map(ClientEventOutcome::as_str),
             ["ok", "rejected", "rate_limited", "unknown"]
         );
+        assert_eq!(
+            RefreshOutcome::ALL.map(RefreshOutcome::as_str),
+            [
+                "ok",
+                "missing_token",
+                "invalid_token",
+                "token_expired",
+                "role_not_allowed",
+                "invalid_claims",
+                "other_user",
+                "rate_limited"
+            ]
+        );
         assert_eq!(DisconnectReason::ALL.len(), 8);
-        assert_eq!(PublishRejection::ALL.len(), 6);
+        assert_eq!(PublishRejection::ALL.len(), 7);
     }
 }
 

@@ -13,12 +13,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, RedisFailure, ShedReason,
-    StoreOp, Transport,
+    HttpCloseReason, IdempotentOutcome, LocationOutcome, PublishRejection, RecoveryResult,
+    RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
-    auth::{Rejection, Role},
+    auth::{RefreshRefusal, Rejection, Role},
     events::{ClientEvent, DecodeReason, EventKind, Reject, ServerEvent},
     outcome::OutcomeKind,
 };
@@ -44,6 +44,8 @@ pub const SLOW_CLIENTS: &str = "relay_slow_client_disconnects_total";
 pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
 pub const REDIS_CONNECT_ERRORS: &str = "relay_redis_connect_errors_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
+pub const TOKEN_REFRESHES: &str = "relay_token_refreshes_total";
+pub const TOKEN_EXPIRY_NOTICES: &str = "relay_token_expiry_notices_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
 pub const ROOM_SUBSCRIPTIONS: &str = "relay_room_subscriptions";
@@ -53,6 +55,9 @@ pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
 pub const HTTP_PENDING: &str = "relay_http_pending_connections";
+pub const TASK_PANICS: &str = "relay_task_panics_total";
+pub const LOG_WRITE_ERRORS: &str = "relay_log_write_errors_total";
+pub const LOG_LINES_DROPPED: &str = "relay_log_lines_dropped_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 7] = [
@@ -79,6 +84,7 @@ pub const STREAM_ACKED: &str = "relay_stream_acked_total";
 pub const STREAM_RETRIES: &str = "relay_stream_retries_total";
 pub const STREAM_DEAD_LETTERED: &str = "relay_stream_dead_lettered_total";
 pub const STREAM_CLAIMED: &str = "relay_stream_claimed_total";
+pub const STREAM_SUPERSEDED: &str = "relay_stream_superseded_total";
 pub const STREAM_LAG: &str = "relay_stream_lag";
 pub const STREAM_PENDING: &str = "relay_stream_pending";
 pub const STREAM_OLDEST_PENDING: &str = "relay_stream_oldest_pending_seconds";
@@ -88,6 +94,7 @@ pub const ACK_OUTCOMES: &str = "relay_ack_outcomes_total";
 pub const ACK_LATENCY: &str = "relay_ack_latency_seconds";
 pub const EVENTS_PUBLISHED: &str = "relay_events_published_total";
 pub const PUBLISH_REJECTED: &str = "relay_publish_rejected_total";
+pub const API_IDEMPOTENT: &str = "relay_api_idempotent_total";
 
 /// Ack latency: from a quick tap (50 ms) to a merchant using most of its minute.
 const ACK_LATENCY_BUCKETS: [f64; 14] = [
@@ -187,6 +194,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         }
     }
     counter!(STREAM_CLAIMED).absolute(0);
+    for kind in SUPERSEDABLE {
+        counter!(STREAM_SUPERSEDED, "type" => kind.as_str()).absolute(0);
+    }
     for outcome in LocationOutcome::ALL {
         counter!(LOCATION_UPDATES, "outcome" => outcome.as_str()).absolute(0);
     }
@@ -202,6 +212,10 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     counter!(GAP_FILLS).absolute(0);
     counter!(GAP_FILLED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
+    counter!(TOKEN_EXPIRY_NOTICES).absolute(0);
+    for outcome in RefreshOutcome::ALL {
+        counter!(TOKEN_REFRESHES, "outcome" => outcome.as_str()).absolute(0);
+    }
     for result in DeferredJoin::ALL {
         counter!(DEFERRED_JOINS, "result" => result.as_str()).absolute(0);
     }
@@ -220,12 +234,37 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(HTTP_ACCEPT_ERRORS).absolute(0);
+    record_process_faults();
     zero_bounded_series();
     hot();
     Ok(handle)
 }
 
+/// Task panics and log losses are counted where no recorder can be assumed
+/// (below this module, and before it is installed): copied in at install
+/// and at every scrape.
+pub fn record_process_faults() {
+    for (task, panics) in crate::tasks::panic_counts() {
+        counter!(TASK_PANICS, "task" => task).absolute(panics);
+    }
+    let losses = crate::telemetry::losses();
+    counter!(LOG_WRITE_ERRORS).absolute(losses.write_errors);
+    counter!(LOG_LINES_DROPPED).absolute(losses.dropped_lines);
+}
+
 fn describe() {
+    describe_counter!(
+        TASK_PANICS,
+        "Panics of the node's long-lived tasks, by task (restarted or fatal)."
+    );
+    describe_counter!(
+        LOG_WRITE_ERRORS,
+        "Writes of log lines to stderr that failed (closed pipe, full disk); the lines are lost."
+    );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr's reader did not keep up."
+    );
     describe_gauge!(
         CONNECTED_SOCKETS,
         "Sockets connected to this node, by role and transport."
@@ -290,6 +329,14 @@ fn describe() {
     describe_counter!(
         TOKENS_EXPIRED,
         "Sockets disconnected by the server because their token expired."
+    );
+    describe_counter!(
+        TOKEN_REFRESHES,
+        "auth:refresh requests, by outcome (ok, a handshake reason, other_user, rate_limited)."
+    );
+    describe_counter!(
+        TOKEN_EXPIRY_NOTICES,
+        "auth:expiring notices sent to sockets whose token ends soon."
     );
     describe_counter!(
         DEFERRED_JOINS,
@@ -372,6 +419,10 @@ fn describe() {
         STREAM_CLAIMED,
         "Entries of stopped consumers claimed by this node."
     );
+    describe_counter!(
+        STREAM_SUPERSEDED,
+        "Entries handled again after later entries of their order: nothing written or emitted."
+    );
     describe_gauge!(
         STREAM_LAG,
         "Entries of the event stream not yet delivered to the consumer group."
@@ -402,6 +453,10 @@ fn describe() {
         "Events appended through the publish API, by type."
     );
     describe_counter!(PUBLISH_REJECTED, "Publish API requests refused, by reason.");
+    describe_counter!(
+        API_IDEMPOTENT,
+        "Publish API requests whose Idempotency-Key was used before: replayed or conflict."
+    );
 }
 
 pub fn emitted(event: ServerEvent) {
@@ -466,6 +521,9 @@ fn zero_bounded_series() {
         .absolute(0);
     for reason in PublishRejection::ALL {
         counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
+    for outcome in IdempotentOutcome::ALL {
+        counter!(API_IDEMPOTENT, "outcome" => outcome.as_str()).absolute(0);
     }
 }
 
@@ -534,6 +592,41 @@ pub fn slow_client_disconnected() {
 /// A socket disconnected because its token expired.
 pub fn token_expired() {
     counter!(TOKENS_EXPIRED).increment(1);
+}
+
+/// An `auth:refresh`, by outcome (also counted as a client event).
+pub fn token_refresh(result: Result<(), RefreshRefusal>) {
+    use crate::auth::Rejection as R;
+    let outcome = match result {
+        Ok(()) => RefreshOutcome::Ok,
+        Err(RefreshRefusal::OtherSubject | RefreshRefusal::OtherRole) => RefreshOutcome::OtherUser,
+        Err(RefreshRefusal::Token(rejection)) => match rejection {
+            R::MissingToken => RefreshOutcome::MissingToken,
+            R::InvalidToken => RefreshOutcome::InvalidToken,
+            R::TokenExpired => RefreshOutcome::TokenExpired,
+            R::RoleNotAllowed => RefreshOutcome::RoleNotAllowed,
+            // A refresh never counts connections; any other claim problem.
+            R::InvalidClaims | R::TooManyConnections => RefreshOutcome::InvalidClaims,
+        },
+    };
+    token_refresh_outcome(outcome);
+}
+
+/// An `auth:refresh` whose outcome is known without a token (`rate_limited`).
+pub fn token_refresh_outcome(outcome: RefreshOutcome) {
+    counter!(TOKEN_REFRESHES, "outcome" => outcome.as_str()).increment(1);
+    let client = match outcome {
+        RefreshOutcome::Ok => ClientEventOutcome::Ok,
+        RefreshOutcome::RateLimited => ClientEventOutcome::RateLimited,
+        _ => ClientEventOutcome::Rejected,
+    };
+    client_event(ClientEvent::AuthRefresh, client);
+}
+
+/// An `auth:expiring` sent to a socket whose token ends soon.
+pub fn token_expiry_notice() {
+    counter!(TOKEN_EXPIRY_NOTICES).increment(1);
+    emitted(ServerEvent::AuthExpiring);
 }
 
 /// A socket whose order rooms were not joined at connect, and what came of it.
@@ -672,6 +765,19 @@ pub fn stream_dead_lettered_after_max_deliveries() {
 
 /// An `order.created` for an order active with other parties went to the
 /// dead letters.
+/// The entries whose handling can find them superseded (they write order state).
+const SUPERSEDABLE: [EventKind; 3] = [
+    EventKind::OrderCreated,
+    EventKind::OrderStatus,
+    EventKind::OrderAssigned,
+];
+
+/// An entry handled again after later entries of its order (or the
+/// order's end) were applied: it wrote and emitted nothing.
+pub fn stream_superseded(kind: EventKind) {
+    counter!(STREAM_SUPERSEDED, "type" => kind.as_str()).increment(1);
+}
+
 pub fn stream_dead_lettered_order_exists() {
     counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
         .increment(1);
@@ -708,6 +814,11 @@ pub fn event_published(kind: EventKind) {
     counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).increment(1);
 }
 
+/// A publish request whose `Idempotency-Key` was used before.
+pub fn idempotent_request(outcome: IdempotentOutcome) {
+    counter!(API_IDEMPOTENT, "outcome" => outcome.as_str()).increment(1);
+}
+
 pub fn publish_rejected(reason: PublishRejection) {
     counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).increment(1);
 }
@@ -726,6 +837,10 @@ pub fn disconnected(role: Role, reason: DisconnectReason) {
 
 pub fn adapter_message(direction: AdapterDirection) {
     counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).increment(1);
+}
+
+pub fn adapter_messages(direction: AdapterDirection, count: usize) {
+    counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).increment(count as u64);
 }
 
 pub fn adapter_error(op: AdapterOp) {

@@ -27,6 +27,11 @@ use crate::{
     tasks::Tasks,
 };
 
+/// The test suite's hook to crash a node between an entry's effect and its
+/// ack (see `ConsumerSettings::crash_before_ack`). Not a setting; read by
+/// debug builds only.
+pub const CRASH_HOOK: &str = "RELAY_TEST_CRASH_BEFORE_ACK";
+
 /// Stream entries one node works on at once (offers waiting for acks included).
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -48,19 +53,19 @@ impl Prepared {
     }
 }
 
-/// The Redis engine when `REDIS_URL` is set. Its own tasks go in `tasks`
+/// The Redis engine when `REDIS_URL` or `REDIS_CLUSTER_URLS` is set. Its own tasks go in `tasks`
 /// and end at `engine_stop`.
 pub(super) fn redis_engine(
     config: &Config,
     tasks: &Tasks,
     engine_stop: &CancellationToken,
 ) -> Result<Option<RedisEngine>, ServeError> {
-    let Some(url) = &config.redis_url else {
+    let Some(target) = &config.redis else {
         return Ok(None);
     };
     let engine = RedisEngine::with_tasks(
         RedisSettings {
-            url,
+            target,
             tls: &config.redis_tls,
             key_prefix: &config.key_prefix,
             node_id: &config.node_id,
@@ -152,7 +157,7 @@ pub(super) fn wire<E: Engine>(
         .across(engine.user_sessions(&instance))
         .gated_by(health.clone()),
     );
-    let expiries = Arc::new(Expiries::default());
+    let expiries = Arc::new(Expiries::new(config.token_refresh_notice));
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,
@@ -209,6 +214,12 @@ pub(super) fn wire<E: Engine>(
             claim_idle: config.stream.claim_idle,
             max_event_bytes: config.stream.max_event_bytes,
             drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
+            // Debug builds only, like the panic hook: a release node never
+            // reads it, whatever its environment holds.
+            crash_before_ack: cfg!(debug_assertions)
+                .then(|| std::env::var(CRASH_HOOK).ok())
+                .flatten()
+                .filter(|t| !t.is_empty()),
         },
         stop.clone(),
     );

@@ -6,6 +6,7 @@ mod locations;
 mod order_store;
 mod rooms;
 mod stream;
+mod watches;
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
 pub use rooms::MemoryRooms;
 pub use stream::MemoryStream;
+pub use watches::MemoryWatches;
 
 use super::{Engine, EngineError, Health};
 
@@ -26,6 +28,7 @@ pub struct MemoryEngine {
     locations: MemoryLocations,
     history: MemoryHistory,
     rooms: MemoryRooms,
+    watches: MemoryWatches,
 }
 
 impl MemoryEngine {
@@ -42,6 +45,7 @@ impl MemoryEngine {
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
+            watches: MemoryWatches::default(),
         }
     }
 }
@@ -53,6 +57,7 @@ impl Engine for MemoryEngine {
     type Locations = MemoryLocations;
     type History = MemoryHistory;
     type Rooms = MemoryRooms;
+    type Watches = MemoryWatches;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -78,6 +83,10 @@ impl Engine for MemoryEngine {
 
     fn rooms(&self) -> &MemoryRooms {
         &self.rooms
+    }
+
+    fn watches(&self) -> &MemoryWatches {
+        &self.watches
     }
 
     async fn finish_init((): ()) -> Result<(), EngineError> {

@@ -1,9 +1,10 @@
 //! The recovery history in Redis. Every recorded event is appended to
-//! `{prefix}history:{tag}:all`, whose entry id is its offset, and under
-//! that id to one stream per target room (`{prefix}history:{tag}:{room}`),
-//! trimmed by count and age; one script does both, so offsets and rooms
-//! share one order. All of them carry one hash tag (`{prefix}history`), so
-//! that the script touches one slot on a Redis Cluster. The event then goes
+//! `{prefix}history:all`, whose entry id is its offset, and under that id
+//! to one stream per target room (`{prefix}history:{room}`), trimmed by
+//! count and age; one script does both, so offsets and rooms share one
+//! order. On a Redis Cluster all of them carry one hash tag
+//! (`{prefix}{{prefix}history}:history:...`), so that the script touches
+//! one slot. The event then goes
 //! live to the channel of each target room ([`RedisRooms`]); a node that
 //! lost its pub/sub link fills the gap from the rooms' streams.
 
@@ -12,6 +13,7 @@ use redis::{
     streams::{StreamId, StreamRangeReply},
 };
 
+use super::keys::KeySpace;
 use super::link::Link;
 use super::rooms::RedisRooms;
 
@@ -123,14 +125,14 @@ impl RedisHistory {
     pub fn new(
         conn: Link,
         rooms: RedisRooms,
-        prefix: &str,
+        space: &KeySpace,
         size: usize,
         ttl: std::time::Duration,
     ) -> Self {
         Self {
             conn,
             rooms,
-            prefix: prefix.to_owned(),
+            prefix: space.beside("history"),
             size: size.max(1),
             ttl_ms: ttl.as_millis() as u64,
             publish: Script::new(PUBLISH_SCRIPT),
@@ -138,9 +140,9 @@ impl RedisHistory {
         }
     }
 
-    /// Every history key starts with this: one hash tag, one slot.
+    /// Every history key starts with this: on a cluster one hash tag, one slot.
     fn key_base(&self) -> String {
-        format!("{p}history:{{{p}history}}:", p = self.prefix)
+        format!("{}history:", self.prefix)
     }
 
     fn room_key(&self, room: &str) -> String {

@@ -1,11 +1,14 @@
 //! The driver location cache on Redis (CONTRACT §4): `GEOADD
 //! {prefix}drivers:geo` plus the hash `{prefix}driver:{id}` with a TTL.
-//! A driver in the geo set without its hash has gone stale.
+//! A driver in the geo set without its hash has gone stale. The last-seen
+//! index shares the geo set's slot on a cluster (the prune script touches
+//! both); the hashes keep their contract names, each in its own slot.
 
 use std::time::Duration;
 
 use redis::{Script, Value};
 
+use super::keys::KeySpace;
 use super::link::Link;
 
 use super::values::bulk_string;
@@ -32,16 +35,20 @@ const GEO_MAX_LAT: f64 = 85.051_128_78;
 
 pub struct RedisLocations {
     conn: Link,
+    geo: String,
+    last_seen: String,
     prefix: String,
     ttl: Duration,
     prune: Script,
 }
 
 impl RedisLocations {
-    pub fn new(conn: Link, prefix: &str, ttl: Duration) -> Self {
+    pub fn new(conn: Link, space: &KeySpace, ttl: Duration) -> Self {
         Self {
             conn,
-            prefix: prefix.to_owned(),
+            geo: space.key("drivers:geo"),
+            last_seen: format!("{}drivers:seen", space.beside("drivers:geo")),
+            prefix: space.prefix().to_owned(),
             ttl,
             prune: Script::new(PRUNE),
         }
@@ -49,11 +56,11 @@ impl RedisLocations {
 
     /// When each driver was last seen (unix ms), for pruning the geo set.
     pub fn last_seen_key(&self) -> String {
-        format!("{}drivers:seen", self.prefix)
+        self.last_seen.clone()
     }
 
     pub fn geo_key(&self) -> String {
-        format!("{}drivers:geo", self.prefix)
+        self.geo.clone()
     }
 
     pub fn driver_key(&self, driver_id: &str) -> String {
