@@ -21,6 +21,10 @@ pub struct SyncRequest {
 /// Longest `last_event_id` accepted: a stream id is about 30 characters.
 const MAX_ID_LEN: usize = 64;
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a socketioxide handler takes each extractor as an argument"
+)]
 pub async fn sync<E: Engine>(
     socket: SocketRef<E::Adapter>,
     TryData(data): TryData<SyncRequest>,
