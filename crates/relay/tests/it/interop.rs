@@ -20,7 +20,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-use super::support::{API_KEY, Cluster, SECRET, free_port, scrape, wait_for_status};
+use super::support::{API_KEY, Cluster, Kind, SECRET, free_port, scrape, wait_for_status};
 
 /// A whole suite run; a run takes about 5 s on an idle machine.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -135,23 +135,33 @@ impl Suite {
     }
 }
 
-/// Redis, three nodes, and a fourth that admits two sockets per user.
+/// Redis, `nodes` nodes, and one more that admits two sockets per user.
 struct Setup {
     cluster: Cluster,
+    nodes: usize,
     limited: usize,
 }
 
 impl Setup {
+    /// Three nodes on one Redis server.
     async fn start(test: &str) -> Self {
-        let mut cluster = Cluster::start(test, 3, &[]).await;
+        Self::start_on(Kind::Server, test, 3).await
+    }
+
+    async fn start_on(kind: Kind, test: &str, nodes: usize) -> Self {
+        let mut cluster = Cluster::start_on(kind, test, nodes, &[]).await;
         let limited = cluster
             .add_node_with(&[("RELAY_MAX_CONNECTIONS_PER_USER", LIMITED_MAX)])
             .await;
-        Self { cluster, limited }
+        Self {
+            cluster,
+            nodes,
+            limited,
+        }
     }
 
     fn node_urls(&self) -> Vec<String> {
-        (0..3).map(|i| self.cluster.url(i)).collect()
+        (0..self.nodes).map(|i| self.cluster.url(i)).collect()
     }
 
     fn limited_url(&self) -> String {
@@ -275,9 +285,10 @@ async fn connects(url: &str) -> f64 {
     metric_sum(url, "relay_connects_total{").await
 }
 
-async fn direct(suite: Suite, test: &str) {
+/// The suite straight at `nodes` nodes on a Redis of `kind`.
+async fn direct(suite: Suite, kind: Kind, test: &str, nodes: usize) {
     suite.check_installed();
-    let setup = Setup::start(test).await;
+    let setup = Setup::start_on(kind, test, nodes).await;
     let urls = setup.node_urls();
     let output = suite.run(&urls, &urls[0], &setup.limited_url()).await;
     // Every node had clients: events crossed nodes.
@@ -337,7 +348,15 @@ async fn through_nginx(suite: Suite, test: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_client_direct() {
-    direct(Suite::JavaScript, "interop_js").await;
+    direct(Suite::JavaScript, Kind::Server, "interop_js", 3).await;
+}
+
+/// The same suite against two nodes on a Redis Cluster: events cross nodes
+/// through sharded channels, and every key the suite touches lives on the
+/// cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_client_direct_on_a_redis_cluster() {
+    direct(Suite::JavaScript, Kind::Cluster, "interop_js_cluster", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +366,7 @@ async fn javascript_client_through_nginx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_direct() {
-    direct(Suite::Python, "interop_py").await;
+    direct(Suite::Python, Kind::Server, "interop_py", 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
