@@ -8,8 +8,8 @@ use relay::auth::Role;
 use serde_json::json;
 
 use crate::support::{
-    API_KEY, NodeProcess, TestCerts, TlsRedisServer, WAIT, connect, expect_event, http, metric,
-    token,
+    API_KEY, Backend, Cluster, NodeProcess, RedisCluster, TestCerts, TlsRedisServer, WAIT, connect,
+    expect_event, http, metric, token,
 };
 
 /// The ACL user of docs/deploy.md: the relay's keys and channels, and only
@@ -21,6 +21,14 @@ const ACL_USER: &str = "relay on >relay-password resetkeys ~relay:* resetchannel
      +zrevrange +zrangebyscore +zremrangebyscore +geoadd +geosearch +pexpire +xadd +xack \
      +xclaim +xgroup|create +xinfo|groups +xinfo|stream +xpending +xrange +xrevrange +xread \
      +xreadgroup +xtrim";
+
+/// What the same user needs on top on every node of a Redis Cluster
+/// (docs/deploy.md): the slot map the cluster client reads, the health
+/// check's CLUSTER INFO, and sharded pub/sub. Without any one of the first
+/// four a node never gets ready or an event never arrives; SUNSUBSCRIBE and
+/// PUBSUB SHARDNUMSUB are sent on paths this test does not take.
+const ACL_CLUSTER_EXTRAS: &str =
+    "+cluster|slots +cluster|info +spublish +ssubscribe +sunsubscribe +pubsub|shardnumsub";
 
 fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-tls-{name}.log"))
@@ -79,7 +87,14 @@ fn loud_lines(log: &PathBuf) -> Vec<String> {
 /// One order event, published through the node (the node appends it over
 /// TLS), reaches a customer's Socket.IO client.
 async fn relays_an_order_event(url: &str) {
-    let mut customer = connect(url, &token("c1", Role::Customer)).await;
+    relays_an_order_event_between(url, url).await;
+}
+
+/// One order event, published through the node at `api_url`, reaches a
+/// customer's Socket.IO client on the node at `client_url`.
+async fn relays_an_order_event_between(client_url: &str, api_url: &str) {
+    let url = api_url;
+    let mut customer = connect(client_url, &token("c1", Role::Customer)).await;
     for event in [
         json!({"type": "order.created", "data": {"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}}),
         json!({"type": "order.status", "data": {"order_id": "o1", "status": "preparing"}}),
@@ -233,4 +248,56 @@ async fn redis_tls_acl_user_works_a_missing_permission_and_a_wrong_password_are_
     assert!(!text.contains(password), "the password leaked:\n{text}");
     let scrape = crate::support::scrape(&refused.url()).await;
     assert!(!scrape.contains(password));
+}
+
+/// The ACL user of docs/deploy.md plus its cluster extras, made on every
+/// node of a Redis Cluster (ACLs are per node, replicas included): two
+/// nodes logged in as it get ready and relay an event from one node's API
+/// to a client on the other, without a refused command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_acl_user_on_every_node_relays_across_two_nodes() {
+    let redis = RedisCluster::start().await;
+    // The harness keeps the default user for its own checks; the relay
+    // nodes log in as `relay`, restricted to the test's own prefix.
+    let mut cluster = Cluster::start_with(Backend::Cluster(redis), "acl_cluster", 0, &[]).await;
+    let rules = format!("{ACL_USER} {ACL_CLUSTER_EXTRAS}")
+        .replace("~relay:*", &format!("~{}*", cluster.prefix))
+        .replace("&relay:*", &format!("&{}*", cluster.prefix));
+    let seeds = cluster.redis.cluster().seed_urls();
+    for seed in &seeds {
+        let mut conn = redis::Client::open(seed.as_str())
+            .expect("seed url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a cluster node");
+        // `rules` starts with the user name, as `ACL SETUSER` takes it.
+        let _: redis::Value = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(rules.split_whitespace().collect::<Vec<_>>())
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("ACL SETUSER on {seed}: {e}"));
+    }
+    let credentialed: Vec<String> = seeds
+        .iter()
+        .map(|s| s.replacen("redis://", "redis://relay:relay-password@", 1))
+        .collect();
+
+    let mut env = cluster.env();
+    env.push(("REDIS_CLUSTER_URLS".to_owned(), credentialed.join(",")));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let logs = [log_path("acl-cluster-0"), log_path("acl-cluster-1")];
+    for log in &logs {
+        let node = NodeProcess::spawn_up_logging_to(&env, log).await;
+        node.wait_ready().await;
+        cluster.nodes.push(node);
+    }
+    relays_an_order_event_between(&cluster.url(0), &cluster.url(1)).await;
+    for log in &logs {
+        let text = std::fs::read_to_string(log).expect("log");
+        assert!(
+            !text.contains("NOPERM"),
+            "a command the ACL user lacks on a cluster:\n{text}"
+        );
+    }
 }
