@@ -179,6 +179,16 @@ pub struct ServeArgs {
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub history_size: usize,
 
+    /// Longest text of a chat message, in characters (1 to 10000).
+    #[arg(long, env = "RELAY_CHAT_MAX_CHARS", default_value_t = 1000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub chat_max_chars: usize,
+
+    /// Messages kept per order chat for `chat:history` (1 to 10000).
+    #[arg(long, env = "RELAY_CHAT_HISTORY", default_value_t = 200,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub chat_history: usize,
+
     /// Longest time an event is kept for recovery, in seconds (1 to 86400).
     #[arg(long, env = "RELAY_HISTORY_TTL_S", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -338,6 +348,15 @@ pub struct LocationConfig {
 pub struct HistoryConfig {
     pub size: usize,
     pub ttl: Duration,
+}
+
+/// Order chat (CONTRACT §7).
+#[derive(Debug, Clone, Copy)]
+pub struct ChatConfig {
+    /// Longest message text, in characters.
+    pub max_chars: usize,
+    /// Messages kept per order.
+    pub history: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -549,6 +568,7 @@ pub struct Config {
     /// Allowed browser origins; empty: same-origin only; `*`: any.
     pub cors_origins: Vec<String>,
     pub history: HistoryConfig,
+    pub chat: ChatConfig,
     pub stream: StreamConfig,
     pub transport: TransportConfig,
     pub shutdown_grace: Duration,
@@ -728,6 +748,10 @@ impl Config {
             history: HistoryConfig {
                 size: args.history_size,
                 ttl: Duration::from_secs(args.history_ttl_s),
+            },
+            chat: ChatConfig {
+                max_chars: args.chat_max_chars,
+                history: args.chat_history,
             },
             stream: StreamConfig {
                 claim_idle: Duration::from_millis(args.claim_idle_ms),
@@ -1013,6 +1037,8 @@ mod tests {
         assert_eq!(config.token_refresh_notice, Duration::from_secs(60));
         assert_eq!(config.history.size, 100);
         assert_eq!(config.history.ttl, Duration::from_secs(600));
+        assert_eq!(config.chat.max_chars, 1000);
+        assert_eq!(config.chat.history, 200);
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
         assert_eq!(config.stream.max_deliveries, 5);
         assert_eq!(config.stream.max_event_bytes, 65_536);
@@ -1119,6 +1145,8 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--max-deliveries", "0"], "--max-deliveries"),
             (&["--history-size", "0"], "--history-size"),
+            (&["--chat-max-chars", "0"], "--chat-max-chars"),
+            (&["--chat-history", "10001"], "--chat-history"),
             (
                 &["--polling-max-payload-bytes", "1"],
                 "--polling-max-payload-bytes",

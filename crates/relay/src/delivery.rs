@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::{Principal, Role},
     engine::{Engine, History, Missed, Recorded, cmp_offsets},
     events::ServerEvent,
     metrics::{self, StoreOp},
@@ -157,7 +158,11 @@ async fn deliver<A: Adapter>(io: &SocketIo<A>, recorded: &Recorded) {
     // Before the namespace opens no client is connected (and socketioxide's
     // shortcuts for the default namespace would panic).
     let Some(ns) = io.of("/") else { return };
+    let chat = recorded.event == ServerEvent::ChatMessage.as_str();
     for socket in ns.clone().local().to(recorded.rooms.clone()).sockets() {
+        if chat && !receives_chat(&socket) {
+            continue;
+        }
         if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
             socket.emit(&recorded.event, &data)
         {
@@ -190,7 +195,11 @@ async fn replay<E: Engine>(engine: &E, request: Resume<E::Adapter>, up_to: Optio
     let recovered = match missed {
         Ok(Missed::Recovered(events)) => {
             metrics::replayed(events.len());
+            let chat = receives_chat(&socket);
             for event in &events {
+                if !chat && event.event == ServerEvent::ChatMessage.as_str() {
+                    continue;
+                }
                 match serde_json::from_str::<Value>(&event.data) {
                     Ok(data) => {
                         let _ = socket.emit(&event.event, &data);
@@ -209,6 +218,15 @@ async fn replay<E: Engine>(engine: &E, request: Resume<E::Adapter>, up_to: Optio
     };
     finish(&socket, &rooms, join, recovered);
     let _ = done.send(recovered);
+}
+
+/// Merchants neither send nor receive chat, though they may be in the
+/// order room (CONTRACT §7).
+fn receives_chat<A: Adapter>(socket: &SocketRef<A>) -> bool {
+    socket
+        .extensions
+        .get::<Principal>()
+        .is_none_or(|p| p.role() != Role::Merchant)
 }
 
 fn finish<A: Adapter>(socket: &SocketRef<A>, rooms: &[String], join: bool, recovered: bool) {

@@ -9,10 +9,10 @@ mod traits;
 
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use traits::{
-    Assignment, Claimed, Created, DeadLetter, DriverLocation, EventStream, History,
-    IDEMPOTENCY_TTL, KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite,
-    Recorded, StreamEntry, StreamStats, UserSessions, WATCH_TTL, WatchedOrders, cmp_offsets,
-    entry_size, in_offset_order,
+    Assignment, CHAT_TTL_ACTIVE, CHAT_TTL_AFTER_END, ChatAppend, ChatLog, ChatParties, ChatRecord,
+    Claimed, Created, DeadLetter, DriverLocation, EventStream, History, IDEMPOTENCY_TTL,
+    KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite, Recorded, StreamEntry,
+    StreamStats, UserSessions, WATCH_TTL, WatchedOrders, cmp_offsets, entry_size, in_offset_order,
 };
 
 use std::{
@@ -41,6 +41,7 @@ pub trait Engine: Send + Sync + 'static {
     type Locations: LocationCache;
     type History: History;
     type Watches: WatchedOrders;
+    type Chat: ChatLog;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
@@ -52,6 +53,7 @@ pub trait Engine: Send + Sync + 'static {
     fn locations(&self) -> &Self::Locations;
     fn history(&self) -> &Self::History;
     fn watches(&self) -> &Self::Watches;
+    fn chat(&self) -> &Self::Chat;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.

@@ -11,7 +11,7 @@ use socketioxide::{
 };
 
 use super::{
-    GatewayState, budget::EventBudget, location, refresh, remembered, subscriptions, sync,
+    GatewayState, budget::EventBudget, chat, location, refresh, remembered, subscriptions, sync,
 };
 use crate::events::{ClientEvent, ServerEvent};
 use crate::metrics::{ClientEventOutcome, DeferredJoin};
@@ -115,6 +115,9 @@ pub async fn join_rooms<E: Engine>(
     );
     socket.on(ClientEvent::Sync.as_str(), sync::sync::<E>);
     socket.on(ClientEvent::AuthRefresh.as_str(), refresh::refresh::<E>);
+    socket.on(ClientEvent::ChatSend.as_str(), chat::send::<E>);
+    socket.on(ClientEvent::ChatHistory.as_str(), chat::history::<E>);
+    socket.on(ClientEvent::ChatTyping.as_str(), chat::typing::<E>);
     socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
 }

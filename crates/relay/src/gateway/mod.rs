@@ -3,6 +3,7 @@
 
 mod addresses;
 mod budget;
+mod chat;
 mod connection;
 mod expiry;
 mod handshake;
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Replay;
 use crate::events::ServerEvent;
+#[doc(hidden)]
+pub use crate::events::chat::{check_history, check_send, check_typing};
 pub use crate::location::DriverLocationEvent;
 pub use expiry::Expiries;
 pub use handshake::token_from;
@@ -52,6 +55,8 @@ pub struct GatewayState {
     expiries: Arc<Expiries>,
     /// Per socket, client events a second (0 = no limit).
     client_events_per_s: u32,
+    /// Longest `chat:send` text, in characters.
+    chat_max_chars: usize,
 }
 
 /// An emit that did not reach the other nodes (the adapter's publish failed).
@@ -80,6 +85,7 @@ impl<E: Engine> Clone for Gateway<E> {
 pub struct Shared<A: socketioxide::adapter::Adapter> {
     pub verifier: Arc<Verifier>,
     pub client_events_per_s: u32,
+    pub chat_max_chars: usize,
     pub locations: Arc<LocationPipeline>,
     pub replay: Replay<A>,
     pub limits: Arc<ConnectionLimits>,
@@ -95,6 +101,7 @@ impl<E: Engine> Gateway<E> {
         let Shared {
             verifier,
             client_events_per_s,
+            chat_max_chars,
             locations,
             replay,
             limits,
@@ -114,6 +121,7 @@ impl<E: Engine> Gateway<E> {
                 limits,
                 expiries,
                 client_events_per_s,
+                chat_max_chars,
             })
             .with_state(locations)
             .with_state(replay)

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     engine::{Engine, EventStream, KeyedAppend, entry_size},
-    events::{EventKind, decode_value},
+    events::{EventKind, OrderEvent, chat::ChatSender, decode_value},
     metrics::{self, IdempotentOutcome, PublishRejection, StoreOp},
 };
 
@@ -77,8 +77,18 @@ pub async fn publish<E: Engine>(
         metrics::publish_rejected(PublishRejection::TooLarge);
         return Err(too_large(state.max_event_bytes));
     }
-    decode_value(kind, body.data)
+    let event = decode_value(kind, body.data)
         .inspect_err(|_| metrics::publish_rejected(PublishRejection::InvalidEvent))?;
+    // Only the relay speaks for a chat participant (its clients' `chat:send`);
+    // the backend's messages are `system`.
+    if let OrderEvent::ChatMessage(m) = &event
+        && !matches!(m.from, ChatSender::System { .. })
+    {
+        metrics::publish_rejected(PublishRejection::InvalidEvent);
+        return Err(ApiError::bad_request(
+            "`from_role` is set by the relay for its clients' messages; a backend's chat.message is from `system`",
+        ));
+    }
     let stream = state.engine.stream();
     let appended = match key {
         None => stream

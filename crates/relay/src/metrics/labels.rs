@@ -43,6 +43,8 @@ label_set! {
         DeadLetter => "dead_letter",
         /// Reading a merchant's watched orders when a refresh drops a store.
         Refresh => "refresh",
+        /// Reading an order or its chat for a `chat:*` event.
+        Chat => "chat",
     }
 }
 
@@ -181,6 +183,21 @@ label_set! {
     }
 }
 
+label_set! {
+    /// The `outcome` of `relay_chat_messages_total`: what came of a
+    /// `chat:send` (the `chat:send` ack's error, as a label).
+    ChatOutcome {
+        /// Appended to the event stream; the ack carries its `event_id`.
+        Sent => "sent",
+        NotAllowed => "not_allowed",
+        OrderNotActive => "order_not_active",
+        Invalid => "invalid",
+        RateLimited => "rate_limited",
+        /// The store could not take it (`temporarily unavailable`).
+        Unavailable => "unavailable",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +226,7 @@ mod tests {
                 "subscribe",
                 "dead_letter",
                 "refresh",
+                "chat",
             ]
         );
         assert_eq!(
@@ -218,6 +236,17 @@ mod tests {
         assert_eq!(
             ClientEventOutcome::ALL.map(ClientEventOutcome::as_str),
             ["ok", "rejected", "rate_limited", "unknown"]
+        );
+        assert_eq!(
+            ChatOutcome::ALL.map(ChatOutcome::as_str),
+            [
+                "sent",
+                "not_allowed",
+                "order_not_active",
+                "invalid",
+                "rate_limited",
+                "unavailable"
+            ]
         );
         assert_eq!(
             RefreshOutcome::ALL.map(RefreshOutcome::as_str),

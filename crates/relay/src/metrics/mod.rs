@@ -12,7 +12,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
-    AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
+    AdapterDirection, AdapterOp, ChatOutcome, ClientEventOutcome, DeferredJoin, DisconnectReason,
     HttpCloseReason, IdempotentOutcome, LocationOutcome, PublishRejection, RecoveryResult,
     RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
 };
@@ -45,6 +45,7 @@ pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
 pub const REDIS_CONNECT_ERRORS: &str = "relay_redis_connect_errors_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const TOKEN_REFRESHES: &str = "relay_token_refreshes_total";
+pub const CHAT_MESSAGES: &str = "relay_chat_messages_total";
 pub const TOKEN_EXPIRY_NOTICES: &str = "relay_token_expiry_notices_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
@@ -210,6 +211,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for outcome in RefreshOutcome::ALL {
         counter!(TOKEN_REFRESHES, "outcome" => outcome.as_str()).absolute(0);
     }
+    for outcome in ChatOutcome::ALL {
+        counter!(CHAT_MESSAGES, "outcome" => outcome.as_str()).absolute(0);
+    }
     for result in DeferredJoin::ALL {
         counter!(DEFERRED_JOINS, "result" => result.as_str()).absolute(0);
     }
@@ -315,6 +319,10 @@ fn describe() {
     describe_counter!(
         TOKEN_REFRESHES,
         "auth:refresh requests, by outcome (ok, a handshake reason, other_user, rate_limited)."
+    );
+    describe_counter!(
+        CHAT_MESSAGES,
+        "chat:send requests, by outcome (sent, not_allowed, order_not_active, invalid, rate_limited, unavailable)."
     );
     describe_counter!(
         TOKEN_EXPIRY_NOTICES,
@@ -501,6 +509,8 @@ fn zero_bounded_series() {
     counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => MAX_DELIVERIES).absolute(0);
     counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
         .absolute(0);
+    counter!(STREAM_DEAD_LETTERED, "type" => EventKind::ChatMessage.as_str(), "reason" => ORDER_NOT_ACTIVE)
+        .absolute(0);
     for reason in PublishRejection::ALL {
         counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
@@ -605,6 +615,17 @@ pub fn token_refresh_outcome(outcome: RefreshOutcome) {
     client_event(ClientEvent::AuthRefresh, client);
 }
 
+/// A `chat:send`, counted by outcome and as a client event.
+pub fn chat_message(outcome: ChatOutcome) {
+    counter!(CHAT_MESSAGES, "outcome" => outcome.as_str()).increment(1);
+    let client = match outcome {
+        ChatOutcome::Sent => ClientEventOutcome::Ok,
+        ChatOutcome::RateLimited => ClientEventOutcome::RateLimited,
+        _ => ClientEventOutcome::Rejected,
+    };
+    client_event(ClientEvent::ChatSend, client);
+}
+
 /// An `auth:expiring` sent to a socket whose token ends soon.
 pub fn token_expiry_notice() {
     counter!(TOKEN_EXPIRY_NOTICES).increment(1);
@@ -706,6 +727,9 @@ const MAX_DELIVERIES: &str = "max_deliveries";
 /// active with another customer or store.
 const ORDER_EXISTS: &str = "order_exists";
 
+/// The `reason` label of a `chat.message` for an order that is not active.
+const ORDER_NOT_ACTIVE: &str = "order_not_active";
+
 /// The `type` label of a stream entry: a known kind, or `unknown`.
 pub fn entry_type(kind: Option<&[u8]>) -> &'static str {
     kind.and_then(|k| std::str::from_utf8(k).ok())
@@ -752,6 +776,11 @@ pub fn stream_superseded(kind: EventKind) {
 
 pub fn stream_dead_lettered_order_exists() {
     counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
+        .increment(1);
+}
+
+pub fn stream_dead_lettered_chat_order_not_active() {
+    counter!(STREAM_DEAD_LETTERED, "type" => EventKind::ChatMessage.as_str(), "reason" => ORDER_NOT_ACTIVE)
         .increment(1);
 }
 

@@ -160,6 +160,7 @@ pub(super) fn wire<E: Engine>(
         crate::gateway::Shared {
             verifier: verifier.clone(),
             client_events_per_s: config.client_events_per_s,
+            chat_max_chars: config.chat.max_chars,
             locations,
             replay,
             limits: limits.clone(),
@@ -194,12 +195,15 @@ pub(super) fn wire<E: Engine>(
     // Outermost, so the Socket.IO layer only ever sees detached copies.
     let app = app.layer(axum::middleware::map_request(http::detach_from_read_buffer));
 
-    let dispatcher = Arc::new(Dispatcher::new(
-        engine.clone(),
-        gateway.clone(),
-        config.node_id.clone(),
-        stop.clone(),
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            engine.clone(),
+            gateway.clone(),
+            config.node_id.clone(),
+            stop.clone(),
+        )
+        .with_chat_history(config.chat.history),
+    );
     let consumer = Consumer::new(
         engine.clone(),
         dispatcher,

@@ -1,6 +1,7 @@
 //! The memory engine: embedded single-node mode, for trying the relay out
 //! and for development. Nothing leaves the process.
 
+mod chat;
 mod history;
 mod locations;
 mod order_store;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use socketioxide::adapter::LocalAdapter;
 use tokio_util::sync::CancellationToken;
 
+pub use chat::MemoryChat;
 pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
@@ -26,6 +28,7 @@ pub struct MemoryEngine {
     locations: MemoryLocations,
     history: MemoryHistory,
     watches: MemoryWatches,
+    chat: MemoryChat,
 }
 
 impl MemoryEngine {
@@ -41,6 +44,7 @@ impl MemoryEngine {
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
             watches: MemoryWatches::default(),
+            chat: MemoryChat::default(),
         }
     }
 }
@@ -56,6 +60,7 @@ impl Engine for MemoryEngine {
     type Locations = MemoryLocations;
     type History = MemoryHistory;
     type Watches = MemoryWatches;
+    type Chat = MemoryChat;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -81,6 +86,10 @@ impl Engine for MemoryEngine {
 
     fn watches(&self) -> &MemoryWatches {
         &self.watches
+    }
+
+    fn chat(&self) -> &MemoryChat {
+        &self.chat
     }
 
     async fn finish_init((): ()) -> Result<(), EngineError> {

@@ -1,5 +1,6 @@
 //! The Redis engine: what every node of a cluster shares.
 
+mod chat;
 mod history;
 mod idempotency;
 mod link;
@@ -25,6 +26,7 @@ use socketioxide_redis::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use chat::RedisChat;
 pub use history::RedisHistory;
 use link::Link;
 pub use locations::RedisLocations;
@@ -64,6 +66,7 @@ pub struct RedisEngine {
     locations: RedisLocations,
     history: RedisHistory,
     watches: RedisWatches,
+    chat: RedisChat,
 }
 
 /// What the Redis engine needs from the configuration.
@@ -147,6 +150,7 @@ impl RedisEngine {
             stream,
             orders: RedisOrders::new(commands.clone(), prefix),
             watches: RedisWatches::new(commands.clone(), prefix),
+            chat: RedisChat::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
                 history_blocking,
@@ -208,6 +212,7 @@ impl Engine for RedisEngine {
     type Locations = RedisLocations;
     type History = RedisHistory;
     type Watches = RedisWatches;
+    type Chat = RedisChat;
 
     fn stream(&self) -> &RedisStream {
         &self.stream
@@ -227,6 +232,10 @@ impl Engine for RedisEngine {
 
     fn watches(&self) -> &RedisWatches {
         &self.watches
+    }
+
+    fn chat(&self) -> &RedisChat {
+        &self.chat
     }
 
     fn name(&self) -> &'static str {
