@@ -78,7 +78,16 @@ async fn access<E: Engine>(
     principal: &Principal,
     order_id: &str,
 ) -> Result<Access, ChatRefusal> {
-    if let Some(order) = engine.orders().get(order_id).await.map_err(unavailable)? {
+    // Closed is checked too: the chat closes before the final status goes
+    // out, the order is forgotten only after.
+    let (order, closed) = tokio::join!(
+        engine.orders().get(order_id),
+        engine.chat().closed(order_id)
+    );
+    let closed = closed.map_err(unavailable)?;
+    if let Some(order) = order.map_err(unavailable)?
+        && closed.is_none()
+    {
         return if is_party(principal, &order.customer_id, order.driver_id.as_deref()) {
             Ok(Access::Open(order))
         } else {
@@ -88,7 +97,7 @@ async fn access<E: Engine>(
     if matches!(principal.role(), Role::Admin | Role::Support) {
         return Ok(Access::ReadOnly);
     }
-    match engine.chat().closed(order_id).await.map_err(unavailable)? {
+    match closed {
         Some(ChatParties {
             customer_id,
             driver_id,

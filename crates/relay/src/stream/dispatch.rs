@@ -222,6 +222,19 @@ impl<E: Engine> Dispatcher<E> {
         }
         // Everyone leaves the order room only after the final status reached them.
         let then_leave = is_terminal(&e.status).then(|| order_room.name());
+        // The chat is read-only before anyone sees the final status: a
+        // client that saw it and sends gets `order not active`. It stays
+        // readable to the order's parties for a day. Idempotent: a repeat
+        // after a crash closes it again.
+        if then_leave.is_some()
+            && let Some(order) = &order
+        {
+            let parties = ChatParties {
+                customer_id: order.customer_id.clone(),
+                driver_id: order.driver_id.clone(),
+            };
+            self.engine.chat().close(&e.order_id, &parties).await?;
+        }
         self.record(
             ServerEvent::OrderStatusUpdate,
             &payload,
@@ -231,16 +244,6 @@ impl<E: Engine> Dispatcher<E> {
         )
         .await?;
         if then_leave.is_some() {
-            // The chat stays readable to the order's parties for a day.
-            // Closed before the order is forgotten: a repeat after a crash
-            // between the two finds the order and closes it again.
-            if let Some(order) = &order {
-                let parties = ChatParties {
-                    customer_id: order.customer_id.clone(),
-                    driver_id: order.driver_id.clone(),
-                };
-                self.engine.chat().close(&e.order_id, &parties).await?;
-            }
             self.engine.orders().end(&e.order_id, event_id).await?;
         }
         Ok(())
@@ -374,7 +377,8 @@ impl<E: Engine> Dispatcher<E> {
     /// `{prefix}chat` once, then recorded and delivered like a status
     /// update (same history, same `event_id` sequence, same recovery).
     async fn chat_message(&self, event_id: &str, e: &ChatMessage) -> Result<Effect, DispatchError> {
-        let active = self.engine.orders().get(&e.order_id).await?.is_some();
+        let active = self.engine.orders().get(&e.order_id).await?.is_some()
+            && self.engine.chat().closed(&e.order_id).await?.is_none();
         let payload = e.payload(event_id);
         let record = ChatRecord {
             event_id: event_id.to_owned(),

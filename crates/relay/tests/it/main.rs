@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod chat;
 mod cli;
 mod cluster;
 mod demo;
