@@ -9,6 +9,7 @@
 //! pending entries): the memory engine is one node by construction. Those
 //! run on Redis only ([`cluster!`]), as `redis_only::<name>`.
 
+mod chat;
 mod history;
 mod locations;
 mod orders;
