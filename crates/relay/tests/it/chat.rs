@@ -748,3 +748,95 @@ async fn embedded_mode_chats_the_same_way() {
         .collect();
     assert_eq!(texts, ["hello", "from ops"]);
 }
+
+/// Waits until the consumer group holds no pending entry and has read
+/// `last`: every entry handled to its end.
+async fn wait_all_acked(cluster: &Cluster, last: &str) {
+    let mut conn = cluster.redis.connection().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(cluster.key("events"))
+            .query_async(&mut conn)
+            .await
+            .expect("XINFO GROUPS");
+        if groups
+            .groups
+            .iter()
+            .any(|g| g.last_delivered_id == last && g.pending == 0)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries up to {last} not acked within {WAIT:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once() {
+    let mut cluster = Cluster::start("chat-takeover", 0, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
+    let first = cluster
+        .add_node_with(&[("RELAY_TEST_CRASH_BEFORE_ACK", "chat.message")])
+        .await;
+    let mut customer = connect(&cluster.url(first), &token("c1", Role::Customer)).await;
+    order_with_driver(&cluster, &mut customer).await;
+    let preparing = typing_baseline(&cluster).await;
+    let ack = send(&customer, "o1", "hello").await;
+    let id = ack["event_id"].as_str().expect("event_id").to_owned();
+    assert_ne!(
+        cluster.nodes[first].exit_code().await,
+        Some(0),
+        "the node died after the message's effect, before its ack"
+    );
+
+    let survivor = cluster.add_node(None).await;
+    let mut driver = Client::connect(
+        ConnectOptions::new(&cluster.url(survivor))
+            .auth(json!({"token": token("d1", Role::Driver), "last_event_id": preparing}))
+            .timeout(WAIT),
+    )
+    .await
+    .expect("resume");
+    // Replayed from the first handling or emitted by the second: once seen, either way.
+    loop {
+        let event = driver.next_event(WAIT).await.expect("the message");
+        if event.name == "chat:message" {
+            assert_eq!(event.data()["event_id"], id.as_str());
+            assert_eq!(event.data()["text"], "hello");
+            break;
+        }
+    }
+    wait_all_acked(&cluster, &id).await;
+    let feed = cluster.entries("chat").await;
+    assert_eq!(feed.len(), 1, "appended once: {feed:?}");
+    assert_eq!(feed[0].1["event_id"], id);
+    let read = history(&driver, json!({"order_id": "o1"})).await;
+    assert_eq!(read["messages"].as_array().map(Vec::len), Some(1), "{read}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_beyond_its_event_budget_is_rate_limited_and_counted() {
+    let cluster = Cluster::start("chat-budget", 1, &[("RELAY_CLIENT_EVENTS_PER_S", "1")]).await;
+    let url = cluster.url(0);
+    let mut customer = connect(&url, &token("c1", Role::Customer)).await;
+    order_with_driver(&cluster, &mut customer).await;
+    // A burst of one: the first is sent, the ones right after it are not.
+    let acks = [
+        send(&customer, "o1", "one").await,
+        send(&customer, "o1", "two").await,
+        history(&customer, json!({"order_id": "o1"})).await,
+        ask(&customer, "chat:typing", json!({"order_id": "o1"})).await,
+    ];
+    assert_eq!(acks[0]["ok"], true, "{:?}", acks[0]);
+    for ack in &acks[1..] {
+        assert_eq!(error(ack), "rate limited");
+    }
+    assert_eq!(
+        metric(&url, r#"relay_chat_messages_total{outcome="rate_limited"}"#).await,
+        1.0
+    );
+}
