@@ -795,7 +795,7 @@ async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_s
 
     let survivor = cluster.add_node(None).await;
     let mut driver = Client::connect(
-        ConnectOptions::new(&cluster.url(survivor))
+        ConnectOptions::new(cluster.url(survivor))
             .auth(json!({"token": token("d1", Role::Driver), "last_event_id": preparing}))
             .timeout(WAIT),
     )
