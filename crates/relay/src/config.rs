@@ -111,6 +111,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub token_refresh_notice_s: u64,
 
+    /// How long a store or driver whose last socket left stays online, in
+    /// ms (0 to 3600000): a reconnect within it is not an outage.
+    #[arg(long, env = "RELAY_PRESENCE_GRACE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub presence_grace_ms: u64,
+
     /// Bearer key for the publish API; unset = publish API off.
     #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
@@ -545,6 +551,8 @@ pub struct Config {
     pub client_events_per_s: u32,
     /// `auth:expiring` goes out this long before a token's `exp` (zero: never).
     pub token_refresh_notice: Duration,
+    /// An id with no socket left goes offline after this.
+    pub presence_grace: Duration,
     pub limits: ConnectionLimitsConfig,
     /// Allowed browser origins; empty: same-origin only; `*`: any.
     pub cors_origins: Vec<String>,
@@ -717,6 +725,7 @@ impl Config {
             },
             client_events_per_s: args.client_events_per_s,
             token_refresh_notice: Duration::from_secs(args.token_refresh_notice_s),
+            presence_grace: Duration::from_millis(args.presence_grace_ms),
             cors_origins,
             limits: ConnectionLimitsConfig {
                 max_connections: args.max_connections,
@@ -1010,6 +1019,7 @@ mod tests {
         assert_eq!(config.location.min_interval, Duration::from_millis(1000));
         assert_eq!(config.client_events_per_s, 20);
         assert_eq!(config.token_refresh_notice, Duration::from_secs(60));
+        assert_eq!(config.presence_grace, Duration::from_millis(10_000));
         assert_eq!(config.history.size, 100);
         assert_eq!(config.history.ttl, Duration::from_secs(600));
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
@@ -1134,6 +1144,10 @@ mod tests {
             (
                 &["--token-refresh-notice-s", "86401"],
                 "--token-refresh-notice-s",
+            ),
+            (
+                &["--presence-grace-ms", "3600001"],
+                "--presence-grace-ms",
             ),
             (
                 &["--http-header-timeout-ms", "0"],

@@ -9,8 +9,9 @@
 //!   every long-lived task is spawned on);
 //! - `engine`: the seam to Redis or memory (stream, history, orders,
 //!   locations, sessions, the Socket.IO adapter);
-//! - `location` (driver updates: cache and fan-out) and `delivery`
-//!   (recorded events to local sockets, recovery);
+//! - `location` (driver updates: cache and fan-out), `delivery`
+//!   (recorded events to local sockets, recovery) and `presence` (this
+//!   node's sockets per store and driver, written to the engine);
 //! - `gateway`: the Socket.IO namespace, handshake and client events;
 //! - `stream`: the consumer group, per-order sequencing, dispatch, offers;
 //! - `http`: the publish API, queries, probes, metrics, /demo;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod location;
 pub mod metrics;
 pub mod outcome;
+pub mod presence;
 pub mod rooms;
 pub mod server;
 pub mod stream;

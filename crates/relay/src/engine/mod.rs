@@ -10,7 +10,7 @@ mod traits;
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, entry_size,
+    OrderStore, PresenceStore, PresenceSweep, PresenceWrite, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, entry_size,
     in_offset_order,
 };
 
@@ -39,6 +39,7 @@ pub trait Engine: Send + Sync + 'static {
     type Orders: OrderStore;
     type Locations: LocationCache;
     type History: History;
+    type Presence: PresenceStore;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
@@ -49,6 +50,7 @@ pub trait Engine: Send + Sync + 'static {
     fn orders(&self) -> &Self::Orders;
     fn locations(&self) -> &Self::Locations;
     fn history(&self) -> &Self::History;
+    fn presence(&self) -> &Self::Presence;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.

@@ -9,7 +9,7 @@ use super::StoreResult;
 use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
-    events::Timestamp,
+    events::{PresenceChange, PresenceId, PresenceState, Timestamp},
     outcome::Outcome,
 };
 
@@ -388,3 +388,54 @@ pub trait UserSessions: Send + Sync + 'static {
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a presence write or sweep did: the transitions it made (each
+/// made by exactly one call, cluster-wide) and whether the store knew this
+/// node's instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceWrite {
+    pub changes: Vec<PresenceChange>,
+    /// False when the instance was unknown or had been given up for dead:
+    /// its counts are gone, and the node must set them all again.
+    pub known: bool,
+}
+
+/// What a sweep did, and the cluster-wide online totals after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceSweep {
+    pub changes: Vec<PresenceChange>,
+    pub online_stores: u64,
+    pub online_drivers: u64,
+}
+
+/// Which stores and drivers are online, across every node: each node's
+/// instance sets its own socket counts, and the store turns the sum into
+/// transitions (online at once, offline after `grace`), each exactly once.
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Sets `instance`'s socket count of each id (absolute: a retry or a
+    /// full resync is harmless) and keeps the instance alive.
+    fn set_counts(
+        &self,
+        instance: &str,
+        counts: &[(PresenceId, u32)],
+        grace: Duration,
+    ) -> impl Future<Output = StoreResult<PresenceWrite>> + Send;
+
+    /// Drops every count of `instance` at once (a node stopping cleanly):
+    /// its ids go offline after `grace` unless another node has them.
+    fn forget_instance(
+        &self,
+        instance: &str,
+        grace: Duration,
+    ) -> impl Future<Output = StoreResult<PresenceWrite>> + Send;
+
+    /// Ends the grace of ids whose time came and drops the counts of
+    /// instances that stopped keeping alive.
+    fn sweep(&self, grace: Duration) -> impl Future<Output = StoreResult<PresenceSweep>> + Send;
+
+    /// The state of each id, in the order asked.
+    fn lookup(
+        &self,
+        ids: &[PresenceId],
+    ) -> impl Future<Output = StoreResult<Vec<PresenceState>>> + Send;
+}

@@ -4,6 +4,7 @@
 mod decode;
 mod location;
 mod names;
+mod presence;
 mod time;
 
 use serde::Deserialize;
@@ -12,6 +13,7 @@ use serde_json::{Map, Value};
 pub use decode::{DecodeError, DecodeReason, decode, decode_entry, decode_value, sequence_key};
 pub use location::{LocationUpdate, Reject};
 pub use names::{ClientEvent, ServerEvent};
+pub use presence::{PresenceChange, PresenceId, PresenceKind, PresenceState};
 pub use time::{Timestamp, is_rfc3339, now_ms, rfc3339};
 
 /// Statuses after which an order is over and its room is emptied.

@@ -19,6 +19,7 @@ use crate::{
     engine::{Engine, LocationCache, OrderStore},
     location::DriverLocationEvent,
     metrics,
+    presence::Presence,
     rooms::Room,
 };
 
@@ -211,6 +212,7 @@ pub async fn on_connect<E: Engine>(
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
     State(replay): State<Replay<E::Adapter>>,
+    State(gateway): State<GatewayState>,
 ) {
     metrics::connected(principal.role());
     if let Some(PendingResume {
@@ -233,7 +235,16 @@ pub async fn on_connect<E: Engine>(
         transport = ?socket.transport_type(),
         "connected"
     );
+    gateway.presence.arrive(socket.id, &principal);
+    socket.extensions.insert(Arc::new(PresenceGuard {
+        presence: gateway.presence.clone(),
+        sid: socket.id,
+    }));
     socket.on_disconnect(on_disconnect::<E::Adapter>);
+    // A socket that closed before its disconnect handler was there.
+    if !socket.connected() {
+        gateway.presence.depart(socket.id);
+    }
     if socket.extensions.remove::<OrdersUnjoined>().is_some() {
         join_orders_later(&socket, engine.as_ref(), &principal).await;
     }
@@ -246,8 +257,22 @@ async fn on_disconnect<A: Adapter>(
     State(gateway): State<GatewayState>,
 ) {
     gateway.expiries.forget(socket.id);
+    gateway.presence.depart(socket.id);
     metrics::disconnected(principal.role(), reason_label(reason));
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
+}
+
+/// Takes a socket out of presence when it is dropped, however it ended
+/// (the disconnect handler does so first; a second departure is a no-op).
+struct PresenceGuard {
+    presence: Arc<Presence>,
+    sid: socketioxide::socket::Sid,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.presence.depart(self.sid);
+    }
 }
 
 fn reason_label(reason: DisconnectReason) -> metrics::DisconnectReason {

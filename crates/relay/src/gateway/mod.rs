@@ -40,6 +40,7 @@ use crate::{
     engine::{Engine, Health},
     location::LocationPipeline,
     metrics,
+    presence::Presence,
     rooms::Room,
 };
 
@@ -49,6 +50,8 @@ pub struct GatewayState {
     verifier: Arc<Verifier>,
     limits: Arc<ConnectionLimits>,
     expiries: Arc<Expiries>,
+    /// This node's sockets per store and driver.
+    presence: Arc<Presence>,
     /// Per socket, client events a second (0 = no limit).
     client_events_per_s: u32,
 }
@@ -83,6 +86,7 @@ pub struct Shared<A: socketioxide::adapter::Adapter> {
     pub replay: Replay<A>,
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
+    pub presence: Arc<Presence>,
 }
 
 impl<E: Engine> Gateway<E> {
@@ -98,6 +102,7 @@ impl<E: Engine> Gateway<E> {
             replay,
             limits,
             expiries,
+            presence,
         } = shared;
         let adapter_state = engine.adapter_state();
         let builder = SocketIo::builder()
@@ -112,6 +117,7 @@ impl<E: Engine> Gateway<E> {
                 verifier,
                 limits,
                 expiries,
+                presence,
                 client_events_per_s,
             })
             .with_state(locations)

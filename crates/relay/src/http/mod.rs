@@ -9,6 +9,7 @@ pub mod demo;
 mod detach;
 mod errors;
 mod observe;
+mod presence;
 mod probes;
 
 use std::sync::Arc;
@@ -82,6 +83,7 @@ pub fn router<E: Engine>(state: HttpState<E>) -> Router {
         .route("/api/events", post(api::publish::<E>))
         .route("/api/outcomes", get(api::outcomes::<E>))
         .route("/api/dead-letters", get(api::dead_letters::<E>))
+        .route("/api/presence", get(presence::presence::<E>))
         .layer(DefaultBodyLimit::max(body_limit(state.max_event_bytes)))
         .route_layer(axum::middleware::from_fn(observe::count_requests));
     // Merged after the counting layer: the demo stays out of the API's metrics.

@@ -43,6 +43,21 @@ label_set! {
         DeadLetter => "dead_letter",
         /// Reading a merchant's watched orders when a refresh drops a store.
         Refresh => "refresh",
+        /// Writing this node's presence counts, or a presence sweep.
+        Presence => "presence",
+    }
+}
+
+label_set! {
+    /// The `reason` of `relay_presence_queries_rejected_total`: why a
+    /// `GET /api/presence` was refused.
+    PresenceQueryRejection {
+        Unauthorized => "unauthorized",
+        /// A parameter other than `store_id` and `driver_id`, an empty or
+        /// over-long id, or no id at all (400).
+        BadQuery => "bad_query",
+        /// More than 1000 ids (400).
+        TooManyIds => "too_many_ids",
     }
 }
 
@@ -196,6 +211,7 @@ mod tests {
                 "subscribe",
                 "dead_letter",
                 "refresh",
+                "presence",
             ]
         );
         assert_eq!(

@@ -13,13 +13,13 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, LocationOutcome, PublishRejection, RecoveryResult, RedisFailure,
+    HttpCloseReason, LocationOutcome, PresenceQueryRejection, PublishRejection, RecoveryResult, RedisFailure,
     RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
     auth::{RefreshRefusal, Rejection, Role},
-    events::{ClientEvent, DecodeReason, EventKind, Reject, ServerEvent},
+    events::{ClientEvent, DecodeReason, EventKind, PresenceChange, PresenceKind, Reject, ServerEvent},
     outcome::OutcomeKind,
 };
 
@@ -52,9 +52,12 @@ pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
 pub const HTTP_PENDING: &str = "relay_http_pending_connections";
+pub const PRESENCE_ONLINE: &str = "relay_presence_online";
+pub const PRESENCE_CHANGES: &str = "relay_presence_changes_total";
+pub const PRESENCE_QUERIES_REJECTED: &str = "relay_presence_queries_rejected_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
-const HTTP_ROUTES: [&str; 7] = [
+const HTTP_ROUTES: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -62,6 +65,7 @@ const HTTP_ROUTES: [&str; 7] = [
     "/api/events",
     "/api/outcomes",
     "/api/dead-letters",
+    "/api/presence",
 ];
 /// HTTP handlers answer in well under a second; Redis-bound ones in ms.
 const HTTP_BUCKETS: [f64; 10] = [
@@ -220,6 +224,15 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(HTTP_ACCEPT_ERRORS).absolute(0);
+    for kind in PresenceKind::ALL {
+        gauge!(PRESENCE_ONLINE, "kind" => kind.as_str()).set(0.0);
+        for online in ["true", "false"] {
+            counter!(PRESENCE_CHANGES, "kind" => kind.as_str(), "online" => online).absolute(0);
+        }
+    }
+    for reason in PresenceQueryRejection::ALL {
+        counter!(PRESENCE_QUERIES_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
     zero_bounded_series();
     hot();
     Ok(handle)
@@ -290,6 +303,18 @@ fn describe() {
     describe_counter!(
         DEFERRED_JOINS,
         "Sockets connected while their active orders could not be read, and what became of their order rooms, by result."
+    );
+    describe_gauge!(
+        PRESENCE_ONLINE,
+        "Stores and drivers online across the whole cluster, by kind (every node reports the same value)."
+    );
+    describe_counter!(
+        PRESENCE_CHANGES,
+        "Presence transitions, by kind and online; each is counted once, by the node that made it."
+    );
+    describe_counter!(
+        PRESENCE_QUERIES_REJECTED,
+        "GET /api/presence requests refused, by reason (unauthorized, bad_query, too_many_ids)."
     );
     describe_counter!(
         REOFFERS,
@@ -774,4 +799,24 @@ pub fn set_health(ready: bool, store_up: bool, consumer_running: bool) {
     gauge!(READY).set(f64::from(u8::from(ready)));
     gauge!(STORE_UP).set(f64::from(u8::from(store_up)));
     gauge!(CONSUMER_RUNNING).set(f64::from(u8::from(consumer_running)));
+}
+
+/// Presence transitions this node made (each is made by one node only).
+pub fn presence_changes(changes: &[PresenceChange]) {
+    for change in changes {
+        let online = if change.online { "true" } else { "false" };
+        counter!(PRESENCE_CHANGES, "kind" => change.who.kind.as_str(), "online" => online)
+            .increment(1);
+    }
+}
+
+/// The cluster-wide online totals, as the last sweep saw them.
+pub fn set_presence_online(stores: u64, drivers: u64) {
+    gauge!(PRESENCE_ONLINE, "kind" => PresenceKind::Store.as_str()).set(stores as f64);
+    gauge!(PRESENCE_ONLINE, "kind" => PresenceKind::Driver.as_str()).set(drivers as f64);
+}
+
+/// A `GET /api/presence` refused.
+pub fn presence_query_rejected(reason: PresenceQueryRejection) {
+    counter!(PRESENCE_QUERIES_REJECTED, "reason" => reason.as_str()).increment(1);
 }

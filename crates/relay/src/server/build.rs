@@ -22,6 +22,7 @@ use crate::{
     http::{self, HttpState},
     location::LocationPipeline,
     metrics,
+    presence::Presence,
     stream::{Consumer, ConsumerSettings, Dispatcher},
     tasks::Tasks,
 };
@@ -98,6 +99,7 @@ pub(super) struct Node<E: Engine> {
     pub gateway: Gateway<E>,
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
+    pub presence: Arc<Presence>,
     pub replay_requests: mpsc::Receiver<Resume<E::Adapter>>,
     /// Resolved by the delivery loop once its history feed is subscribed.
     pub history_subscribed: (oneshot::Sender<()>, oneshot::Receiver<()>),
@@ -149,6 +151,7 @@ pub(super) fn wire<E: Engine>(
         .gated_by(health.clone()),
     );
     let expiries = Arc::new(Expiries::new(config.token_refresh_notice));
+    let presence = Arc::new(Presence::new(config.presence_grace));
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,
@@ -159,6 +162,7 @@ pub(super) fn wire<E: Engine>(
             replay,
             limits: limits.clone(),
             expiries: expiries.clone(),
+            presence: presence.clone(),
         },
     );
     let census = {
@@ -216,6 +220,7 @@ pub(super) fn wire<E: Engine>(
         gateway,
         limits,
         expiries,
+        presence,
         replay_requests,
         history_subscribed: oneshot::channel(),
         consumer,

@@ -42,6 +42,7 @@ pub(super) fn spawn<E: Engine>(
         gateway,
         limits,
         expiries,
+        presence,
         replay_requests,
         history_subscribed: (subscribed, history_subscribed),
         consumer,
@@ -64,6 +65,10 @@ pub(super) fn spawn<E: Engine>(
             subscribed,
             stop.clone(),
         ),
+    );
+    tasks.spawn(
+        "presence",
+        crate::presence::run(presence, engine.clone(), instance.clone(), stop.clone()),
     );
     tasks.spawn(
         "location receiver",

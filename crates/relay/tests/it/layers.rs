@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["rooms"],
     &["metrics"],
     &["engine"],
-    &["location", "delivery"],
+    &["location", "delivery", "presence"],
     &["gateway"],
     &["stream"],
     &["http"],

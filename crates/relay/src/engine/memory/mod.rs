@@ -4,6 +4,7 @@
 mod history;
 mod locations;
 mod order_store;
+mod presence;
 mod stream;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
+pub use presence::MemoryPresence;
 pub use stream::MemoryStream;
 
 use super::{Engine, EngineError, Health};
@@ -23,6 +25,7 @@ pub struct MemoryEngine {
     orders: MemoryOrders,
     locations: MemoryLocations,
     history: MemoryHistory,
+    presence: MemoryPresence,
 }
 
 impl MemoryEngine {
@@ -37,6 +40,7 @@ impl MemoryEngine {
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
+            presence: MemoryPresence::default(),
         }
     }
 }
@@ -51,6 +55,7 @@ impl Engine for MemoryEngine {
     type Orders = MemoryOrders;
     type Locations = MemoryLocations;
     type History = MemoryHistory;
+    type Presence = MemoryPresence;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -72,6 +77,10 @@ impl Engine for MemoryEngine {
 
     fn history(&self) -> &MemoryHistory {
         &self.history
+    }
+
+    fn presence(&self) -> &MemoryPresence {
+        &self.presence
     }
 
     async fn finish_init((): ()) -> Result<(), EngineError> {

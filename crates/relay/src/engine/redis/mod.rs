@@ -4,6 +4,7 @@ mod history;
 mod link;
 mod locations;
 mod order_store;
+mod presence;
 mod pubsub;
 mod sessions;
 mod stream;
@@ -27,6 +28,7 @@ pub use history::RedisHistory;
 use link::Link;
 pub use locations::RedisLocations;
 pub use order_store::RedisOrders;
+pub use presence::RedisPresence;
 pub use pubsub::{PubSubDriver, PubSubError};
 pub use stream::{RedisStream, StreamSettings};
 
@@ -60,6 +62,7 @@ pub struct RedisEngine {
     orders: RedisOrders,
     locations: RedisLocations,
     history: RedisHistory,
+    presence: RedisPresence,
 }
 
 /// What the Redis engine needs from the configuration.
@@ -142,6 +145,7 @@ impl RedisEngine {
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
             stream,
             orders: RedisOrders::new(commands.clone(), prefix),
+            presence: RedisPresence::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
                 history_blocking,
@@ -202,6 +206,7 @@ impl Engine for RedisEngine {
     type Orders = RedisOrders;
     type Locations = RedisLocations;
     type History = RedisHistory;
+    type Presence = RedisPresence;
 
     fn stream(&self) -> &RedisStream {
         &self.stream
@@ -217,6 +222,10 @@ impl Engine for RedisEngine {
 
     fn history(&self) -> &RedisHistory {
         &self.history
+    }
+
+    fn presence(&self) -> &RedisPresence {
+        &self.presence
     }
 
     fn name(&self) -> &'static str {

@@ -1,0 +1,278 @@
+//! Presence of stores and drivers (CONTRACT §7): this node's share of it.
+//!
+//! The gateway tells [`Presence`] which sockets arrive, change their
+//! stores (`auth:refresh`) and leave; that is plain bookkeeping under a
+//! lock, never a wait on the store. One worker ([`run`]) writes this
+//! node's count per id to the engine, coalescing bursts (absolute counts:
+//! the last write wins, and a retry is harmless), keeps the node's
+//! instance alive, and sweeps: the engine turns counts into transitions,
+//! each made once cluster-wide. A write that fails is tried again; an
+//! instance the store had given up for dead sets all its counts again.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use socketioxide::socket::Sid;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{Principal, Role},
+    engine::{Engine, PresenceStore, PresenceWrite},
+    events::{PresenceId, PresenceKind},
+    metrics::{self, StoreOp},
+};
+
+/// How often grace periods and dead nodes are looked at: the accuracy of
+/// the offline transitions.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// How often this node's instance is kept alive in the store (the Redis
+/// engine gives a silent instance up after 9 s).
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Ids per write: a full resync of a node with many drivers is cut into
+/// script calls that each keep Redis busy briefly.
+const IDS_PER_WRITE: usize = 500;
+
+/// The forgetting of a node that stops cleanly waits at most this long.
+const FORGET_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whose presence a principal makes: a merchant its stores, a driver
+/// itself; the other roles none.
+pub fn ids_of(principal: &Principal) -> Vec<PresenceId> {
+    match principal.role() {
+        Role::Merchant => principal
+            .store_ids()
+            .iter()
+            .map(|s| PresenceId::new(PresenceKind::Store, s.clone()))
+            .collect(),
+        Role::Driver => vec![PresenceId::new(PresenceKind::Driver, principal.sub())],
+        Role::Customer | Role::Admin | Role::Support => Vec::new(),
+    }
+}
+
+#[derive(Default)]
+struct Local {
+    /// This node's sockets per id.
+    counts: HashMap<PresenceId, u32>,
+    /// What each socket is counted for, so that a leave undoes exactly
+    /// its arrival and refreshes, whatever the socket's principal says then.
+    sockets: HashMap<Sid, Vec<PresenceId>>,
+    /// Ids whose count the store has not had yet.
+    dirty: HashSet<PresenceId>,
+}
+
+impl Local {
+    fn add(&mut self, who: &PresenceId) {
+        *self.counts.entry(who.clone()).or_default() += 1;
+        self.dirty.insert(who.clone());
+    }
+
+    fn remove(&mut self, who: &PresenceId) {
+        if let Some(n) = self.counts.get_mut(who) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(who);
+            }
+        }
+        self.dirty.insert(who.clone());
+    }
+}
+
+/// This node's sockets per store and driver, for the worker to write.
+pub struct Presence {
+    local: Mutex<Local>,
+    wake: Notify,
+    grace: Duration,
+}
+
+impl Presence {
+    /// `grace`: `RELAY_PRESENCE_GRACE_MS`, how long an id with no socket
+    /// left stays online.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            local: Mutex::default(),
+            wake: Notify::new(),
+            grace,
+        }
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A socket connected.
+    pub fn arrive(&self, sid: Sid, principal: &Principal) {
+        let ids = ids_of(principal);
+        if ids.is_empty() {
+            return;
+        }
+        let mut local = self.local();
+        for who in &ids {
+            local.add(who);
+        }
+        local.sockets.insert(sid, ids);
+        drop(local);
+        self.wake.notify_one();
+    }
+
+    /// A socket's principal changed (`auth:refresh`): a merchant's stores
+    /// follow its new `store_ids`. A socket already gone stays gone.
+    pub fn update(&self, sid: Sid, principal: &Principal) {
+        let ids = ids_of(principal);
+        let mut local = self.local();
+        let Some(before) = local.sockets.remove(&sid) else {
+            return;
+        };
+        for who in before.iter().filter(|w| !ids.contains(w)) {
+            local.remove(who);
+        }
+        for who in ids.iter().filter(|w| !before.contains(w)) {
+            local.add(who);
+        }
+        let changed = local.dirty.len();
+        if !ids.is_empty() {
+            local.sockets.insert(sid, ids);
+        }
+        drop(local);
+        if changed > 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A socket disconnected.
+    pub fn depart(&self, sid: Sid) {
+        let mut local = self.local();
+        let Some(ids) = local.sockets.remove(&sid) else {
+            return;
+        };
+        for who in &ids {
+            local.remove(who);
+        }
+        drop(local);
+        self.wake.notify_one();
+    }
+
+    /// The dirty ids with their current counts, no longer dirty.
+    fn take_dirty(&self) -> Vec<(PresenceId, u32)> {
+        let mut local = self.local();
+        let dirty = std::mem::take(&mut local.dirty);
+        dirty
+            .into_iter()
+            .map(|who| {
+                let n = local.counts.get(&who).copied().unwrap_or(0);
+                (who, n)
+            })
+            .collect()
+    }
+
+    /// Writes that did not reach the store, to be tried again.
+    fn restore_dirty(&self, ids: impl IntoIterator<Item = PresenceId>) {
+        self.local().dirty.extend(ids);
+    }
+
+    /// Every id this node counts, to be written again.
+    fn mark_all_dirty(&self) {
+        let mut local = self.local();
+        let all: Vec<PresenceId> = local.counts.keys().cloned().collect();
+        local.dirty.extend(all);
+    }
+}
+
+/// Writes this node's counts, keeps its instance alive and sweeps, until
+/// `stop`; then forgets the instance (its ids go offline after the grace
+/// unless a socket reconnects elsewhere).
+pub async fn run<E: Engine>(
+    presence: Arc<Presence>,
+    engine: Arc<E>,
+    instance: String,
+    stop: CancellationToken,
+) {
+    let store = engine.presence();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+    for timer in [&mut sweep, &mut keep_alive] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    // While the store fails, writes wait for the keep-alive tick instead of
+    // following every socket event.
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = presence.wake.notified(), if !failing => {
+                failing = !flush(&presence, store, &instance, false).await;
+                if failing {
+                    tracing::warn!("presence writes fail; trying again every {KEEP_ALIVE_EVERY:?}");
+                }
+            }
+            _ = keep_alive.tick() => {
+                let ok = flush(&presence, store, &instance, true).await;
+                match (failing, ok) {
+                    (true, true) => tracing::info!("presence writes reach the store again"),
+                    (false, false) => tracing::warn!("presence writes fail; trying again every {KEEP_ALIVE_EVERY:?}"),
+                    _ => {}
+                }
+                failing = !ok;
+            }
+            _ = sweep.tick() => match store.sweep(presence.grace).await {
+                Ok(done) => {
+                    metrics::presence_changes(&done.changes);
+                    metrics::set_presence_online(done.online_stores, done.online_drivers);
+                }
+                Err(e) => {
+                    metrics::store_error(StoreOp::Presence);
+                    tracing::debug!(error = %e, "presence sweep failed");
+                }
+            },
+        }
+    }
+    match tokio::time::timeout(FORGET_TIMEOUT, store.forget_instance(&instance, presence.grace))
+        .await
+    {
+        Ok(Ok(done)) => metrics::presence_changes(&done.changes),
+        Ok(Err(e)) => tracing::warn!(error = %e, "presence not handed over at stop; other nodes drop it once this node stops keeping alive"),
+        Err(_) => tracing::warn!("presence hand-over timed out at stop"),
+    }
+}
+
+/// One round of writes (or a bare keep-alive); false when the store failed.
+async fn flush<S: PresenceStore>(
+    presence: &Presence,
+    store: &S,
+    instance: &str,
+    keep_alive: bool,
+) -> bool {
+    let mut dirty = presence.take_dirty();
+    if dirty.is_empty() && !keep_alive {
+        return true;
+    }
+    loop {
+        let rest = dirty.split_off(dirty.len().min(IDS_PER_WRITE));
+        let batch = std::mem::replace(&mut dirty, rest);
+        match store.set_counts(instance, &batch, presence.grace).await {
+            Ok(PresenceWrite { changes, known }) => {
+                metrics::presence_changes(&changes);
+                if !known {
+                    // New, or given up for dead while it could not keep
+                    // alive: the store has none of this node's counts.
+                    presence.mark_all_dirty();
+                    presence.wake.notify_one();
+                }
+            }
+            Err(e) => {
+                metrics::store_error(StoreOp::Presence);
+                tracing::debug!(error = %e, "presence write failed");
+                presence.restore_dirty(batch.into_iter().chain(dirty).map(|(who, _)| who));
+                return false;
+            }
+        }
+        if dirty.is_empty() {
+            return true;
+        }
+    }
+}
