@@ -22,6 +22,7 @@ mod location;
 mod network;
 mod observability;
 mod offers;
+mod presence;
 mod recovery;
 mod redis_tls;
 mod refresh;

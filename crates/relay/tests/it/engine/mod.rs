@@ -12,6 +12,7 @@
 mod history;
 mod locations;
 mod orders;
+mod presence;
 mod stream;
 
 use std::{future::Future, time::Duration};
