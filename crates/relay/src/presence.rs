@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{Principal, Role},
-    engine::{Engine, PresenceStore, PresenceWrite},
+    engine::{Engine, PresenceStore, PresenceWrite, StoreError},
     events::{PresenceId, PresenceKind},
     metrics::{self, StoreOp},
 };
@@ -201,55 +201,82 @@ pub async fn run<E: Engine>(
     // While the store fails, writes wait for the keep-alive tick instead of
     // following every socket event.
     let mut failing = false;
+    let mut refused = Refusals::default();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             () = presence.wake.notified(), if !failing => {
-                failing = !flush(&presence, store, &instance, false).await;
-                if failing {
-                    tracing::warn!("presence writes fail; trying again every {KEEP_ALIVE_EVERY:?}");
-                }
+                let done = flush(&presence, store, &instance, false).await;
+                failing = refused.note("presence write", done);
             }
             _ = keep_alive.tick() => {
-                let ok = flush(&presence, store, &instance, true).await;
-                match (failing, ok) {
-                    (true, true) => tracing::info!("presence writes reach the store again"),
-                    (false, false) => tracing::warn!("presence writes fail; trying again every {KEEP_ALIVE_EVERY:?}"),
-                    _ => {}
-                }
-                failing = !ok;
+                let done = flush(&presence, store, &instance, true).await;
+                failing = refused.note("presence write", done);
             }
-            _ = sweep.tick() => match store.sweep(presence.grace).await {
-                Ok(done) => {
+            _ = sweep.tick() => {
+                let done = store.sweep(presence.grace).await.map(|done| {
                     metrics::presence_changes(&done.changes);
                     metrics::set_presence_online(done.online_stores, done.online_drivers);
-                }
-                Err(e) => {
-                    metrics::store_error(StoreOp::Presence);
-                    tracing::debug!(error = %e, "presence sweep failed");
-                }
-            },
+                });
+                refused.note("presence sweep", done);
+            }
         }
     }
     match tokio::time::timeout(FORGET_TIMEOUT, store.forget_instance(&instance, presence.grace))
         .await
     {
         Ok(Ok(done)) => metrics::presence_changes(&done.changes),
-        Ok(Err(e)) => tracing::warn!(error = %e, "presence not handed over at stop; other nodes drop it once this node stops keeping alive"),
-        Err(_) => tracing::warn!("presence hand-over timed out at stop"),
+        Ok(Err(e)) => {
+            metrics::store_error(StoreOp::Presence);
+            tracing::debug!(error = %e, "presence not handed over at stop; other nodes drop it once this node stops keeping alive");
+        }
+        Err(_) => tracing::debug!("presence hand-over timed out at stop"),
     }
 }
 
-/// One round of writes (or a bare keep-alive); false when the store failed.
+/// Failures are counted; Redis away (or refusing the password or the
+/// certificate) is the health watch's to tell, so they are logged at debug
+/// level. A refusal only an operator can fix (a missing ACL permission,
+/// WRONGTYPE) is an error, told once until presence works again.
+#[derive(Default)]
+struct Refusals {
+    told: bool,
+}
+
+impl Refusals {
+    /// Returns whether `result` failed.
+    fn note(&mut self, what: &str, result: Result<(), StoreError>) -> bool {
+        match result {
+            Ok(()) => {
+                if std::mem::take(&mut self.told) {
+                    tracing::info!("{what}s work again");
+                }
+                false
+            }
+            Err(e) => {
+                metrics::store_error(StoreOp::Presence);
+                if e.is_transient() || e.told_by_health() || self.told {
+                    tracing::debug!(error = %e, "{what} failed");
+                } else {
+                    tracing::error!(error = %e, "{what} refused: presence does not change until this is fixed");
+                    self.told = true;
+                }
+                true
+            }
+        }
+    }
+}
+
+/// One round of writes (or a bare keep-alive). Failed ids are dirty again.
 async fn flush<S: PresenceStore>(
     presence: &Presence,
     store: &S,
     instance: &str,
     keep_alive: bool,
-) -> bool {
+) -> Result<(), StoreError> {
     let mut dirty = presence.take_dirty();
     if dirty.is_empty() && !keep_alive {
-        return true;
+        return Ok(());
     }
     loop {
         let rest = dirty.split_off(dirty.len().min(IDS_PER_WRITE));
@@ -265,14 +292,12 @@ async fn flush<S: PresenceStore>(
                 }
             }
             Err(e) => {
-                metrics::store_error(StoreOp::Presence);
-                tracing::debug!(error = %e, "presence write failed");
                 presence.restore_dirty(batch.into_iter().chain(dirty).map(|(who, _)| who));
-                return false;
+                return Err(e);
             }
         }
         if dirty.is_empty() {
-            return true;
+            return Ok(());
         }
     }
 }
