@@ -1145,10 +1145,7 @@ mod tests {
                 &["--token-refresh-notice-s", "86401"],
                 "--token-refresh-notice-s",
             ),
-            (
-                &["--presence-grace-ms", "3600001"],
-                "--presence-grace-ms",
-            ),
+            (&["--presence-grace-ms", "3600001"], "--presence-grace-ms"),
             (
                 &["--http-header-timeout-ms", "0"],
                 "--http-header-timeout-ms",

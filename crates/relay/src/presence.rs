@@ -222,8 +222,11 @@ pub async fn run<E: Engine>(
             }
         }
     }
-    match tokio::time::timeout(FORGET_TIMEOUT, store.forget_instance(&instance, presence.grace))
-        .await
+    match tokio::time::timeout(
+        FORGET_TIMEOUT,
+        store.forget_instance(&instance, presence.grace),
+    )
+    .await
     {
         Ok(Ok(done)) => metrics::presence_changes(&done.changes),
         Ok(Err(e)) => {

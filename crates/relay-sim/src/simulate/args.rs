@@ -165,7 +165,10 @@ impl SimulateArgs {
         if let Some(url) = &self.redis_url
             && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
         {
-            return Err(bad("--redis-url (REDIS_URL)", "must be a redis:// or rediss:// URL"));
+            return Err(bad(
+                "--redis-url (REDIS_URL)",
+                "must be a redis:// or rediss:// URL",
+            ));
         }
         Ok(())
     }

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::{
     Ctx,
-    rng::Rng,
     clock::real_sleep,
+    rng::Rng,
     session::{Identity, Link, Replies, SessionEnd, Wake, wake},
     stats::bump,
 };

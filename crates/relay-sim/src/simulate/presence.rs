@@ -56,7 +56,12 @@ fn count(ctx: &Ctx, board: &mut Board, kind: &str, id: &str, online: bool) {
             bump(counter);
         }
         Seen::Repeat => {
-            tracing::warn!(kind, id, online, "presence entry repeats the state before it");
+            tracing::warn!(
+                kind,
+                id,
+                online,
+                "presence entry repeats the state before it"
+            );
             bump(&ctx.stats.presence_repeats);
         }
     }
@@ -112,18 +117,19 @@ async fn read_stream(ctx: &Ctx, board: &mut Board, url: &str, prefix: &str) {
         if last == "$" {
             // Pinned to the newest entry now: a `$` in each read would miss
             // what arrives between two reads.
-            let newest: redis::RedisResult<Vec<(String, HashMap<String, String>)>> =
-                redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(c)
-                    .await;
+            let newest: redis::RedisResult<Vec<Entry>> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(c)
+                .await;
             match newest {
                 Ok(newest) => {
-                    last = newest.first().map_or("0-0".to_owned(), |(id, _)| id.clone());
+                    last = newest
+                        .first()
+                        .map_or("0-0".to_owned(), |(id, _)| id.clone());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading {key} failed");
@@ -150,7 +156,13 @@ async fn read_stream(ctx: &Ctx, board: &mut Board, url: &str, prefix: &str) {
                 for (id, fields) in entries(reply) {
                     last = id;
                     let field = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
-                    count(ctx, board, field("kind"), field("id"), field("online") == "true");
+                    count(
+                        ctx,
+                        board,
+                        field("kind"),
+                        field("id"),
+                        field("online") == "true",
+                    );
                 }
             }
             Err(e) => {
@@ -162,10 +174,12 @@ async fn read_stream(ctx: &Ctx, board: &mut Board, url: &str, prefix: &str) {
     }
 }
 
-/// The entries of an XREAD reply on one stream, as id and fields.
-fn entries(reply: Value) -> Vec<(String, HashMap<String, String>)> {
-    let rows: Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>> =
-        redis::from_redis_value(reply).ok();
+/// One stream entry: its id and fields.
+type Entry = (String, HashMap<String, String>);
+
+/// The entries of an XREAD reply on one stream.
+fn entries(reply: Value) -> Vec<Entry> {
+    let rows: Option<Vec<(String, Vec<Entry>)>> = redis::from_redis_value(reply).ok();
     rows.into_iter()
         .flatten()
         .flat_map(|(_, entries)| entries)

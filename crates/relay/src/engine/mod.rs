@@ -10,8 +10,8 @@ mod traits;
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use traits::{
     Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, PresenceStore, PresenceSweep, PresenceWrite, Recorded, StreamEntry, StreamStats, UserSessions, cmp_offsets, entry_size,
-    in_offset_order,
+    OrderStore, PresenceStore, PresenceSweep, PresenceWrite, Recorded, StreamEntry, StreamStats,
+    UserSessions, cmp_offsets, entry_size, in_offset_order,
 };
 
 use std::{

@@ -62,7 +62,11 @@ pub fn presence_query(query: Option<&str>) -> Result<Vec<PresenceId>, QueryError
         let (kind, param) = match name.as_ref() {
             "store_id" => (PresenceKind::Store, "store_id"),
             "driver_id" => (PresenceKind::Driver, "driver_id"),
-            other => return Err(QueryError::UnknownParameter(other.chars().take(64).collect())),
+            other => {
+                return Err(QueryError::UnknownParameter(
+                    other.chars().take(64).collect(),
+                ));
+            }
         };
         if value.is_empty() {
             return Err(QueryError::EmptyId(param));

@@ -13,13 +13,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, LocationOutcome, PresenceQueryRejection, PublishRejection, RecoveryResult, RedisFailure,
-    RefreshOutcome, ShedReason, StoreOp, Transport,
+    HttpCloseReason, LocationOutcome, PresenceQueryRejection, PublishRejection, RecoveryResult,
+    RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
     auth::{RefreshRefusal, Rejection, Role},
-    events::{ClientEvent, DecodeReason, EventKind, PresenceChange, PresenceKind, Reject, ServerEvent},
+    events::{
+        ClientEvent, DecodeReason, EventKind, PresenceChange, PresenceKind, Reject, ServerEvent,
+    },
     outcome::OutcomeKind,
 };
 

@@ -34,7 +34,10 @@ fn of(entries: &[Entry], kind: &str, id: &str) -> Vec<(bool, u64)> {
                 f["online"] == "true" || f["online"] == "false",
                 "online is true or false: {f:?}"
             );
-            (f["online"] == "true", f["ts"].parse().expect("ts is unix ms"))
+            (
+                f["online"] == "true",
+                f["ts"].parse().expect("ts is unix ms"),
+            )
         })
         .collect()
 }
@@ -116,7 +119,14 @@ async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_chang
     );
     // Gone for good: offline once the grace has passed since it left.
     let left_at = leave(second).await;
-    let all = wait_changes(&cluster, "driver", "d1", 2, WAIT + Duration::from_millis(grace)).await;
+    let all = wait_changes(
+        &cluster,
+        "driver",
+        "d1",
+        2,
+        WAIT + Duration::from_millis(grace),
+    )
+    .await;
     assert_eq!(
         all.iter().map(|c| c.0).collect::<Vec<_>>(),
         [true, false],
@@ -124,17 +134,24 @@ async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_chang
     );
     assert!(all[1].1 >= left_at + grace, "{all:?}, left at {left_at}");
     let (_, body) = query(&cluster.url(0), "driver_id=d1", Some(API_KEY)).await;
-    assert_eq!(body["drivers"]["d1"], json!({ "online": false, "since": all[1].1 }));
+    assert_eq!(
+        body["drivers"]["d1"],
+        json!({ "online": false, "since": all[1].1 })
+    );
     let changes = metric(
         &cluster.url(0),
         "relay_presence_changes_total{kind=\"driver\",online=\"false\"}",
     )
-    .await + metric(
-        &cluster.url(1),
-        "relay_presence_changes_total{kind=\"driver\",online=\"false\"}",
-    )
-    .await;
-    assert_eq!(changes, 1.0, "the offline change is counted once, cluster-wide");
+    .await
+        + metric(
+            &cluster.url(1),
+            "relay_presence_changes_total{kind=\"driver\",online=\"false\"}",
+        )
+        .await;
+    assert_eq!(
+        changes, 1.0,
+        "the offline change is counted once, cluster-wide"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +207,11 @@ async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
     let driver = wait_changes(&cluster, "driver", "d1", 2, bound + WAIT).await;
     let store = wait_changes(&cluster, "store", "s1", 2, WAIT).await;
     for (what, all) in [("d1", &driver), ("s1", &store)] {
-        assert_eq!(all.iter().map(|c| c.0).collect::<Vec<_>>(), [true, false], "{what}");
+        assert_eq!(
+            all.iter().map(|c| c.0).collect::<Vec<_>>(),
+            [true, false],
+            "{what}"
+        );
         let after = all[1].1.saturating_sub(killed_at);
         assert!(
             after <= grace + 10_000,
@@ -220,12 +241,7 @@ async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change() {
-    let cluster = Cluster::start(
-        "presence-race",
-        2,
-        &[("RELAY_PRESENCE_GRACE_MS", "0")],
-    )
-    .await;
+    let cluster = Cluster::start("presence-race", 2, &[("RELAY_PRESENCE_GRACE_MS", "0")]).await;
     let stores: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
     let store_refs: Vec<&str> = stores.iter().map(String::as_str).collect();
     for round in 1..=2 {
@@ -293,7 +309,10 @@ async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence() {
     assert!(s3[0].0, "a store added comes online: {s3:?}");
     let s1 = wait_changes(&cluster, "store", "s1", 2, WAIT).await;
     assert_eq!(s1.iter().map(|c| c.0).collect::<Vec<_>>(), [true, false]);
-    assert!(s1[1].1 + 100 >= refreshed_at + grace, "after the grace: {s1:?}");
+    assert!(
+        s1[1].1 + 100 >= refreshed_at + grace,
+        "after the grace: {s1:?}"
+    );
     assert_eq!(
         changes_of(&cluster, "store", "s2").await.len(),
         1,
@@ -318,7 +337,12 @@ async fn the_presence_api_checks_its_key_and_its_query_and_counts_refusals() {
     let url = cluster.url(0);
     let _driver = connect(&url, &token("d1", Role::Driver)).await;
     let since = wait_changes(&cluster, "driver", "d1", 1, WAIT).await[0].1;
-    let (status, body) = query(&url, "driver_id=d1&store_id=never&driver_id=d1", Some(API_KEY)).await;
+    let (status, body) = query(
+        &url,
+        "driver_id=d1&store_id=never&driver_id=d1",
+        Some(API_KEY),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(
         body,
@@ -380,7 +404,10 @@ async fn the_memory_engine_answers_presence_the_same_way() {
     let (status, body) = query(&url, "store_id=s1&driver_id=d1", Some(API_KEY)).await;
     assert_eq!(status, 200);
     assert_eq!(body["stores"]["s1"]["online"], true, "{body}");
-    assert_eq!(body["drivers"]["d1"], json!({ "online": false, "since": 0 }));
+    assert_eq!(
+        body["drivers"]["d1"],
+        json!({ "online": false, "since": 0 })
+    );
     let left_at = leave(merchant).await;
     // No stream to wait on in embedded mode: the API is the way to watch.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -389,12 +416,22 @@ async fn the_memory_engine_answers_presence_the_same_way() {
         if body["stores"]["s1"]["online"] == false {
             break body["stores"]["s1"]["since"].as_u64().expect("since");
         }
-        assert!(tokio::time::Instant::now() < deadline, "s1 still online: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "s1 still online: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(since >= left_at + grace, "offline at {since}, left at {left_at}");
+    assert!(
+        since >= left_at + grace,
+        "offline at {since}, left at {left_at}"
+    );
     assert_eq!(
-        metric(&url, "relay_presence_changes_total{kind=\"store\",online=\"false\"}").await,
+        metric(
+            &url,
+            "relay_presence_changes_total{kind=\"store\",online=\"false\"}"
+        )
+        .await,
         1.0
     );
     // Without RELAY_API_KEY the server API, presence included, is off.

@@ -78,7 +78,10 @@ async fn a_count_is_online_at_once_and_offline_once_the_grace_ends<E: Engine>(en
     .await;
     assert_eq!(off.changes.len(), 1, "{off:?}");
     assert_eq!((&off.changes[0].who, off.changes[0].online), (&s1, false));
-    assert!(off.changes[0].ts >= online.since + 300, "{off:?} {online:?}");
+    assert!(
+        off.changes[0].ts >= online.since + 300,
+        "{off:?} {online:?}"
+    );
     assert_eq!((off.online_stores, off.online_drivers), (0, 1));
     assert_eq!(
         state(engine, &s1).await,
@@ -134,8 +137,11 @@ async fn forgetting_an_instance_takes_its_counts_away<E: Engine>(engine: &E) {
         .forget_instance("i1", none)
         .await
         .expect("forget");
-    let changes: Vec<(PresenceId, bool)> =
-        forgot.changes.into_iter().map(|c| (c.who, c.online)).collect();
+    let changes: Vec<(PresenceId, bool)> = forgot
+        .changes
+        .into_iter()
+        .map(|c| (c.who, c.online))
+        .collect();
     assert_eq!(changes, [(d1.clone(), false)]);
     assert!(!state(engine, &d1).await.online);
     assert!(state(engine, &d2).await.online);
