@@ -215,6 +215,12 @@ pub async fn on_connect<E: Engine>(
     State(gateway): State<GatewayState>,
 ) {
     metrics::connected(principal.role());
+    // Counted first: a replay below may take a while, the store is online now.
+    gateway.presence.arrive(socket.id, &principal);
+    socket.extensions.insert(Arc::new(PresenceGuard {
+        presence: gateway.presence.clone(),
+        sid: socket.id,
+    }));
     if let Some(PendingResume {
         rooms,
         last_event_id,
@@ -235,11 +241,6 @@ pub async fn on_connect<E: Engine>(
         transport = ?socket.transport_type(),
         "connected"
     );
-    gateway.presence.arrive(socket.id, &principal);
-    socket.extensions.insert(Arc::new(PresenceGuard {
-        presence: gateway.presence.clone(),
-        sid: socket.id,
-    }));
     socket.on_disconnect(on_disconnect::<E::Adapter>);
     // A socket that closed before its disconnect handler was there.
     if !socket.connected() {
