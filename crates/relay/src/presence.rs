@@ -304,3 +304,70 @@ async fn flush<S: PresenceStore>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merchant(stores: &[&str]) -> Principal {
+        Principal::new(
+            "m1",
+            Role::Merchant,
+            stores.iter().map(|s| (*s).to_owned()).collect(),
+        )
+    }
+
+    fn store(id: &str) -> PresenceId {
+        PresenceId::new(PresenceKind::Store, id)
+    }
+
+    fn dirty(presence: &Presence) -> Vec<(PresenceId, u32)> {
+        let mut dirty = presence.take_dirty();
+        dirty.sort();
+        dirty
+    }
+
+    #[test]
+    fn a_socket_counts_for_its_ids_until_it_leaves_whatever_it_says_then() {
+        let presence = Presence::new(Duration::ZERO);
+        let (tablet, phone) = (Sid::new(), Sid::new());
+        presence.arrive(tablet, &merchant(&["s1", "s2"]));
+        presence.arrive(phone, &merchant(&["s2"]));
+        assert_eq!(dirty(&presence), [(store("s1"), 1), (store("s2"), 2)]);
+        assert_eq!(dirty(&presence), [], "written once");
+        // A refresh that swaps s1 for s3.
+        presence.update(tablet, &merchant(&["s2", "s3"]));
+        assert_eq!(dirty(&presence), [(store("s1"), 0), (store("s3"), 1)]);
+        presence.depart(tablet);
+        presence.depart(tablet);
+        assert_eq!(dirty(&presence), [(store("s2"), 1), (store("s3"), 0)]);
+        // Gone: a late refresh of it counts for nothing.
+        presence.update(tablet, &merchant(&["s9"]));
+        assert_eq!(dirty(&presence), []);
+    }
+
+    #[test]
+    fn only_merchants_and_drivers_count() {
+        let presence = Presence::new(Duration::ZERO);
+        for role in [Role::Customer, Role::Admin, Role::Support] {
+            presence.arrive(Sid::new(), &Principal::new("u1", role, vec![]));
+        }
+        assert_eq!(dirty(&presence), []);
+        presence.arrive(Sid::new(), &Principal::new("d1", Role::Driver, vec![]));
+        assert_eq!(
+            dirty(&presence),
+            [(PresenceId::new(PresenceKind::Driver, "d1"), 1)]
+        );
+    }
+
+    #[test]
+    fn failed_writes_and_a_lost_instance_write_again() {
+        let presence = Presence::new(Duration::ZERO);
+        presence.arrive(Sid::new(), &merchant(&["s1", "s2"]));
+        let taken = presence.take_dirty();
+        presence.restore_dirty(taken.into_iter().map(|(who, _)| who));
+        assert_eq!(dirty(&presence), [(store("s1"), 1), (store("s2"), 1)]);
+        presence.mark_all_dirty();
+        assert_eq!(dirty(&presence), [(store("s1"), 1), (store("s2"), 1)]);
+    }
+}

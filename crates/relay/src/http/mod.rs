@@ -28,6 +28,9 @@ use crate::{
 };
 
 pub use detach::detach_from_read_buffer;
+/// The presence query parser, public for the fuzz target in `fuzz/`.
+#[doc(hidden)]
+pub use presence::{MAX_ID_BYTES, MAX_IDS, QueryError, presence_query};
 
 /// Refreshes gauges that are counted rather than tracked (connected sockets)
 /// right before a scrape.

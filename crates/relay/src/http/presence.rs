@@ -22,7 +22,7 @@ use crate::{
 pub const MAX_IDS: usize = 1000;
 
 /// Longer ids are refused: no store or user id is anywhere near this.
-const MAX_ID_BYTES: usize = 256;
+pub const MAX_ID_BYTES: usize = 256;
 
 #[derive(Debug, Default, Serialize)]
 pub struct PresenceAnswer {
@@ -46,7 +46,7 @@ pub enum QueryError {
 }
 
 impl QueryError {
-    fn label(&self) -> PresenceQueryRejection {
+    pub fn label(&self) -> PresenceQueryRejection {
         match self {
             Self::TooMany(_) => PresenceQueryRejection::TooManyIds,
             _ => PresenceQueryRejection::BadQuery,
@@ -54,7 +54,7 @@ impl QueryError {
     }
 }
 
-/// The ids a query names, in order, each once. Public for the fuzz target.
+/// The ids a query names, in order, each once.
 pub fn presence_query(query: Option<&str>) -> Result<Vec<PresenceId>, QueryError> {
     let mut ids: Vec<PresenceId> = Vec::new();
     let mut named = 0usize;
