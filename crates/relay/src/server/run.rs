@@ -21,6 +21,8 @@ pub(super) struct Running<E: Engine> {
     pub health: Health,
     pub gateway: Gateway<E>,
     pub consumer: JoinHandle<Option<()>>,
+    /// Ends the presence worker, once the clients are closed.
+    pub presence_stop: CancellationToken,
     pub health_watch: JoinHandle<Option<()>>,
     pub http: JoinHandle<Option<std::io::Result<()>>>,
 }
@@ -66,9 +68,18 @@ pub(super) fn spawn<E: Engine>(
             stop.clone(),
         ),
     );
+    // Presence outlives `stop` until the clients are closed: the sockets it
+    // hands over at its end must be gone, or their grace would start while
+    // they are still connected (during the consumer's drain).
+    let presence_stop = CancellationToken::new();
     tasks.spawn(
         "presence",
-        crate::presence::run(presence, engine.clone(), instance.clone(), stop.clone()),
+        crate::presence::run(
+            presence,
+            engine.clone(),
+            instance.clone(),
+            presence_stop.clone(),
+        ),
     );
     tasks.spawn(
         "location receiver",
@@ -109,6 +120,7 @@ pub(super) fn spawn<E: Engine>(
         health,
         gateway,
         consumer,
+        presence_stop,
         health_watch,
         http,
     }
