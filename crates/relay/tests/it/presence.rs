@@ -438,3 +438,40 @@ async fn the_memory_engine_answers_presence_the_same_way() {
     let off = InProcessNode::start_ready(&[]).await;
     assert_eq!(query(&off.url(), "store_id=s1", Some(API_KEY)).await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change() {
+    let grace = 5000;
+    let mut cluster = Cluster::start(
+        "presence-drain",
+        2,
+        &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
+    )
+    .await;
+    let jwt = token("d1", Role::Driver);
+    let mut first = connect(&cluster.url(1), &jwt).await;
+    wait_changes(&cluster, "driver", "d1", 1, WAIT).await;
+    // SIGTERM: the node closes its clients, which come back elsewhere.
+    cluster.nodes[1].terminate();
+    first
+        .closed(WAIT)
+        .await
+        .expect("closed by the draining node");
+    let second = connect(&cluster.url(0), &jwt).await;
+    assert_eq!(cluster.nodes[1].exit_code().await, Some(0));
+    let left_at = leave(second).await;
+    let all = wait_changes(
+        &cluster,
+        "driver",
+        "d1",
+        2,
+        WAIT + Duration::from_millis(grace),
+    )
+    .await;
+    assert_eq!(
+        all.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [true, false],
+        "no change for the move to another node: {all:?}"
+    );
+    assert!(all[1].1 >= left_at + grace, "{all:?}, left at {left_at}");
+}
