@@ -184,6 +184,36 @@ class _LogLines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+class _OrderedClient(socketio.Client):
+    """socketio.Client that handles events in the order they arrive.
+
+    The threaded client's Engine.IO layer runs every incoming message on a
+    thread of its own, so two events the server sent in order can reach the
+    handlers swapped (seen: `order:status_update` seq 4 before 3), and the
+    suite could not tell a relay ordering bug from the client's scheduling.
+    Messages are dispatched on the reading thread instead; only the events
+    that wait for the test's ack reply get a thread, so that waiting never
+    blocks the reader.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        trigger = self.eio._trigger_event
+
+        def in_order(event, *args, **kwargs):
+            if event == "message":
+                kwargs["run_async"] = False
+            return trigger(event, *args, **kwargs)
+
+        self.eio._trigger_event = in_order
+
+    def _handle_event(self, namespace, id, data):
+        if id is not None and data and data[0] in ACKED_EVENTS:
+            self.start_background_task(super()._handle_event, namespace, id, data)
+        else:
+            super()._handle_event(namespace, id, data)
+
+
 class Conn:
     """One official client (socketio.Client) that records every event.
 
@@ -204,7 +234,7 @@ class Conn:
         logger.setLevel(logging.INFO)
         logger.propagate = False
         logger.addHandler(self.log)
-        self.sio = socketio.Client(
+        self.sio = _OrderedClient(
             reconnection=reconnection,
             reconnection_delay=reconnection_delay,
             reconnection_delay_max=reconnection_delay,

@@ -56,6 +56,16 @@ struct TokenArgs {
 
 /// Exit code for a bad setting, as for any usage error.
 pub const EXIT_CONFIG: u8 = 2;
+/// Exit code after a long-lived task of the node panicked and the node
+/// drained (EX_SOFTWARE): the orchestrator restarts it.
+pub const EXIT_TASK_PANICKED: u8 = 70;
+
+fn exit_code(e: &server::ServeError) -> u8 {
+    match e {
+        server::ServeError::Panicked(_) => EXIT_TASK_PANICKED,
+        _ => 1,
+    }
+}
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(with_default_subcommand(std::env::args_os())) {
@@ -64,7 +74,7 @@ pub fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("relay: {}", one_line(&e));
+            telemetry::print_error(format_args!("relay: {}", one_line(&e)));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -78,26 +88,34 @@ fn serve(args: ServeArgs) -> ExitCode {
     let prepared = match Config::from_args(args).and_then(Prepared::new) {
         Ok(prepared) => prepared,
         Err(e) => {
-            eprintln!("relay: {e}");
+            telemetry::print_error(format_args!("relay: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let config = prepared_config(&prepared);
-    telemetry::init(config.0, &config.1);
+    // Kept to the end: dropping it flushes the lines still queued.
+    let log = telemetry::init(config.0, &config.1);
     warn_unknown_variables();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("relay: cannot start the runtime: {e}");
+            telemetry::print_error(format_args!("relay: cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(server::serve(prepared)) {
+    let served = runtime.block_on(server::serve(prepared));
+    // Tasks that outlived the drain (past its grace period) must not hold
+    // the exit up.
+    runtime.shutdown_background();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "relay failed");
-            eprintln!("relay: {e}");
-            ExitCode::FAILURE
+            // Not past the log: a write to a stderr nobody reads would block.
+            if log.is_none() {
+                telemetry::print_error(format_args!("relay: {e}"));
+            }
+            ExitCode::from(exit_code(&e))
         }
     }
 }
@@ -143,7 +161,7 @@ fn token(args: TokenArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("relay: {e}");
+            telemetry::print_error(format_args!("relay: {e}"));
             ExitCode::from(EXIT_CONFIG)
         }
     }

@@ -66,12 +66,23 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_ADDR", default_value = "0.0.0.0:3000")]
     pub addr: SocketAddr,
 
-    /// Redis to share state through; unset = embedded single-node mode.
+    /// Redis to share state through; unset (and no REDIS_CLUSTER_URLS) =
+    /// embedded single-node mode.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
 
+    /// Seed nodes of a Redis Cluster (7.0 or later), comma-separated, all
+    /// redis:// or all rediss://; exclusive with REDIS_URL.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster_urls: Vec<Secret>,
+
     /// PEM file of the CA(s) that sign the Redis server's certificate
-    /// (needs a rediss:// REDIS_URL) [default: the system's roots].
+    /// (needs rediss:// Redis URLs) [default: the system's roots].
     #[arg(long, env = "RELAY_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
@@ -501,13 +512,10 @@ impl RedisTls {
         };
         let tls = Self { ca_pem, client };
         if !tls.is_empty() {
-            let is_tls = args.redis_url.as_ref().is_some_and(|url| {
-                matches!(
-                    redis::IntoConnectionInfo::into_connection_info(url.expose())
-                        .map(|info| info.addr().clone()),
-                    Ok(redis::ConnectionAddr::TcpTls { .. })
-                )
-            });
+            let is_tls = match RedisTarget::from_args(args)? {
+                Some(target) => target.is_tls(),
+                None => false,
+            };
             if !is_tls {
                 let setting = if args.redis_ca_file.is_some() {
                     "RELAY_REDIS_CA_FILE"
@@ -516,7 +524,7 @@ impl RedisTls {
                 };
                 return Err(ConfigError::new(
                     setting,
-                    "needs a rediss:// REDIS_URL (TLS); a redis:// or unset one would not use it",
+                    "needs a rediss:// REDIS_URL or REDIS_CLUSTER_URLS (TLS); redis:// or unset ones would not use it",
                 ));
             }
         }
@@ -534,6 +542,89 @@ fn read_file(setting: &'static str, path: &PathBuf) -> Result<Vec<u8>, ConfigErr
         .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {e}", path.display())))
 }
 
+/// The Redis a node shares its state through: one server (or a managed
+/// primary endpoint), or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Server(Secret),
+    Cluster(Vec<Secret>),
+}
+
+impl RedisTarget {
+    /// REDIS_URL or REDIS_CLUSTER_URLS, each checked; neither is embedded mode.
+    fn from_args(args: &ServeArgs) -> Result<Option<Self>, ConfigError> {
+        let seeds: Vec<&Secret> = args
+            .redis_cluster_urls
+            .iter()
+            .filter(|s| !s.expose().trim().is_empty())
+            .collect();
+        match (&args.redis_url, seeds.is_empty()) {
+            (Some(_), false) => Err(ConfigError::new(
+                "REDIS_CLUSTER_URLS",
+                "set either REDIS_URL or REDIS_CLUSTER_URLS, not both",
+            )),
+            (Some(url), true) => {
+                url_info("REDIS_URL", url)?;
+                Ok(Some(Self::Server(url.clone())))
+            }
+            (None, true) => Ok(None),
+            (None, false) => {
+                let mut tls = None;
+                for seed in &seeds {
+                    let info = url_info("REDIS_CLUSTER_URLS", seed)?;
+                    let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+                    if !matches!(
+                        info.addr(),
+                        redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+                    ) {
+                        return Err(ConfigError::new(
+                            "REDIS_CLUSTER_URLS",
+                            "each seed must be a redis:// or rediss:// URL with a host and port",
+                        ));
+                    }
+                    if *tls.get_or_insert(is_tls) != is_tls {
+                        return Err(ConfigError::new(
+                            "REDIS_CLUSTER_URLS",
+                            "mixes redis:// and rediss:// seeds: all must be one or the other",
+                        ));
+                    }
+                }
+                let seeds = seeds
+                    .into_iter()
+                    .map(|s| Secret::new(s.expose().trim()))
+                    .collect();
+                Ok(Some(Self::Cluster(seeds)))
+            }
+        }
+    }
+
+    /// `rediss://`: every connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        let tls = |url: &Secret| {
+            matches!(
+                redis::IntoConnectionInfo::into_connection_info(url.expose().trim())
+                    .map(|info| info.addr().clone()),
+                Ok(redis::ConnectionAddr::TcpTls { .. })
+            )
+        };
+        match self {
+            Self::Server(url) => tls(url),
+            Self::Cluster(seeds) => seeds.iter().all(tls),
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// A Redis URL parsed, the error naming the setting but never the URL (the
+/// redis crate's message does not echo it, so the password stays out).
+fn url_info(setting: &'static str, url: &Secret) -> Result<redis::ConnectionInfo, ConfigError> {
+    redis::IntoConnectionInfo::into_connection_info(url.expose().trim())
+        .map_err(|e| ConfigError::new(setting, format!("not a Redis URL ({:?})", e.kind())))
+}
+
 /// Default readiness drain after SIGTERM, when the grace period allows it.
 const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
@@ -541,7 +632,8 @@ const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    pub redis_url: Option<Secret>,
+    /// None: embedded mode.
+    pub redis: Option<RedisTarget>,
     pub redis_tls: RedisTls,
     pub jwt: JwtConfig,
     pub api_key: Option<Secret>,
@@ -572,6 +664,7 @@ pub struct Config {
 impl Config {
     /// Checks the settings against each other and loads the files they name.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let redis = RedisTarget::from_args(&args)?;
         let redis_tls = RedisTls::from_args(&args)?;
         let key = match (args.jwt_secret, args.jwt_public_key) {
             (Some(_), Some(_)) => {
@@ -606,12 +699,6 @@ impl Config {
                 "RELAY_DEMO",
                 "needs RELAY_JWT_SECRET: the demo page signs its own HS256 admin token",
             ));
-        }
-        if let Some(url) = &args.redis_url {
-            redis::Client::open(url.expose()).map_err(|e| {
-                // The redis crate's message never echoes the URL, so the password stays out.
-                ConfigError::new("REDIS_URL", format!("not a Redis URL ({:?})", e.kind()))
-            })?;
         }
         if args.api_key.as_ref().is_some_and(|k| k.expose().is_empty()) {
             return Err(ConfigError::new(
@@ -666,6 +753,16 @@ impl Config {
                 "must not contain spaces or control characters",
             ));
         }
+        // On a cluster the relay puts its own hash tags after the prefix; a
+        // brace in the prefix would change which part Redis hashes.
+        if redis.as_ref().is_some_and(RedisTarget::is_cluster)
+            && args.key_prefix.contains(['{', '}'])
+        {
+            return Err(ConfigError::new(
+                "RELAY_KEY_PREFIX",
+                "must not contain { or } with REDIS_CLUSTER_URLS (the relay sets the hash tags itself)",
+            ));
+        }
         // Each number's own range is checked by its value parser; here only
         // the ranges that depend on another setting.
         // tungstenite needs a frame no larger than a message.
@@ -708,7 +805,7 @@ impl Config {
 
         Ok(Self {
             addr: args.addr,
-            redis_url: args.redis_url,
+            redis,
             redis_tls,
             jwt: JwtConfig {
                 key,
@@ -767,7 +864,7 @@ impl Config {
 
     /// Embedded single-node mode: no Redis, everything in process.
     pub fn is_embedded(&self) -> bool {
-        self.redis_url.is_none()
+        self.redis.is_none()
     }
 }
 
@@ -794,13 +891,14 @@ pub struct UnknownVariable {
 /// `RELAY_*` names the project's own tooling sets around a node that are not
 /// settings of `relay serve`: the commit baked in at build time (the Makefile
 /// exports it), scripts/run.sh's mode switch and binaries, and the test
-/// suite's log switch.
-const NOT_SETTINGS: [&str; 5] = [
+/// suite's log switch and crash hook.
+const NOT_SETTINGS: [&str; 6] = [
     "RELAY_COMMIT",
     "RELAY_EMBEDDED",
     "RELAY_BIN",
     "RELAY_SIM_BIN",
     "RELAY_TEST_LOGS",
+    "RELAY_TEST_CRASH_BEFORE_ACK",
 ];
 
 /// The `RELAY_*` variables among `names` that `relay serve` does not read.
@@ -1097,6 +1195,58 @@ mod tests {
     fn unreadable_public_key_names_the_setting() {
         let err = parse(&["--jwt-public-key", "/nonexistent/key.pem"]).unwrap_err();
         assert_eq!(err.setting, "RELAY_JWT_PUBLIC_KEY");
+    }
+
+    #[test]
+    fn cluster_seeds_are_checked_and_exclusive_with_redis_url() {
+        let config = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+        ])
+        .unwrap();
+        assert!(matches!(&config.redis, Some(RedisTarget::Cluster(seeds)) if seeds.len() == 2));
+        let both = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-url",
+            "redis://u:hunter2@h:1",
+            "--redis-cluster-urls",
+            "redis://u:hunter2@h:2",
+        ])
+        .unwrap_err();
+        assert_eq!(both.setting, "REDIS_CLUSTER_URLS");
+        assert!(both.reason.contains("REDIS_URL") && both.reason.contains("REDIS_CLUSTER_URLS"));
+        assert!(!both.to_string().contains("hunter2"));
+        let mixed = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "redis://u:hunter2@h:1,rediss://u:hunter2@h:2",
+        ])
+        .unwrap_err();
+        assert_eq!(mixed.setting, "REDIS_CLUSTER_URLS");
+        assert!(!mixed.to_string().contains("hunter2"));
+        let bad = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "http://u:hunter2@h",
+        ])
+        .unwrap_err();
+        assert_eq!(bad.setting, "REDIS_CLUSTER_URLS");
+        assert!(!bad.to_string().contains("hunter2"));
+        let braces = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "redis://h:1",
+            "--key-prefix",
+            "{relay}:",
+        ])
+        .unwrap_err();
+        assert_eq!(braces.setting, "RELAY_KEY_PREFIX");
     }
 
     #[test]

@@ -5,13 +5,17 @@
 mod error;
 pub mod memory;
 pub mod redis;
+mod routed;
 mod traits;
 
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
+pub use routed::{MalformedRouted, Routed};
 pub use traits::{
-    Claimed, DeadLetter, DriverLocation, EventStream, History, LocationCache, Missed, OfferState,
-    OrderStore, PresenceStore, PresenceSweep, PresenceWrite, Recorded, StreamEntry, StreamStats,
-    UserSessions, cmp_offsets, entry_size, in_offset_order,
+    Assignment, Claimed, Created, DeadLetter, DriverLocation, EventStream, History,
+    IDEMPOTENCY_TTL, KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite,
+    PresenceStore, PresenceSweep, PresenceWrite, Recorded, RoomChannels, RoomFeed, StreamEntry,
+    StreamStats, UserSessions, WATCH_TTL, WatchedOrders, cmp_offsets, entry_size, in_offset_order,
+    merge_rooms,
 };
 
 use std::{
@@ -25,7 +29,6 @@ use std::{
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide_core::adapter::CoreAdapter;
 use socketioxide_core::adapter::DefinedAdapter;
-use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio_util::sync::CancellationToken;
 
 /// State handed to socketioxide to build the adapter of each namespace.
@@ -40,6 +43,8 @@ pub trait Engine: Send + Sync + 'static {
     type Locations: LocationCache;
     type History: History;
     type Presence: PresenceStore;
+    type Rooms: RoomChannels;
+    type Watches: WatchedOrders;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
@@ -51,17 +56,13 @@ pub trait Engine: Send + Sync + 'static {
     fn locations(&self) -> &Self::Locations;
     fn history(&self) -> &Self::History;
     fn presence(&self) -> &Self::Presence;
+    fn rooms(&self) -> &Self::Rooms;
+    fn watches(&self) -> &Self::Watches;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.
     fn finish_init(init: AdapterInit<Self>)
     -> impl Future<Output = Result<(), EngineError>> + Send;
-
-    /// The location batches nodes publish through [`LocationCache::write`];
-    /// `None` when this node has no peers (the memory engine).
-    fn location_feed(
-        &self,
-    ) -> impl Future<Output = StoreResult<Option<MessageStream<ChanItem>>>> + Send;
 
     /// Each user's sockets counted across nodes, when the engine is shared
     /// (`instance` names this node's process). `None`: this node is the

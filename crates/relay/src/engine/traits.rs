@@ -55,6 +55,22 @@ pub fn entry_size(kind: &str, data: &str) -> usize {
     "type".len() + kind.len() + "data".len() + data.len()
 }
 
+/// How long `POST /api/events` remembers an `Idempotency-Key`.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What an append under an idempotency key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedAppend {
+    /// The key was new: the event was appended as this id.
+    Appended(String),
+    /// The key was used for the same event: nothing appended; the first
+    /// append's id.
+    Replayed(String),
+    /// The key was used for another event: nothing appended; the first
+    /// append's id.
+    Conflict(String),
+}
+
 /// How far an offer of one event to one room got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfferState {
@@ -159,6 +175,16 @@ pub trait EventStream: Send + Sync + 'static {
     /// Appends an event, as the backend's XADD does; returns its id.
     fn append(&self, kind: &str, data: &str) -> impl Future<Output = StoreResult<String>> + Send;
 
+    /// Appends an event unless `key` was used within [`IDEMPOTENCY_TTL`],
+    /// as one atomic step on every node together (a backend's retry, or two
+    /// copies of one request racing, append once).
+    fn append_keyed(
+        &self,
+        key: &str,
+        kind: &str,
+        data: &str,
+    ) -> impl Future<Output = StoreResult<KeyedAppend>> + Send;
+
     /// Appends the outcome of one offer (`event_id` to `target`), unless one
     /// was written already: returns whether this call wrote it.
     fn append_outcome(&self, outcome: &Outcome) -> impl Future<Output = StoreResult<bool>> + Send;
@@ -177,6 +203,15 @@ pub trait EventStream: Send + Sync + 'static {
         event_id: &str,
         target: &str,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The drivers a geo-fenced request of `event_id` goes to: `found` the
+    /// first time, whatever was found the first time ever after (a node
+    /// that takes the entry over offers it to the same drivers).
+    fn offer_targets(
+        &self,
+        event_id: &str,
+        found: &[String],
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 
     fn stats(&self) -> impl Future<Output = StoreResult<StreamStats>> + Send;
 
@@ -198,34 +233,96 @@ pub trait EventStream: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Vec<StreamEntry>>> + Send;
 }
 
+/// What `order.created` found when it went to record its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Recorded now.
+    New,
+    /// An order of that id is active: left exactly as it is (a redelivered
+    /// `order.created` must not put back a status that later events moved
+    /// on from) and returned for the dispatcher to judge.
+    Active(ActiveOrder),
+    /// The order ended after this entry (a redelivery of an order that is
+    /// over): nothing recorded.
+    Ended,
+}
+
+/// What an entry's write did to its order. Every write names the stream
+/// entry it comes from, and the order remembers the last one applied, so a
+/// handler that runs twice (a node died after the write, before its XACK)
+/// changes nothing the second time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderWrite<T = ActiveOrder> {
+    /// The order as this entry left it: written now, or written before with
+    /// nothing of the order after it (then nothing was written again).
+    Current(T),
+    /// A later entry of the order was applied already, or the order ended
+    /// after this entry: a late repeat, nothing written.
+    Superseded,
+    /// No such active order (never created, ended before this entry, or
+    /// expired): nothing written.
+    NotActive,
+}
+
+impl<T> OrderWrite<T> {
+    pub fn current(self) -> Option<T> {
+        match self {
+            Self::Current(t) => Some(t),
+            Self::Superseded | Self::NotActive => None,
+        }
+    }
+}
+
+/// An assignment as written: the order and the driver it had before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub order: ActiveOrder,
+    /// The driver the order had before this entry (also when the entry is
+    /// a repeat: the one it replaced the first time).
+    pub previous: Option<String>,
+}
+
 /// Active orders, indexed by customer, store and driver.
+///
+/// `event_id` is the stream entry a write comes from. Entries of an order
+/// reach the store in stream order (the consumer's sequencing), except a
+/// repeat: an entry written once and handled again. An entry at or before
+/// the last one applied to the order, or before the entry that ended it
+/// (remembered for as long as an unended order is kept), is such a repeat.
 pub trait OrderStore: Send + Sync + 'static {
-    /// Records the order unless an order of that id is active: then that
-    /// one is returned, left exactly as it is (a redelivered `order.created`
-    /// must not put back a status that later events moved on from).
+    /// Records the order unless an order of that id is active or ended
+    /// after `event_id`.
     fn create(
         &self,
         order: &ActiveOrder,
-    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<Created>> + Send;
 
-    /// Sets the status; None when the order is not active.
+    /// Sets the status and counts it in `seq`.
     fn set_status(
         &self,
         order_id: &str,
         status: &str,
         at: Timestamp,
-    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<OrderWrite>> + Send;
 
-    /// Records the driver (replacing an earlier one); None when not active.
+    /// Records the driver (replacing an earlier one).
     fn assign(
         &self,
         order_id: &str,
         driver_id: &str,
         at: Timestamp,
-    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<OrderWrite<Assignment>>> + Send;
 
-    /// Forgets the order; returns it as it was.
-    fn end(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
+    /// Forgets the order, remembering that `event_id` ended it; returns it
+    /// as it was.
+    fn end(
+        &self,
+        order_id: &str,
+        event_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
 
     fn get(&self, order_id: &str) -> impl Future<Output = StoreResult<Option<ActiveOrder>>> + Send;
 
@@ -255,12 +352,10 @@ pub struct DriverLocation {
 /// Where drivers are, as fresh as `RELAY_LOCATION_TTL_S` allows.
 pub trait LocationCache: Send + Sync + 'static {
     /// Stores the latest location of each driver in `batch` (one entry per
-    /// driver) and publishes `broadcast` (a batch of location deliveries) to
-    /// the other nodes, in as few round trips as the store allows.
+    /// driver), in as few round trips as the store allows.
     fn write(
         &self,
         batch: &[(String, DriverLocation)],
-        broadcast: Option<&[u8]>,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Removes drivers last seen before `cutoff` from the geo index (geo
@@ -315,10 +410,11 @@ pub enum Missed {
 }
 
 /// Events emitted to rooms, kept per room for clients that reconnect, and
-/// delivered to every node in one order for the whole cluster.
+/// sent live to the nodes that have sockets in those rooms.
 pub trait History: Send + Sync + 'static {
-    /// Records `event` for `rooms` and publishes it to every node's feed.
-    /// Returns its offset.
+    /// Records `event` for `rooms` and sends it to each room's channel
+    /// ([`RoomChannels`]). Returns its offset: offsets grow in publishing
+    /// order across the whole cluster.
     fn publish(
         &self,
         event: &str,
@@ -328,13 +424,10 @@ pub trait History: Send + Sync + 'static {
         then_leave: Option<&str>,
     ) -> impl Future<Output = StoreResult<String>> + Send;
 
-    /// Every event published from now on, in publishing order, on every
-    /// node; with the offset of the newest event published before (events
-    /// the feed may still bring up to it are already in the history).
-    #[allow(clippy::type_complexity)]
-    fn feed(
-        &self,
-    ) -> impl Future<Output = StoreResult<(tokio::sync::mpsc::Receiver<Recorded>, Option<String>)>> + Send;
+    /// The offset of the newest event published so far: every event up to
+    /// it is in its rooms' histories, every later one is published after
+    /// this call.
+    fn newest(&self) -> impl Future<Output = StoreResult<Option<String>>> + Send;
 
     /// The events of `rooms` after the one whose `event_id` is
     /// `last_event_id`, up to and including offset `up_to`.
@@ -344,6 +437,48 @@ pub trait History: Send + Sync + 'static {
         last_event_id: &str,
         up_to: Option<&str>,
     ) -> impl Future<Output = StoreResult<Missed>> + Send;
+
+    /// Every event of `rooms` published since `from_ms` (unix ms), oldest
+    /// first, each once, with `rooms` set to those of the asked rooms it
+    /// went to: what a node fills a gap in its live feed with.
+    fn since(
+        &self,
+        rooms: &[String],
+        from_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<Recorded>>> + Send;
+}
+
+/// The messages of a node's subscribed rooms, as (channel, payload).
+pub type RoomFeed = tokio::sync::mpsc::Receiver<(String, Vec<u8>)>;
+
+/// One channel per room, for what only the nodes with sockets in that room
+/// need ([`crate::engine::Routed`]): a node subscribes while it has members
+/// there.
+pub trait RoomChannels: Send + Sync + 'static {
+    /// Every message of the rooms this node subscribes to, as (channel,
+    /// payload), in the order each publisher sent them. Taken once; `None`
+    /// after that.
+    fn take_feed(&self) -> Option<RoomFeed>;
+
+    /// The room of a channel named in the feed.
+    fn room_of<'a>(&self, channel: &'a str) -> &'a str;
+
+    /// Subscribes to the rooms' channels; returns once messages published
+    /// from now on reach the feed.
+    fn subscribe(&self, rooms: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    fn unsubscribe(&self, rooms: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Sends each payload to its room's channel, in this order.
+    fn publish(
+        &self,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Changes whenever the feed may have lost messages (the link to the
+    /// store dropped, or the feed's buffer overflowed): the subscriber must
+    /// subscribe again and fill the gap from the history.
+    fn losses(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// Missed events gathered from several rooms: in offset order, each once
@@ -352,6 +487,20 @@ pub fn in_offset_order(mut events: Vec<Recorded>) -> Vec<Recorded> {
     events.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
     events.dedup_by(|a, b| a.offset == b.offset);
     events
+}
+
+/// Events found in several rooms' histories: one per offset, oldest first,
+/// with every room it was found in.
+pub fn merge_rooms(mut found: Vec<Recorded>) -> Vec<Recorded> {
+    found.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
+    let mut merged: Vec<Recorded> = Vec::with_capacity(found.len());
+    for record in found {
+        match merged.last_mut() {
+            Some(last) if last.offset == record.offset => last.rooms.extend(record.rooms),
+            _ => merged.push(record),
+        }
+    }
+    merged
 }
 
 /// Orders two `ms-seq` stream ids.
@@ -364,6 +513,37 @@ pub fn cmp_offsets(a: &str, b: &str) -> std::cmp::Ordering {
         )
     };
     parse(a).cmp(&parse(b))
+}
+
+/// How long a user's `order:subscribe` is remembered: as long as an order
+/// that never ends is kept. Not the history's TTL: a socket may stay
+/// connected far longer than that, and a node that dies gets no chance to
+/// refresh anything when its sockets go.
+pub const WATCH_TTL: Duration = Duration::from_secs(48 * 3600);
+
+/// The orders each user (a role and a `sub`, as for the connection limit)
+/// joined with `order:subscribe` and did not leave: a socket of that user
+/// that resumes, on any node, is put back in their rooms.
+pub trait WatchedOrders: Send + Sync + 'static {
+    /// Remembers (again, for another [`WATCH_TTL`]) that the user watches `order_id`.
+    fn watch(
+        &self,
+        principal: &Principal,
+        order_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Forgets it (`order:unsubscribe`, or the order is over).
+    fn unwatch(
+        &self,
+        principal: &Principal,
+        order_id: &str,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The orders the user watches, in no particular order.
+    fn watched(
+        &self,
+        principal: &Principal,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 }
 
 /// A user's sockets counted across every node, for the per-user connection

@@ -10,13 +10,16 @@ use socketioxide::{
     socket::DisconnectReason,
 };
 
-use super::{GatewayState, budget::EventBudget, location, refresh, subscriptions, sync};
+use super::{
+    GatewayState, budget::EventBudget, location, refresh, remembered, subscriptions, sync,
+};
 use crate::events::{ClientEvent, ServerEvent};
 use crate::metrics::{ClientEventOutcome, DeferredJoin};
 use crate::{
     auth::{Principal, Rejection, Role},
     delivery::Replay,
     engine::{Engine, LocationCache, OrderStore},
+    interest::Interest,
     location::DriverLocationEvent,
     metrics,
     presence::Presence,
@@ -35,6 +38,7 @@ pub async fn join_rooms<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
     State(gateway): State<GatewayState>,
     TryData(auth): TryData<Value>,
 ) -> Result<(), Rejection> {
@@ -55,6 +59,10 @@ pub async fn join_rooms<E: Engine>(
         .iter()
         .map(Room::name)
         .collect();
+    // Every room is subscribed before the socket joins it: whatever is
+    // published after the CONNECT reply reaches this node. A failure is
+    // retried by the delivery loop, which then fills the gap.
+    let _ = interest.ensure(&rooms).await;
     // Role rooms first: an order event processed meanwhile reaches the
     // socket through them (see the dispatcher's cluster-wide joins).
     if last_event_id.is_none() {
@@ -67,6 +75,7 @@ pub async fn join_rooms<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
+                let _ = interest.ensure(&order_rooms).await;
                 if last_event_id.is_none() {
                     socket.join(order_rooms.clone());
                 }
@@ -81,12 +90,22 @@ pub async fn join_rooms<E: Engine>(
             }
         }
     }
-    tracing::trace!(sid = %socket.id, ?rooms, resume = last_event_id.is_some(), "rooms");
     if let Some(last_event_id) = last_event_id {
+        // Resuming: the orders it subscribed to before, on any node, too.
+        let remembered = remembered::remembered(engine.as_ref(), &principal).await;
+        for room in remembered.rooms {
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        tracing::trace!(sid = %socket.id, ?rooms, "rooms to resume");
         socket.extensions.insert(PendingResume {
             rooms,
             last_event_id,
+            over: remembered.over,
         });
+    } else {
+        tracing::trace!(sid = %socket.id, ?rooms, "rooms");
     }
     // Handlers too are in place before the CONNECT reply: an event the
     // client sends the moment it is connected must not find none.
@@ -102,7 +121,7 @@ pub async fn join_rooms<E: Engine>(
         ClientEvent::OrderUnsubscribe.as_str(),
         subscriptions::unsubscribe::<E>,
     );
-    socket.on(ClientEvent::Sync.as_str(), sync::sync::<E::Adapter>);
+    socket.on(ClientEvent::Sync.as_str(), sync::sync::<E>);
     socket.on(ClientEvent::AuthRefresh.as_str(), refresh::refresh::<E>);
     socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
@@ -129,6 +148,7 @@ const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
 async fn join_orders_later<E: Engine>(
     socket: &SocketRef<E::Adapter>,
     engine: &E,
+    interest: &Interest<E>,
     principal: &Principal,
 ) {
     let mut pause = JOIN_RETRY_FIRST;
@@ -144,6 +164,7 @@ async fn join_orders_later<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
+                let _ = interest.ensure(&rooms).await;
                 socket.join(rooms.clone());
                 metrics::deferred_order_join(DeferredJoin::Joined);
                 tracing::info!(sid = %socket.id, ?rooms, "order rooms joined once the store answered");
@@ -166,6 +187,8 @@ async fn join_orders_later<E: Engine>(
 struct PendingResume {
     rooms: Vec<String>,
     last_event_id: String,
+    /// Remembered orders that are over: left after the replay.
+    over: Vec<String>,
 }
 
 /// Events outside the protocol are dropped, counted and, if the client asked
@@ -211,6 +234,7 @@ pub async fn on_connect<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
     State(replay): State<Replay<E::Adapter>>,
     State(gateway): State<GatewayState>,
 ) {
@@ -224,11 +248,13 @@ pub async fn on_connect<E: Engine>(
     if let Some(PendingResume {
         rooms,
         last_event_id,
+        over,
     }) = socket.extensions.remove::<PendingResume>()
     {
         replay
             .resume(socket.clone(), rooms, last_event_id, true)
             .await;
+        remembered::leave_over(engine.as_ref(), &principal, &socket, &over).await;
     }
     if principal.role() != Role::Driver
         && let Some(JoinedOrders(orders)) = socket.extensions.get::<JoinedOrders>()
@@ -247,7 +273,7 @@ pub async fn on_connect<E: Engine>(
         gateway.presence.depart(socket.id);
     }
     if socket.extensions.remove::<OrdersUnjoined>().is_some() {
-        join_orders_later(&socket, engine.as_ref(), &principal).await;
+        join_orders_later(&socket, engine.as_ref(), &interest, &principal).await;
     }
 }
 

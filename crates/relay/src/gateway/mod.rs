@@ -11,6 +11,7 @@ mod location;
 mod offer;
 mod peer;
 mod refresh;
+mod remembered;
 mod subscriptions;
 mod sync;
 
@@ -37,7 +38,8 @@ pub use sync::{SyncRequest, last_event_id};
 use crate::{
     auth::{Principal, Role, Verifier},
     config::TransportConfig,
-    engine::{Engine, Health},
+    engine::{Engine, Health, RoomChannels, Routed},
+    interest::Interest,
     location::LocationPipeline,
     metrics,
     presence::Presence,
@@ -68,22 +70,25 @@ const WS_READ_BUFFER_BYTES: usize = 1024;
 
 pub struct Gateway<E: Engine> {
     io: SocketIo<E::Adapter>,
+    engine: Arc<E>,
 }
 
 impl<E: Engine> Clone for Gateway<E> {
     fn clone(&self) -> Self {
         Self {
             io: self.io.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
 
 /// What the handlers share, besides the engine.
-pub struct Shared<A: socketioxide::adapter::Adapter> {
+pub struct Shared<E: Engine> {
     pub verifier: Arc<Verifier>,
     pub client_events_per_s: u32,
     pub locations: Arc<LocationPipeline>,
-    pub replay: Replay<A>,
+    pub replay: Replay<E::Adapter>,
+    pub interest: Arc<Interest<E>>,
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
     pub presence: Arc<Presence>,
@@ -93,13 +98,14 @@ impl<E: Engine> Gateway<E> {
     pub fn new(
         engine: Arc<E>,
         transport: &TransportConfig,
-        shared: Shared<E::Adapter>,
+        shared: Shared<E>,
     ) -> (Self, SocketIoLayer<E::Adapter>) {
         let Shared {
             verifier,
             client_events_per_s,
             locations,
             replay,
+            interest,
             limits,
             expiries,
             presence,
@@ -122,7 +128,8 @@ impl<E: Engine> Gateway<E> {
             })
             .with_state(locations)
             .with_state(replay)
-            .with_state(engine);
+            .with_state(interest)
+            .with_state(engine.clone());
         let builder = if transport.websocket_only {
             builder.transports([TransportType::Websocket])
         } else {
@@ -131,7 +138,7 @@ impl<E: Engine> Gateway<E> {
         let (layer, io) = builder
             .with_adapter::<E::Adapter>(adapter_state)
             .build_layer();
-        (Self { io }, layer)
+        (Self { io, engine }, layer)
     }
 
     pub fn io(&self) -> &SocketIo<E::Adapter> {
@@ -233,20 +240,24 @@ impl<E: Engine> Gateway<E> {
         Ok(())
     }
 
-    /// Every socket in `members`, on every node, joins `room`.
+    /// Every socket in `members`, on every node, joins `room`. Sent on the
+    /// channel of `members`: only the nodes with such sockets hear it, and
+    /// each subscribes to `room` before its sockets join (`delivery`).
     pub async fn join_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
-        self.ns()?
-            .within(members.name())
-            .join(room.name())
+        self.route(members, Routed::Join { room: room.name() })
             .await
-            .map_err(|e| BroadcastFailed(e.to_string()))
     }
 
     /// Every socket in `members`, on every node, leaves `room`.
     pub async fn leave_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
-        self.ns()?
-            .within(members.name())
-            .leave(room.name())
+        self.route(members, Routed::Leave { room: room.name() })
+            .await
+    }
+
+    async fn route(&self, members: &Room, message: Routed) -> Result<(), BroadcastFailed> {
+        self.engine
+            .rooms()
+            .publish(vec![(members.name(), message.encode())])
             .await
             .map_err(|e| BroadcastFailed(e.to_string()))
     }

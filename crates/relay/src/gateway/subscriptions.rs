@@ -13,7 +13,8 @@ use crate::metrics::{ClientEventOutcome, StoreOp};
 use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
-    engine::{Engine, LocationCache, OrderStore},
+    engine::{Engine, LocationCache, OrderStore, WatchedOrders},
+    interest::Interest,
     metrics,
     rooms::Room,
 };
@@ -32,7 +33,7 @@ pub fn order_ref(data: Result<OrderRef, impl std::fmt::Display>) -> Result<Strin
 
 /// Whether `principal` may watch `order`: admin and support any order; the
 /// others only their own active ones.
-fn may_watch(principal: &Principal, order: Option<&ActiveOrder>) -> bool {
+pub(super) fn may_watch(principal: &Principal, order: Option<&ActiveOrder>) -> bool {
     let sub = principal.sub();
     match (principal.role(), order) {
         (Role::Admin | Role::Support, _) => true,
@@ -59,6 +60,7 @@ pub async fn subscribe<E: Engine>(
     Extension(principal): Extension<Principal>,
     Extension(budget): Extension<Arc<EventBudget>>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
         metrics::client_event(ClientEvent::OrderSubscribe, ClientEventOutcome::RateLimited);
@@ -75,7 +77,20 @@ pub async fn subscribe<E: Engine>(
             // Same answer for someone else's order and for no order at all.
             return Err("not allowed");
         }
-        socket.join(Room::order(&order_id).name());
+        let room = Room::order(&order_id).name();
+        // Subscribed before the join and the ack: the client gets everything
+        // published after it sees `ok`.
+        interest
+            .ensure(std::slice::from_ref(&room))
+            .await
+            .map_err(|_| "temporarily unavailable")?;
+        socket.join(room);
+        // For the user's sockets that resume later, on any node. Failing
+        // that, this socket is in the room all the same.
+        if let Err(e) = engine.watches().watch(&principal, &order_id).await {
+            metrics::store_error(StoreOp::Subscribe);
+            tracing::warn!(error = %e, order_id, "subscription not remembered for resumes");
+        }
         Ok(order)
     }
     .await;
@@ -103,7 +118,9 @@ pub async fn unsubscribe<E: Engine>(
     socket: SocketRef<E::Adapter>,
     TryData(data): TryData<OrderRef>,
     ack: AckSender<E::Adapter>,
+    Extension(principal): Extension<Principal>,
     Extension(budget): Extension<Arc<EventBudget>>,
+    State(engine): State<Arc<E>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
         metrics::client_event(
@@ -112,7 +129,16 @@ pub async fn unsubscribe<E: Engine>(
         );
         return reply(ack, Err("rate limited"));
     }
-    let result = order_ref(data).map(|order_id| socket.leave(Room::order(&order_id).name()));
+    let result = order_ref(data);
+    if let Ok(order_id) = &result {
+        socket.leave(Room::order(order_id).name());
+        // Forgotten before the ack: a resume after it never puts the room back.
+        if let Err(e) = engine.watches().unwatch(&principal, order_id).await {
+            metrics::store_error(StoreOp::Subscribe);
+            tracing::warn!(error = %e, order_id, "unsubscribe not remembered for resumes");
+        }
+    }
+    let result = result.map(|_| ());
     metrics::client_event(ClientEvent::OrderUnsubscribe, outcome(&result));
     reply(ack, result);
 }

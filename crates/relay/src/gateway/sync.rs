@@ -5,15 +5,13 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::json;
-use socketioxide::{
-    adapter::Adapter,
-    extract::{AckSender, Extension, SocketRef, State, TryData},
-};
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 
 use super::budget::EventBudget;
+use super::remembered::{leave_over, remembered};
 use crate::events::ClientEvent;
 use crate::metrics::ClientEventOutcome;
-use crate::{delivery::Replay, metrics};
+use crate::{auth::Principal, delivery::Replay, engine::Engine, metrics};
 
 #[derive(Deserialize)]
 pub struct SyncRequest {
@@ -23,12 +21,14 @@ pub struct SyncRequest {
 /// Longest `last_event_id` accepted: a stream id is about 30 characters.
 const MAX_ID_LEN: usize = 64;
 
-pub async fn sync<A: Adapter>(
-    socket: SocketRef<A>,
+pub async fn sync<E: Engine>(
+    socket: SocketRef<E::Adapter>,
     TryData(data): TryData<SyncRequest>,
-    ack: AckSender<A>,
+    ack: AckSender<E::Adapter>,
+    Extension(principal): Extension<Principal>,
     Extension(budget): Extension<Arc<EventBudget>>,
-    State(replay): State<Replay<A>>,
+    State(replay): State<Replay<E::Adapter>>,
+    State(engine): State<Arc<E>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
         metrics::client_event(ClientEvent::Sync, ClientEventOutcome::RateLimited);
@@ -44,8 +44,20 @@ pub async fn sync<A: Adapter>(
         return;
     };
     metrics::client_event(ClientEvent::Sync, ClientEventOutcome::Ok);
-    let rooms = socket.rooms().into_iter().map(|r| r.into_owned()).collect();
-    let recovered = replay.resume(socket, rooms, last_event_id, false).await;
+    let mut rooms: Vec<String> = socket.rooms().into_iter().map(|r| r.into_owned()).collect();
+    // The orders it subscribed to, here or on a node it was on before,
+    // are replayed and joined like its own rooms (joining a room it is in
+    // already changes nothing).
+    let remembered = remembered(engine.as_ref(), &principal).await;
+    for room in remembered.rooms {
+        if !rooms.contains(&room) {
+            rooms.push(room);
+        }
+    }
+    let recovered = replay
+        .resume(socket.clone(), rooms, last_event_id, true)
+        .await;
+    leave_over(engine.as_ref(), &principal, &socket, &remembered.over).await;
     let _ = ack.send(&json!({ "ok": true, "recovered": recovered }));
 }
 

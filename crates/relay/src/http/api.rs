@@ -15,11 +15,12 @@ use subtle::ConstantTimeEq;
 use super::{
     HttpState,
     errors::{ApiError, bearer},
+    idempotency,
 };
 use crate::{
-    engine::{Engine, EventStream, entry_size},
+    engine::{Engine, EventStream, KeyedAppend, entry_size},
     events::{EventKind, decode_value},
-    metrics::{self, PublishRejection, StoreOp},
+    metrics::{self, IdempotentOutcome, PublishRejection, StoreOp},
 };
 
 #[derive(Deserialize)]
@@ -64,6 +65,8 @@ pub async fn publish<E: Engine>(
     body: Result<Json<PublishBody>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     authorize(&state, &headers)?;
+    let key = idempotency::key(&headers)
+        .inspect_err(|_| metrics::publish_rejected(PublishRejection::BadIdempotencyKey))?;
     let Json(body) = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             metrics::publish_rejected(PublishRejection::TooLarge);
@@ -87,18 +90,43 @@ pub async fn publish<E: Engine>(
     }
     decode_value(kind, body.data)
         .inspect_err(|_| metrics::publish_rejected(PublishRejection::InvalidEvent))?;
-    let event_id = state
-        .engine
-        .stream()
-        .append(kind.as_str(), &data)
-        .await
-        .inspect_err(|_| {
-            metrics::publish_rejected(PublishRejection::StoreUnavailable);
-            metrics::store_error(StoreOp::Append);
-        })?;
-    metrics::event_published(kind);
-    Ok((StatusCode::ACCEPTED, Json(json!({ "event_id": event_id }))))
+    let stream = state.engine.stream();
+    let appended = match key {
+        None => stream
+            .append(kind.as_str(), &data)
+            .await
+            .map(KeyedAppend::Appended),
+        Some(key) => stream.append_keyed(key, kind.as_str(), &data).await,
+    };
+    let appended = appended.inspect_err(|_| {
+        metrics::publish_rejected(PublishRejection::StoreUnavailable);
+        metrics::store_error(StoreOp::Append);
+    })?;
+    let (event_id, replayed) = match appended {
+        KeyedAppend::Appended(id) => {
+            metrics::event_published(kind);
+            (id, false)
+        }
+        KeyedAppend::Replayed(id) => {
+            metrics::idempotent_request(IdempotentOutcome::Replayed);
+            (id, true)
+        }
+        KeyedAppend::Conflict(id) => {
+            metrics::idempotent_request(IdempotentOutcome::Conflict);
+            return Err(idempotency::conflict(&id));
+        }
+    };
+    let replayed_header = [(REPLAYED_HEADER, if replayed { "true" } else { "false" })];
+    Ok((
+        StatusCode::ACCEPTED,
+        replayed_header,
+        Json(json!({ "event_id": event_id })),
+    ))
 }
+
+/// Tells a caller whether its request appended (`false`) or repeated an
+/// earlier one with the same `Idempotency-Key` (`true`).
+const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(

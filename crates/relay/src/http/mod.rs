@@ -8,6 +8,7 @@ pub mod cors;
 pub mod demo;
 mod detach;
 mod errors;
+mod idempotency;
 mod observe;
 mod presence;
 mod probes;

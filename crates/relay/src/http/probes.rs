@@ -40,6 +40,7 @@ pub async fn metrics<E: Engine>(State(state): State<HttpState<E>>) -> impl IntoR
         state.health.store_up(),
         state.health.consumer_running(),
     );
+    metrics::record_process_faults();
     let mut text = state.prometheus.render();
     text.push_str(&crate::metrics::process::prometheus_text(state.started_at));
     (

@@ -10,10 +10,10 @@ use std::{sync::Arc, time::Duration};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-pub use fanout::{Delivery, DriverLocationEvent, deliver, receive};
+pub use fanout::{Delivery, DriverLocationEvent, deliver};
 pub use throttle::DriverThrottle;
 
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 use crate::{
     engine::{DriverLocation, Engine},
     events::{LocationUpdate, Reject, now_ms},
@@ -50,9 +50,12 @@ impl LocationPipeline {
         let (writes, queued) = mpsc::channel(QUEUE);
         let throttle = Arc::new(DriverThrottle::new(min_interval));
         let writer = writer::run(engine.clone(), node_id, queued, stop.clone());
-        tasks.spawn("location cache writer", writer);
-        let prune = writer::prune(engine, throttle.clone(), ttl, stop);
-        tasks.spawn("location prune", prune);
+        // Not restarted: it owns the queue's only receiver.
+        tasks.spawn(names::LOCATION_CACHE_WRITER, writer);
+        tasks.spawn_restarting(names::LOCATION_PRUNE, {
+            let throttle = throttle.clone();
+            move || writer::prune(engine.clone(), throttle.clone(), ttl, stop.clone())
+        });
         Self { throttle, writes }
     }
 

@@ -72,6 +72,19 @@ label_set! {
         TooLarge => "too_large",
         /// Any store failure (the response says which: 503 or 500).
         StoreUnavailable => "store_unavailable",
+        /// An `Idempotency-Key` that is empty, too long or not visible ASCII.
+        BadIdempotencyKey => "bad_idempotency_key",
+    }
+}
+
+label_set! {
+    /// The `outcome` of `relay_api_idempotent_total`: a publish request
+    /// whose `Idempotency-Key` was used before (first uses are not counted here).
+    IdempotentOutcome {
+        /// Same event: answered with the first append's id, nothing appended.
+        Replayed => "replayed",
+        /// Another event: 409, nothing appended.
+        Conflict => "conflict",
     }
 }
 
@@ -236,7 +249,7 @@ mod tests {
             ]
         );
         assert_eq!(DisconnectReason::ALL.len(), 8);
-        assert_eq!(PublishRejection::ALL.len(), 6);
+        assert_eq!(PublishRejection::ALL.len(), 7);
     }
 }
 

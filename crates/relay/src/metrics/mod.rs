@@ -13,8 +13,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, LocationOutcome, PresenceQueryRejection, PublishRejection, RecoveryResult,
-    RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
+    HttpCloseReason, IdempotentOutcome, LocationOutcome, PresenceQueryRejection, PublishRejection,
+    RecoveryResult, RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
@@ -50,6 +50,9 @@ pub const TOKEN_REFRESHES: &str = "relay_token_refreshes_total";
 pub const TOKEN_EXPIRY_NOTICES: &str = "relay_token_expiry_notices_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
+pub const ROOM_SUBSCRIPTIONS: &str = "relay_room_subscriptions";
+pub const GAP_FILLS: &str = "relay_gap_fills_total";
+pub const GAP_FILLED: &str = "relay_gap_filled_events_total";
 pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
@@ -57,6 +60,9 @@ pub const HTTP_PENDING: &str = "relay_http_pending_connections";
 pub const PRESENCE_ONLINE: &str = "relay_presence_online";
 pub const PRESENCE_CHANGES: &str = "relay_presence_changes_total";
 pub const PRESENCE_QUERIES_REJECTED: &str = "relay_presence_queries_rejected_total";
+pub const TASK_PANICS: &str = "relay_task_panics_total";
+pub const LOG_WRITE_ERRORS: &str = "relay_log_write_errors_total";
+pub const LOG_LINES_DROPPED: &str = "relay_log_lines_dropped_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
 const HTTP_ROUTES: [&str; 8] = [
@@ -84,6 +90,7 @@ pub const STREAM_ACKED: &str = "relay_stream_acked_total";
 pub const STREAM_RETRIES: &str = "relay_stream_retries_total";
 pub const STREAM_DEAD_LETTERED: &str = "relay_stream_dead_lettered_total";
 pub const STREAM_CLAIMED: &str = "relay_stream_claimed_total";
+pub const STREAM_SUPERSEDED: &str = "relay_stream_superseded_total";
 pub const STREAM_LAG: &str = "relay_stream_lag";
 pub const STREAM_PENDING: &str = "relay_stream_pending";
 pub const STREAM_OLDEST_PENDING: &str = "relay_stream_oldest_pending_seconds";
@@ -93,6 +100,7 @@ pub const ACK_OUTCOMES: &str = "relay_ack_outcomes_total";
 pub const ACK_LATENCY: &str = "relay_ack_latency_seconds";
 pub const EVENTS_PUBLISHED: &str = "relay_events_published_total";
 pub const PUBLISH_REJECTED: &str = "relay_publish_rejected_total";
+pub const API_IDEMPOTENT: &str = "relay_api_idempotent_total";
 
 /// Ack latency: from a quick tap (50 ms) to a merchant using most of its minute.
 const ACK_LATENCY_BUCKETS: [f64; 14] = [
@@ -192,6 +200,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         }
     }
     counter!(STREAM_CLAIMED).absolute(0);
+    for kind in SUPERSEDABLE {
+        counter!(STREAM_SUPERSEDED, "type" => kind.as_str()).absolute(0);
+    }
     for outcome in LocationOutcome::ALL {
         counter!(LOCATION_UPDATES, "outcome" => outcome.as_str()).absolute(0);
     }
@@ -203,6 +214,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(RECOVERIES, "result" => result.as_str()).absolute(0);
     }
     counter!(REPLAYED).absolute(0);
+    gauge!(ROOM_SUBSCRIPTIONS).set(0.0);
+    counter!(GAP_FILLS).absolute(0);
+    counter!(GAP_FILLED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
     counter!(TOKEN_EXPIRY_NOTICES).absolute(0);
     for outcome in RefreshOutcome::ALL {
@@ -235,12 +249,37 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for reason in PresenceQueryRejection::ALL {
         counter!(PRESENCE_QUERIES_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
+    record_process_faults();
     zero_bounded_series();
     hot();
     Ok(handle)
 }
 
+/// Task panics and log losses are counted where no recorder can be assumed
+/// (below this module, and before it is installed): copied in at install
+/// and at every scrape.
+pub fn record_process_faults() {
+    for (task, panics) in crate::tasks::panic_counts() {
+        counter!(TASK_PANICS, "task" => task).absolute(panics);
+    }
+    let losses = crate::telemetry::losses();
+    counter!(LOG_WRITE_ERRORS).absolute(losses.write_errors);
+    counter!(LOG_LINES_DROPPED).absolute(losses.dropped_lines);
+}
+
 fn describe() {
+    describe_counter!(
+        TASK_PANICS,
+        "Panics of the node's long-lived tasks, by task (restarted or fatal)."
+    );
+    describe_counter!(
+        LOG_WRITE_ERRORS,
+        "Writes of log lines to stderr that failed (closed pipe, full disk); the lines are lost."
+    );
+    describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because stderr's reader did not keep up."
+    );
     describe_gauge!(
         CONNECTED_SOCKETS,
         "Sockets connected to this node, by role and transport."
@@ -262,6 +301,18 @@ fn describe() {
         "Clients' requests for missed events (connect with last_event_id, or sync), by result."
     );
     describe_counter!(REPLAYED, "Events replayed to clients from the history.");
+    describe_gauge!(
+        ROOM_SUBSCRIPTIONS,
+        "Room channels this node subscribes to: rooms with a local socket, plus those left within the linger."
+    );
+    describe_counter!(
+        GAP_FILLS,
+        "Times this node filled a possible gap in its room feed from the history (after its pub/sub link dropped)."
+    );
+    describe_counter!(
+        GAP_FILLED,
+        "Recorded events delivered from the history by gap fills (they had not come live)."
+    );
     describe_counter!(
         CONNECTIONS_SHED,
         "New sessions refused with HTTP 503 before they started, by reason."
@@ -395,6 +446,10 @@ fn describe() {
         STREAM_CLAIMED,
         "Entries of stopped consumers claimed by this node."
     );
+    describe_counter!(
+        STREAM_SUPERSEDED,
+        "Entries handled again after later entries of their order: nothing written or emitted."
+    );
     describe_gauge!(
         STREAM_LAG,
         "Entries of the event stream not yet delivered to the consumer group."
@@ -425,6 +480,10 @@ fn describe() {
         "Events appended through the publish API, by type."
     );
     describe_counter!(PUBLISH_REJECTED, "Publish API requests refused, by reason.");
+    describe_counter!(
+        API_IDEMPOTENT,
+        "Publish API requests whose Idempotency-Key was used before: replayed or conflict."
+    );
 }
 
 pub fn emitted(event: ServerEvent) {
@@ -489,6 +548,9 @@ fn zero_bounded_series() {
         .absolute(0);
     for reason in PublishRejection::ALL {
         counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
+    for outcome in IdempotentOutcome::ALL {
+        counter!(API_IDEMPOTENT, "outcome" => outcome.as_str()).absolute(0);
     }
 }
 
@@ -618,6 +680,16 @@ pub fn replayed(events: usize) {
     counter!(REPLAYED).increment(events as u64);
 }
 
+pub fn set_room_subscriptions(rooms: usize) {
+    gauge!(ROOM_SUBSCRIPTIONS).set(rooms as f64);
+}
+
+/// A gap fill ran and delivered `events` that had not come live.
+pub fn gap_filled(events: usize) {
+    counter!(GAP_FILLS).increment(1);
+    counter!(GAP_FILLED).increment(events as u64);
+}
+
 pub fn set_cluster_nodes(nodes: usize) {
     gauge!(CLUSTER_NODES).set(nodes as f64);
 }
@@ -720,6 +792,19 @@ pub fn stream_dead_lettered_after_max_deliveries() {
 
 /// An `order.created` for an order active with other parties went to the
 /// dead letters.
+/// The entries whose handling can find them superseded (they write order state).
+const SUPERSEDABLE: [EventKind; 3] = [
+    EventKind::OrderCreated,
+    EventKind::OrderStatus,
+    EventKind::OrderAssigned,
+];
+
+/// An entry handled again after later entries of its order (or the
+/// order's end) were applied: it wrote and emitted nothing.
+pub fn stream_superseded(kind: EventKind) {
+    counter!(STREAM_SUPERSEDED, "type" => kind.as_str()).increment(1);
+}
+
 pub fn stream_dead_lettered_order_exists() {
     counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
         .increment(1);
@@ -756,6 +841,11 @@ pub fn event_published(kind: EventKind) {
     counter!(EVENTS_PUBLISHED, "type" => kind.as_str()).increment(1);
 }
 
+/// A publish request whose `Idempotency-Key` was used before.
+pub fn idempotent_request(outcome: IdempotentOutcome) {
+    counter!(API_IDEMPOTENT, "outcome" => outcome.as_str()).increment(1);
+}
+
 pub fn publish_rejected(reason: PublishRejection) {
     counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).increment(1);
 }
@@ -774,6 +864,10 @@ pub fn disconnected(role: Role, reason: DisconnectReason) {
 
 pub fn adapter_message(direction: AdapterDirection) {
     counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).increment(1);
+}
+
+pub fn adapter_messages(direction: AdapterDirection, count: usize) {
+    counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).increment(count as u64);
 }
 
 pub fn adapter_error(op: AdapterOp) {

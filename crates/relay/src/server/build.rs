@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ServeError;
+use crate::interest::Interest;
 use crate::{
     auth::Verifier,
     config::{Config, ConfigError},
@@ -26,6 +27,11 @@ use crate::{
     stream::{Consumer, ConsumerSettings, Dispatcher},
     tasks::Tasks,
 };
+
+/// The test suite's hook to crash a node between an entry's effect and its
+/// ack (see `ConsumerSettings::crash_before_ack`). Not a setting; read by
+/// debug builds only.
+pub const CRASH_HOOK: &str = "RELAY_TEST_CRASH_BEFORE_ACK";
 
 /// Stream entries one node works on at once (offers waiting for acks included).
 const MAX_IN_FLIGHT: usize = 1024;
@@ -48,19 +54,19 @@ impl Prepared {
     }
 }
 
-/// The Redis engine when `REDIS_URL` is set. Its own tasks go in `tasks`
+/// The Redis engine when `REDIS_URL` or `REDIS_CLUSTER_URLS` is set. Its own tasks go in `tasks`
 /// and end at `engine_stop`.
 pub(super) fn redis_engine(
     config: &Config,
     tasks: &Tasks,
     engine_stop: &CancellationToken,
 ) -> Result<Option<RedisEngine>, ServeError> {
-    let Some(url) = &config.redis_url else {
+    let Some(target) = &config.redis else {
         return Ok(None);
     };
     let engine = RedisEngine::with_tasks(
         RedisSettings {
-            url,
+            target,
             tls: &config.redis_tls,
             key_prefix: &config.key_prefix,
             node_id: &config.node_id,
@@ -101,7 +107,9 @@ pub(super) struct Node<E: Engine> {
     pub expiries: Arc<Expiries>,
     pub presence: Arc<Presence>,
     pub replay_requests: mpsc::Receiver<Resume<E::Adapter>>,
-    /// Resolved by the delivery loop once its history feed is subscribed.
+    /// The room channels this node subscribes to.
+    pub interest: Arc<Interest<E>>,
+    /// Resolved by the delivery loop once it runs.
     pub history_subscribed: (oneshot::Sender<()>, oneshot::Receiver<()>),
     pub consumer: Consumer<E>,
     pub app: axum::Router,
@@ -121,7 +129,7 @@ pub(super) fn wire<E: Engine>(
     let verifier = Arc::new(verifier);
 
     // Unique even when two nodes are misconfigured with one node id: a node
-    // skips only the location batches it published itself.
+    // skips only the locations it published itself.
     let instance = format!(
         "{}#{}#{}",
         config.node_id,
@@ -137,6 +145,7 @@ pub(super) fn wire<E: Engine>(
         tasks,
     ));
     let (replay, replay_requests) = crate::delivery::channel();
+    let interest = Arc::new(Interest::new(engine.clone()));
     let limits = Arc::new(
         ConnectionLimits::new(
             config.limits.max_connections,
@@ -160,6 +169,7 @@ pub(super) fn wire<E: Engine>(
             client_events_per_s: config.client_events_per_s,
             locations,
             replay,
+            interest: interest.clone(),
             limits: limits.clone(),
             expiries: expiries.clone(),
             presence: presence.clone(),
@@ -208,6 +218,12 @@ pub(super) fn wire<E: Engine>(
             claim_idle: config.stream.claim_idle,
             max_event_bytes: config.stream.max_event_bytes,
             drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),
+            // Debug builds only, like the panic hook: a release node never
+            // reads it, whatever its environment holds.
+            crash_before_ack: cfg!(debug_assertions)
+                .then(|| std::env::var(CRASH_HOOK).ok())
+                .flatten()
+                .filter(|t| !t.is_empty()),
         },
         stop.clone(),
     );
@@ -222,6 +238,7 @@ pub(super) fn wire<E: Engine>(
         expiries,
         presence,
         replay_requests,
+        interest,
         history_subscribed: oneshot::channel(),
         consumer,
         app,

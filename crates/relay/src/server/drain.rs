@@ -4,6 +4,8 @@
 //! /readyz see 503 rather than a refused connection), then stream work (stop
 //! reading, let in-progress emits finish, hand back what is left), then the
 //! clients, then every other task of the node, joined through its tracker.
+//! A task whose panic fails the node ([`Tasks::failed`]) starts the same
+//! drain, and the node then ends with [`ServeError::Panicked`].
 
 use std::time::Duration;
 
@@ -39,9 +41,17 @@ pub(super) async fn drain<E: Engine>(
         health_watch,
         http,
     } = running;
-    shutdown.cancelled().await;
+    // A task whose panic failed the node drains it as SIGTERM would: the
+    // process then exits non-zero instead of living on with a dead part.
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tasks.failed() => {}
+    }
     let deadline = tokio::time::Instant::now() + grace;
     health.set_draining();
+    if let Some(task) = tasks.failure() {
+        tracing::error!(task, "a task of this node failed: draining, then exiting");
+    }
     if !delay.is_zero() {
         tracing::info!(?delay, "unready; serving on until the readiness drain ends");
         tokio::time::sleep(delay).await;
@@ -67,10 +77,11 @@ pub(super) async fn drain<E: Engine>(
     if !panicked.is_empty() {
         tracing::error!(tasks = ?panicked, "tasks of this node panicked");
     }
-    match outcome {
-        Ok(Ok(Some(served))) => served?,
-        Ok(Ok(None)) => return Err(ServeError::Panicked("http server")),
-        Ok(Err(aborted)) => return Err(ServeError::Task(aborted)),
+    let served = match outcome {
+        Ok(Ok(Some(served))) => served.map_err(ServeError::from),
+        // A panic of the server failed the node: told below.
+        Ok(Ok(None)) => Ok(()),
+        Ok(Err(aborted)) => Err(ServeError::Task(aborted)),
         Err(_) => {
             presence_stop.cancel();
             engine_stop.cancel();
@@ -79,8 +90,12 @@ pub(super) async fn drain<E: Engine>(
                 still_running = ?tasks.running(),
                 "grace period over, exiting"
             );
+            Ok(())
         }
-    }
+    };
     tracing::info!("relay stopped");
-    Ok(())
+    match tasks.failure() {
+        Some(task) => Err(ServeError::Panicked(task)),
+        None => served,
+    }
 }

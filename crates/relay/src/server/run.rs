@@ -11,7 +11,7 @@ use super::build::Node;
 use crate::{
     engine::{Engine, Health},
     gateway::Gateway,
-    tasks::Tasks,
+    tasks::{Tasks, names},
 };
 
 /// What the drain needs of a running node: the handles of the tasks it
@@ -46,44 +46,52 @@ pub(super) fn spawn<E: Engine>(
         expiries,
         presence,
         replay_requests,
+        interest,
         history_subscribed: (subscribed, history_subscribed),
         consumer,
         app,
     } = node;
-    tasks.spawn("limits keep-alive", {
+    // Restarted after a panic: loops that keep nothing between rounds.
+    tasks.spawn_restarting(names::LIMITS_KEEP_ALIVE, {
         let stop = stop.clone();
-        async move { limits.keep_alive(stop).await }
+        move || {
+            let (limits, stop) = (limits.clone(), stop.clone());
+            async move { limits.keep_alive(stop).await }
+        }
     });
-    tasks.spawn("token expiry sweeper", {
+    tasks.spawn_restarting(names::TOKEN_EXPIRY_SWEEPER, {
         let (io, stop) = (gateway.io().clone(), stop.clone());
-        async move { expiries.run(io, stop).await }
+        move || {
+            let (expiries, io, stop) = (expiries.clone(), io.clone(), stop.clone());
+            async move { expiries.run(io, stop).await }
+        }
     });
+    // Not restarted: it owns the replay requests' only receiver.
     tasks.spawn(
-        "delivery loop",
+        names::DELIVERY_LOOP,
         crate::delivery::run(
             engine.clone(),
+            interest.clone(),
             gateway.io().clone(),
+            instance.clone(),
             replay_requests,
             subscribed,
             stop.clone(),
         ),
     );
+    // Restarted: the subscribed rooms and their idle times live in `interest`.
+    tasks.spawn_restarting(names::ROOM_SWEEP, {
+        let (io, stop) = (gateway.io().clone(), stop.clone());
+        move || crate::interest::sweep(interest.clone(), io.clone(), stop.clone())
+    });
     // Presence outlives `stop` until the clients are closed: the sockets it
     // hands over at its end must be gone, or their grace would start while
-    // they are still connected (during the consumer's drain).
+    // they are still connected (during the consumer's drain). Not restarted:
+    // it owns the only receiver of this node's socket counts.
     let presence_stop = CancellationToken::new();
     tasks.spawn(
-        "presence",
-        crate::presence::run(
-            presence,
-            engine.clone(),
-            instance.clone(),
-            presence_stop.clone(),
-        ),
-    );
-    tasks.spawn(
-        "location receiver",
-        crate::location::receive(engine.clone(), gateway.io().clone(), instance, stop.clone()),
+        names::PRESENCE,
+        crate::presence::run(presence, engine.clone(), instance, presence_stop.clone()),
     );
     tracing::info!(
         %addr,
@@ -92,12 +100,16 @@ pub(super) fn spawn<E: Engine>(
         version = env!("CARGO_PKG_VERSION"),
         "relay listening"
     );
-    let health_watch = tasks.spawn("health watch", {
+    let health_watch = tasks.spawn_restarting(names::HEALTH_WATCH, {
         let (engine, health, stop) = (engine.clone(), health.clone(), stop.clone());
-        async move { engine.watch_health(health, stop).await }
+        move || {
+            let (engine, health, stop) = (engine.clone(), health.clone(), stop.clone());
+            async move { engine.watch_health(health, stop).await }
+        }
     });
     // The consumer starts once clients can be reached: emits need the namespace.
-    let consumer = tasks.spawn("consumer", {
+    // Not restarted: it holds stream entries and hands them back as it ends.
+    let consumer = tasks.spawn(names::CONSUMER, {
         let (gateway, health, stop) = (gateway.clone(), health.clone(), stop.clone());
         let tasks = tasks.clone();
         async move {
@@ -111,8 +123,9 @@ pub(super) fn spawn<E: Engine>(
     });
     // The peer address reaches the gateway's per-address budget as
     // `ConnectInfo<SocketAddr>` in each request's extensions (accept.rs).
+    // Not restarted: it owns the listener.
     let http = tasks.spawn(
-        "http server",
+        names::HTTP_SERVER,
         super::accept::serve(listener, app, config.http, stop.clone()),
     );
     Running {

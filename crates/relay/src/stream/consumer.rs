@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 use crate::{
     engine::{
         Engine, EventStream, Health, StoreError, StreamEntry, log_redis_failure, redis_failure,
@@ -40,6 +40,11 @@ pub struct ConsumerSettings {
     pub max_event_bytes: usize,
     /// Time given to in-progress emits at shutdown before handing back.
     pub drain: Duration,
+    /// Test hook (`RELAY_TEST_CRASH_BEFORE_ACK=<type>`, never set in
+    /// production): the process aborts once an entry of this type is
+    /// complete and not yet acknowledged, the moment a crash leaves an
+    /// entry to be handled twice.
+    pub crash_before_ack: Option<String>,
 }
 
 struct Job {
@@ -107,7 +112,11 @@ impl<E: Engine> Consumer<E> {
             return;
         }
         self.take_own_pending().await;
-        let maintenance = tasks.spawn("consumer maintenance", self.clone().maintain());
+        // Restarted after a panic: each round reads what it needs afresh.
+        let maintenance = tasks.spawn_restarting(names::CONSUMER_MAINTENANCE, {
+            let this = self.clone();
+            move || this.clone().maintain()
+        });
         self.read_loop().await;
         self.health.set_consumer_running(false);
         let _ = maintenance.await;
@@ -472,6 +481,14 @@ impl<E: Engine> Consumer<E> {
     }
 
     async fn complete(&self, id: &str, kind: &'static str) {
+        if self.settings.crash_before_ack.as_deref() == Some(kind) {
+            tracing::error!(
+                id,
+                kind,
+                "RELAY_TEST_CRASH_BEFORE_ACK: aborting before the ack"
+            );
+            std::process::abort();
+        }
         if self.retry(StoreOp::Ack, id, || self.stream().ack(id)).await {
             metrics::stream_acked(kind);
             self.release(id);

@@ -11,10 +11,10 @@ use crate::events::ServerEvent;
 use crate::metrics::StoreOp;
 use crate::{
     active_order::ActiveOrder,
-    engine::{Engine, EventStream, History, LocationCache, OrderStore},
+    engine::{Created, Engine, EventStream, History, LocationCache, OrderStore, OrderWrite},
     events::{
-        AdminAlert, DeliveryRequest, DeliveryTarget, OrderAssigned, OrderCreated, OrderEvent,
-        OrderStatus, is_terminal, now_ms, rfc3339,
+        AdminAlert, DeliveryRequest, DeliveryTarget, EventKind, OrderAssigned, OrderCreated,
+        OrderEvent, OrderStatus, is_terminal, now_ms, rfc3339,
     },
     gateway::{DriverLocationEvent, Gateway},
     metrics,
@@ -73,8 +73,14 @@ impl<E: Engine> Dispatcher<E> {
         }
     }
 
-    /// Applies one event. Safe to repeat: a retried or redelivered event
-    /// emits again with the same `event_id`, which clients drop.
+    /// Applies one event. Safe to repeat (a retry, or an entry taken over
+    /// from a node that died after its effect and before its XACK): order
+    /// state is written once per entry (see `OrderStore`), a repeat that
+    /// later entries of its order superseded writes and emits nothing, an
+    /// offer already decided is not made again, and a geo request goes to
+    /// the drivers it first went to. What may come twice is an emit that
+    /// was the order's newest (or an alert), with the same `event_id`,
+    /// which clients drop.
     pub async fn handle(
         &self,
         event_id: &str,
@@ -83,7 +89,10 @@ impl<E: Engine> Dispatcher<E> {
         match event {
             OrderEvent::Created(e) => self.order_created(event_id, e).await,
             OrderEvent::Status(e) => self.order_status(event_id, e).await.map(|()| Effect::Done),
-            OrderEvent::Assigned(e) => self.order_assigned(e).await.map(|()| Effect::Done),
+            OrderEvent::Assigned(e) => self
+                .order_assigned(event_id, e)
+                .await
+                .map(|()| Effect::Done),
             OrderEvent::DeliveryRequest(e) => self.delivery_request(event_id, e).await,
             OrderEvent::AdminAlert(e) => self.admin_alert(event_id, e).await.map(|()| Effect::Done),
         }
@@ -97,26 +106,39 @@ impl<E: Engine> Dispatcher<E> {
         let order = ActiveOrder::placed(&e.order_id, &e.customer_id, &e.store_id, now_ms());
         // State first, then the join: a customer connecting meanwhile either
         // reads the order at connect or is already in its customer room.
-        if let Some(active) = self.engine.orders().create(&order).await? {
+        let ended = match self.engine.orders().create(&order, event_id).await? {
+            Created::New => false,
             // The order is active already. With the same parties this is the
             // same order again (a redelivery, a backend's retry): the order
             // stays as later events left it, and the join and the offer
             // below are idempotent. With other parties it is refused: the
             // order and its rooms stay as they are.
-            if active.customer_id != e.customer_id || active.store_id != e.store_id {
-                return Ok(Effect::Refused(Refusal::OrderExists {
-                    order_id: active.order_id,
-                    customer_id: active.customer_id,
-                    store_id: active.store_id,
-                }));
+            Created::Active(active) => {
+                if active.customer_id != e.customer_id || active.store_id != e.store_id {
+                    return Ok(Effect::Refused(Refusal::OrderExists {
+                        order_id: active.order_id,
+                        customer_id: active.customer_id,
+                        store_id: active.store_id,
+                    }));
+                }
+                false
             }
+            // Handled before, and the order is over since (a node died
+            // while its offer waited): nobody joins its room again, and the
+            // offer is not sent again; it still gets its one outcome.
+            Created::Ended => {
+                metrics::stream_superseded(EventKind::OrderCreated);
+                true
+            }
+        };
+        if !ended {
+            self.gateway
+                .join_members(
+                    &Room::Customer(e.customer_id.clone()),
+                    &Room::order(&e.order_id),
+                )
+                .await?;
         }
-        self.gateway
-            .join_members(
-                &Room::Customer(e.customer_id.clone()),
-                &Room::order(&e.order_id),
-            )
-            .await?;
         let timer = Duration::from_secs(u64::from(e.accept_timeout_s));
         let payload = json!({
             "event_id": event_id,
@@ -133,6 +155,9 @@ impl<E: Engine> Dispatcher<E> {
             payload,
             offers::deadline(event_id, timer),
         );
+        if ended {
+            offer.close();
+        }
         offer.start(&self.gateway, self.engine.stream()).await?;
         Ok(Effect::Offers(self.outcomes(
             event_id,
@@ -144,11 +169,21 @@ impl<E: Engine> Dispatcher<E> {
 
     async fn order_status(&self, event_id: &str, e: &OrderStatus) -> Result<(), DispatchError> {
         let now = now_ms();
-        let order = self
+        let order = match self
             .engine
             .orders()
-            .set_status(&e.order_id, &e.status, now)
-            .await?;
+            .set_status(&e.order_id, &e.status, now, event_id)
+            .await?
+        {
+            OrderWrite::Current(order) => Some(order),
+            OrderWrite::NotActive => None,
+            // Emitted when it was handled first: emitting it again now,
+            // after later updates, would show clients an older status.
+            OrderWrite::Superseded => {
+                metrics::stream_superseded(EventKind::OrderStatus);
+                return Ok(());
+            }
+        };
         let order_room = Room::order(&e.order_id);
         let mut rooms = vec![order_room.name()];
         if let Some(order) = &order {
@@ -179,22 +214,27 @@ impl<E: Engine> Dispatcher<E> {
         )
         .await?;
         if then_leave.is_some() {
-            self.engine.orders().end(&e.order_id).await?;
+            self.engine.orders().end(&e.order_id, event_id).await?;
         }
         Ok(())
     }
 
-    async fn order_assigned(&self, e: &OrderAssigned) -> Result<(), DispatchError> {
-        let previous = self
+    async fn order_assigned(&self, event_id: &str, e: &OrderAssigned) -> Result<(), DispatchError> {
+        let previous = match self
             .engine
             .orders()
-            .get(&e.order_id)
+            .assign(&e.order_id, &e.driver_id, now_ms(), event_id)
             .await?
-            .and_then(|o| o.driver_id);
-        self.engine
-            .orders()
-            .assign(&e.order_id, &e.driver_id, now_ms())
-            .await?;
+        {
+            OrderWrite::Current(assignment) => assignment.previous,
+            OrderWrite::NotActive => None,
+            // A later driver (or the order's end) came after it: putting
+            // this driver back in the room would undo that.
+            OrderWrite::Superseded => {
+                metrics::stream_superseded(EventKind::OrderAssigned);
+                return Ok(());
+            }
+        };
         let order_room = Room::order(&e.order_id);
         if let Some(previous) = previous.filter(|p| *p != e.driver_id) {
             self.gateway
@@ -230,9 +270,18 @@ impl<E: Engine> Dispatcher<E> {
                 radius_m,
                 max_drivers,
             } => {
-                self.engine
+                let nearby = self
+                    .engine
                     .locations()
                     .nearby(e.pickup.lat, e.pickup.lng, *radius_m, *max_drivers as usize)
+                    .await?;
+                // Handled again (a node died while its offers waited), the
+                // request goes to the drivers it went to the first time:
+                // drivers move, and a new search would offer it to others
+                // and leave the first ones' offers without an outcome.
+                self.engine
+                    .stream()
+                    .offer_targets(event_id, &nearby)
                     .await?
             }
         };

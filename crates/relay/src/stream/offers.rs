@@ -54,6 +54,8 @@ pub struct Offer {
     offered: bool,
     first_sent: Option<Instant>,
     decided: bool,
+    /// Sent to nobody any more: the order it offers is over.
+    closed: bool,
 }
 
 /// When the timer of an event appended at `event_id`'s time ends.
@@ -85,7 +87,15 @@ impl Offer {
             offered: false,
             first_sent: None,
             decided: false,
+            closed: false,
         }
+    }
+
+    /// Sends the offer to no socket from now on; its outcome is still
+    /// written when its timer ends (`timeout` if it reached someone before,
+    /// else `no_recipient`).
+    pub fn close(&mut self) {
+        self.closed = true;
     }
 
     /// Looks up how far the offer got (on this or a stopped node) and sends
@@ -164,6 +174,9 @@ impl Offer {
         gateway: &Gateway<E>,
         stream: &E::Stream,
     ) -> Result<bool, BroadcastFailed> {
+        if self.closed {
+            return Ok(false);
+        }
         let sockets = gateway.room_sockets(&self.target).await?;
         let newcomers = sockets.iter().any(|sid| !self.seen.contains(sid));
         if !newcomers {

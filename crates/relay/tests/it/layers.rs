@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["rooms"],
     &["metrics"],
     &["engine"],
+    &["interest"],
     &["location", "delivery", "presence"],
     &["gateway"],
     &["stream"],

@@ -16,7 +16,7 @@ use crate::support::{
 /// the commands it sends (its scripts' included).
 const ACL_USER: &str = "relay on >relay-password resetkeys ~relay:* resetchannels &relay:* \
      -@all +hello +ping +select +subscribe +unsubscribe +publish +pubsub|numsub \
-     +evalsha +script|load +time +exists +del +set +mget +hget +hset +hdel +hgetall +hmget \
+     +evalsha +script|load +time +exists +del +get +set +mget +hget +hset +hdel +hgetall +hmget \
      +hincrby +sadd +srem +smembers +scard +persist +zscore +rpush +lpop +lindex +llen +lpos +lrem +zadd +zrem \
      +zrevrange +zrangebyscore +zremrangebyscore +geoadd +geosearch +pexpire +xadd +xack \
      +xclaim +xgroup|create +xinfo|groups +xinfo|stream +xpending +xrange +xrevrange +xread \

@@ -5,7 +5,9 @@ mod history;
 mod locations;
 mod order_store;
 mod presence;
+mod rooms;
 mod stream;
+mod watches;
 
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
 pub use presence::MemoryPresence;
+pub use rooms::MemoryRooms;
 pub use stream::MemoryStream;
+pub use watches::MemoryWatches;
 
 use super::{Engine, EngineError, Health};
 
@@ -26,6 +30,8 @@ pub struct MemoryEngine {
     locations: MemoryLocations,
     history: MemoryHistory,
     presence: MemoryPresence,
+    rooms: MemoryRooms,
+    watches: MemoryWatches,
 }
 
 impl MemoryEngine {
@@ -35,19 +41,18 @@ impl MemoryEngine {
         history_size: usize,
         history_ttl: Duration,
     ) -> Self {
+        let rooms = MemoryRooms::default();
         Self {
-            history: MemoryHistory::new(history_size, history_ttl),
+            history: MemoryHistory::new(history_size, history_ttl, rooms.clone()),
+            rooms,
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
             presence: MemoryPresence::default(),
+            watches: MemoryWatches::default(),
         }
     }
 }
-
-use socketioxide_redis::drivers::{ChanItem, MessageStream};
-
-use super::StoreResult;
 
 impl Engine for MemoryEngine {
     type Adapter = LocalAdapter;
@@ -56,6 +61,8 @@ impl Engine for MemoryEngine {
     type Locations = MemoryLocations;
     type History = MemoryHistory;
     type Presence = MemoryPresence;
+    type Rooms = MemoryRooms;
+    type Watches = MemoryWatches;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -83,12 +90,16 @@ impl Engine for MemoryEngine {
         &self.presence
     }
 
-    async fn finish_init((): ()) -> Result<(), EngineError> {
-        Ok(())
+    fn rooms(&self) -> &MemoryRooms {
+        &self.rooms
     }
 
-    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
-        Ok(None)
+    fn watches(&self) -> &MemoryWatches {
+        &self.watches
+    }
+
+    async fn finish_init((): ()) -> Result<(), EngineError> {
+        Ok(())
     }
 
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{StoreError, StoreResult};
 use crate::{
-    engine::traits::{Claimed, DeadLetter, EventStream, OfferState, StreamEntry, StreamStats},
+    engine::traits::{
+        Claimed, DeadLetter, EventStream, KeyedAppend, OfferState, StreamEntry, StreamStats,
+    },
     events::{now_ms, sequence_key},
     outcome::Outcome,
 };
@@ -45,6 +47,20 @@ struct State {
     recent: VecDeque<(Id, String, String)>,
     /// Per order, the ids read and not yet emitted, in stream order.
     queues: HashMap<String, VecDeque<String>>,
+    /// The drivers each geo-fenced request went to, by event id.
+    offer_targets: HashMap<String, Vec<String>>,
+    /// Idempotency keys of the publish API: the event each one appended.
+    keyed: HashMap<String, Keyed>,
+    /// The keys in the order they expire (they all live as long).
+    keyed_expiry: VecDeque<(u64, String)>,
+}
+
+/// What an idempotency key appended. Embedded mode keeps the event itself:
+/// comparing it is exact, and one process's 24 h of API calls is small.
+struct Keyed {
+    kind: String,
+    data: String,
+    id: String,
 }
 
 pub struct MemoryStream {
@@ -67,6 +83,21 @@ impl MemoryStream {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn append(&mut self, kind: &str, data: &str) -> Id {
+        let ms = now_ms();
+        let id = if ms > self.last_id.0 {
+            (ms, 0)
+        } else {
+            (self.last_id.0, self.last_id.1 + 1)
+        };
+        self.last_id = id;
+        self.log.insert(id, (kind.to_owned(), data.to_owned()));
+        push_capped(&mut self.recent, (id, kind.to_owned(), data.to_owned()));
+        id
     }
 }
 
@@ -211,21 +242,56 @@ impl EventStream for MemoryStream {
     }
 
     async fn append(&self, kind: &str, data: &str) -> StoreResult<String> {
-        let id = {
+        let id = self.state().append(kind, data);
+        self.arrived.notify_one();
+        Ok(id_string(id))
+    }
+
+    async fn append_keyed(&self, key: &str, kind: &str, data: &str) -> StoreResult<KeyedAppend> {
+        let now = now_ms();
+        let appended = {
+            // Checked and appended under one lock: copies of a request
+            // racing append once.
             let mut state = self.state();
-            let ms = now_ms();
-            let id = if ms > state.last_id.0 {
-                (ms, 0)
-            } else {
-                (state.last_id.0, state.last_id.1 + 1)
-            };
-            state.last_id = id;
-            state.log.insert(id, (kind.to_owned(), data.to_owned()));
-            push_capped(&mut state.recent, (id, kind.to_owned(), data.to_owned()));
+            while let Some((expires, _)) = state.keyed_expiry.front()
+                && *expires <= now
+            {
+                if let Some((_, gone)) = state.keyed_expiry.pop_front() {
+                    state.keyed.remove(&gone);
+                }
+            }
+            if let Some(seen) = state.keyed.get(key) {
+                let id = seen.id.clone();
+                return Ok(if seen.kind == kind && seen.data == data {
+                    KeyedAppend::Replayed(id)
+                } else {
+                    KeyedAppend::Conflict(id)
+                });
+            }
+            let id = id_string(state.append(kind, data));
+            let ttl = crate::engine::IDEMPOTENCY_TTL.as_millis() as u64;
+            state.keyed_expiry.push_back((now + ttl, key.to_owned()));
+            state.keyed.insert(
+                key.to_owned(),
+                Keyed {
+                    kind: kind.to_owned(),
+                    data: data.to_owned(),
+                    id: id.clone(),
+                },
+            );
             id
         };
         self.arrived.notify_one();
-        Ok(id_string(id))
+        Ok(KeyedAppend::Appended(appended))
+    }
+
+    async fn offer_targets(&self, event_id: &str, found: &[String]) -> StoreResult<Vec<String>> {
+        Ok(self
+            .state()
+            .offer_targets
+            .entry(event_id.to_owned())
+            .or_insert_with(|| found.to_vec())
+            .clone())
     }
 
     async fn offer_state(&self, event_id: &str, target: &str) -> StoreResult<OfferState> {

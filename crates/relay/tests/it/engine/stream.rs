@@ -27,6 +27,7 @@ conformance! {
     dead_letters_keep_fields_that_are_not_text_byte_for_byte,
     an_offer_has_exactly_one_outcome,
     offer_state_goes_fresh_offered_decided,
+    a_geo_requests_targets_are_the_first_ones_found,
     entries_in_flight_are_never_claimed(Settings {
         claim_idle: Duration::from_millis(100),
         ..Settings::default()
@@ -785,4 +786,33 @@ async fn the_read_script_queues_an_entry_by_its_order_only_when_its_data_is_text
             "{what}: bytes kept"
         );
     }
+}
+
+/// issue #17 (3): a geo-fenced `delivery.request` handled again goes to the
+/// drivers it went to the first time, whoever is near by now; a request
+/// that found nobody finds nobody again (its one `no_recipient` stands).
+async fn a_geo_requests_targets_are_the_first_ones_found<E: Engine>(engine: &E) {
+    let stream = engine.stream();
+    let first = vec!["d1".to_owned(), "d2".to_owned()];
+    assert_eq!(
+        stream.offer_targets("1-1", &first).await.expect("targets"),
+        first
+    );
+    let moved = vec!["d2".to_owned(), "d3".to_owned()];
+    assert_eq!(
+        stream.offer_targets("1-1", &moved).await.expect("targets"),
+        first
+    );
+    assert_eq!(
+        stream.offer_targets("1-2", &[]).await.expect("targets"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        stream.offer_targets("1-2", &moved).await.expect("targets"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        stream.offer_targets("1-3", &moved).await.expect("targets"),
+        moved
+    );
 }

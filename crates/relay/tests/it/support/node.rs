@@ -58,6 +58,23 @@ impl NodeProcess {
         node
     }
 
+    /// Like [`Self::spawn_ready`], with the node's stderr given.
+    pub async fn spawn_ready_with_stderr(env: &[(&str, &str)], stderr: Stdio) -> Self {
+        let node = Self::spawn_with_stderr(env, stderr);
+        wait_for_status(&format!("{}/healthz", node.url()), 200).await;
+        node.wait_ready().await;
+        node
+    }
+
+    /// Sends `signal` (a name `kill` knows: `TERM`, `USR2`, ...).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     fn spawn_unchecked(env: &[(&str, &str)]) -> Self {
         let stderr = if std::env::var_os("RELAY_TEST_LOGS").is_some() {
             Stdio::inherit()
