@@ -2,11 +2,15 @@
 # `make bench`: Redis, two relay nodes and the load generator on this
 # machine; runs the standard scenarios and writes docs/benchmarks.md.
 # Scale with BENCH_* variables (see below); the defaults are the targets.
+# BENCH_ONLY=storm (or a comma-separated list of location, idle, orders,
+# scale, storm) runs only those; such a partial run leaves docs/benchmarks.md
+# alone unless BENCH_OUT is set, and prints its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=target/release/relay
-SIM=target/release/relay-sim
+# BENCH_BIN runs another relay binary (a before/after comparison).
+BIN=${BENCH_BIN:-${RELAY_BIN:-target/release/relay}}
+SIM=${BENCH_SIM:-${RELAY_SIM_BIN:-target/release/relay-sim}}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
 PORTS=(${BENCH_PORTS:-3201 3202})
@@ -18,8 +22,18 @@ IDLE=${BENCH_IDLE_PER_NODE:-20000}
 IDLE_SETTLE=${BENCH_IDLE_SETTLE_S:-30}
 ORDER_RATE=${BENCH_ORDER_RATE:-1000}
 ORDER_CUSTOMERS=${BENCH_ORDER_CUSTOMERS:-500}
+# Scale-out: clusters of these sizes, all clients on the first two nodes.
+SCALE_NODES=(${BENCH_SCALE_NODES:-2 4 8})
+SCALE_RATE=${BENCH_SCALE_RATE:-4000}
+SCALE_DRIVERS=${BENCH_SCALE_DRIVERS:-1000}
+SCALE_DURATION=${BENCH_SCALE_DURATION_S:-15}
 RUN_DIR=target/bench
 mkdir -p "$RUN_DIR"
+
+# Whether scenario $1 runs this time.
+want() {
+  [ -z "${BENCH_ONLY:-}" ] || [[ ",${BENCH_ONLY// /,}," == *",$1,"* ]]
+}
 
 command -v redis-server >/dev/null || { echo "make bench needs redis-server (Debian package redis-server)" >&2; exit 1; }
 ulimit -n 262144 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -42,7 +56,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Starts Redis and the nodes of PORTS, or, when the first argument is a
+# number N, N nodes on the ports after BENCH_PORT_BASE. Further arguments
+# KEY=VALUE are settings of every node on top of the ones below.
+PORT_BASE=${BENCH_PORT_BASE:-3200}
 start_stack() {
+  local ports=("${PORTS[@]}")
+  if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
+    ports=(); for i in $(seq 1 "$1"); do ports+=($((PORT_BASE + i))); done
+    shift
+  fi
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
     --logfile "$PWD/$RUN_DIR/redis.log" &
   redis_pid=$!
@@ -50,19 +73,19 @@ start_stack() {
   for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   node_pids=()
   urls=()
-  for port in "${PORTS[@]}"; do
+  for port in "${ports[@]}"; do
     # Each simulated driver sends 5 updates/s (real ones: one every 5-10 s),
     # so the per-driver throttle is off: the load generator's tick jitter
     # would otherwise count as rejects.
     RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
       RELAY_LOCATION_MIN_INTERVAL_MS=0 RELAY_CLIENT_EVENTS_PER_S=50 RELAY_MAX_NEW_CONNECTIONS_PER_S=0 \
       RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 \
-      "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
+      env "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
     pids+=($!)
     node_pids+=($!)
     urls+=("http://127.0.0.1:$port")
   done
-  for port in "${PORTS[@]}"; do
+  for port in "${ports[@]}"; do
     for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
   done
 }
@@ -77,23 +100,66 @@ loadgen() {
     --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" "$@"
 }
 
+# --- Reconnect storm (issue #17): node 1 SIGKILLed under its clients, who
+# come back to node 2 with last_event_id. The connection rate limit is on at
+# the chart's default (maxNewConnectionsPerSecond), so node 2 sheds part of
+# the storm with 503 + Retry-After and the clients retry; the per-address
+# limit stays off, since every simulated client comes from 127.0.0.1.
+STORM_CLIENTS=${BENCH_STORM_CLIENTS:-10000}
+STORM_SURVIVOR_CLIENTS=${BENCH_STORM_SURVIVOR_CLIENTS:-1000}
+STORM_RATE=${BENCH_STORM_RATE:-1000}
+STORM_CONNECT_RATE=${BENCH_STORM_CONNECT_RATE:-2000}
+bench_storm() {
+  start_stack RELAY_MAX_NEW_CONNECTIONS_PER_S="$STORM_CONNECT_RATE"
+  loadgen storm --clients "$STORM_CLIENTS" --survivor-clients "$STORM_SURVIVOR_CLIENTS" \
+    --rate "$STORM_RATE"
+  stop_stack
+}
+
 rm -f "$RUN_DIR/report.md"
 # A fresh stack per scenario, so that one's connections don't weigh on the next.
-for rate in "${RATES[@]}"; do
+if want location; then
+  for rate in "${RATES[@]}"; do
+    start_stack
+    loadgen location --drivers "$DRIVERS" --rate "$rate" --duration-s "$DURATION"
+    stop_stack
+  done
+fi
+if want idle; then
   start_stack
-  loadgen location --drivers "$DRIVERS" --rate "$rate" --duration-s "$DURATION"
+  for i in "${!urls[@]}"; do
+    "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
+      --report "$RUN_DIR/report.md" \
+      idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
+  done
   stop_stack
-done
-start_stack
-for i in "${!urls[@]}"; do
-  "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
-    --report "$RUN_DIR/report.md" \
-    idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
-done
-stop_stack
-start_stack
-loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
-stop_stack
+fi
+if want orders; then
+  start_stack
+  loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
+  stop_stack
+fi
+if want scale; then
+  # Clients on the first two nodes only; the others hold none, and their
+  # CPU and Redis's bytes sent per update are what should stay flat.
+  for n in "${SCALE_NODES[@]}"; do
+    start_stack "$n"
+    echo "### Scale-out: $n nodes, clients on the first two" >> "$RUN_DIR/report.md"
+    echo >> "$RUN_DIR/report.md"
+    "$SIM" loadgen --nodes "${urls[0]},${urls[1]}" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
+      --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" \
+      location --drivers "$SCALE_DRIVERS" --rate "$SCALE_RATE" --duration-s "$SCALE_DURATION"
+    stop_stack
+  done
+fi
+if want storm; then
+  bench_storm
+fi
+
+if [ -n "${BENCH_ONLY:-}" ] && [ -z "${BENCH_OUT:-}" ]; then
+  echo "partial run (BENCH_ONLY=$BENCH_ONLY): report in $RUN_DIR/report.md, $OUT left as it is"
+  exit 0
+fi
 
 {
   echo "# Benchmarks"
@@ -101,7 +167,7 @@ stop_stack
   echo "Produced by \`make bench\` ($(date -u +%Y-%m-%d), relay $("$BIN" --version | cut -d' ' -f2), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))."
   echo "Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2), two relay nodes (release build) and the load generator all on one machine:"
   echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)."
-  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=0, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_MAX_NEW_CONNECTIONS_PER_S=0 and RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 (the load generator opens thousands of connections a second, all from one address), RELAY_LOG=warn; everything else default."
+  echo "Node settings: RELAY_LOCATION_MIN_INTERVAL_MS=0, RELAY_CLIENT_EVENTS_PER_S=50, RELAY_MAX_NEW_CONNECTIONS_PER_S=0 (the reconnect storm: $STORM_CONNECT_RATE, the chart's default) and RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 (the load generator opens thousands of connections a second, all from one address), RELAY_LOG=warn; everything else default."
   echo "Open-file limit $(ulimit -n) per process: $IDLE idle connections per node."
   echo
   cat "$RUN_DIR/report.md"

@@ -226,6 +226,14 @@ CASES: dict[str, dict[str, Any]] = {
     }),
     # rediss:// with a CA and a client certificate (mutual TLS).
     "redis-tls": REDIS_TLS,
+    # A Redis Cluster: seeds (TLS, ACL user) as REDIS_CLUSTER_URLS, with a CA
+    # and a client certificate.
+    "redis-cluster-tls": deep_merge(REDIS_TLS, {
+        "redis": {"mode": "cluster",
+                  "url": "rediss://relay:s3cret@redis-0.example.com:6380,rediss://relay:s3cret@redis-1.example.com:6380"},
+    }),
+    # A managed cluster's configuration endpoint, from an existing Secret.
+    "redis-cluster-existing-secret": deep_merge(FULL, {"redis": {"mode": "cluster"}}),
     # A managed Redis: URL in an existing Secret, CA only, default key,
     # next to a public-key JWT volume.
     "redis-tls-ca-existing-secret": deep_merge(FULL, {
@@ -247,6 +255,11 @@ BAD_CASES: dict[str, tuple[dict[str, Any], str]] = {
         "/relay/corsOrigins",
     ),
     "schema: non-redis url": (deep_merge(BASE, {"redis": {"url": "http://redis:6379"}}), "/redis/url"),
+    "schema: unknown redis.mode": (deep_merge(BASE, {"redis": {"mode": "sentinel"}}), "/redis/mode"),
+    "several urls without mode=cluster": (
+        deep_merge(BASE, {"redis": {"url": "redis://a:6379,redis://b:6379"}}), "redis.mode=cluster"),
+    "cluster seeds mixing redis:// and rediss://": (
+        deep_merge(BASE, {"redis": {"mode": "cluster", "url": "redis://a:6379,rediss://b:6380"}}), "mixes"),
     "schema: ws message below 1 KiB": (deep_merge(BASE, {"relay": {"wsMaxMessageBytes": 512}}), "/relay/wsMaxMessageBytes"),
     "schema: ingress.enabled not a boolean": (deep_merge(BASE, {"ingress": {"enabled": "yes"}}), "/ingress/enabled"),
     "schema: bad route timeout": (deep_merge(BASE, {"httpRoute": {"timeouts": {"request": "1 hour"}}}), "/httpRoute/timeouts/request"),
@@ -659,14 +672,17 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
         secret_ref("RELAY_API_KEY", fullname, "api-key")
     else:
         check("RELAY_API_KEY" not in env, "publish API off: no RELAY_API_KEY")
+    redis_var, other_var = ("REDIS_CLUSTER_URLS", "REDIS_URL") if redis.get("mode") == "cluster" \
+        else ("REDIS_URL", "REDIS_CLUSTER_URLS")
+    check(other_var not in env, f"only {redis_var} of the two Redis variables")
     if redis["existingSecret"]:
-        secret_ref("REDIS_URL", redis["existingSecret"], redis["existingSecretKey"])
+        secret_ref(redis_var, redis["existingSecret"], redis["existingSecretKey"])
     elif redis["url"]:
-        secret_ref("REDIS_URL", fullname, "redis-url")
+        secret_ref(redis_var, fullname, "redis-url")
     else:
-        check("REDIS_URL" not in env, "embedded mode: no REDIS_URL")
+        check(redis_var not in env, f"embedded mode: no {redis_var}")
     for name, e in env.items():
-        if name in ("RELAY_JWT_SECRET", "RELAY_API_KEY", "REDIS_URL"):
+        if name in ("RELAY_JWT_SECRET", "RELAY_API_KEY", "REDIS_URL", "REDIS_CLUSTER_URLS"):
             continue
         check(not re.search(r"SECRET|PASSWORD|API_KEY|REDIS_URL", name) or "valueFrom" in e,
               f"{name} looks secret but is a literal")

@@ -23,6 +23,20 @@ need() { # program debian-package
 }
 
 need redis-server redis-server
+# The Redis Cluster tests (tests/it/support/redis_cluster.rs) join six
+# servers with `redis-cli --cluster create` and use sharded pub/sub: Redis
+# 7.0 or later (Debian's redis-server pulls in redis-tools, with redis-cli).
+need redis-cli redis-tools
+redis_major="$(redis-server --version | sed -n 's/.*v=\([0-9]*\)\..*/\1/p')"
+if [ "${redis_major:-0}" -lt 7 ]; then
+  echo "make test needs redis-server 7.0 or later for the Redis Cluster tests (found: $(redis-server --version))" >&2
+  exit 1
+fi
+# (`--cluster help` exits 1 after printing its help.)
+if ! grep -q '^  create' <<<"$(redis-cli --cluster help 2>&1 || true)"; then
+  echo "make test needs a redis-cli with --cluster create (redis-tools 7)" >&2
+  exit 1
+fi
 # promtool checks the dashboard, the alert rules and a live scrape (tests/it/observability.rs).
 need promtool prometheus
 need python3 python3

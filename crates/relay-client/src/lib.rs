@@ -35,6 +35,9 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod backoff;
+pub use backoff::Backoff;
+
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -97,6 +100,13 @@ pub enum ClientError {
     /// The server sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server refused the Engine.IO handshake with HTTP 503 or 429: a
+    /// node shedding load, which names the pause it wants in `Retry-After`.
+    #[error("handshake refused: HTTP {status}")]
+    Refused {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
     #[error("http error: {0}")]
     Http(#[from] reqwest::Error),
     #[error("websocket error: {0}")]
@@ -105,8 +115,37 @@ pub enum ClientError {
 
 impl From<tungstenite::Error> for ClientError {
     fn from(e: tungstenite::Error) -> Self {
-        ClientError::WebSocket(Box::new(e))
+        match e {
+            tungstenite::Error::Http(resp) if is_shedding(resp.status().as_u16()) => {
+                ClientError::Refused {
+                    status: resp.status().as_u16(),
+                    retry_after: retry_after(resp.headers()),
+                }
+            }
+            e => ClientError::WebSocket(Box::new(e)),
+        }
     }
+}
+
+impl ClientError {
+    /// The pause a shedding node asked for, if it named one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ClientError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Statuses with which a server sheds load and asks the client to come back.
+fn is_shedding(status: u16) -> bool {
+    status == 503 || status == 429
+}
+
+/// `Retry-After` in its delay-seconds form (relay sends no HTTP dates).
+fn retry_after(headers: &tungstenite::http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("retry-after")?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Connection options. `query` values are percent-encoded by the client.
@@ -869,12 +908,18 @@ async fn http_post(
 
 async fn http_outcome(resp: reqwest::Response) -> Result<HttpOutcome, ClientError> {
     let status = resp.status();
+    let asked = retry_after(resp.headers());
     let body = resp.text().await?;
     if status.is_success() {
         Ok(HttpOutcome::Ok(body))
     } else if status == reqwest::StatusCode::BAD_REQUEST {
         tracing::debug!(%status, body, "polling request rejected");
         Ok(HttpOutcome::Gone)
+    } else if is_shedding(status.as_u16()) {
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            retry_after: asked,
+        })
     } else {
         Err(ClientError::Protocol(format!("HTTP {status}: {body}")))
     }

@@ -66,12 +66,23 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_ADDR", default_value = "0.0.0.0:3000")]
     pub addr: SocketAddr,
 
-    /// Redis to share state through; unset = embedded single-node mode.
+    /// Redis to share state through; unset (and no REDIS_CLUSTER_URLS) =
+    /// embedded single-node mode.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
 
+    /// Seed nodes of a Redis Cluster (7.0 or later), comma-separated, all
+    /// redis:// or all rediss://; exclusive with REDIS_URL.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub redis_cluster_urls: Vec<Secret>,
+
     /// PEM file of the CA(s) that sign the Redis server's certificate
-    /// (needs a rediss:// REDIS_URL) [default: the system's roots].
+    /// (needs rediss:// Redis URLs) [default: the system's roots].
     #[arg(long, env = "RELAY_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
@@ -110,6 +121,12 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_TOKEN_REFRESH_NOTICE_S", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub token_refresh_notice_s: u64,
+
+    /// How long a store or driver whose last socket left stays online, in
+    /// ms (0 to 3600000): a reconnect within it is not an outage.
+    #[arg(long, env = "RELAY_PRESENCE_GRACE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub presence_grace_ms: u64,
 
     /// Bearer key for the publish API; unset = publish API off.
     #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
@@ -514,13 +531,10 @@ impl RedisTls {
         };
         let tls = Self { ca_pem, client };
         if !tls.is_empty() {
-            let is_tls = args.redis_url.as_ref().is_some_and(|url| {
-                matches!(
-                    redis::IntoConnectionInfo::into_connection_info(url.expose())
-                        .map(|info| info.addr().clone()),
-                    Ok(redis::ConnectionAddr::TcpTls { .. })
-                )
-            });
+            let is_tls = match RedisTarget::from_args(args)? {
+                Some(target) => target.is_tls(),
+                None => false,
+            };
             if !is_tls {
                 let setting = if args.redis_ca_file.is_some() {
                     "RELAY_REDIS_CA_FILE"
@@ -529,7 +543,7 @@ impl RedisTls {
                 };
                 return Err(ConfigError::new(
                     setting,
-                    "needs a rediss:// REDIS_URL (TLS); a redis:// or unset one would not use it",
+                    "needs a rediss:// REDIS_URL or REDIS_CLUSTER_URLS (TLS); redis:// or unset ones would not use it",
                 ));
             }
         }
@@ -547,6 +561,89 @@ fn read_file(setting: &'static str, path: &PathBuf) -> Result<Vec<u8>, ConfigErr
         .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {e}", path.display())))
 }
 
+/// The Redis a node shares its state through: one server (or a managed
+/// primary endpoint), or the seed nodes of a Redis Cluster.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    Server(Secret),
+    Cluster(Vec<Secret>),
+}
+
+impl RedisTarget {
+    /// REDIS_URL or REDIS_CLUSTER_URLS, each checked; neither is embedded mode.
+    fn from_args(args: &ServeArgs) -> Result<Option<Self>, ConfigError> {
+        let seeds: Vec<&Secret> = args
+            .redis_cluster_urls
+            .iter()
+            .filter(|s| !s.expose().trim().is_empty())
+            .collect();
+        match (&args.redis_url, seeds.is_empty()) {
+            (Some(_), false) => Err(ConfigError::new(
+                "REDIS_CLUSTER_URLS",
+                "set either REDIS_URL or REDIS_CLUSTER_URLS, not both",
+            )),
+            (Some(url), true) => {
+                url_info("REDIS_URL", url)?;
+                Ok(Some(Self::Server(url.clone())))
+            }
+            (None, true) => Ok(None),
+            (None, false) => {
+                let mut tls = None;
+                for seed in &seeds {
+                    let info = url_info("REDIS_CLUSTER_URLS", seed)?;
+                    let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+                    if !matches!(
+                        info.addr(),
+                        redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+                    ) {
+                        return Err(ConfigError::new(
+                            "REDIS_CLUSTER_URLS",
+                            "each seed must be a redis:// or rediss:// URL with a host and port",
+                        ));
+                    }
+                    if *tls.get_or_insert(is_tls) != is_tls {
+                        return Err(ConfigError::new(
+                            "REDIS_CLUSTER_URLS",
+                            "mixes redis:// and rediss:// seeds: all must be one or the other",
+                        ));
+                    }
+                }
+                let seeds = seeds
+                    .into_iter()
+                    .map(|s| Secret::new(s.expose().trim()))
+                    .collect();
+                Ok(Some(Self::Cluster(seeds)))
+            }
+        }
+    }
+
+    /// `rediss://`: every connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        let tls = |url: &Secret| {
+            matches!(
+                redis::IntoConnectionInfo::into_connection_info(url.expose().trim())
+                    .map(|info| info.addr().clone()),
+                Ok(redis::ConnectionAddr::TcpTls { .. })
+            )
+        };
+        match self {
+            Self::Server(url) => tls(url),
+            Self::Cluster(seeds) => seeds.iter().all(tls),
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// A Redis URL parsed, the error naming the setting but never the URL (the
+/// redis crate's message does not echo it, so the password stays out).
+fn url_info(setting: &'static str, url: &Secret) -> Result<redis::ConnectionInfo, ConfigError> {
+    redis::IntoConnectionInfo::into_connection_info(url.expose().trim())
+        .map_err(|e| ConfigError::new(setting, format!("not a Redis URL ({:?})", e.kind())))
+}
+
 /// Default readiness drain after SIGTERM, when the grace period allows it.
 const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 
@@ -554,7 +651,8 @@ const SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    pub redis_url: Option<Secret>,
+    /// None: embedded mode.
+    pub redis: Option<RedisTarget>,
     pub redis_tls: RedisTls,
     pub jwt: JwtConfig,
     pub api_key: Option<Secret>,
@@ -564,6 +662,8 @@ pub struct Config {
     pub client_events_per_s: u32,
     /// `auth:expiring` goes out this long before a token's `exp` (zero: never).
     pub token_refresh_notice: Duration,
+    /// An id with no socket left goes offline after this.
+    pub presence_grace: Duration,
     pub limits: ConnectionLimitsConfig,
     /// Allowed browser origins; empty: same-origin only; `*`: any.
     pub cors_origins: Vec<String>,
@@ -584,6 +684,7 @@ pub struct Config {
 impl Config {
     /// Checks the settings against each other and loads the files they name.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let redis = RedisTarget::from_args(&args)?;
         let redis_tls = RedisTls::from_args(&args)?;
         let key = match (args.jwt_secret, args.jwt_public_key) {
             (Some(_), Some(_)) => {
@@ -618,12 +719,6 @@ impl Config {
                 "RELAY_DEMO",
                 "needs RELAY_JWT_SECRET: the demo page signs its own HS256 admin token",
             ));
-        }
-        if let Some(url) = &args.redis_url {
-            redis::Client::open(url.expose()).map_err(|e| {
-                // The redis crate's message never echoes the URL, so the password stays out.
-                ConfigError::new("REDIS_URL", format!("not a Redis URL ({:?})", e.kind()))
-            })?;
         }
         if args.api_key.as_ref().is_some_and(|k| k.expose().is_empty()) {
             return Err(ConfigError::new(
@@ -678,6 +773,16 @@ impl Config {
                 "must not contain spaces or control characters",
             ));
         }
+        // On a cluster the relay puts its own hash tags after the prefix; a
+        // brace in the prefix would change which part Redis hashes.
+        if redis.as_ref().is_some_and(RedisTarget::is_cluster)
+            && args.key_prefix.contains(['{', '}'])
+        {
+            return Err(ConfigError::new(
+                "RELAY_KEY_PREFIX",
+                "must not contain { or } with REDIS_CLUSTER_URLS (the relay sets the hash tags itself)",
+            ));
+        }
         // Each number's own range is checked by its value parser; here only
         // the ranges that depend on another setting.
         // tungstenite needs a frame no larger than a message.
@@ -720,7 +825,7 @@ impl Config {
 
         Ok(Self {
             addr: args.addr,
-            redis_url: args.redis_url,
+            redis,
             redis_tls,
             jwt: JwtConfig {
                 key,
@@ -737,6 +842,7 @@ impl Config {
             },
             client_events_per_s: args.client_events_per_s,
             token_refresh_notice: Duration::from_secs(args.token_refresh_notice_s),
+            presence_grace: Duration::from_millis(args.presence_grace_ms),
             cors_origins,
             limits: ConnectionLimitsConfig {
                 max_connections: args.max_connections,
@@ -782,7 +888,7 @@ impl Config {
 
     /// Embedded single-node mode: no Redis, everything in process.
     pub fn is_embedded(&self) -> bool {
-        self.redis_url.is_none()
+        self.redis.is_none()
     }
 }
 
@@ -1035,6 +1141,7 @@ mod tests {
         assert_eq!(config.location.min_interval, Duration::from_millis(1000));
         assert_eq!(config.client_events_per_s, 20);
         assert_eq!(config.token_refresh_notice, Duration::from_secs(60));
+        assert_eq!(config.presence_grace, Duration::from_millis(10_000));
         assert_eq!(config.history.size, 100);
         assert_eq!(config.history.ttl, Duration::from_secs(600));
         assert_eq!(config.chat.max_chars, 1000);
@@ -1117,6 +1224,58 @@ mod tests {
     }
 
     #[test]
+    fn cluster_seeds_are_checked_and_exclusive_with_redis_url() {
+        let config = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+        ])
+        .unwrap();
+        assert!(matches!(&config.redis, Some(RedisTarget::Cluster(seeds)) if seeds.len() == 2));
+        let both = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-url",
+            "redis://u:hunter2@h:1",
+            "--redis-cluster-urls",
+            "redis://u:hunter2@h:2",
+        ])
+        .unwrap_err();
+        assert_eq!(both.setting, "REDIS_CLUSTER_URLS");
+        assert!(both.reason.contains("REDIS_URL") && both.reason.contains("REDIS_CLUSTER_URLS"));
+        assert!(!both.to_string().contains("hunter2"));
+        let mixed = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "redis://u:hunter2@h:1,rediss://u:hunter2@h:2",
+        ])
+        .unwrap_err();
+        assert_eq!(mixed.setting, "REDIS_CLUSTER_URLS");
+        assert!(!mixed.to_string().contains("hunter2"));
+        let bad = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "http://u:hunter2@h",
+        ])
+        .unwrap_err();
+        assert_eq!(bad.setting, "REDIS_CLUSTER_URLS");
+        assert!(!bad.to_string().contains("hunter2"));
+        let braces = parse(&[
+            "--jwt-secret",
+            "s",
+            "--redis-cluster-urls",
+            "redis://h:1",
+            "--key-prefix",
+            "{relay}:",
+        ])
+        .unwrap_err();
+        assert_eq!(braces.setting, "RELAY_KEY_PREFIX");
+    }
+
+    #[test]
     fn bad_redis_url_names_the_setting_without_the_password() {
         let err = parse(&["--jwt-secret", "s", "--redis-url", "http://u:hunter2@h"]).unwrap_err();
         assert_eq!(err.setting, "REDIS_URL");
@@ -1164,6 +1323,7 @@ mod tests {
                 &["--token-refresh-notice-s", "86401"],
                 "--token-refresh-notice-s",
             ),
+            (&["--presence-grace-ms", "3600001"], "--presence-grace-ms"),
             (
                 &["--http-header-timeout-ms", "0"],
                 "--http-header-timeout-ms",

@@ -9,9 +9,13 @@
 //!   every long-lived task is spawned on, which restarts a task after a
 //!   panic or fails the node);
 //! - `engine`: the seam to Redis or memory (stream, history, orders,
-//!   locations, sessions, the Socket.IO adapter);
-//! - `location` (driver updates: cache and fan-out) and `delivery`
-//!   (recorded events to local sockets, recovery);
+//!   locations, sessions, per-room channels, the Socket.IO adapter);
+//! - `interest`: which room channels this node subscribes to (the rooms of
+//!   its own sockets);
+//! - `location` (driver updates: cache and fan-out), `delivery` (what the
+//!   room channels bring, to local sockets; recovery; gap fill) and
+//!   `presence` (this node's sockets per store and driver, written to the
+//!   engine);
 //! - `gateway`: the Socket.IO namespace, handshake and client events;
 //! - `stream`: the consumer group, per-order sequencing, dispatch, offers;
 //! - `http`: the publish API, queries, probes, metrics, /demo;
@@ -26,9 +30,11 @@ pub mod engine;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod interest;
 pub mod location;
 pub mod metrics;
 pub mod outcome;
+pub mod presence;
 pub mod rooms;
 pub mod server;
 pub mod stream;

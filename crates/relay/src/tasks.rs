@@ -33,12 +33,12 @@ pub mod names {
     pub const CONSUMER_MAINTENANCE: &str = "consumer maintenance";
     pub const DELIVERY_LOOP: &str = "delivery loop";
     pub const HEALTH_WATCH: &str = "health watch";
-    pub const HISTORY_FEED: &str = "history feed";
     pub const HTTP_SERVER: &str = "http server";
     pub const LIMITS_KEEP_ALIVE: &str = "limits keep-alive";
     pub const LOCATION_CACHE_WRITER: &str = "location cache writer";
     pub const LOCATION_PRUNE: &str = "location prune";
-    pub const LOCATION_RECEIVER: &str = "location receiver";
+    pub const PRESENCE: &str = "presence";
+    pub const ROOM_SWEEP: &str = "room sweep";
     pub const SEQUENCING_NOTICES: &str = "sequencing notices";
     pub const TOKEN_EXPIRY_SWEEPER: &str = "token expiry sweeper";
     /// The process's signal listener, outside the tracker (it outlives the
@@ -50,12 +50,12 @@ pub mod names {
         CONSUMER_MAINTENANCE,
         DELIVERY_LOOP,
         HEALTH_WATCH,
-        HISTORY_FEED,
         HTTP_SERVER,
         LIMITS_KEEP_ALIVE,
         LOCATION_CACHE_WRITER,
         LOCATION_PRUNE,
-        LOCATION_RECEIVER,
+        PRESENCE,
+        ROOM_SWEEP,
         SEQUENCING_NOTICES,
         TOKEN_EXPIRY_SWEEPER,
         SIGNAL_LISTENER,

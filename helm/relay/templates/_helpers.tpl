@@ -77,6 +77,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.auth.apiKey (not .Values.auth.existingSecret) }}true{{ end }}
 {{- end }}
 
+{{/* The variable the Redis URL(s) go in: one server or a cluster's seeds. */}}
+{{- define "relay.redisVar" -}}
+{{- if eq (.Values.redis.mode | default "standalone") "cluster" }}REDIS_CLUSTER_URLS{{ else }}REDIS_URL{{ end }}
+{{- end }}
+
 {{/* "true" when the chart stores REDIS_URL itself. */}}
 {{- define "relay.chartRedisUrl" -}}
 {{- if and .Values.redis.url (not .Values.redis.existingSecret) }}true{{ end }}
@@ -161,6 +166,12 @@ names the values to fix.
   {{- if and .Values.redis.url (not (hasPrefix "rediss://" .Values.redis.url)) }}
     {{- fail "relay: redis.tls.caSecret/clientSecret need a rediss:// redis.url (TLS)" }}
   {{- end }}
+{{- end }}
+{{- if and (eq (.Values.redis.mode | default "standalone") "standalone") (contains "," .Values.redis.url) }}
+  {{- fail "relay: redis.url holds several URLs: set redis.mode=cluster for the seeds of a Redis Cluster" }}
+{{- end }}
+{{- if and .Values.redis.url (contains "rediss://" .Values.redis.url) (contains "redis://" (replace "rediss://" "" .Values.redis.url)) }}
+  {{- fail "relay: redis.url mixes redis:// and rediss:// seeds: all must be one or the other" }}
 {{- end }}
 {{- if gt (int .Values.relay.wsMaxFrameBytes) (int .Values.relay.wsMaxMessageBytes) }}
   {{- fail "relay: relay.wsMaxFrameBytes must not exceed relay.wsMaxMessageBytes" }}

@@ -119,8 +119,10 @@ pub async fn run(
 
     tokio::time::sleep_until(epoch + window_start).await;
     let (metrics_before, procs_before) = (target.scrape().await, target.samples());
+    let redis_before = target.redis_bytes_sent().await;
     tokio::time::sleep_until(epoch + window_end).await;
     let (metrics_after, procs_after) = (target.scrape().await, target.samples());
+    let redis_after = target.redis_bytes_sent().await;
     let mut drivers_back = Vec::new();
     for sender in senders {
         if let Ok(driver) = sender.await {
@@ -160,9 +162,18 @@ pub async fn run(
         0.0
     };
     let [p50, p90, p99, max] = latencies.summary().unwrap_or([f64::NAN; 4]);
+    // Everything Redis sent in the window (replies to the location writes
+    // included), per update the relay accepted.
+    let redis_bytes = match (redis_before, redis_after) {
+        (Some(before), Some(after)) if accepted > 0.0 => format!(
+            "| Redis bytes sent per update | {:.0} (INFO stats total_net_output_bytes) |\n",
+            after.saturating_sub(before) as f64 / accepted
+        ),
+        _ => String::new(),
+    };
     Ok(format!(
         "### Location fan-out\n\n\
-         {drivers} drivers and {drivers} customers over {nodes} nodes, every customer on another node than its driver; \
+         {drivers} drivers and {drivers} customers over {nodes} nodes{others}, every customer on another node than its driver; \
          target {rate} updates/s for {secs:.0} s after {warm:.0} s of warm-up. Machine: {machine}.\n\n\
          | figure | value |\n| --- | --- |\n\
          | sent | {sent_rate:.0} updates/s |\n\
@@ -170,9 +181,14 @@ pub async fn run(
          | delivered to customers | {del_rate:.0} updates/s |\n\
          | delivery ratio | {ratio:.2} % |\n\
          | driver -> customer latency | p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms |\n\
-         | relay CPU per update | {cpu_us_per_update:.1} µs (all nodes together) |\n\n\
+         | relay CPU per update | {cpu_us_per_update:.1} µs (all nodes together) |\n\
+         {redis_bytes}\n\
          | process | CPU | RSS at end |\n| --- | --- | --- |\n{rows}",
         nodes = target.nodes.len(),
+        others = match target.node_procs().len().saturating_sub(target.nodes.len()) {
+            0 => String::new(),
+            n => format!(" ({n} more nodes without clients in the cluster)"),
+        },
         warm = warmup.as_secs_f64(),
         machine = machine(),
         sent_rate = sent / secs,

@@ -1,12 +1,14 @@
 //! `relay-sim loadgen`: drives running nodes through real WebSockets and
 //! reports what they sustain. Scenarios: `location` (drivers -> customers
-//! across nodes), `idle` (memory per idle connection) and `orders`
-//! (XADD -> client latency).
+//! across nodes), `idle` (memory per idle connection), `orders`
+//! (XADD -> client latency) and `storm` (a node killed, its clients back on
+//! the other).
 
 mod idle;
 mod location;
 mod order_events;
 mod stats;
+mod storm;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -90,6 +92,27 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         duration_s: u64,
     },
+    /// Kills the first of two nodes (SIGKILL, needs --node-pids) while order
+    /// events stream in; its clients reconnect to the second the way
+    /// socket.io-client does, with `last_event_id`. Reports recovery times,
+    /// lost and repeated events, CPU and the survivor's live latency.
+    Storm {
+        /// Customers on the node that is killed.
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Customers of the survivor's own, whose live latency is measured.
+        #[arg(long, default_value_t = 1000)]
+        survivor_clients: usize,
+        /// Order events appended per second, round-robin over all orders.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Steady events before the kill.
+        #[arg(long, default_value_t = 5)]
+        warmup_s: u64,
+        /// Bound on the storm: clients without sync:done by then are reported.
+        #[arg(long, default_value_t = 60)]
+        limit_s: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +130,8 @@ pub enum LoadgenError {
 /// What every scenario works with.
 /// Tries per client connection while setting up a scenario.
 const CONNECT_ATTEMPTS: u64 = 5;
+/// Bound on one client's setup while the node sheds it.
+const SETUP_DEADLINE: Duration = Duration::from_secs(120);
 
 pub struct Target {
     nodes: Vec<String>,
@@ -167,6 +192,25 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
             rate,
             duration_s,
         } => order_events::run(&target, customers, rate, Duration::from_secs(duration_s)).await?,
+        Scenario::Storm {
+            clients,
+            survivor_clients,
+            rate,
+            warmup_s,
+            limit_s,
+        } => {
+            storm::run(
+                &target,
+                storm::StormArgs {
+                    clients,
+                    survivor_clients,
+                    rate,
+                    warmup: Duration::from_secs(warmup_s),
+                    limit: Duration::from_secs(limit_s),
+                },
+            )
+            .await?
+        }
     };
     println!("{report}");
     if let Some(path) = args.report {
@@ -212,6 +256,19 @@ impl Target {
             .await?)
     }
 
+    /// Redis's `total_net_output_bytes` (INFO stats), when Redis is known.
+    async fn redis_bytes_sent(&self) -> Option<u64> {
+        let mut conn = self.connection().await.ok()?;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// Opens WebSocket clients, `concurrency` handshakes at a time.
     async fn connect_all(
         &self,
@@ -219,9 +276,12 @@ impl Target {
     ) -> Result<Vec<Client>, LoadgenError> {
         let connected: Vec<_> = stream::iter(clients)
             .map(|(url, token)| async move {
-                // Like a real client: a refused handshake (503 from a node
-                // shedding load) is retried after a pause.
+                // Like a real client: a failed handshake is retried after a
+                // pause, and a node shedding load (503) is given the pause
+                // its Retry-After asks for; being shed uses up no attempt,
+                // so that setting up behind a connection rate limit works.
                 let mut attempt = 0;
+                let deadline = tokio::time::Instant::now() + SETUP_DEADLINE;
                 loop {
                     let connected = Client::connect(
                         ConnectOptions::new(url.clone())
@@ -230,9 +290,15 @@ impl Target {
                             .timeout(Duration::from_secs(30)),
                     )
                     .await;
-                    attempt += 1;
                     match connected {
-                        Err(_) if attempt < CONNECT_ATTEMPTS => {
+                        Err(e)
+                            if e.retry_after().is_some()
+                                && tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(e.retry_after().unwrap_or_default()).await;
+                        }
+                        Err(_) if attempt + 1 < CONNECT_ATTEMPTS => {
+                            attempt += 1;
                             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                         }
                         result => break result,
@@ -269,12 +335,23 @@ impl Target {
             }
             let () = pipe.query_async(&mut conn).await?;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        self.settle(&mut conn, Duration::from_secs(120)).await
+    }
+
+    /// Waits until the consumer group has handled (acknowledged) every
+    /// entry of the stream, within `limit`.
+    async fn settle(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        limit: Duration,
+    ) -> Result<(), LoadgenError> {
+        let stream = format!("{}events", self.prefix);
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(&stream)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await?;
             let settled = groups.iter().any(|g| {
                 let num = |k: &str| {
@@ -287,9 +364,9 @@ impl Target {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(LoadgenError::Setup(
-                    "the relay did not consume the setup events within 120 s".into(),
-                ));
+                return Err(LoadgenError::Setup(format!(
+                    "the relay did not handle every event within {limit:?}"
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

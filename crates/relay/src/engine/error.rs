@@ -134,12 +134,12 @@ pub fn log_redis_failure(cause: RedisFailure, e: &RedisError) {
         ),
         RedisFailure::Auth => tracing::error!(
             cause = cause.as_str(),
-            "redis refused the user name or password of REDIS_URL; node stays unready"
+            "redis refused the user name or password of REDIS_URL (or REDIS_CLUSTER_URLS); node stays unready"
         ),
         RedisFailure::Permission => tracing::error!(
             cause = cause.as_str(),
             error = %e,
-            "the redis ACL user of REDIS_URL lacks a permission relay needs \
+            "the redis ACL user of REDIS_URL (or REDIS_CLUSTER_URLS) lacks a permission relay needs \
              (docs/deploy.md lists them); node stays unready"
         ),
         RedisFailure::Unreachable => {
@@ -185,6 +185,9 @@ pub enum EngineError {
     /// Only the kind is shown: the URL may hold a password.
     #[error("REDIS_URL: {0:?}")]
     BadUrl(ErrorKind),
+    /// A seed of REDIS_CLUSTER_URLS, by kind only, as for [`Self::BadUrl`].
+    #[error("REDIS_CLUSTER_URLS: {0:?}")]
+    BadClusterUrls(ErrorKind),
     /// The client could not be built from the settings (TLS files, ...).
     #[error("redis client: {0}")]
     Client(#[source] RedisError),
@@ -206,7 +209,10 @@ impl EngineError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Adapter(e) => e.is_transient(),
-            Self::BadUrl(_) | Self::Client(_) | Self::MalformedNamespace => false,
+            Self::BadUrl(_)
+            | Self::BadClusterUrls(_)
+            | Self::Client(_)
+            | Self::MalformedNamespace => false,
         }
     }
 }

@@ -5,14 +5,17 @@
 mod error;
 pub mod memory;
 pub mod redis;
+mod routed;
 mod traits;
 
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
+pub use routed::{MalformedRouted, Routed};
 pub use traits::{
     Assignment, CHAT_TTL_ACTIVE, CHAT_TTL_AFTER_END, ChatAppend, ChatLog, ChatParties, ChatRecord,
     Claimed, Created, DeadLetter, DriverLocation, EventStream, History, IDEMPOTENCY_TTL,
-    KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite, Recorded, StreamEntry,
-    StreamStats, UserSessions, WATCH_TTL, WatchedOrders, cmp_offsets, entry_size, in_offset_order,
+    KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite, PresenceStore,
+    PresenceSweep, PresenceWrite, Recorded, RoomChannels, RoomFeed, StreamEntry, StreamStats,
+    UserSessions, WATCH_TTL, WatchedOrders, cmp_offsets, entry_size, in_offset_order, merge_rooms,
 };
 
 use std::{
@@ -26,7 +29,6 @@ use std::{
 use socketioxide::adapter::{Adapter, Emitter};
 use socketioxide_core::adapter::CoreAdapter;
 use socketioxide_core::adapter::DefinedAdapter;
-use socketioxide_redis::drivers::{ChanItem, MessageStream};
 use tokio_util::sync::CancellationToken;
 
 /// State handed to socketioxide to build the adapter of each namespace.
@@ -40,6 +42,8 @@ pub trait Engine: Send + Sync + 'static {
     type Orders: OrderStore;
     type Locations: LocationCache;
     type History: History;
+    type Presence: PresenceStore;
+    type Rooms: RoomChannels;
     type Watches: WatchedOrders;
     type Chat: ChatLog;
 
@@ -52,6 +56,8 @@ pub trait Engine: Send + Sync + 'static {
     fn orders(&self) -> &Self::Orders;
     fn locations(&self) -> &Self::Locations;
     fn history(&self) -> &Self::History;
+    fn presence(&self) -> &Self::Presence;
+    fn rooms(&self) -> &Self::Rooms;
     fn watches(&self) -> &Self::Watches;
     fn chat(&self) -> &Self::Chat;
 
@@ -59,12 +65,6 @@ pub trait Engine: Send + Sync + 'static {
     /// pub/sub subscriptions). Errors are retried by the caller.
     fn finish_init(init: AdapterInit<Self>)
     -> impl Future<Output = Result<(), EngineError>> + Send;
-
-    /// The location batches nodes publish through [`LocationCache::write`];
-    /// `None` when this node has no peers (the memory engine).
-    fn location_feed(
-        &self,
-    ) -> impl Future<Output = StoreResult<Option<MessageStream<ChanItem>>>> + Send;
 
     /// Each user's sockets counted across nodes, when the engine is shared
     /// (`instance` names this node's process). `None`: this node is the

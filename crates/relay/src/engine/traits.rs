@@ -9,7 +9,7 @@ use super::StoreResult;
 use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
-    events::Timestamp,
+    events::{PresenceChange, PresenceId, PresenceState, Timestamp},
     outcome::Outcome,
 };
 
@@ -352,12 +352,10 @@ pub struct DriverLocation {
 /// Where drivers are, as fresh as `RELAY_LOCATION_TTL_S` allows.
 pub trait LocationCache: Send + Sync + 'static {
     /// Stores the latest location of each driver in `batch` (one entry per
-    /// driver) and publishes `broadcast` (a batch of location deliveries) to
-    /// the other nodes, in as few round trips as the store allows.
+    /// driver), in as few round trips as the store allows.
     fn write(
         &self,
         batch: &[(String, DriverLocation)],
-        broadcast: Option<&[u8]>,
     ) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Removes drivers last seen before `cutoff` from the geo index (geo
@@ -412,10 +410,11 @@ pub enum Missed {
 }
 
 /// Events emitted to rooms, kept per room for clients that reconnect, and
-/// delivered to every node in one order for the whole cluster.
+/// sent live to the nodes that have sockets in those rooms.
 pub trait History: Send + Sync + 'static {
-    /// Records `event` for `rooms` and publishes it to every node's feed.
-    /// Returns its offset.
+    /// Records `event` for `rooms` and sends it to each room's channel
+    /// ([`RoomChannels`]). Returns its offset: offsets grow in publishing
+    /// order across the whole cluster.
     fn publish(
         &self,
         event: &str,
@@ -425,13 +424,10 @@ pub trait History: Send + Sync + 'static {
         then_leave: Option<&str>,
     ) -> impl Future<Output = StoreResult<String>> + Send;
 
-    /// Every event published from now on, in publishing order, on every
-    /// node; with the offset of the newest event published before (events
-    /// the feed may still bring up to it are already in the history).
-    #[allow(clippy::type_complexity)]
-    fn feed(
-        &self,
-    ) -> impl Future<Output = StoreResult<(tokio::sync::mpsc::Receiver<Recorded>, Option<String>)>> + Send;
+    /// The offset of the newest event published so far: every event up to
+    /// it is in its rooms' histories, every later one is published after
+    /// this call.
+    fn newest(&self) -> impl Future<Output = StoreResult<Option<String>>> + Send;
 
     /// The events of `rooms` after the one whose `event_id` is
     /// `last_event_id`, up to and including offset `up_to`.
@@ -441,6 +437,48 @@ pub trait History: Send + Sync + 'static {
         last_event_id: &str,
         up_to: Option<&str>,
     ) -> impl Future<Output = StoreResult<Missed>> + Send;
+
+    /// Every event of `rooms` published since `from_ms` (unix ms), oldest
+    /// first, each once, with `rooms` set to those of the asked rooms it
+    /// went to: what a node fills a gap in its live feed with.
+    fn since(
+        &self,
+        rooms: &[String],
+        from_ms: u64,
+    ) -> impl Future<Output = StoreResult<Vec<Recorded>>> + Send;
+}
+
+/// The messages of a node's subscribed rooms, as (channel, payload).
+pub type RoomFeed = tokio::sync::mpsc::Receiver<(String, Vec<u8>)>;
+
+/// One channel per room, for what only the nodes with sockets in that room
+/// need ([`crate::engine::Routed`]): a node subscribes while it has members
+/// there.
+pub trait RoomChannels: Send + Sync + 'static {
+    /// Every message of the rooms this node subscribes to, as (channel,
+    /// payload), in the order each publisher sent them. Taken once; `None`
+    /// after that.
+    fn take_feed(&self) -> Option<RoomFeed>;
+
+    /// The room of a channel named in the feed.
+    fn room_of<'a>(&self, channel: &'a str) -> &'a str;
+
+    /// Subscribes to the rooms' channels; returns once messages published
+    /// from now on reach the feed.
+    fn subscribe(&self, rooms: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    fn unsubscribe(&self, rooms: &[String]) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Sends each payload to its room's channel, in this order.
+    fn publish(
+        &self,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// Changes whenever the feed may have lost messages (the link to the
+    /// store dropped, or the feed's buffer overflowed): the subscriber must
+    /// subscribe again and fill the gap from the history.
+    fn losses(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// Missed events gathered from several rooms: in offset order, each once
@@ -449,6 +487,20 @@ pub fn in_offset_order(mut events: Vec<Recorded>) -> Vec<Recorded> {
     events.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
     events.dedup_by(|a, b| a.offset == b.offset);
     events
+}
+
+/// Events found in several rooms' histories: one per offset, oldest first,
+/// with every room it was found in.
+pub fn merge_rooms(mut found: Vec<Recorded>) -> Vec<Recorded> {
+    found.sort_by(|a, b| cmp_offsets(&a.offset, &b.offset));
+    let mut merged: Vec<Recorded> = Vec::with_capacity(found.len());
+    for record in found {
+        match merged.last_mut() {
+            Some(last) if last.offset == record.offset => last.rooms.extend(record.rooms),
+            _ => merged.push(record),
+        }
+    }
+    merged
 }
 
 /// Orders two `ms-seq` stream ids.
@@ -598,4 +650,55 @@ pub trait ChatLog: Send + Sync + 'static {
         before: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+}
+
+/// What a presence write or sweep did: the transitions it made (each
+/// made by exactly one call, cluster-wide) and whether the store knew this
+/// node's instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceWrite {
+    pub changes: Vec<PresenceChange>,
+    /// False when the instance was unknown or had been given up for dead:
+    /// its counts are gone, and the node must set them all again.
+    pub known: bool,
+}
+
+/// What a sweep did, and the cluster-wide online totals after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceSweep {
+    pub changes: Vec<PresenceChange>,
+    pub online_stores: u64,
+    pub online_drivers: u64,
+}
+
+/// Which stores and drivers are online, across every node: each node's
+/// instance sets its own socket counts, and the store turns the sum into
+/// transitions (online at once, offline after `grace`), each exactly once.
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Sets `instance`'s socket count of each id (absolute: a retry or a
+    /// full resync is harmless) and keeps the instance alive.
+    fn set_counts(
+        &self,
+        instance: &str,
+        counts: &[(PresenceId, u32)],
+        grace: Duration,
+    ) -> impl Future<Output = StoreResult<PresenceWrite>> + Send;
+
+    /// Drops every count of `instance` at once (a node stopping cleanly):
+    /// its ids go offline after `grace` unless another node has them.
+    fn forget_instance(
+        &self,
+        instance: &str,
+        grace: Duration,
+    ) -> impl Future<Output = StoreResult<PresenceWrite>> + Send;
+
+    /// Ends the grace of ids whose time came and drops the counts of
+    /// instances that stopped keeping alive.
+    fn sweep(&self, grace: Duration) -> impl Future<Output = StoreResult<PresenceSweep>> + Send;
+
+    /// The state of each id, in the order asked.
+    fn lookup(
+        &self,
+        ids: &[PresenceId],
+    ) -> impl Future<Output = StoreResult<Vec<PresenceState>>> + Send;
 }

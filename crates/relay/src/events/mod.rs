@@ -5,6 +5,7 @@ pub mod chat;
 mod decode;
 mod location;
 mod names;
+mod presence;
 mod time;
 
 use serde::Deserialize;
@@ -14,6 +15,7 @@ pub use chat::ChatMessage;
 pub use decode::{DecodeError, DecodeReason, decode, decode_entry, decode_value, sequence_key};
 pub use location::{LocationUpdate, Reject};
 pub use names::{ClientEvent, ServerEvent};
+pub use presence::{PresenceChange, PresenceId, PresenceKind, PresenceState};
 pub use time::{Timestamp, is_rfc3339, now_ms, rfc3339};
 
 /// Statuses after which an order is over and its room is emptied.

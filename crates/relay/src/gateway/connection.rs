@@ -19,8 +19,10 @@ use crate::{
     auth::{Principal, Rejection, Role},
     delivery::Replay,
     engine::{Engine, LocationCache, OrderStore},
+    interest::Interest,
     location::DriverLocationEvent,
     metrics,
+    presence::Presence,
     rooms::Room,
 };
 
@@ -36,6 +38,7 @@ pub async fn join_rooms<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
     State(gateway): State<GatewayState>,
     TryData(auth): TryData<Value>,
 ) -> Result<(), Rejection> {
@@ -56,6 +59,10 @@ pub async fn join_rooms<E: Engine>(
         .iter()
         .map(Room::name)
         .collect();
+    // Every room is subscribed before the socket joins it: whatever is
+    // published after the CONNECT reply reaches this node. A failure is
+    // retried by the delivery loop, which then fills the gap.
+    let _ = interest.ensure(&rooms).await;
     // Role rooms first: an order event processed meanwhile reaches the
     // socket through them (see the dispatcher's cluster-wide joins).
     if last_event_id.is_none() {
@@ -68,6 +75,7 @@ pub async fn join_rooms<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
+                let _ = interest.ensure(&order_rooms).await;
                 if last_event_id.is_none() {
                     socket.join(order_rooms.clone());
                 }
@@ -143,6 +151,7 @@ const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
 async fn join_orders_later<E: Engine>(
     socket: &SocketRef<E::Adapter>,
     engine: &E,
+    interest: &Interest<E>,
     principal: &Principal,
 ) {
     let mut pause = JOIN_RETRY_FIRST;
@@ -158,6 +167,7 @@ async fn join_orders_later<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
+                let _ = interest.ensure(&rooms).await;
                 socket.join(rooms.clone());
                 metrics::deferred_order_join(DeferredJoin::Joined);
                 tracing::info!(sid = %socket.id, ?rooms, "order rooms joined once the store answered");
@@ -227,9 +237,17 @@ pub async fn on_connect<E: Engine>(
     socket: SocketRef<E::Adapter>,
     Extension(principal): Extension<Principal>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
     State(replay): State<Replay<E::Adapter>>,
+    State(gateway): State<GatewayState>,
 ) {
     metrics::connected(principal.role());
+    // Counted first: a replay below may take a while, the store is online now.
+    gateway.presence.arrive(socket.id, &principal);
+    socket.extensions.insert(Arc::new(PresenceGuard {
+        presence: gateway.presence.clone(),
+        sid: socket.id,
+    }));
     if let Some(PendingResume {
         rooms,
         last_event_id,
@@ -253,8 +271,12 @@ pub async fn on_connect<E: Engine>(
         "connected"
     );
     socket.on_disconnect(on_disconnect::<E::Adapter>);
+    // A socket that closed before its disconnect handler was there.
+    if !socket.connected() {
+        gateway.presence.depart(socket.id);
+    }
     if socket.extensions.remove::<OrdersUnjoined>().is_some() {
-        join_orders_later(&socket, engine.as_ref(), &principal).await;
+        join_orders_later(&socket, engine.as_ref(), &interest, &principal).await;
     }
 }
 
@@ -265,8 +287,22 @@ async fn on_disconnect<A: Adapter>(
     State(gateway): State<GatewayState>,
 ) {
     gateway.expiries.forget(socket.id);
+    gateway.presence.depart(socket.id);
     metrics::disconnected(principal.role(), reason_label(reason));
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
+}
+
+/// Takes a socket out of presence when it is dropped, however it ended
+/// (the disconnect handler does so first; a second departure is a no-op).
+struct PresenceGuard {
+    presence: Arc<Presence>,
+    sid: socketioxide::socket::Sid,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.presence.depart(self.sid);
+    }
 }
 
 fn reason_label(reason: DisconnectReason) -> metrics::DisconnectReason {

@@ -41,9 +41,11 @@ pub use sync::{SyncRequest, last_event_id};
 use crate::{
     auth::{Principal, Role, Verifier},
     config::TransportConfig,
-    engine::{Engine, Health},
+    engine::{Engine, Health, RoomChannels, Routed},
+    interest::Interest,
     location::LocationPipeline,
     metrics,
+    presence::Presence,
     rooms::Room,
 };
 
@@ -53,6 +55,8 @@ pub struct GatewayState {
     verifier: Arc<Verifier>,
     limits: Arc<ConnectionLimits>,
     expiries: Arc<Expiries>,
+    /// This node's sockets per store and driver.
+    presence: Arc<Presence>,
     /// Per socket, client events a second (0 = no limit).
     client_events_per_s: u32,
     /// Longest `chat:send` text, in characters.
@@ -71,32 +75,36 @@ const WS_READ_BUFFER_BYTES: usize = 1024;
 
 pub struct Gateway<E: Engine> {
     io: SocketIo<E::Adapter>,
+    engine: Arc<E>,
 }
 
 impl<E: Engine> Clone for Gateway<E> {
     fn clone(&self) -> Self {
         Self {
             io: self.io.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
 
 /// What the handlers share, besides the engine.
-pub struct Shared<A: socketioxide::adapter::Adapter> {
+pub struct Shared<E: Engine> {
     pub verifier: Arc<Verifier>,
     pub client_events_per_s: u32,
     pub chat_max_chars: usize,
     pub locations: Arc<LocationPipeline>,
-    pub replay: Replay<A>,
+    pub replay: Replay<E::Adapter>,
+    pub interest: Arc<Interest<E>>,
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
+    pub presence: Arc<Presence>,
 }
 
 impl<E: Engine> Gateway<E> {
     pub fn new(
         engine: Arc<E>,
         transport: &TransportConfig,
-        shared: Shared<E::Adapter>,
+        shared: Shared<E>,
     ) -> (Self, SocketIoLayer<E::Adapter>) {
         let Shared {
             verifier,
@@ -104,8 +112,10 @@ impl<E: Engine> Gateway<E> {
             chat_max_chars,
             locations,
             replay,
+            interest,
             limits,
             expiries,
+            presence,
         } = shared;
         let adapter_state = engine.adapter_state();
         let builder = SocketIo::builder()
@@ -120,12 +130,14 @@ impl<E: Engine> Gateway<E> {
                 verifier,
                 limits,
                 expiries,
+                presence,
                 client_events_per_s,
                 chat_max_chars,
             })
             .with_state(locations)
             .with_state(replay)
-            .with_state(engine);
+            .with_state(interest)
+            .with_state(engine.clone());
         let builder = if transport.websocket_only {
             builder.transports([TransportType::Websocket])
         } else {
@@ -134,7 +146,7 @@ impl<E: Engine> Gateway<E> {
         let (layer, io) = builder
             .with_adapter::<E::Adapter>(adapter_state)
             .build_layer();
-        (Self { io }, layer)
+        (Self { io, engine }, layer)
     }
 
     pub fn io(&self) -> &SocketIo<E::Adapter> {
@@ -236,20 +248,24 @@ impl<E: Engine> Gateway<E> {
         Ok(())
     }
 
-    /// Every socket in `members`, on every node, joins `room`.
+    /// Every socket in `members`, on every node, joins `room`. Sent on the
+    /// channel of `members`: only the nodes with such sockets hear it, and
+    /// each subscribes to `room` before its sockets join (`delivery`).
     pub async fn join_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
-        self.ns()?
-            .within(members.name())
-            .join(room.name())
+        self.route(members, Routed::Join { room: room.name() })
             .await
-            .map_err(|e| BroadcastFailed(e.to_string()))
     }
 
     /// Every socket in `members`, on every node, leaves `room`.
     pub async fn leave_members(&self, members: &Room, room: &Room) -> Result<(), BroadcastFailed> {
-        self.ns()?
-            .within(members.name())
-            .leave(room.name())
+        self.route(members, Routed::Leave { room: room.name() })
+            .await
+    }
+
+    async fn route(&self, members: &Room, message: Routed) -> Result<(), BroadcastFailed> {
+        self.engine
+            .rooms()
+            .publish(vec![(members.name(), message.encode())])
             .await
             .map_err(|e| BroadcastFailed(e.to_string()))
     }

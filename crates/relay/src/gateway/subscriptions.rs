@@ -14,6 +14,7 @@ use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
     engine::{Engine, LocationCache, OrderStore, WatchedOrders},
+    interest::Interest,
     metrics,
     rooms::Room,
 };
@@ -59,6 +60,7 @@ pub async fn subscribe<E: Engine>(
     Extension(principal): Extension<Principal>,
     Extension(budget): Extension<Arc<EventBudget>>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
         metrics::client_event(ClientEvent::OrderSubscribe, ClientEventOutcome::RateLimited);
@@ -75,7 +77,14 @@ pub async fn subscribe<E: Engine>(
             // Same answer for someone else's order and for no order at all.
             return Err("not allowed");
         }
-        socket.join(Room::order(&order_id).name());
+        let room = Room::order(&order_id).name();
+        // Subscribed before the join and the ack: the client gets everything
+        // published after it sees `ok`.
+        interest
+            .ensure(std::slice::from_ref(&room))
+            .await
+            .map_err(|_| "temporarily unavailable")?;
+        socket.join(room);
         // For the user's sockets that resume later, on any node. Failing
         // that, this socket is in the room all the same.
         if let Err(e) = engine.watches().watch(&principal, &order_id).await {

@@ -33,6 +33,17 @@ pub struct PublishBody {
 /// 404 when the API is off, 401 for a wrong or missing key. The comparison
 /// takes the same time wherever the keys differ.
 fn authorize<E: Engine>(state: &HttpState<E>, headers: &HeaderMap) -> Result<(), ApiError> {
+    authorize_or(state, headers, || {
+        metrics::publish_rejected(PublishRejection::Unauthorized);
+    })
+}
+
+/// [`authorize`], with the route's own count of a refused key.
+pub(super) fn authorize_or<E: Engine>(
+    state: &HttpState<E>,
+    headers: &HeaderMap,
+    count_refusal: impl FnOnce(),
+) -> Result<(), ApiError> {
     let Some(key) = &state.api_key else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -43,7 +54,7 @@ fn authorize<E: Engine>(state: &HttpState<E>, headers: &HeaderMap) -> Result<(),
     if bool::from(given.as_bytes().ct_eq(key.expose().as_bytes())) {
         Ok(())
     } else {
-        metrics::publish_rejected(PublishRejection::Unauthorized);
+        count_refusal();
         Err(ApiError::unauthorized("wrong or missing API key"))
     }
 }

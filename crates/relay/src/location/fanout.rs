@@ -1,26 +1,19 @@
-//! `order:driver_location` to other nodes, batched.
+//! `order:driver_location` to this node's sockets, and to the other nodes.
 //!
-//! Through the Socket.IO adapter, each update would be one PUBLISH, one
-//! MessagePack request decoded by every node, and a Redis write per update:
-//! at tens of thousands of updates a second that is most of a node's and of
-//! Redis's CPU. Instead, the node that receives an update emits it to its own
-//! sockets at once, and queues the deliveries with the cache write: the
-//! writer publishes them all in one message per flush, in the same pipeline,
-//! and every other node emits them to its local sockets. Order per driver
-//! holds: a driver's updates come through one socket, so one node, one
-//! writer and one channel.
+//! The node that receives an update emits it to its own sockets at once,
+//! and queues the deliveries with the cache write: the writer publishes each
+//! to its order room's channel ([`crate::engine::Routed::Location`]), in one
+//! pipeline per flush, and only the nodes with sockets in that room hear it
+//! (`delivery` emits it there). Order per driver holds: a driver's updates
+//! come through one socket, so one node, one writer and, per room, one
+//! channel.
 
-use std::sync::Arc;
-
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use socketioxide::{SocketIo, adapter::Adapter};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engine::{DriverLocation, Engine},
+    engine::{DriverLocation, Routed},
     events::ServerEvent,
-    metrics::{self, AdapterOp},
 };
 
 /// The payload of `order:driver_location` (CONTRACT §2).
@@ -57,23 +50,18 @@ pub struct Delivery {
     pub event: DriverLocationEvent,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Batch {
-    /// The publishing node, which delivered to its own sockets already.
-    node: String,
-    deliveries: Vec<Delivery>,
-}
-
-pub fn encode(node: &str, deliveries: Vec<Delivery>) -> Vec<u8> {
-    let batch = Batch {
+/// The message that carries `delivery` to the other nodes in its room.
+pub fn routed(node: &str, delivery: &Delivery) -> (String, Vec<u8>) {
+    let message = Routed::Location {
         node: node.to_owned(),
-        deliveries,
+        except: delivery.except.clone(),
+        // Plain strings and numbers: serialising cannot fail.
+        data: serde_json::to_value(&delivery.event).unwrap_or_default(),
     };
-    // Plain structs of strings and numbers: serialising cannot fail.
-    serde_json::to_vec(&batch).unwrap_or_default()
+    (delivery.room.clone(), message.encode())
 }
 
-/// Emits to this node's sockets only: other nodes get the batch.
+/// Emits to this node's sockets only: other nodes get [`routed`] messages.
 pub async fn deliver<A: Adapter>(io: &SocketIo<A>, deliveries: &[Delivery]) {
     // Before the namespace opens no client is connected (and socketioxide's
     // shortcuts for the default namespace would panic).
@@ -94,64 +82,12 @@ pub async fn deliver<A: Adapter>(io: &SocketIo<A>, deliveries: &[Delivery]) {
     }
 }
 
-/// Delivers the batches other nodes publish until `stop`. Subscribing is
-/// retried while the store is away; once subscribed, the connection
-/// resubscribes by itself after a reconnect.
-pub async fn receive<E: Engine>(
-    engine: Arc<E>,
-    io: SocketIo<E::Adapter>,
-    node: String,
-    stop: CancellationToken,
-) {
-    let mut backoff = std::time::Duration::from_millis(100);
-    let mut feed = loop {
-        match engine.location_feed().await {
-            Ok(Some(feed)) => break feed,
-            // A single node: there is nobody to hear from.
-            Ok(None) => return,
-            Err(e) if e.told_by_health() => {
-                tracing::debug!(error = %e, retry_in = ?backoff, "location feed not subscribed")
-            }
-            Err(e) if e.is_transient() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "location feed not subscribed")
-            }
-            // Peers' locations never arrive without it: keep trying, slowly.
-            Err(e) => {
-                backoff = std::time::Duration::from_secs(2);
-                tracing::error!(error = %e, retry_in = ?backoff, "location feed not subscribed");
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-    };
-    loop {
-        let (_, payload) = tokio::select! {
-            () = stop.cancelled() => return,
-            item = feed.next() => match item {
-                Some(item) => item,
-                None => return,
-            },
-        };
-        match serde_json::from_slice::<Batch>(&payload) {
-            Ok(batch) if batch.node == node => {}
-            Ok(batch) => deliver(&io, &batch.deliveries).await,
-            Err(e) => {
-                metrics::adapter_error(AdapterOp::Decode);
-                tracing::warn!(error = %e, "malformed location batch dropped");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_round_trips_with_optional_fields_absent() {
+    fn a_delivery_goes_to_its_room_without_absent_fields() {
         let location = DriverLocation {
             lat: 12.9,
             lng: 77.5,
@@ -164,13 +100,14 @@ mod tests {
             except: "driver_d1".to_owned(),
             event: DriverLocationEvent::new("o1", &location),
         };
-        let bytes = encode("n1", vec![delivery.clone()]);
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert!(json["deliveries"][0]["event"].get("heading").is_none());
-        let batch: Batch = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(
-            (batch.node.as_str(), batch.deliveries),
-            ("n1", vec![delivery])
-        );
+        let (room, bytes) = routed("n1", &delivery);
+        assert_eq!(room, "order_o1");
+        let Routed::Location { node, except, data } = Routed::decode(&bytes).unwrap() else {
+            panic!("not a location");
+        };
+        assert_eq!((node.as_str(), except.as_str()), ("n1", "driver_d1"));
+        assert!(data.get("heading").is_none());
+        let event: DriverLocationEvent = serde_json::from_value(data).unwrap();
+        assert_eq!(event, delivery.event);
     }
 }

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-pub use fanout::{Delivery, DriverLocationEvent, deliver, receive};
+pub use fanout::{Delivery, DriverLocationEvent, deliver};
 pub use throttle::DriverThrottle;
 
 use crate::tasks::{Tasks, names};

@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Queued, fanout, throttle::DriverThrottle};
 use crate::{
-    engine::{DriverLocation, Engine, LocationCache},
+    engine::{DriverLocation, Engine, LocationCache, RoomChannels},
     events::now_ms,
-    metrics::{self, AdapterDirection, StoreOp},
+    metrics::{self, StoreOp},
 };
 
 /// Largest batch written in one pipeline.
@@ -55,13 +55,12 @@ pub async fn run<E: Engine>(
                 }
             }
         }
-        // Every delivery goes to the other nodes; only each driver's latest
-        // location goes to the cache.
-        let deliveries: Vec<_> = buf
+        // Every delivery goes to its room's channel; only each driver's
+        // latest location goes to the cache.
+        let routed: Vec<(String, Vec<u8>)> = buf
             .iter()
-            .flat_map(|q| q.deliveries.iter().cloned())
+            .flat_map(|q| q.deliveries.iter().map(|d| fanout::routed(&node_id, d)))
             .collect();
-        let broadcast = (!deliveries.is_empty()).then(|| fanout::encode(&node_id, deliveries));
         for Queued {
             driver, location, ..
         } in buf.drain(..)
@@ -70,12 +69,19 @@ pub async fn run<E: Engine>(
         }
         let flush: Vec<(String, DriverLocation)> = batch.drain().collect();
         let started = tokio::time::Instant::now();
-        match engine.locations().write(&flush, broadcast.as_deref()).await {
+        // Both at once: the other nodes' customers should not wait for the cache.
+        let (cached, published) = tokio::join!(
+            engine.locations().write(&flush),
+            engine.rooms().publish(routed)
+        );
+        if let Err(e) = published {
+            // Volatile like every location: the driver's next update follows.
+            metrics::store_error(StoreOp::LocationWrite);
+            tracing::debug!(error = %e, "location deliveries not published");
+        }
+        match cached {
             Ok(()) => {
                 metrics::location_flush(flush.len(), started.elapsed().as_secs_f64());
-                if broadcast.is_some() {
-                    metrics::adapter_message(AdapterDirection::Publish);
-                }
             }
             Err(e) => {
                 // Locations are ephemeral: the next update replaces this batch.

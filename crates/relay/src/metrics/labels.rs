@@ -45,6 +45,21 @@ label_set! {
         Refresh => "refresh",
         /// Reading an order or its chat for a `chat:*` event.
         Chat => "chat",
+        /// Writing this node's presence counts, or a presence sweep.
+        Presence => "presence",
+    }
+}
+
+label_set! {
+    /// The `reason` of `relay_presence_queries_rejected_total`: why a
+    /// `GET /api/presence` was refused.
+    PresenceQueryRejection {
+        Unauthorized => "unauthorized",
+        /// A parameter other than `store_id` and `driver_id`, an empty or
+        /// over-long id, or no id at all (400).
+        BadQuery => "bad_query",
+        /// More than 1000 ids (400).
+        TooManyIds => "too_many_ids",
     }
 }
 
@@ -227,6 +242,7 @@ mod tests {
                 "dead_letter",
                 "refresh",
                 "chat",
+                "presence",
             ]
         );
         assert_eq!(

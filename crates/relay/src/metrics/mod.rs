@@ -13,13 +13,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
     AdapterDirection, AdapterOp, ChatOutcome, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, IdempotentOutcome, LocationOutcome, PublishRejection, RecoveryResult,
-    RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
+    HttpCloseReason, IdempotentOutcome, LocationOutcome, PresenceQueryRejection, PublishRejection,
+    RecoveryResult, RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
     auth::{RefreshRefusal, Rejection, Role},
-    events::{ClientEvent, DecodeReason, EventKind, Reject, ServerEvent},
+    events::{
+        ClientEvent, DecodeReason, EventKind, PresenceChange, PresenceKind, Reject, ServerEvent,
+    },
     outcome::OutcomeKind,
 };
 
@@ -49,16 +51,22 @@ pub const CHAT_MESSAGES: &str = "relay_chat_messages_total";
 pub const TOKEN_EXPIRY_NOTICES: &str = "relay_token_expiry_notices_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
+pub const ROOM_SUBSCRIPTIONS: &str = "relay_room_subscriptions";
+pub const GAP_FILLS: &str = "relay_gap_fills_total";
+pub const GAP_FILLED: &str = "relay_gap_filled_events_total";
 pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
 pub const HTTP_PENDING: &str = "relay_http_pending_connections";
+pub const PRESENCE_ONLINE: &str = "relay_presence_online";
+pub const PRESENCE_CHANGES: &str = "relay_presence_changes_total";
+pub const PRESENCE_QUERIES_REJECTED: &str = "relay_presence_queries_rejected_total";
 pub const TASK_PANICS: &str = "relay_task_panics_total";
 pub const LOG_WRITE_ERRORS: &str = "relay_log_write_errors_total";
 pub const LOG_LINES_DROPPED: &str = "relay_log_lines_dropped_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
-const HTTP_ROUTES: [&str; 7] = [
+const HTTP_ROUTES: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -66,6 +74,7 @@ const HTTP_ROUTES: [&str; 7] = [
     "/api/events",
     "/api/outcomes",
     "/api/dead-letters",
+    "/api/presence",
 ];
 /// HTTP handlers answer in well under a second; Redis-bound ones in ms.
 const HTTP_BUCKETS: [f64; 10] = [
@@ -206,6 +215,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(RECOVERIES, "result" => result.as_str()).absolute(0);
     }
     counter!(REPLAYED).absolute(0);
+    gauge!(ROOM_SUBSCRIPTIONS).set(0.0);
+    counter!(GAP_FILLS).absolute(0);
+    counter!(GAP_FILLED).absolute(0);
     counter!(TOKENS_EXPIRED).absolute(0);
     counter!(TOKEN_EXPIRY_NOTICES).absolute(0);
     for outcome in RefreshOutcome::ALL {
@@ -232,6 +244,15 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(HTTP_ACCEPT_ERRORS).absolute(0);
+    for kind in PresenceKind::ALL {
+        gauge!(PRESENCE_ONLINE, "kind" => kind.as_str()).set(0.0);
+        for online in ["true", "false"] {
+            counter!(PRESENCE_CHANGES, "kind" => kind.as_str(), "online" => online).absolute(0);
+        }
+    }
+    for reason in PresenceQueryRejection::ALL {
+        counter!(PRESENCE_QUERIES_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
     record_process_faults();
     zero_bounded_series();
     hot();
@@ -284,6 +305,18 @@ fn describe() {
         "Clients' requests for missed events (connect with last_event_id, or sync), by result."
     );
     describe_counter!(REPLAYED, "Events replayed to clients from the history.");
+    describe_gauge!(
+        ROOM_SUBSCRIPTIONS,
+        "Room channels this node subscribes to: rooms with a local socket, plus those left within the linger."
+    );
+    describe_counter!(
+        GAP_FILLS,
+        "Times this node filled a possible gap in its room feed from the history (after its pub/sub link dropped)."
+    );
+    describe_counter!(
+        GAP_FILLED,
+        "Recorded events delivered from the history by gap fills (they had not come live)."
+    );
     describe_counter!(
         CONNECTIONS_SHED,
         "New sessions refused with HTTP 503 before they started, by reason."
@@ -331,6 +364,18 @@ fn describe() {
     describe_counter!(
         DEFERRED_JOINS,
         "Sockets connected while their active orders could not be read, and what became of their order rooms, by result."
+    );
+    describe_gauge!(
+        PRESENCE_ONLINE,
+        "Stores and drivers online across the whole cluster, by kind (every node reports the same value)."
+    );
+    describe_counter!(
+        PRESENCE_CHANGES,
+        "Presence transitions, by kind and online; each is counted once, by the node that made it."
+    );
+    describe_counter!(
+        PRESENCE_QUERIES_REJECTED,
+        "GET /api/presence requests refused, by reason (unauthorized, bad_query, too_many_ids)."
     );
     describe_counter!(
         REOFFERS,
@@ -656,6 +701,16 @@ pub fn replayed(events: usize) {
     counter!(REPLAYED).increment(events as u64);
 }
 
+pub fn set_room_subscriptions(rooms: usize) {
+    gauge!(ROOM_SUBSCRIPTIONS).set(rooms as f64);
+}
+
+/// A gap fill ran and delivered `events` that had not come live.
+pub fn gap_filled(events: usize) {
+    counter!(GAP_FILLS).increment(1);
+    counter!(GAP_FILLED).increment(events as u64);
+}
+
 pub fn set_cluster_nodes(nodes: usize) {
     gauge!(CLUSTER_NODES).set(nodes as f64);
 }
@@ -840,6 +895,10 @@ pub fn adapter_message(direction: AdapterDirection) {
     counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).increment(1);
 }
 
+pub fn adapter_messages(direction: AdapterDirection, count: usize) {
+    counter!(ADAPTER_MESSAGES, "direction" => direction.as_str()).increment(count as u64);
+}
+
 pub fn adapter_error(op: AdapterOp) {
     counter!(ADAPTER_ERRORS, "op" => op.as_str()).increment(1);
 }
@@ -865,4 +924,24 @@ pub fn set_health(ready: bool, store_up: bool, consumer_running: bool) {
     gauge!(READY).set(f64::from(u8::from(ready)));
     gauge!(STORE_UP).set(f64::from(u8::from(store_up)));
     gauge!(CONSUMER_RUNNING).set(f64::from(u8::from(consumer_running)));
+}
+
+/// Presence transitions this node made (each is made by one node only).
+pub fn presence_changes(changes: &[PresenceChange]) {
+    for change in changes {
+        let online = if change.online { "true" } else { "false" };
+        counter!(PRESENCE_CHANGES, "kind" => change.who.kind.as_str(), "online" => online)
+            .increment(1);
+    }
+}
+
+/// The cluster-wide online totals, as the last sweep saw them.
+pub fn set_presence_online(stores: u64, drivers: u64) {
+    gauge!(PRESENCE_ONLINE, "kind" => PresenceKind::Store.as_str()).set(stores as f64);
+    gauge!(PRESENCE_ONLINE, "kind" => PresenceKind::Driver.as_str()).set(drivers as f64);
+}
+
+/// A `GET /api/presence` refused.
+pub fn presence_query_rejected(reason: PresenceQueryRejection) {
+    counter!(PRESENCE_QUERIES_REJECTED, "reason" => reason.as_str()).increment(1);
 }

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ServeError;
+use crate::interest::Interest;
 use crate::{
     auth::Verifier,
     config::{Config, ConfigError},
@@ -22,6 +23,7 @@ use crate::{
     http::{self, HttpState},
     location::LocationPipeline,
     metrics,
+    presence::Presence,
     stream::{Consumer, ConsumerSettings, Dispatcher},
     tasks::Tasks,
 };
@@ -52,19 +54,19 @@ impl Prepared {
     }
 }
 
-/// The Redis engine when `REDIS_URL` is set. Its own tasks go in `tasks`
+/// The Redis engine when `REDIS_URL` or `REDIS_CLUSTER_URLS` is set. Its own tasks go in `tasks`
 /// and end at `engine_stop`.
 pub(super) fn redis_engine(
     config: &Config,
     tasks: &Tasks,
     engine_stop: &CancellationToken,
 ) -> Result<Option<RedisEngine>, ServeError> {
-    let Some(url) = &config.redis_url else {
+    let Some(target) = &config.redis else {
         return Ok(None);
     };
     let engine = RedisEngine::with_tasks(
         RedisSettings {
-            url,
+            target,
             tls: &config.redis_tls,
             key_prefix: &config.key_prefix,
             node_id: &config.node_id,
@@ -103,8 +105,11 @@ pub(super) struct Node<E: Engine> {
     pub gateway: Gateway<E>,
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
+    pub presence: Arc<Presence>,
     pub replay_requests: mpsc::Receiver<Resume<E::Adapter>>,
-    /// Resolved by the delivery loop once its history feed is subscribed.
+    /// The room channels this node subscribes to.
+    pub interest: Arc<Interest<E>>,
+    /// Resolved by the delivery loop once it runs.
     pub history_subscribed: (oneshot::Sender<()>, oneshot::Receiver<()>),
     pub consumer: Consumer<E>,
     pub app: axum::Router,
@@ -124,7 +129,7 @@ pub(super) fn wire<E: Engine>(
     let verifier = Arc::new(verifier);
 
     // Unique even when two nodes are misconfigured with one node id: a node
-    // skips only the location batches it published itself.
+    // skips only the locations it published itself.
     let instance = format!(
         "{}#{}#{}",
         config.node_id,
@@ -140,6 +145,7 @@ pub(super) fn wire<E: Engine>(
         tasks,
     ));
     let (replay, replay_requests) = crate::delivery::channel();
+    let interest = Arc::new(Interest::new(engine.clone()));
     let limits = Arc::new(
         ConnectionLimits::new(
             config.limits.max_connections,
@@ -154,6 +160,7 @@ pub(super) fn wire<E: Engine>(
         .gated_by(health.clone()),
     );
     let expiries = Arc::new(Expiries::new(config.token_refresh_notice));
+    let presence = Arc::new(Presence::new(config.presence_grace));
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,
@@ -163,8 +170,10 @@ pub(super) fn wire<E: Engine>(
             chat_max_chars: config.chat.max_chars,
             locations,
             replay,
+            interest: interest.clone(),
             limits: limits.clone(),
             expiries: expiries.clone(),
+            presence: presence.clone(),
         },
     );
     let census = {
@@ -231,7 +240,9 @@ pub(super) fn wire<E: Engine>(
         gateway,
         limits,
         expiries,
+        presence,
         replay_requests,
+        interest,
         history_subscribed: oneshot::channel(),
         consumer,
         app,

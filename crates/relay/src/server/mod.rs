@@ -114,10 +114,28 @@ pub async fn serve(prepared: Prepared) -> Result<(), ServeError> {
 /// Binds the configured address and starts a node in the background.
 pub async fn start(prepared: Prepared) -> Result<RunningNode, ServeError> {
     let addr = prepared.config.addr;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
     start_on(prepared, listener).await
+}
+
+/// Connections the kernel queues until the accept loop takes them (capped
+/// by `net.core.somaxconn`, 4096 on current kernels). tokio's default of
+/// 1024 overflowed in a reconnect storm: the clients of a lost node arrive
+/// within a second or two, and each one the full queue dropped came back
+/// only after its SYN retransmit (1, 3, 7, 15 s), so recovery took a
+/// minute on a survivor that was mostly idle.
+const ACCEPT_BACKLOG: u32 = 65_535;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does: a restarted node rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Starts a node on an already bound listener (tests bind `127.0.0.1:0`).

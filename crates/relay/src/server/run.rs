@@ -21,6 +21,8 @@ pub(super) struct Running<E: Engine> {
     pub health: Health,
     pub gateway: Gateway<E>,
     pub consumer: JoinHandle<Option<()>>,
+    /// Ends the presence worker, once the clients are closed.
+    pub presence_stop: CancellationToken,
     pub health_watch: JoinHandle<Option<()>>,
     pub http: JoinHandle<Option<std::io::Result<()>>>,
 }
@@ -42,7 +44,9 @@ pub(super) fn spawn<E: Engine>(
         gateway,
         limits,
         expiries,
+        presence,
         replay_requests,
+        interest,
         history_subscribed: (subscribed, history_subscribed),
         consumer,
         app,
@@ -62,20 +66,32 @@ pub(super) fn spawn<E: Engine>(
             async move { expiries.run(io, stop).await }
         }
     });
-    tasks.spawn_restarting(names::LOCATION_RECEIVER, {
-        let (engine, io, stop) = (engine.clone(), gateway.io().clone(), stop.clone());
-        move || crate::location::receive(engine.clone(), io.clone(), instance.clone(), stop.clone())
-    });
     // Not restarted: it owns the replay requests' only receiver.
     tasks.spawn(
         names::DELIVERY_LOOP,
         crate::delivery::run(
             engine.clone(),
+            interest.clone(),
             gateway.io().clone(),
+            instance.clone(),
             replay_requests,
             subscribed,
             stop.clone(),
         ),
+    );
+    // Restarted: the subscribed rooms and their idle times live in `interest`.
+    tasks.spawn_restarting(names::ROOM_SWEEP, {
+        let (io, stop) = (gateway.io().clone(), stop.clone());
+        move || crate::interest::sweep(interest.clone(), io.clone(), stop.clone())
+    });
+    // Presence outlives `stop` until the clients are closed: the sockets it
+    // hands over at its end must be gone, or their grace would start while
+    // they are still connected (during the consumer's drain). Not restarted:
+    // it owns the only receiver of this node's socket counts.
+    let presence_stop = CancellationToken::new();
+    tasks.spawn(
+        names::PRESENCE,
+        crate::presence::run(presence, engine.clone(), instance, presence_stop.clone()),
     );
     tracing::info!(
         %addr,
@@ -117,6 +133,7 @@ pub(super) fn spawn<E: Engine>(
         health,
         gateway,
         consumer,
+        presence_stop,
         health_watch,
         http,
     }

@@ -1,10 +1,15 @@
-//! Rooms shared across nodes through Redis pub/sub, and surviving a Redis restart.
+//! Rooms shared across nodes through Redis pub/sub, surviving a Redis
+//! restart, and on a Redis Cluster a failover of the shard that holds the
+//! adapter's channel.
 
 use relay::auth::Role;
 use relay_client::{Client, ConnectOptions, Transport};
 use serde_json::json;
 
-use crate::support::{InProcessNode, NodeProcess, RedisServer, WAIT, token, unique_prefix};
+use crate::support::{
+    Backend, InProcessNode, Kind, NodeProcess, RedisCluster, RedisServer, WAIT, token,
+    unique_prefix,
+};
 
 async fn connect(url: &str, jwt: &str, transport: Transport) -> Client {
     Client::connect(
@@ -19,13 +24,14 @@ async fn connect(url: &str, jwt: &str, transport: Transport) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_broadcast_on_node_a_reaches_clients_on_node_b() {
-    let redis = RedisServer::start().await;
+    a_room_broadcast_on_node_a_reaches_clients_on_node_b_on(Kind::Server).await;
+}
+
+async fn a_room_broadcast_on_node_a_reaches_clients_on_node_b_on(kind: Kind) {
+    let redis = Backend::start(kind).await;
     let prefix = unique_prefix("cross");
-    let env = [
-        ("REDIS_URL", redis.url()),
-        ("RELAY_KEY_PREFIX", prefix.clone()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = [redis.env(), ("RELAY_KEY_PREFIX".to_owned(), prefix.clone())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let a = InProcessNode::start_ready(&env).await;
     let b = NodeProcess::spawn_ready(&env).await;
 
@@ -95,4 +101,53 @@ async fn nodes_hear_each_other_again_after_a_redis_restart() {
     on_b.wait_for("after", WAIT)
         .await
         .expect("after the restart");
+}
+
+/// A failover of the shard that owns the adapter's broadcast channel: the
+/// nodes go unready while the shard has no primary, and once the replica
+/// is promoted their subscriptions are back on it (the cluster connection
+/// subscribes again wherever the slot now lives), without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_hear_each_other_again_after_the_failover_of_the_channels_shard() {
+    let mut redis = RedisCluster::start_with_node_timeout(1000).await;
+    let prefix = unique_prefix("failover-sub");
+    let env = [
+        ("REDIS_CLUSTER_URLS".to_owned(), redis.seeds()),
+        ("RELAY_KEY_PREFIX".to_owned(), prefix.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let a = InProcessNode::start_ready(&env).await;
+    let b = NodeProcess::spawn_ready(&env).await;
+    let jwt = token("42", Role::Customer);
+    let mut on_b = connect(&b.url(), &jwt, Transport::WebSocket).await;
+    a.broadcast(&["customer_42"], "before", json!({})).await;
+    on_b.wait_for("before", WAIT)
+        .await
+        .expect("before the failover");
+
+    // socketioxide-redis's broadcast channel of the namespace `/`.
+    let channel = format!("{prefix}sio-request#/#");
+    redis.wait_replicas_synced(&channel).await;
+    let old = redis.kill_primary_of(&channel).await;
+    crate::support::wait_for_status(&format!("{}/readyz", b.url()), 503).await;
+    let new = redis.wait_promoted(&channel, old).await;
+    assert_ne!(new, old);
+    b.wait_ready().await;
+    crate::support::wait_for_status(&format!("{}/readyz", a.url()), 200).await;
+
+    a.broadcast(&["customer_42"], "after", json!({})).await;
+    on_b.wait_for("after", WAIT)
+        .await
+        .expect("after the failover");
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_broadcast_on_node_a_reaches_clients_on_node_b() {
+        super::a_room_broadcast_on_node_a_reaches_clients_on_node_b_on(Kind::Cluster).await;
+    }
 }

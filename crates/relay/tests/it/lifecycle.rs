@@ -145,11 +145,12 @@ async fn sigterm_disconnects_clients_and_exits_cleanly() {
 }
 
 /// The long-lived tasks of every node, whichever its engine.
-const NODE_TASKS: [&str; 8] = [
+const NODE_TASKS: [&str; 9] = [
     "location cache writer",
     "location prune",
     "token expiry sweeper",
     "delivery loop",
+    "room sweep",
     "health watch",
     "consumer",
     "consumer maintenance",
@@ -169,14 +170,9 @@ async fn stop_returns_once_every_task_of_a_redis_node_has_ended() {
     let node =
         InProcessNode::start_ready(&[("REDIS_URL", &redis.url()), ("RELAY_KEY_PREFIX", &prefix)])
             .await;
-    // With peers: the cluster-wide session counts and location batches,
-    // and the engine's own tasks.
-    let cluster_tasks = [
-        "limits keep-alive",
-        "location receiver",
-        "sequencing notices",
-        "history feed",
-    ];
+    // With peers: the cluster-wide session counts, and the engine's own
+    // tasks.
+    let cluster_tasks = ["limits keep-alive", "sequencing notices"];
     stop_joins_every_task(node, &cluster_tasks).await;
 }
 

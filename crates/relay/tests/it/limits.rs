@@ -11,7 +11,7 @@ use relay_client::{Client, CloseReason, ConnectOptions, Transport};
 use serde_json::json;
 
 use crate::support::{
-    Cluster, InProcessNode, NodeProcess, SECRET, WAIT, http, metric, token, wait_for_status,
+    Cluster, InProcessNode, Kind, NodeProcess, SECRET, WAIT, http, metric, token, wait_for_status,
 };
 
 async fn try_connect(url: &str, jwt: &str) -> Result<Client, String> {
@@ -73,8 +73,17 @@ async fn connect_within(url: &str, jwt: &str, bound: Duration) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_user_limit_counts_sockets_on_every_node() {
-    let mut cluster =
-        Cluster::start("user-limit", 2, &[("RELAY_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    the_per_user_limit_counts_sockets_on_every_node_on(Kind::Server).await;
+}
+
+async fn the_per_user_limit_counts_sockets_on_every_node_on(kind: Kind) {
+    let mut cluster = Cluster::start_on(
+        kind,
+        "user-limit",
+        2,
+        &[("RELAY_MAX_CONNECTIONS_PER_USER", "2")],
+    )
+    .await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let jwt = token("c1", Role::Customer);
     let on_a = try_connect(&a, &jwt).await.expect("first, on node A");
@@ -541,4 +550,15 @@ async fn a_flood_of_silent_connections_beyond_the_bound_is_closed_and_the_node_k
     try_connect(&url, &token("f2", Role::Customer))
         .await
         .expect("a new client after the flood");
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_per_user_limit_counts_sockets_on_every_node() {
+        super::the_per_user_limit_counts_sockets_on_every_node_on(Kind::Cluster).await;
+    }
 }

@@ -5,7 +5,9 @@ use relay::auth::Role;
 use relay_client::Client;
 use serde_json::{Value, json};
 
-use crate::support::{API_KEY, Cluster, InProcessNode, WAIT, connect, expect_event, http, token};
+use crate::support::{
+    API_KEY, Cluster, InProcessNode, Kind, WAIT, connect, expect_event, http, token,
+};
 
 async fn send(driver: &Client, update: Value) -> Value {
     driver
@@ -180,7 +182,12 @@ async fn drivers_are_throttled_and_sockets_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_holds_the_contract_fields_and_expires() {
-    let cluster = Cluster::start(
+    the_cache_holds_the_contract_fields_and_expires_on(Kind::Server).await;
+}
+
+async fn the_cache_holds_the_contract_fields_and_expires_on(kind: Kind) {
+    let cluster = Cluster::start_on(
+        kind,
         "loc-cache",
         1,
         &[
@@ -230,13 +237,25 @@ async fn the_cache_holds_the_contract_fields_and_expires() {
         .await
         .expect("PTTL");
     assert!(ttl > 0 && ttl <= 2000, "ttl {ttl}");
-    let pos: Vec<Option<(f64, f64)>> = redis::cmd("GEOPOS")
-        .arg(&geo_key)
-        .arg("d1")
-        .query_async(&mut conn)
-        .await
-        .expect("GEOPOS");
-    let (lng, lat) = pos[0].expect("in the geo set");
+    // On a cluster the hash and the geo set are in different slots, and the
+    // batch writes them side by side: either may land first.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (lng, lat) = loop {
+        let pos: Vec<Option<(f64, f64)>> = redis::cmd("GEOPOS")
+            .arg(&geo_key)
+            .arg("d1")
+            .query_async(&mut conn)
+            .await
+            .expect("GEOPOS");
+        if let Some(pos) = pos[0] {
+            break pos;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never in the geo set"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert!((lat - 12.9716).abs() < 1e-4 && (lng - 77.5946).abs() < 1e-4);
 
     // An update without heading and speed leaves none behind.
@@ -292,7 +311,17 @@ async fn the_cache_holds_the_contract_fields_and_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locations_reach_the_order_room_on_other_nodes_but_not_the_sender() {
-    let cluster = Cluster::start("loc-fanout", 2, &[("RELAY_LOCATION_MIN_INTERVAL_MS", "0")]).await;
+    locations_reach_the_order_room_on_other_nodes_but_not_the_sender_on(Kind::Server).await;
+}
+
+async fn locations_reach_the_order_room_on_other_nodes_but_not_the_sender_on(kind: Kind) {
+    let cluster = Cluster::start_on(
+        kind,
+        "loc-fanout",
+        2,
+        &[("RELAY_LOCATION_MIN_INTERVAL_MS", "0")],
+    )
+    .await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&b, &token("c1", Role::Customer)).await;
     let mut other = connect(&b, &token("c2", Role::Customer)).await;
@@ -507,5 +536,22 @@ async fn embedded_mode_fans_out_and_caches_locations() {
         }
         assert!(tokio::time::Instant::now() < deadline, "{active}");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn locations_reach_the_order_room_on_other_nodes_but_not_the_sender() {
+        super::locations_reach_the_order_room_on_other_nodes_but_not_the_sender_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_holds_the_contract_fields_and_expires() {
+        super::the_cache_holds_the_contract_fields_and_expires_on(Kind::Cluster).await;
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::Value;
 use serde_json::json;
 
-use crate::support::{Cluster, WAIT, connect, expect_event, merchant_token};
+use crate::support::{Cluster, Kind, WAIT, connect, expect_event, merchant_token};
 
 async fn order_for_store(cluster: &Cluster, order: &str, store: &str, timer_s: u32) -> String {
     cluster
@@ -53,7 +53,11 @@ async fn settled_outcomes(cluster: &Cluster, event_id: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_offline_when_the_order_arrives_gets_it_when_it_connects() {
-    let cluster = Cluster::start("offline-merchant", 2, &[]).await;
+    a_merchant_offline_when_the_order_arrives_gets_it_when_it_connects_on(Kind::Server).await;
+}
+
+async fn a_merchant_offline_when_the_order_arrives_gets_it_when_it_connects_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "offline-merchant", 2, &[]).await;
     let id = order_for_store(&cluster, "o1", "s1", 30).await;
     // The merchant's tablet comes online 5 s later, on either node.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -93,7 +97,17 @@ async fn a_merchant_that_drops_before_acking_gets_the_offer_again_on_reconnect()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_survives_the_node_that_made_it() {
-    let mut cluster = Cluster::start("offer-takeover", 1, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
+    an_offer_survives_the_node_that_made_it_on(Kind::Server).await;
+}
+
+async fn an_offer_survives_the_node_that_made_it_on(kind: Kind) {
+    let mut cluster = Cluster::start_on(
+        kind,
+        "offer-takeover",
+        1,
+        &[("RELAY_CLAIM_IDLE_MS", "1000")],
+    )
+    .await;
     let mut tablet = connect(&cluster.url(0), &merchant_token("m1", &["s1"])).await;
     let acked = order_for_store(&cluster, "o1", "s1", 20).await;
     assert_eq!(
@@ -119,4 +133,21 @@ async fn an_offer_survives_the_node_that_made_it() {
     assert_eq!(settled_outcomes(&cluster, &acked).await, ["acked"]);
     // Offered by the dead node, never answered: one timeout, from the survivor.
     assert_eq!(settled_outcomes(&cluster, &silent).await, ["timeout"]);
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merchant_offline_when_the_order_arrives_gets_it_when_it_connects() {
+        super::a_merchant_offline_when_the_order_arrives_gets_it_when_it_connects_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_offer_survives_the_node_that_made_it() {
+        super::an_offer_survives_the_node_that_made_it_on(Kind::Cluster).await;
+    }
 }

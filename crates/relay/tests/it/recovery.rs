@@ -7,7 +7,9 @@ use relay::auth::Role;
 use relay_client::{Client, ConnectOptions, Event};
 use serde_json::{Value, json};
 
-use crate::support::{API_KEY, Cluster, InProcessNode, WAIT, connect, expect_event, http, token};
+use crate::support::{
+    API_KEY, Cluster, InProcessNode, Kind, WAIT, connect, expect_event, http, token,
+};
 
 /// A customer's client that connects with `last_event_id` in its auth.
 async fn resume(url: &str, customer: &str, last_event_id: &str) -> Client {
@@ -48,7 +50,14 @@ async fn created(cluster: &Cluster, order: &str, customer: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_order() {
-    let cluster = Cluster::start("recovery", 2, &[]).await;
+    a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_order_on(Kind::Server)
+        .await;
+}
+
+async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_order_on(
+    kind: Kind,
+) {
+    let cluster = Cluster::start_on(kind, "recovery", 2, &[]).await;
     let mut customer = connect(&cluster.url(0), &token("c1", Role::Customer)).await;
     created(&cluster, "o1", "c1").await;
     let first = cluster
@@ -74,7 +83,7 @@ async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_o
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let recorded: usize = redis::cmd("XLEN")
-            .arg(cluster.key("history:customer_c1"))
+            .arg(cluster.history_key("history:customer_c1"))
             .query_async(&mut conn)
             .await
             .expect("XLEN");
@@ -214,4 +223,18 @@ async fn sync_while_connected_replays_after_the_given_event_and_acks() {
         .await
         .expect("sync ack");
     assert_eq!(bad[0]["ok"], false);
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_order() {
+        super::a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_order_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
 }

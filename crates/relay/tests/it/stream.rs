@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 
 use relay::auth::Role;
-use relay::config::Secret;
 use relay::engine::redis::{RedisEngine, RedisSettings};
 use relay::engine::{Engine, EventStream};
 use serde_json::json;
 
-use crate::support::{Cluster, WAIT, connect, expect_event, merchant_token, metric, token};
+use crate::support::{Cluster, Kind, WAIT, connect, expect_event, merchant_token, metric, token};
 
 /// `XPENDING key group` summary: count, smallest id, largest id, consumers.
 type PendingSummary = (
@@ -21,7 +20,11 @@ type PendingSummary = (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_go_to_the_dead_letters_while_later_entries_flow() {
-    let cluster = Cluster::start("poison", 2, &[]).await;
+    malformed_entries_go_to_the_dead_letters_while_later_entries_flow_on(Kind::Server).await;
+}
+
+async fn malformed_entries_go_to_the_dead_letters_while_later_entries_flow_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "poison", 2, &[]).await;
     let mut admin = connect(&cluster.url(0), &token("a1", Role::Admin)).await;
     cluster
         .xadd("admin.alert", json!({"level": "info", "message": "first"}))
@@ -165,7 +168,11 @@ async fn a_killed_nodes_offer_is_claimed_and_completed_by_another_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held() {
-    let mut cluster = Cluster::start("held", 0, &[("RELAY_CLAIM_IDLE_MS", "3000")]).await;
+    later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held_on(Kind::Server).await;
+}
+
+async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held_on(kind: Kind) {
+    let mut cluster = Cluster::start_on(kind, "held", 0, &[("RELAY_CLAIM_IDLE_MS", "3000")]).await;
     cluster
         .xadd(
             "order.created",
@@ -181,7 +188,7 @@ async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held(
     // Another consumer of the group (a node that then died) takes both
     // entries of o1 and never handles them.
     let ghost = RedisEngine::new(RedisSettings {
-        url: &Secret::new(cluster.redis.url()),
+        target: &cluster.redis.target(),
         tls: &Default::default(),
         key_prefix: &cluster.prefix,
         node_id: "ghost",
@@ -462,7 +469,12 @@ async fn entries_that_are_not_utf8_are_dead_lettered_byte_for_byte() {
 /// was, with the reason `too_large`: never emitted, never recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded() {
-    let cluster = Cluster::start("toolarge", 1, &[("RELAY_MAX_EVENT_BYTES", "65536")]).await;
+    an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded_on(Kind::Server).await;
+}
+
+async fn an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded_on(kind: Kind) {
+    let cluster =
+        Cluster::start_on(kind, "toolarge", 1, &[("RELAY_MAX_EVENT_BYTES", "65536")]).await;
     let mut admin = connect(&cluster.url(0), &token("a1", Role::Admin)).await;
     let huge = json!({"level": "warn", "message": "x".repeat(100 * 1024)}).to_string();
     let big = cluster
@@ -503,7 +515,7 @@ async fn an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded
     );
     // Recorded: only the small alerts, in the room's and the cluster's history.
     for history in ["history:admin_updates", "history:all"] {
-        let recorded = cluster.entries(history).await;
+        let recorded = cluster.entries_of(&cluster.history_key(history)).await;
         assert_eq!(recorded.len(), 2, "{history}: {} entries", recorded.len());
     }
     let mut conn = cluster.redis.connection().await;
@@ -514,4 +526,32 @@ async fn an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded
         .await
         .expect("XPENDING");
     assert_eq!(pending.0, 0, "{pending:?}");
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_entries_go_to_the_dead_letters_while_later_entries_flow() {
+        super::malformed_entries_go_to_the_dead_letters_while_later_entries_flow_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded() {
+        super::an_entry_beyond_the_size_limit_is_dead_lettered_not_emitted_or_recorded_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held() {
+        super::later_events_of_an_order_wait_for_earlier_ones_a_stopped_consumer_held_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
 }

@@ -8,27 +8,25 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
-
+use super::rooms::MemoryRooms;
 use crate::{
-    engine::{History, Missed, Recorded, StoreResult, cmp_offsets, in_offset_order},
+    engine::{
+        History, Missed, Recorded, Routed, StoreResult, cmp_offsets, in_offset_order, merge_rooms,
+    },
     events::now_ms,
 };
-
-/// Events waiting for this node's delivery loop.
-const FEED: usize = 65_536;
 
 pub struct MemoryHistory {
     size: usize,
     ttl_ms: u64,
     state: Mutex<State>,
+    channels: MemoryRooms,
 }
 
 #[derive(Default)]
 struct State {
     rooms: HashMap<String, RoomLog>,
     last: (u64, u64),
-    feed: Option<mpsc::Sender<Recorded>>,
 }
 
 #[derive(Default)]
@@ -46,11 +44,12 @@ struct Entry {
 }
 
 impl MemoryHistory {
-    pub fn new(size: usize, ttl: Duration) -> Self {
+    pub fn new(size: usize, ttl: Duration, channels: MemoryRooms) -> Self {
         Self {
             size: size.max(1),
             ttl_ms: ttl.as_millis() as u64,
             state: Mutex::default(),
+            channels,
         }
     }
 
@@ -105,21 +104,38 @@ impl History for MemoryHistory {
                 }
             }
         }
-        // Sent under the lock: the feed sees events in offset order.
-        if let Some(feed) = &state.feed
-            && feed.try_send((*recorded).clone()).is_err()
-        {
-            tracing::warn!(offset, "delivery feed full: event not delivered live");
-        }
+        let payload = Routed::Recorded((*recorded).clone()).encode();
+        let messages = rooms
+            .iter()
+            .map(|room| (room.clone(), payload.clone()))
+            .collect();
+        // Still under the lock: the feed sees events in offset order.
+        self.channels.send(messages);
+        drop(state);
         Ok(offset)
     }
 
-    async fn feed(&self) -> StoreResult<(mpsc::Receiver<Recorded>, Option<String>)> {
-        let (tx, rx) = mpsc::channel(FEED);
-        let mut state = self.state();
-        state.feed = Some(tx);
-        let last = (state.last != (0, 0)).then(|| format!("{}-{}", state.last.0, state.last.1));
-        Ok((rx, last))
+    async fn newest(&self) -> StoreResult<Option<String>> {
+        let state = self.state();
+        Ok((state.last != (0, 0)).then(|| format!("{}-{}", state.last.0, state.last.1)))
+    }
+
+    async fn since(&self, rooms: &[String], from_ms: u64) -> StoreResult<Vec<Recorded>> {
+        let state = self.state();
+        let found = rooms
+            .iter()
+            .filter_map(|room| Some((room, state.rooms.get(room)?)))
+            .flat_map(|(room, log)| {
+                log.entries
+                    .iter()
+                    .filter(move |e| e.ms >= from_ms)
+                    .map(move |e| Recorded {
+                        rooms: vec![room.clone()],
+                        ..(*e.recorded).clone()
+                    })
+            })
+            .collect();
+        Ok(merge_rooms(found))
     }
 
     async fn missed(
@@ -175,7 +191,7 @@ mod tests {
 
     #[tokio::test]
     async fn replays_what_came_after_the_last_event_once_and_in_order() {
-        let h = MemoryHistory::new(100, Duration::from_secs(60));
+        let h = MemoryHistory::new(100, Duration::from_secs(60), MemoryRooms::default());
         let both = rooms(&["order_o1", "customer_c1"]);
         h.publish("e", "1", "id1", &both, None).await.unwrap();
         h.publish("e", "2", "id2", &both, None).await.unwrap();
@@ -195,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_trimmed_room_is_not_recovered() {
-        let h = MemoryHistory::new(2, Duration::from_secs(60));
+        let h = MemoryHistory::new(2, Duration::from_secs(60), MemoryRooms::default());
         let one = rooms(&["customer_c1"]);
         for i in 0..3 {
             h.publish("e", "{}", &format!("id{i}"), &rooms(&["order_o1"]), None)

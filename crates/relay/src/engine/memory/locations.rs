@@ -42,11 +42,7 @@ pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
 }
 
 impl LocationCache for MemoryLocations {
-    async fn write(
-        &self,
-        batch: &[(String, DriverLocation)],
-        _broadcast: Option<&[u8]>,
-    ) -> StoreResult<()> {
+    async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
         let mut drivers = self.drivers();
         for (driver, location) in batch {
             drivers.insert(driver.clone(), *location);
@@ -125,7 +121,7 @@ mod tests {
             // Older than the TTL: cached, but no longer fresh.
             ("d4".to_owned(), at(12.94, now - 61_000)),
         ];
-        cache.write(&batch, None).await.unwrap();
+        cache.write(&batch).await.unwrap();
         let ids =
             |v: Vec<(String, DriverLocation)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
         assert_eq!(

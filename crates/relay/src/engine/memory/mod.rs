@@ -5,6 +5,8 @@ mod chat;
 mod history;
 mod locations;
 mod order_store;
+mod presence;
+mod rooms;
 mod stream;
 mod watches;
 
@@ -17,6 +19,8 @@ pub use chat::MemoryChat;
 pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
+pub use presence::MemoryPresence;
+pub use rooms::MemoryRooms;
 pub use stream::MemoryStream;
 pub use watches::MemoryWatches;
 
@@ -27,6 +31,8 @@ pub struct MemoryEngine {
     orders: MemoryOrders,
     locations: MemoryLocations,
     history: MemoryHistory,
+    presence: MemoryPresence,
+    rooms: MemoryRooms,
     watches: MemoryWatches,
     chat: MemoryChat,
 }
@@ -38,20 +44,19 @@ impl MemoryEngine {
         history_size: usize,
         history_ttl: Duration,
     ) -> Self {
+        let rooms = MemoryRooms::default();
         Self {
-            history: MemoryHistory::new(history_size, history_ttl),
+            history: MemoryHistory::new(history_size, history_ttl, rooms.clone()),
+            rooms,
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
+            presence: MemoryPresence::default(),
             watches: MemoryWatches::default(),
             chat: MemoryChat::default(),
         }
     }
 }
-
-use socketioxide_redis::drivers::{ChanItem, MessageStream};
-
-use super::StoreResult;
 
 impl Engine for MemoryEngine {
     type Adapter = LocalAdapter;
@@ -59,6 +64,8 @@ impl Engine for MemoryEngine {
     type Orders = MemoryOrders;
     type Locations = MemoryLocations;
     type History = MemoryHistory;
+    type Presence = MemoryPresence;
+    type Rooms = MemoryRooms;
     type Watches = MemoryWatches;
     type Chat = MemoryChat;
 
@@ -84,6 +91,14 @@ impl Engine for MemoryEngine {
         &self.history
     }
 
+    fn presence(&self) -> &MemoryPresence {
+        &self.presence
+    }
+
+    fn rooms(&self) -> &MemoryRooms {
+        &self.rooms
+    }
+
     fn watches(&self) -> &MemoryWatches {
         &self.watches
     }
@@ -94,10 +109,6 @@ impl Engine for MemoryEngine {
 
     async fn finish_init((): ()) -> Result<(), EngineError> {
         Ok(())
-    }
-
-    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
-        Ok(None)
     }
 
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {

@@ -1,51 +1,53 @@
-//! The recovery history in Redis. Every recorded event is appended to one
-//! cluster-wide stream, `{prefix}history:all`, whose entry id is its offset,
-//! and under that id to one stream per target room
-//! (`{prefix}history:{room}`), trimmed by count and age; one script does
-//! both, and scripts run one at a time, so offsets, rooms and delivery share
-//! one order. Nodes read `history:all` with XREAD BLOCK from the last offset
-//! they delivered: unlike pub/sub, a node whose Redis connection drops for a
-//! moment resumes exactly where it was, and misses nothing.
+//! The recovery history in Redis. Every recorded event is appended to
+//! `{prefix}history:all`, whose entry id is its offset, and under that id
+//! to one stream per target room (`{prefix}history:{room}`), trimmed by
+//! count and age; one script does both, so offsets and rooms share one
+//! order. On a Redis Cluster all of them carry one hash tag
+//! (`{prefix}{{prefix}history}:history:...`), so that the script touches
+//! one slot. The event then goes
+//! live to the channel of each target room ([`RedisRooms`]); a node that
+//! lost its pub/sub link fills the gap from the rooms' streams.
 
 use redis::{
     AsyncCommands, Script, Value,
-    streams::{StreamId, StreamRangeReply, StreamReadReply},
+    streams::{StreamId, StreamRangeReply},
 };
 
+use super::keys::KeySpace;
 use super::link::Link;
-use tokio::sync::mpsc;
+use super::rooms::RedisRooms;
 
 use super::values::bulk_string;
-use crate::engine::{History, Missed, Recorded, StoreError, StoreResult, in_offset_order};
-use crate::metrics::{AdapterOp, StoreOp};
-use crate::tasks::{Tasks, names};
-
-/// Events waiting for this node's delivery loop.
-const FEED: usize = 65_536;
+use crate::engine::{
+    History, Missed, Recorded, RoomChannels, Routed, StoreError, StoreResult, in_offset_order,
+    merge_rooms,
+};
 
 /// KEYS: the cluster-wide stream, then one history stream per room.
 /// ARGV: size, ttl ms, length of the cluster-wide stream, event, data,
-/// event id, rooms (JSON), room to leave after it or ''.
+/// event id, room to leave after it or ''.
 const PUBLISH_SCRIPT: &str = r"
-local offset = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
-  'event', ARGV[4], 'data', ARGV[5], 'rooms', ARGV[7], 'then_leave', ARGV[8])
+local offset = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[4])
 local ms = tonumber(string.match(offset, '^(%d+)-'))
 local minid = tostring(ms - tonumber(ARGV[2])) .. '-0'
 for i = 2, #KEYS do
-  redis.call('XADD', KEYS[i], 'MAXLEN', ARGV[1], offset, 'event', ARGV[4], 'data', ARGV[5], 'event_id', ARGV[6])
+  if ARGV[7] == '' then
+    redis.call('XADD', KEYS[i], 'MAXLEN', ARGV[1], offset, 'event', ARGV[4], 'data', ARGV[5], 'event_id', ARGV[6])
+  else
+    redis.call('XADD', KEYS[i], 'MAXLEN', ARGV[1], offset, 'event', ARGV[4], 'data', ARGV[5], 'event_id', ARGV[6], 'then_leave', ARGV[7])
+  end
   redis.call('XTRIM', KEYS[i], 'MINID', minid)
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
 end
 return offset
 ";
 
-/// How many recorded events the cluster-wide stream keeps: what a node that
-/// lost Redis for a moment can catch up on.
-const ALL_MAXLEN: usize = 100_000;
-/// Longest an XREAD of the cluster-wide stream blocks.
-const BLOCK_MS: u64 = 2000;
-/// Entries read at once.
-const READ_COUNT: usize = 512;
+/// How many entries the cluster-wide stream keeps: nobody reads it back
+/// beyond its newest id (the offsets), so a few suffice.
+const ALL_MAXLEN: usize = 1000;
+
+/// Room streams read in one pipeline when filling a gap.
+const FILL_CHUNK: usize = 256;
 
 /// KEYS: one history stream per room. ARGV: last event id, ttl ms, up-to
 /// offset or ''. Returns {0} when the history does not reach back to the
@@ -111,44 +113,44 @@ return out
 
 pub struct RedisHistory {
     conn: Link,
-    /// For XREAD BLOCK only: a blocked connection serves nobody else.
-    blocking: Link,
+    rooms: RedisRooms,
     prefix: String,
     size: usize,
     ttl_ms: u64,
     publish: Script,
     missed: Script,
-    /// Where the feed's reader runs.
-    tasks: Tasks,
 }
 
 impl RedisHistory {
     pub fn new(
         conn: Link,
-        blocking: Link,
-        prefix: &str,
+        rooms: RedisRooms,
+        space: &KeySpace,
         size: usize,
         ttl: std::time::Duration,
-        tasks: Tasks,
     ) -> Self {
         Self {
             conn,
-            blocking,
-            prefix: prefix.to_owned(),
+            rooms,
+            prefix: space.beside("history"),
             size: size.max(1),
             ttl_ms: ttl.as_millis() as u64,
             publish: Script::new(PUBLISH_SCRIPT),
             missed: Script::new(MISSED_SCRIPT),
-            tasks,
         }
     }
 
+    /// Every history key starts with this: on a cluster one hash tag, one slot.
+    fn key_base(&self) -> String {
+        format!("{}history:", self.prefix)
+    }
+
     fn room_key(&self, room: &str) -> String {
-        format!("{}history:{room}", self.prefix)
+        format!("{}{room}", self.key_base())
     }
 
     fn all_key(&self) -> String {
-        format!("{}history:all", self.prefix)
+        format!("{}all", self.key_base())
     }
 }
 
@@ -161,8 +163,6 @@ impl History for RedisHistory {
         rooms: &[String],
         then_leave: Option<&str>,
     ) -> StoreResult<String> {
-        let rooms_json =
-            serde_json::to_string(rooms).map_err(|e| StoreError::BadData(e.to_string()))?;
         let mut invocation = self.publish.key(self.all_key());
         for room in rooms {
             invocation.key(self.room_key(room));
@@ -174,81 +174,55 @@ impl History for RedisHistory {
             .arg(event)
             .arg(data)
             .arg(event_id)
-            .arg(rooms_json)
             .arg(then_leave.unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
+            .await?;
+        // Recorded first, then live: a node that misses the live copy finds
+        // it in the history when it fills the gap.
+        let payload = Routed::Recorded(Recorded {
+            offset: offset.clone(),
+            event: event.to_owned(),
+            data: data.to_owned(),
+            rooms: rooms.to_vec(),
+            then_leave: then_leave.map(str::to_owned),
+        })
+        .encode();
+        self.rooms
+            .publish(
+                rooms
+                    .iter()
+                    .map(|room| (room.clone(), payload.clone()))
+                    .collect(),
+            )
             .await?;
         Ok(offset)
     }
 
-    async fn feed(&self) -> StoreResult<(mpsc::Receiver<Recorded>, Option<String>)> {
+    async fn newest(&self) -> StoreResult<Option<String>> {
         let newest: StreamRangeReply = self
             .conn
             .clone()
             .xrevrange_count(self.all_key(), "+", "-", 1)
             .await?;
-        let last = parse_records(newest.ids).pop().map(|r| r.offset);
-        let (tx, rx) = mpsc::channel(FEED);
-        let (mut conn, key) = (self.blocking.clone(), self.all_key());
-        let mut after = last.clone().unwrap_or_else(|| "0-0".to_owned());
-        let reader = tx.clone();
-        let read_loop = async move {
-            let mut backoff = std::time::Duration::from_millis(100);
-            loop {
-                let read: redis::RedisResult<StreamReadReply> = redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(READ_COUNT)
-                    .arg("BLOCK")
-                    .arg(BLOCK_MS)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&after)
-                    .query_async(&mut conn)
-                    .await;
-                let reply = match read {
-                    Ok(reply) => {
-                        backoff = std::time::Duration::from_millis(100);
-                        reply
-                    }
-                    Err(e) => {
-                        let e = StoreError::from(e);
-                        crate::metrics::store_error(StoreOp::HistoryRead);
-                        // The feed is every event this node delivers: keep
-                        // reading, at the slowest pace when only an operator can help.
-                        if e.is_transient() {
-                            tracing::debug!(error = %e, "reading recorded events failed, retrying");
-                        } else {
-                            tracing::error!(error = %e, "reading recorded events failed, retrying");
-                            backoff = std::time::Duration::from_secs(2);
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                        if tx.is_closed() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                let entries = reply.keys.into_iter().flat_map(|key| key.ids).collect();
-                let records = parse_records(entries);
-                for record in records {
-                    after = record.offset.clone();
-                    if tx.send(record).await.is_err() {
-                        return;
-                    }
-                }
+        Ok(newest.ids.into_iter().next().map(|row| row.id))
+    }
+
+    async fn since(&self, rooms: &[String], from_ms: u64) -> StoreResult<Vec<Recorded>> {
+        let mut found: Vec<Recorded> = Vec::new();
+        for chunk in rooms.chunks(FILL_CHUNK) {
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.cmd("XRANGE")
+                    .arg(self.room_key(room))
+                    .arg(format!("{from_ms}-0"))
+                    .arg("+");
             }
-        };
-        // Ends with its receiver, also while XREAD blocks with nothing new.
-        // Not restarted: the delivery loop ends with its feed, and a panic
-        // here fails the node.
-        self.tasks.spawn(names::HISTORY_FEED, async move {
-            tokio::select! {
-                () = reader.closed() => {}
-                () = read_loop => {}
+            let replies: Vec<StreamRangeReply> = pipe.query_async(&mut self.conn.clone()).await?;
+            for (room, reply) in chunk.iter().zip(replies) {
+                found.extend(parse_room_entries(room, reply.ids));
             }
-        });
-        Ok((rx, last))
+        }
+        Ok(merge_rooms(found))
     }
 
     async fn missed(
@@ -299,9 +273,9 @@ impl History for RedisHistory {
     }
 }
 
-/// Entries of `history:all` as recorded events; a malformed one is skipped
-/// (and counted), never blocks the ones after it.
-fn parse_records(rows: Vec<StreamId>) -> Vec<Recorded> {
+/// A room stream's entries as recorded events of that room; a malformed
+/// one is skipped (and counted), never blocks the ones after it.
+fn parse_room_entries(room: &str, rows: Vec<StreamId>) -> Vec<Recorded> {
     rows.into_iter()
         .filter_map(|row| {
             let StreamId {
@@ -315,12 +289,12 @@ fn parse_records(rows: Vec<StreamId>) -> Vec<Recorded> {
                     offset: offset.clone(),
                     event: take("event")?,
                     data: take("data")?,
-                    rooms: serde_json::from_str(&take("rooms")?).ok()?,
+                    rooms: vec![room.to_owned()],
                     then_leave: take("then_leave").filter(|r| !r.is_empty()),
                 })
             })();
             if record.is_none() {
-                crate::metrics::adapter_error(AdapterOp::Decode);
+                crate::metrics::adapter_error(crate::metrics::AdapterOp::Decode);
                 tracing::warn!(offset, "malformed recorded event skipped");
             }
             record

@@ -1,18 +1,27 @@
-//! A Redis connection that can be dialed again on demand.
+//! A Redis connection that can be dialed again on demand, to one server or
+//! to a Redis Cluster: every store talks through a [`Link`] and works on
+//! either.
 //!
-//! [`ConnectionManager`] reconnects after I/O errors, but a link that goes
-//! silent (a lost NAT entry, a peer gone without a FIN or RST, a
-//! black-holed route) produces no error, only response timeouts, which it
-//! treats as retryable on the same connection: every command would time
-//! out until the kernel gives up on the socket, many minutes later. The
-//! health watch notices the silence and calls [`Link::redial`]; every
-//! command after that goes out on a fresh connection.
+//! [`ConnectionManager`] (one server) and [`ClusterConnection`] reconnect
+//! after I/O errors, and the cluster connection follows MOVED/ASK, slot
+//! moves and failovers by itself. But a link that goes silent (a lost NAT
+//! entry, a peer gone without a FIN or RST, a black-holed route) produces
+//! no error, only response timeouts, which both treat as retryable on the
+//! same connection: every command would time out until the kernel gives up
+//! on the socket, many minutes later. The health watch notices the silence
+//! and calls [`Link::redial`]; every command after that goes out on a fresh
+//! connection.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use futures_util::future::join_all;
 use redis::{
     Cmd, Pipeline, RedisFuture, RedisResult, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterConfig},
+    cluster_async::ClusterConnection,
+    cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo},
 };
 
 #[derive(Clone)]
@@ -21,26 +30,72 @@ pub struct Link {
 }
 
 struct Inner {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    current: RwLock<ConnectionManager>,
+    dialer: Dialer,
+    current: RwLock<Conn>,
+}
+
+/// How a fresh connection is made.
+enum Dialer {
+    Server {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    Cluster {
+        client: ClusterClient,
+        config: ClusterConfig,
+    },
+}
+
+/// The connection commands go out on now.
+#[derive(Clone)]
+pub enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Dialer {
+    /// Prepares a connection without dialing it: a node starts (unready)
+    /// while Redis is unreachable, and the connection is made on first use.
+    fn dial(&self) -> RedisResult<Conn> {
+        Ok(match self {
+            Self::Server { client, config } => Conn::Server(
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+            ),
+            Self::Cluster { client, config } => {
+                Conn::Cluster(client.get_pending_async_connection_with_config(config.clone()))
+            }
+        })
+    }
 }
 
 impl Link {
-    /// Prepares the connection without dialing it.
-    pub fn new(client: redis::Client, config: ConnectionManagerConfig) -> RedisResult<Self> {
-        let current = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+    /// A link to one server.
+    pub fn server(client: redis::Client, config: ConnectionManagerConfig) -> RedisResult<Self> {
+        Self::with(Dialer::Server { client, config })
+    }
+
+    /// A link to a Redis Cluster. Must run inside the runtime: the cluster
+    /// connection's own task starts here.
+    pub fn cluster(client: ClusterClient, config: ClusterConfig) -> RedisResult<Self> {
+        Self::with(Dialer::Cluster { client, config })
+    }
+
+    fn with(dialer: Dialer) -> RedisResult<Self> {
+        let current = dialer.dial()?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                config,
+                dialer,
                 current: RwLock::new(current),
             }),
         })
     }
 
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.dialer, Dialer::Cluster { .. })
+    }
+
     /// The connection commands go out on now.
-    pub fn manager(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.inner
             .current
             .read()
@@ -51,10 +106,7 @@ impl Link {
     /// Replaces the connection with a new one, dialed on first use. Commands
     /// in flight on the old one end with their response timeout.
     pub fn redial(&self) -> RedisResult<()> {
-        let fresh = ConnectionManager::new_lazy_with_config(
-            self.inner.client.clone(),
-            self.inner.config.clone(),
-        )?;
+        let fresh = self.inner.dialer.dial()?;
         *self
             .inner
             .current
@@ -62,12 +114,89 @@ impl Link {
             .unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
+
+    /// SUBSCRIBE on one server; SSUBSCRIBE on a cluster, where a classic
+    /// channel would reach every node of the cluster and a sharded one only
+    /// the shard that owns its slot. Either connection subscribes again by
+    /// itself after a reconnect, and the cluster's after a failover or a
+    /// slot move too (its subscription tracker follows the slot map).
+    pub async fn subscribe(&self, channel: &str) -> RedisResult<()> {
+        match self.conn() {
+            Conn::Server(mut c) => c.subscribe(channel).await,
+            Conn::Cluster(mut c) => c.ssubscribe(channel).await,
+        }
+    }
+
+    pub async fn unsubscribe(&self, channel: &str) -> RedisResult<()> {
+        match self.conn() {
+            Conn::Server(mut c) => c.unsubscribe(channel).await,
+            Conn::Cluster(mut c) => c.sunsubscribe(channel).await,
+        }
+    }
+
+    /// Many channels: one SUBSCRIBE on one server; on a cluster one
+    /// SSUBSCRIBE per channel, side by side (a sharded subscription names
+    /// channels of one slot only).
+    pub async fn subscribe_many(&self, channels: &[String]) -> RedisResult<()> {
+        match self.conn() {
+            Conn::Server(mut c) => c.subscribe(channels).await,
+            Conn::Cluster(c) => {
+                let each = channels.iter().map(|chan| {
+                    let mut c = c.clone();
+                    async move { c.ssubscribe(chan).await }
+                });
+                join_all(each).await.into_iter().collect()
+            }
+        }
+    }
+
+    pub async fn unsubscribe_many(&self, channels: &[String]) -> RedisResult<()> {
+        match self.conn() {
+            Conn::Server(mut c) => c.unsubscribe(channels).await,
+            Conn::Cluster(c) => {
+                let each = channels.iter().map(|chan| {
+                    let mut c = c.clone();
+                    async move { c.sunsubscribe(chan).await }
+                });
+                join_all(each).await.into_iter().collect()
+            }
+        }
+    }
+
+    /// Whether every primary of a cluster says `cluster_state:ok` (always
+    /// true on one server). While a shard has lost its primary and no
+    /// replica has taken over yet, the cluster says `fail`; a PING would not
+    /// tell, because the connection drops a failed primary from its map.
+    pub async fn cluster_ok(&self) -> RedisResult<bool> {
+        let Conn::Cluster(mut c) = self.conn() else {
+            return Ok(true);
+        };
+        let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("INFO");
+        let reply = c.route_command(cmd, routing).await?;
+        let infos: Vec<Value> = match reply {
+            Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        Ok(!infos.is_empty()
+            && infos.into_iter().all(|info| match info {
+                Value::BulkString(text) => text
+                    .windows(b"cluster_state:ok".len())
+                    .any(|w| w == b"cluster_state:ok"),
+                Value::VerbatimString { text, .. } => text.contains("cluster_state:ok"),
+                _ => false,
+            }))
+    }
 }
 
 impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let mut conn = self.manager();
-        Box::pin(async move { conn.send_packed_command(cmd).await })
+        match self.conn() {
+            Conn::Server(mut c) => Box::pin(async move { c.send_packed_command(cmd).await }),
+            Conn::Cluster(mut c) => Box::pin(async move { c.req_packed_command(cmd).await }),
+        }
     }
 
     fn req_packed_commands<'a>(
@@ -76,11 +205,56 @@ impl ConnectionLike for Link {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let mut conn = self.manager();
-        Box::pin(async move { conn.send_packed_commands(pipeline, offset, count).await })
+        match self.conn() {
+            Conn::Server(mut c) => {
+                Box::pin(async move { c.send_packed_commands(pipeline, offset, count).await })
+            }
+            // A transaction must be one slot; the cluster connection checks it.
+            Conn::Cluster(mut c) if pipeline.is_transaction() => {
+                Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+            }
+            Conn::Cluster(c) => Box::pin(split_by_key(c, pipeline)),
+        }
     }
 
     fn get_db(&self) -> i64 {
-        self.manager().get_db()
+        match self.conn() {
+            Conn::Server(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
+        }
     }
+}
+
+/// A plain pipeline on a cluster: the cluster connection refuses one whose
+/// keys lie in several slots, and the relay's pipelines span keys whose
+/// names the contract fixes (a driver's hash each). The commands of one key
+/// go out in their order, those of different keys side by side; the cluster
+/// connection batches what goes to one node. Every pipelined command of the
+/// relay names its key first.
+async fn split_by_key(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
+    let mut groups: HashMap<Option<&[u8]>, Vec<(usize, &Cmd)>> = HashMap::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        let key = match cmd.args_iter().nth(1) {
+            Some(redis::Arg::Simple(key)) => Some(key),
+            _ => None,
+        };
+        groups.entry(key).or_default().push((i, cmd));
+    }
+    let runs = groups.into_values().map(|cmds| {
+        let mut conn = conn.clone();
+        async move {
+            let mut out = Vec::with_capacity(cmds.len());
+            for (i, cmd) in cmds {
+                out.push((i, conn.req_packed_command(cmd).await?));
+            }
+            RedisResult::Ok(out)
+        }
+    });
+    let mut replies = vec![Value::Nil; pipeline.len()];
+    for run in join_all(runs).await {
+        for (i, value) in run? {
+            replies[i] = value;
+        }
+    }
+    Ok(replies)
 }

@@ -1,11 +1,14 @@
 //! The driver location cache on Redis (CONTRACT §4): `GEOADD
 //! {prefix}drivers:geo` plus the hash `{prefix}driver:{id}` with a TTL.
-//! A driver in the geo set without its hash has gone stale.
+//! A driver in the geo set without its hash has gone stale. The last-seen
+//! index shares the geo set's slot on a cluster (the prune script touches
+//! both); the hashes keep their contract names, each in its own slot.
 
 use std::time::Duration;
 
 use redis::{Script, Value};
 
+use super::keys::KeySpace;
 use super::link::Link;
 
 use super::values::bulk_string;
@@ -32,35 +35,32 @@ const GEO_MAX_LAT: f64 = 85.051_128_78;
 
 pub struct RedisLocations {
     conn: Link,
+    geo: String,
+    last_seen: String,
     prefix: String,
-    /// The pub/sub channel of location deliveries between nodes.
-    channel: String,
     ttl: Duration,
     prune: Script,
 }
 
 impl RedisLocations {
-    pub fn new(conn: Link, prefix: &str, channel: String, ttl: Duration) -> Self {
+    pub fn new(conn: Link, space: &KeySpace, ttl: Duration) -> Self {
         Self {
             conn,
-            prefix: prefix.to_owned(),
-            channel,
+            geo: space.key("drivers:geo"),
+            last_seen: format!("{}drivers:seen", space.beside("drivers:geo")),
+            prefix: space.prefix().to_owned(),
             ttl,
             prune: Script::new(PRUNE),
         }
     }
 
-    pub fn channel(&self) -> &str {
-        &self.channel
-    }
-
     /// When each driver was last seen (unix ms), for pruning the geo set.
     pub fn last_seen_key(&self) -> String {
-        format!("{}drivers:seen", self.prefix)
+        self.last_seen.clone()
     }
 
     pub fn geo_key(&self) -> String {
-        format!("{}drivers:geo", self.prefix)
+        self.geo.clone()
     }
 
     pub fn driver_key(&self, driver_id: &str) -> String {
@@ -96,21 +96,13 @@ fn location(fields: Vec<Value>) -> Option<DriverLocation> {
 impl LocationCache for RedisLocations {
     /// One pipeline per batch: GEOADD, the hash with its TTL, and the
     /// last-seen score, per driver.
-    async fn write(
-        &self,
-        batch: &[(String, DriverLocation)],
-        broadcast: Option<&[u8]>,
-    ) -> StoreResult<()> {
-        if batch.is_empty() && broadcast.is_none() {
+    async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
+        if batch.is_empty() {
             return Ok(());
         }
         let ttl_ms = self.ttl.as_millis() as u64;
         let mut pipe = redis::pipe();
-        // Deliveries first: the other nodes' customers wait on them, the cache can wait.
-        if let Some(payload) = broadcast {
-            pipe.cmd("PUBLISH").arg(&self.channel).arg(payload).ignore();
-        }
-        if !batch.is_empty() {
+        {
             // One GEOADD and one ZADD for the whole batch, not one per driver.
             let mut geoadd = redis::cmd("GEOADD");
             geoadd.arg(self.geo_key());

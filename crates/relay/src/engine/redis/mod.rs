@@ -3,10 +3,13 @@
 mod chat;
 mod history;
 mod idempotency;
+mod keys;
 mod link;
 mod locations;
 mod order_store;
+mod presence;
 mod pubsub;
+mod rooms;
 mod sessions;
 mod stream;
 mod values;
@@ -17,7 +20,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::{
     ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
-    TlsCertificates, aio::ConnectionManagerConfig,
+    TlsCertificates,
+    aio::ConnectionManagerConfig,
+    cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig},
 };
 use socketioxide::adapter::Emitter;
 use socketioxide_redis::{
@@ -28,51 +33,54 @@ use tokio_util::sync::CancellationToken;
 
 pub use chat::RedisChat;
 pub use history::RedisHistory;
+use keys::KeySpace;
 use link::Link;
 pub use locations::RedisLocations;
 pub use order_store::RedisOrders;
+pub use presence::RedisPresence;
 pub use pubsub::{PubSubDriver, PubSubError};
+pub use rooms::RedisRooms;
 pub use stream::{RedisStream, StreamSettings};
 pub use watches::RedisWatches;
 
-use super::{
-    Engine, EngineError, Health, StoreError, StoreResult, log_redis_failure, redis_failure,
-};
-use crate::config::{RedisTls, Secret};
+use super::{Engine, EngineError, Health, log_redis_failure, redis_failure};
+use crate::config::{RedisTarget, RedisTls};
 use crate::metrics::RedisFailure;
 use crate::tasks::Tasks;
 
 /// How often the link to Redis is checked for `/readyz`.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// From subscribing every channel again to the probe that confirms it.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(50);
+
 /// Failed health probes in a row after which every connection is dropped
 /// and dialed again: a link that went silent never fails on its own.
 const REDIAL_AFTER_FAILED_PROBES: u32 = 3;
-
-/// Location batches waiting for this node's fan-out task; one arrives per
-/// peer every few milliseconds under load.
-const LOCATION_FEED_BUFFER: usize = 4096;
 
 pub struct RedisEngine {
     driver: PubSubDriver,
     /// Every command connection, for redialing a silent link.
     links: Vec<Link>,
     commands: Link,
-    prefix: String,
+    space: KeySpace,
     channel_prefix: String,
     probe_channel: String,
     stream: RedisStream,
     orders: RedisOrders,
     locations: RedisLocations,
     history: RedisHistory,
+    presence: RedisPresence,
+    rooms: RedisRooms,
     watches: RedisWatches,
     chat: RedisChat,
 }
 
 /// What the Redis engine needs from the configuration.
 pub struct RedisSettings<'a> {
-    pub url: &'a Secret,
-    /// CA and client certificate for a `rediss://` URL.
+    /// One server or the seeds of a cluster.
+    pub target: &'a RedisTarget,
+    /// CA and client certificate for `rediss://` URLs.
     pub tls: &'a RedisTls,
     pub key_prefix: &'a str,
     pub node_id: &'a str,
@@ -94,37 +102,22 @@ impl RedisEngine {
     }
 
     /// As [`Self::new`], with the engine's own long-lived tasks (sequencing
-    /// notices, the history feed) in the node's `tasks`. They end at `stop`,
+    /// notices) in the node's `tasks`. They end at `stop`,
     /// which a node cancels last, once nothing uses the engine any more.
     pub fn with_tasks(
         settings: RedisSettings<'_>,
         tasks: &Tasks,
         stop: CancellationToken,
     ) -> Result<Self, EngineError> {
-        let info = settings
-            .url
-            .expose()
-            .into_connection_info()
-            .map_err(|e| EngineError::BadUrl(e.kind()))?;
-        let resp2 = open_client(info.clone(), settings.tls).map_err(EngineError::Client)?;
-        // The adapter's pub/sub rides on RESP3 push messages, whatever the URL says.
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let resp3 = open_client(info.set_redis_settings(redis_settings), settings.tls)
-            .map_err(EngineError::Client)?;
-        let driver = PubSubDriver::new(resp3, connection_config()).map_err(EngineError::Client)?;
-        let lazy = |config| Link::new(resp2.clone(), config).map_err(EngineError::Client);
-        let commands = lazy(connection_config())?;
-        // XREAD BLOCK needs its own connection and a response timeout above
-        // the block time: the default 500 ms would fail every blocking read.
-        let blocking =
-            lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?;
-        let history_blocking =
-            lazy(connection_config().set_response_timeout(Some(Duration::from_secs(10))))?;
-        let links = vec![commands.clone(), blocking.clone(), history_blocking.clone()];
+        let links = Links::open(settings.target, settings.tls)?;
+        let Links {
+            driver,
+            commands,
+            blocking,
+        } = links;
+        let links = vec![commands.clone(), blocking.clone()];
         let prefix = settings.key_prefix;
+        let space = KeySpace::new(prefix, settings.target.is_cluster());
         let stream = RedisStream::new(
             commands.clone(),
             blocking,
@@ -139,34 +132,139 @@ impl RedisEngine {
             tasks,
             stop,
         );
+        let rooms = RedisRooms::new(driver.clone(), prefix);
         Ok(Self {
             driver: driver.clone(),
             links,
             commands: commands.clone(),
-            prefix: prefix.to_owned(),
+            space: space.clone(),
             // The stock `socket.io` prefix would collide with Node's adapter.
             channel_prefix: format!("{prefix}sio"),
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
             stream,
-            orders: RedisOrders::new(commands.clone(), prefix),
+            presence: RedisPresence::new(commands.clone(), prefix),
+            orders: RedisOrders::new(commands.clone(), &space),
             watches: RedisWatches::new(commands.clone(), prefix),
             chat: RedisChat::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
-                history_blocking,
-                prefix,
+                rooms.clone(),
+                &space,
                 settings.history_size,
                 settings.history_ttl,
-                tasks.clone(),
             ),
-            locations: RedisLocations::new(
-                commands,
-                prefix,
-                format!("{prefix}sio-locations"),
-                settings.location_ttl,
-            ),
+            locations: RedisLocations::new(commands, &space, settings.location_ttl),
+            rooms,
         })
     }
+}
+
+/// The engine's connections: pub/sub (RESP3, for push messages), commands,
+/// and one for the consumer's blocking read.
+struct Links {
+    driver: PubSubDriver,
+    commands: Link,
+    blocking: Link,
+}
+
+impl Links {
+    fn open(target: &RedisTarget, tls: &RedisTls) -> Result<Self, EngineError> {
+        // XREAD BLOCK needs its own connection and a response timeout above
+        // the block time: the default 500 ms would fail every blocking read.
+        let blocking_timeout = Duration::from_secs(10);
+        match target {
+            RedisTarget::Server(url) => {
+                let info = url
+                    .expose()
+                    .into_connection_info()
+                    .map_err(|e| EngineError::BadUrl(e.kind()))?;
+                let resp2 = open_client(info.clone(), tls).map_err(EngineError::Client)?;
+                // The adapter's pub/sub rides on RESP3 push messages, whatever the URL says.
+                let redis_settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let resp3 = open_client(info.set_redis_settings(redis_settings), tls)
+                    .map_err(EngineError::Client)?;
+                let driver = PubSubDriver::new(|router| {
+                    let config = connection_config()
+                        .set_push_sender(router)
+                        .set_automatic_resubscription();
+                    Link::server(resp3, config)
+                })
+                .map_err(EngineError::Client)?;
+                let lazy =
+                    |config| Link::server(resp2.clone(), config).map_err(EngineError::Client);
+                Ok(Self {
+                    driver,
+                    commands: lazy(connection_config())?,
+                    blocking: lazy(
+                        connection_config().set_response_timeout(Some(blocking_timeout)),
+                    )?,
+                })
+            }
+            RedisTarget::Cluster(seeds) => {
+                let infos = seeds
+                    .iter()
+                    .map(|seed| seed.expose().into_connection_info())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| EngineError::BadClusterUrls(e.kind()))?;
+                let resp2 = open_cluster(&infos, tls, ProtocolVersion::RESP2)
+                    .map_err(EngineError::Client)?;
+                let resp3 = open_cluster(&infos, tls, ProtocolVersion::RESP3)
+                    .map_err(EngineError::Client)?;
+                let driver = PubSubDriver::new(|router| {
+                    Link::cluster(resp3, cluster_config().set_push_sender(router))
+                })
+                .map_err(EngineError::Client)?;
+                let lazy =
+                    |config| Link::cluster(resp2.clone(), config).map_err(EngineError::Client);
+                Ok(Self {
+                    driver,
+                    commands: lazy(cluster_config())?,
+                    blocking: lazy(cluster_config().set_response_timeout(blocking_timeout))?,
+                })
+            }
+        }
+    }
+}
+
+/// A Redis Cluster client on the seeds, with the same TLS files as one
+/// server gets; it finds the other nodes from the seeds' slot map.
+fn open_cluster(
+    seeds: &[ConnectionInfo],
+    tls: &RedisTls,
+    protocol: ProtocolVersion,
+) -> redis::RedisResult<ClusterClient> {
+    let is_tls = seeds
+        .iter()
+        .any(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .use_protocol(protocol)
+        // Fail fast, as on one server: callers retry on their own schedule.
+        .retries(3)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
+    if is_tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if !tls.is_empty() {
+            builder = builder.certs(TlsCertificates {
+                client_tls: tls.client.as_ref().map(|c| ClientTlsConfig {
+                    client_cert: c.cert_pem.clone(),
+                    client_key: c.key_pem.clone(),
+                }),
+                root_cert: tls.ca_pem.clone(),
+            });
+        }
+    }
+    builder.build()
+}
+
+/// As [`connection_config`], for a cluster connection.
+fn cluster_config() -> ClusterConfig {
+    ClusterConfig::new()
+        .set_connection_timeout(Duration::from_secs(1))
+        .set_response_timeout(Duration::from_secs(2))
 }
 
 /// Every Redis client of the engine is made here, so that every connection
@@ -211,6 +309,8 @@ impl Engine for RedisEngine {
     type Orders = RedisOrders;
     type Locations = RedisLocations;
     type History = RedisHistory;
+    type Presence = RedisPresence;
+    type Rooms = RedisRooms;
     type Watches = RedisWatches;
     type Chat = RedisChat;
 
@@ -228,6 +328,14 @@ impl Engine for RedisEngine {
 
     fn history(&self) -> &RedisHistory {
         &self.history
+    }
+
+    fn presence(&self) -> &RedisPresence {
+        &self.presence
+    }
+
+    fn rooms(&self) -> &RedisRooms {
+        &self.rooms
     }
 
     fn watches(&self) -> &RedisWatches {
@@ -249,19 +357,10 @@ impl Engine for RedisEngine {
         )
     }
 
-    async fn location_feed(&self) -> StoreResult<Option<MessageStream<ChanItem>>> {
-        let feed = self
-            .driver
-            .subscribe(self.locations.channel().to_owned(), LOCATION_FEED_BUFFER)
-            .await
-            .map_err(StoreError::from)?;
-        Ok(Some(feed))
-    }
-
     fn user_sessions(&self, instance: &str) -> Option<std::sync::Arc<dyn super::UserSessions>> {
         Some(std::sync::Arc::new(sessions::RedisUserSessions::new(
             self.commands.clone(),
-            &self.prefix,
+            &self.space,
             instance.to_owned(),
         )))
     }
@@ -274,12 +373,15 @@ impl Engine for RedisEngine {
     }
 
     /// Redis counts as up when a message published through the adapter's
-    /// connection comes back on a channel subscribed through it: a bare PING
-    /// would pass while the subscriptions are still being restored.
+    /// connection comes back on a channel subscribed through it (a bare PING
+    /// would pass while the subscriptions are still being restored) and, on
+    /// a cluster, every primary says the cluster is ok.
     async fn watch_health(&self, health: Health, shutdown: CancellationToken) {
         let mut probe: Option<MessageStream<ChanItem>> = None;
         let mut seq: u64 = 0;
         let mut failed: u32 = 0;
+        // The pub/sub connection was dialed again since the cluster came back.
+        let mut resubscribed = false;
         // The cause last logged, so that a lasting failure is one line.
         let mut logged: Option<RedisFailure> = None;
         loop {
@@ -303,6 +405,39 @@ impl Engine for RedisEngine {
                 },
                 None => false,
             };
+            // On a cluster the probe's channel lies in one shard: the
+            // cluster must serve every slot too, or a shard's keys are out
+            // of reach.
+            let up = up
+                && match self.commands.cluster_ok().await {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        error = Some(e.into());
+                        false
+                    }
+                };
+            // Back on a cluster (at start, or after a failover): the
+            // pub/sub connection may still hold the old slot map, with the
+            // subscriptions of a failed-over shard on its dead primary (it
+            // refreshes the map only when a command of its own meets the
+            // move). Dialed again, it subscribes every channel where its
+            // slot lives now; ready only once that is done and a probe has
+            // come back on the new connection.
+            if up && !health.store_up() && self.commands.is_cluster() && !resubscribed {
+                probe = None;
+                match self.driver.redial().await {
+                    Ok(()) => resubscribed = true,
+                    Err(e) => tracing::debug!(error = %e, "subscribing again on the cluster"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+                }
+                continue;
+            }
+            if up {
+                resubscribed = false;
+            }
             if up {
                 if !health.store_up() {
                     tracing::info!("redis reachable");

@@ -2,17 +2,20 @@
 //! and driver, and one sorted set of every active order by creation time
 //! (`{prefix}orders:active`, for the cluster-wide overview of the demo
 //! page). Every write is one script, so an index never disagrees with its
-//! order for long; readers drop index entries whose order is gone.
+//! order for long; readers drop index entries whose order is gone. On a
+//! cluster all of them share the slot of `{prefix}orders` (one hash tag),
+//! because a script touches an order and the indexes of its parties.
 //!
 //! Each order remembers the last stream entry applied to it (`last_entry`),
 //! and an ended order the entry that ended it (`{prefix}order-ended:{id}`,
-//! 48 h): a write from an entry at or before those is a repeat and writes
-//! nothing (see `OrderStore`).
+//! 48 h, under the same tag): a write from an entry at or before those is a
+//! repeat and writes nothing (see `OrderStore`).
 
 use std::collections::HashMap;
 
 use redis::{Script, Value};
 
+use super::keys::KeySpace;
 use super::link::Link;
 
 use super::values::{bulk_string, field_map};
@@ -144,6 +147,7 @@ fn written(reply: Value) -> OrderWrite<HashMap<String, Value>> {
 
 pub struct RedisOrders {
     conn: Link,
+    /// Where every key of the order state starts (tagged on a cluster).
     prefix: String,
     create: Script,
     set_status: Script,
@@ -152,10 +156,10 @@ pub struct RedisOrders {
 }
 
 impl RedisOrders {
-    pub fn new(conn: Link, prefix: &str) -> Self {
+    pub fn new(conn: Link, space: &KeySpace) -> Self {
         Self {
             conn,
-            prefix: prefix.to_owned(),
+            prefix: space.beside("orders"),
             create: Script::new(&format!("{CMP}{CREATE}")),
             set_status: Script::new(&format!("{CMP}{WRITE_GUARD}{SET_STATUS}")),
             assign: Script::new(&format!("{CMP}{WRITE_GUARD}{ASSIGN}")),
@@ -165,6 +169,12 @@ impl RedisOrders {
 
     fn conn(&self) -> Link {
         self.conn.clone()
+    }
+
+    /// The order's hash: also the key a script is routed by on a cluster
+    /// (the scripts build the other keys from the same tagged prefix).
+    fn order_key(&self, order_id: &str) -> String {
+        format!("{}order:{order_id}", self.prefix)
     }
 
     async fn members(&self, set: String) -> StoreResult<Vec<ActiveOrder>> {
@@ -188,8 +198,7 @@ impl RedisOrders {
         }
         let mut pipe = redis::pipe();
         for id in &ids {
-            pipe.cmd("HGETALL")
-                .arg(format!("{}order:{id}", self.prefix));
+            pipe.cmd("HGETALL").arg(self.order_key(id));
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
         let mut orders = Vec::with_capacity(ids.len());
@@ -239,6 +248,7 @@ impl OrderStore for RedisOrders {
     async fn create(&self, order: &ActiveOrder, event_id: &str) -> StoreResult<Created> {
         let reply: Value = self
             .create
+            .key(self.order_key(&order.order_id))
             .arg(&self.prefix)
             .arg(&order.order_id)
             .arg(event_id)
@@ -272,6 +282,7 @@ impl OrderStore for RedisOrders {
     ) -> StoreResult<OrderWrite> {
         let reply: Value = self
             .set_status
+            .key(self.order_key(order_id))
             .arg(&self.prefix)
             .arg(order_id)
             .arg(event_id)
@@ -297,6 +308,7 @@ impl OrderStore for RedisOrders {
     ) -> StoreResult<OrderWrite<Assignment>> {
         let reply: Value = self
             .assign
+            .key(self.order_key(order_id))
             .arg(&self.prefix)
             .arg(order_id)
             .arg(event_id)
@@ -319,6 +331,7 @@ impl OrderStore for RedisOrders {
     async fn end(&self, order_id: &str, event_id: &str) -> StoreResult<Option<ActiveOrder>> {
         let reply: Value = self
             .end
+            .key(self.order_key(order_id))
             .arg(&self.prefix)
             .arg(order_id)
             .arg(event_id)
@@ -330,7 +343,7 @@ impl OrderStore for RedisOrders {
 
     async fn get(&self, order_id: &str) -> StoreResult<Option<ActiveOrder>> {
         let reply: Value = redis::cmd("HGETALL")
-            .arg(format!("{}order:{order_id}", self.prefix))
+            .arg(self.order_key(order_id))
             .query_async(&mut self.conn())
             .await?;
         Ok(parse_order(reply))

@@ -1,21 +1,29 @@
 //! The socketioxide-redis [`Driver`] this relay uses instead of the stock
 //! one. The stock driver holds a `MultiplexedConnection` that never
 //! reconnects nor resubscribes: after a Redis restart the nodes silently stop
-//! hearing each other for good. This one sits on a [`ConnectionManager`],
-//! which reconnects by itself and, with automatic resubscription, restores
-//! every channel the adapter listens on.
+//! hearing each other for good. This one sits on a [`Link`]: on one server a
+//! `ConnectionManager`, which reconnects by itself and, with automatic
+//! resubscription, restores every channel the adapter listens on; on a
+//! Redis Cluster a cluster connection speaking sharded pub/sub (SPUBLISH,
+//! SSUBSCRIBE, PUBSUB SHARDNUMSUB), whose subscription tracker subscribes
+//! each channel again on the shard that owns it after a reconnect, a
+//! failover or a slot move. Every publish and subscribe of the relay goes
+//! through here, so that a channel works the same on both.
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     sync::{Arc, RwLock},
 };
 
-use redis::{PushInfo, PushKind, Value};
+use redis::{
+    PushInfo, PushKind, Value,
+    aio::{AsyncPushSender, SendError},
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
+};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use super::link::Link;
+use super::link::{Conn, Link};
 use crate::metrics::{self, AdapterDirection, AdapterOp};
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
@@ -24,26 +32,180 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 pub struct PubSubDriver {
     conn: Link,
     handlers: Handlers,
+    /// Bumped whenever messages may have been lost (see [`Self::losses`]).
+    losses: Arc<watch::Sender<u64>>,
 }
 
+/// Hands each pushed message to the subscriber of its channel; given to
+/// the connection as its push sender.
+pub struct PushRouter {
+    handlers: Handlers,
+    losses: Arc<watch::Sender<u64>>,
+    /// Sharded channels the server dropped while we still listen on them.
+    dropped: mpsc::UnboundedSender<String>,
+}
+
+impl AsyncPushSender for PushRouter {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        if info.kind == PushKind::SUnsubscribe {
+            self.dropped_by_server(&info);
+        } else {
+            route_push(info, &self.handlers, &self.losses);
+        }
+        Ok(())
+    }
+}
+
+impl PushRouter {
+    /// When its slot moves to another shard, Redis drops a sharded channel's
+    /// subscribers with an SUNSUBSCRIBE push of its own. A channel this node
+    /// still has a subscriber for is subscribed again (on the slot's new
+    /// owner); one it unsubscribed itself has no subscriber any more.
+    fn dropped_by_server(&self, info: &PushInfo) {
+        let Some(Value::BulkString(chan)) = info.data.first() else {
+            return;
+        };
+        let Ok(chan) = std::str::from_utf8(chan) else {
+            return;
+        };
+        let listening = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(chan);
+        if listening {
+            let _ = self.dropped.send(chan.to_owned());
+        }
+    }
+}
+
+/// How long a channel whose slot is moving waits between tries.
+const RESUBSCRIBE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl PubSubDriver {
-    /// Builds the driver without touching the network: the connection is made
-    /// on first use and remade whenever it drops.
+    /// Builds the driver without touching the network: `connect` makes a
+    /// lazy RESP3 link whose pushes go to the router it is given. Must run
+    /// inside the runtime (the task that subscribes dropped channels again).
     pub fn new(
-        client: redis::Client,
-        config: redis::aio::ConnectionManagerConfig,
+        connect: impl FnOnce(PushRouter) -> redis::RedisResult<Link>,
     ) -> redis::RedisResult<Self> {
         let handlers: Handlers = Arc::default();
-        let route = {
-            let handlers = handlers.clone();
-            move |push: PushInfo| {
-                route_push(push, &handlers);
-                Ok::<(), Infallible>(())
-            }
+        let losses = Arc::new(watch::Sender::new(0));
+        let (dropped, mut lost) = mpsc::unbounded_channel::<String>();
+        let conn = connect(PushRouter {
+            handlers: handlers.clone(),
+            losses: losses.clone(),
+            dropped,
+        })?;
+        let driver = Self {
+            conn,
+            handlers,
+            losses,
         };
-        let config = config.set_push_sender(route).set_automatic_resubscription();
-        let conn = Link::new(client, config)?;
-        Ok(Self { conn, handlers })
+        let again = driver.clone();
+        tokio::spawn(async move {
+            while let Some(chan) = lost.recv().await {
+                again.subscribe_again(&chan).await;
+            }
+        });
+        Ok(driver)
+    }
+
+    /// Until it works (the slot's new owner may not serve it yet) or
+    /// nobody listens on `chan` any more.
+    async fn subscribe_again(&self, chan: &str) {
+        let listening = || {
+            self.handlers
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(chan)
+        };
+        while listening() {
+            match self.conn.subscribe(chan).await {
+                Ok(()) => {
+                    tracing::info!(channel = chan, "sharded channel moved: subscribed again");
+                    return;
+                }
+                Err(e) => {
+                    metrics::adapter_error(AdapterOp::Subscribe);
+                    tracing::debug!(channel = chan, error = %e, "subscribing again failed");
+                    tokio::time::sleep(RESUBSCRIBE_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Changes whenever a message may have been lost: the connection
+    /// dropped (what was published until it is back is gone), it was
+    /// redialed, or an inbound buffer was full.
+    pub fn losses(&self) -> watch::Receiver<u64> {
+        self.losses.subscribe()
+    }
+
+    /// Subscribes to many channels, all into `tx`.
+    pub async fn subscribe_into(
+        &self,
+        chans: &[String],
+        tx: &mpsc::Sender<ChanItem>,
+    ) -> Result<(), PubSubError> {
+        if chans.is_empty() {
+            return Ok(());
+        }
+        {
+            // Registered before SUBSCRIBE so the first message cannot outrun it.
+            let mut handlers = self.write_handlers();
+            for chan in chans {
+                handlers.insert(chan.clone(), tx.clone());
+            }
+        }
+        if let Err(e) = self.conn.subscribe_many(chans).await {
+            metrics::adapter_error(AdapterOp::Subscribe);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub async fn unsubscribe_many(&self, chans: &[String]) -> Result<(), PubSubError> {
+        if chans.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut handlers = self.write_handlers();
+            for chan in chans {
+                handlers.remove(chan);
+            }
+        }
+        self.conn.unsubscribe_many(chans).await?;
+        Ok(())
+    }
+
+    /// Publishes each payload to its channel, in one pipeline; the payloads
+    /// of one channel in their order.
+    pub async fn publish_many(&self, items: Vec<(String, Vec<u8>)>) -> Result<(), PubSubError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let count = items.len();
+        let publish = if self.conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let mut pipe = redis::pipe();
+        for (chan, val) in items {
+            pipe.cmd(publish).arg(chan).arg(val).ignore();
+        }
+        let mut conn = self.conn.clone();
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => {
+                metrics::adapter_messages(AdapterDirection::Publish, count);
+                Ok(())
+            }
+            Err(e) => {
+                metrics::adapter_error(AdapterOp::Publish);
+                Err(e.into())
+            }
+        }
     }
 
     /// Drops the connection for a fresh one and subscribes it to every
@@ -51,6 +213,7 @@ impl PubSubDriver {
     /// only covers its reconnects, not a new manager).
     pub async fn redial(&self) -> Result<(), PubSubError> {
         self.conn.redial()?;
+        self.losses.send_modify(|n| *n += 1);
         let channels: Vec<String> = self
             .handlers
             .read()
@@ -58,16 +221,19 @@ impl PubSubDriver {
             .keys()
             .cloned()
             .collect();
-        let mut conn = self.conn.manager();
         for chan in channels {
-            conn.subscribe(&chan).await?;
+            self.conn.subscribe(&chan).await?;
         }
         Ok(())
     }
 }
 
-fn route_push(push: PushInfo, handlers: &Handlers) {
-    if !matches!(push.kind, PushKind::Message) || push.data.len() < 2 {
+fn route_push(push: PushInfo, handlers: &Handlers, losses: &watch::Sender<u64>) {
+    if matches!(push.kind, PushKind::Disconnection) {
+        losses.send_modify(|n| *n += 1);
+        return;
+    }
+    if !matches!(push.kind, PushKind::Message | PushKind::SMessage) || push.data.len() < 2 {
         return;
     }
     let mut data = push.data.into_iter();
@@ -88,7 +254,22 @@ fn route_push(push: PushInfo, handlers: &Handlers) {
         if tx.try_send((chan, payload)).is_err() {
             metrics::adapter_error(AdapterOp::BufferFull);
             tracing::warn!("adapter inbound buffer full, message dropped");
+            losses.send_modify(|n| *n += 1);
         }
+    }
+}
+
+/// The count of a one-channel NUMSUB reply: `[channel, n]` (RESP2) or
+/// `{channel: n}` (RESP3).
+fn subscriber_count(reply: Value) -> u16 {
+    let count = match reply {
+        Value::Array(items) => items.into_iter().nth(1),
+        Value::Map(pairs) => pairs.into_iter().next().map(|(_, v)| v),
+        _ => None,
+    };
+    match count {
+        Some(Value::Int(n)) => u16::try_from(n).unwrap_or(u16::MAX),
+        _ => 0,
     }
 }
 
@@ -113,7 +294,12 @@ impl Driver for PubSubDriver {
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         let mut conn = self.conn.clone();
-        let res: redis::RedisResult<Value> = redis::cmd("PUBLISH")
+        let publish = if conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let res: redis::RedisResult<Value> = redis::cmd(publish)
             .arg(chan)
             .arg(val)
             .query_async(&mut conn)
@@ -138,7 +324,7 @@ impl Driver for PubSubDriver {
         let (tx, rx) = mpsc::channel(size);
         // Registered before SUBSCRIBE so the first message cannot outrun it.
         self.write_handlers().insert(chan.clone(), tx);
-        if let Err(e) = self.conn.manager().subscribe(&chan).await {
+        if let Err(e) = self.conn.subscribe(&chan).await {
             self.write_handlers().remove(&chan);
             metrics::adapter_error(AdapterOp::Subscribe);
             return Err(e.into());
@@ -148,18 +334,33 @@ impl Driver for PubSubDriver {
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         self.write_handlers().remove(&chan);
-        self.conn.manager().unsubscribe(chan).await?;
+        self.conn.unsubscribe(&chan).await?;
         Ok(())
     }
 
+    /// Subscribers of `chan`: on a cluster asked of the shard that owns the
+    /// channel's slot, the only node whose count is not zero.
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
-        let mut conn = self.conn.clone();
-        let (_, count): (String, u16) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(chan)
-            .query_async(&mut conn)
-            .await?;
-        Ok(count)
+        let reply = match self.conn.conn() {
+            Conn::Server(mut c) => {
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(chan)
+                    .query_async(&mut c)
+                    .await?
+            }
+            Conn::Cluster(mut c) => {
+                let mut cmd = redis::cmd("PUBSUB");
+                cmd.arg("SHARDNUMSUB").arg(chan);
+                let owner = Route::with_key(chan, SlotAddr::Master);
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(owner)),
+                )
+                .await?
+            }
+        };
+        Ok(subscriber_count(reply))
     }
 }
 

@@ -3,11 +3,14 @@
 //! instance, and a short-lived key per instance that says it
 //! is alive. A node that dies stops refreshing its key, and its counts stop
 //! counting (and are removed) without anyone having to clean up after it.
+//! On a cluster they all share the slot of `{prefix}sessions`: the admit
+//! script reads a user's hash and the instances' keys together.
 
 use std::time::Duration;
 
 use redis::Script;
 
+use super::keys::KeySpace;
 use super::link::Link;
 use crate::auth::Role;
 use crate::engine::StoreResult;
@@ -59,10 +62,10 @@ pub struct RedisUserSessions {
 }
 
 impl RedisUserSessions {
-    pub fn new(conn: Link, prefix: &str, instance: String) -> Self {
+    pub fn new(conn: Link, space: &KeySpace, instance: String) -> Self {
         Self {
             conn,
-            prefix: prefix.to_owned(),
+            prefix: space.beside("sessions"),
             instance,
             admit: Script::new(ADMIT),
             release: Script::new(RELEASE),

@@ -4,10 +4,21 @@
 //!
 //! Sequencing: the read script takes new entries with XREADGROUP and, in the
 //! same atomic step, appends each entry's id to its order's queue
-//! (`{prefix}seq:{order_id}`). Reads are atomic and in id order, so every
-//! queue is in stream order. An entry is emitted only when it is at the head
-//! of its queue; emitting pops it and wakes the node holding the next one
-//! through a pub/sub notice on `{prefix}seq`.
+//! (`{prefix}seq:{order_id}`, tagged into the stream's slot on a cluster).
+//! Reads are atomic and in id order, so every queue is in stream order. An
+//! entry is emitted only when it is at the head of its queue; emitting pops
+//! it and wakes the node holding the next one through a pub/sub notice on
+//! `{prefix}seq`.
+//!
+//! On a Redis Cluster `{prefix}events`, `{prefix}events:dead` and
+//! `{prefix}outcomes` keep their contract names and so lie in three slots:
+//! nothing atomic spans two of them. Writing to the dead letters and
+//! acknowledging are two steps there (dead letter first), as are an
+//! outcome and its acknowledgement everywhere; a node that stops between
+//! the two leaves the entry pending, another node claims it and does both
+//! again, which gives at most a second dead letter with the same `id`
+//! (an outcome is written once whatever happens: its mark, in the outcomes'
+//! slot, is set with NX in the same script).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,6 +39,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::PubSubDriver;
+use super::keys::KeySpace;
 use super::link::Link;
 use super::values::{bulk_bytes, bulk_string, parse_entries, stream_entry};
 use crate::engine::{StoreError, StoreResult};
@@ -70,7 +82,9 @@ const STALE_HEAD_CHECK: Duration = Duration::from_secs(1);
 /// XREADGROUP of new entries and their registration in the order queues,
 /// as one atomic step. KEYS: the stream, the dead letters. ARGV: group,
 /// consumer, count, queue prefix, queue TTL, size limit, dead letters'
-/// MAXLEN. Returns {entries, last id read (else the stream's last), ids that
+/// MAXLEN. Without KEYS[2] (a cluster, where the dead letters lie in
+/// another slot) an entry beyond the limit is neither dead-lettered nor
+/// acked here but only reported: the node moves it. Returns {entries, last id read (else the stream's last), ids that
 /// went to the head of an empty queue, entries refused as too large}.
 ///
 /// An entry beyond the size limit (its field names and values together) is
@@ -122,7 +136,9 @@ if res then
       size = size + #f[i] + #f[i + 1]
       if f[i] == 'type' then kind = f[i + 1] elseif f[i] == 'data' then data = f[i + 1] end
     end
-    if size > limit then
+    if size > limit and not KEYS[2] then
+      refused[#refused + 1] = {e[1], '', size}
+    elseif size > limit then
       local letter = {'id', e[1]}
       if kind then letter[#letter + 1] = 'type'; letter[#letter + 1] = kind end
       if data then letter[#letter + 1] = 'data'; letter[#letter + 1] = data end
@@ -166,17 +182,16 @@ if not redis.call('LPOS', KEYS[1], ARGV[1]) then return {2, head} end
 return {0, head}
 ";
 
-/// Removes the entry from its queue and tells whoever waits on that order.
+/// Removes the entry from its queue; returns how many wait behind it (the
+/// node then tells them, through the pub/sub driver: a PUBLISH in a script
+/// would not reach a sharded subscriber on a cluster).
 const ADVANCE_SCRIPT: &str = r"
 if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
   redis.call('LPOP', KEYS[1])
 else
   redis.call('LREM', KEYS[1], 1, ARGV[1])
 end
-if redis.call('LLEN', KEYS[1]) > 0 then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-return 1
+return redis.call('LLEN', KEYS[1])
 ";
 
 /// Resets the idle time of entries this consumer still owns (never takes
@@ -196,6 +211,7 @@ return n
 
 pub struct RedisStream {
     conn: Link,
+    driver: PubSubDriver,
     blocking: Link,
     keys: Keys,
     node: String,
@@ -213,7 +229,10 @@ pub struct RedisStream {
 }
 
 struct Keys {
+    /// `RELAY_KEY_PREFIX`: idempotency records tag themselves with the stream.
     prefix: String,
+    /// Offer marks: beside the outcomes, whose script sets them.
+    offers_prefix: String,
     stream: String,
     group: String,
     dead: String,
@@ -240,18 +259,19 @@ impl RedisStream {
         tasks: &Tasks,
         stop: CancellationToken,
     ) -> Self {
-        let prefix = settings.prefix;
+        let space = KeySpace::new(settings.prefix, conn.is_cluster());
         let keys = Keys {
-            stream: format!("{prefix}events"),
-            group: format!("{prefix}relay"),
-            dead: format!("{prefix}events:dead"),
-            outcomes: format!("{prefix}outcomes"),
-            prefix: prefix.to_owned(),
-            seq_prefix: format!("{prefix}seq:"),
-            seq_channel: format!("{prefix}seq"),
+            prefix: space.prefix().to_owned(),
+            stream: space.key("events"),
+            group: space.key("relay"),
+            dead: space.key("events:dead"),
+            outcomes: space.key("outcomes"),
+            offers_prefix: format!("{}offer:", space.beside("outcomes")),
+            seq_prefix: format!("{}seq:", space.beside("events")),
+            seq_channel: space.key("seq"),
         };
         let waiters: Arc<Mutex<HashMap<String, Arc<Notify>>>> = Arc::default();
-        let notices = forward_notices(driver, keys.seq_channel.clone(), waiters.clone());
+        let notices = forward_notices(driver.clone(), keys.seq_channel.clone(), waiters.clone());
         // Not restarted: waiters registered with it would miss notices.
         tasks.spawn(names::SEQUENCING_NOTICES, async move {
             tokio::select! {
@@ -261,6 +281,7 @@ impl RedisStream {
         });
         Self {
             conn,
+            driver,
             blocking,
             keys,
             node: settings.node.to_owned(),
@@ -281,16 +302,18 @@ impl RedisStream {
         self.conn.clone()
     }
 
-    /// `{prefix}offer:{decided|offered}:{event_id}:{target}`.
+    /// `{prefix}offer:{decided|offered}:{event_id}:{target}` (tagged into
+    /// the outcomes' slot on a cluster).
     fn offer_key(&self, mark: &str, event_id: &str, target: &str) -> String {
-        format!("{}offer:{mark}:{event_id}:{target}", self.keys.prefix)
+        format!("{}{mark}:{event_id}:{target}", self.keys.offers_prefix)
     }
 
-    async fn read_once(&self, count: usize) -> redis::RedisResult<Vec<StreamEntry>> {
-        let reply: Value = self
-            .read
-            .key(&self.keys.stream)
-            .key(&self.keys.dead)
+    async fn read_once(&self, count: usize) -> StoreResult<Vec<StreamEntry>> {
+        let mut invocation = self.read.key(&self.keys.stream);
+        if !self.conn.is_cluster() {
+            invocation.key(&self.keys.dead);
+        }
+        let reply: Value = invocation
             .arg(&self.keys.group)
             .arg(&self.node)
             .arg(count.max(1))
@@ -303,6 +326,7 @@ impl RedisStream {
         let Value::Array(mut parts) = reply else {
             return Ok(Vec::new());
         };
+        let mut to_move = Vec::new();
         if let Some(Value::Array(refused)) = parts.pop() {
             for refused in refused {
                 let Value::Array(mut fields) = refused else {
@@ -314,6 +338,10 @@ impl RedisStream {
                 };
                 let kind = fields.pop().and_then(bulk_bytes);
                 let id = fields.pop().and_then(bulk_string).unwrap_or_default();
+                if self.conn.is_cluster() {
+                    to_move.push((id, size));
+                    continue;
+                }
                 tracing::warn!(
                     id,
                     size,
@@ -340,7 +368,36 @@ impl RedisStream {
         if let Some(last) = last {
             *self.last_seen.lock().unwrap_or_else(|e| e.into_inner()) = last;
         }
+        for (id, size) in to_move {
+            self.dead_letter_too_large(&id, size).await?;
+        }
         Ok(entries)
+    }
+
+    /// On a cluster the read script only reports an entry beyond the size
+    /// limit; it stays pending (so a node that stops here leaves it to be
+    /// claimed, and the consumer's own size check dead-letters it then).
+    async fn dead_letter_too_large(&self, id: &str, size: i64) -> StoreResult<()> {
+        let range: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.keys.stream)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut self.conn())
+            .await?;
+        let Some(entry) = range.ids.into_iter().next().map(stream_entry) else {
+            // Trimmed meanwhile: nothing left to copy.
+            return self.ack(id).await;
+        };
+        let kind = entry.kind.as_deref().filter(|k| k.len() <= 64);
+        tracing::warn!(
+            id,
+            size,
+            limit = self.max_event_bytes,
+            "entry beyond RELAY_MAX_EVENT_BYTES: dead-lettered undecoded"
+        );
+        metrics::stream_dead_lettered(metrics::entry_type(kind), DecodeReason::TooLarge);
+        let reason = format!("too_large: {size} bytes, limit {}", self.max_event_bytes);
+        self.dead_letter(&entry, &reason).await
     }
 
     async fn touch(&self, ids: &[String], idle_ms: u64) -> StoreResult<()> {
@@ -478,12 +535,12 @@ impl EventStream for RedisStream {
     async fn read_new(&self, count: usize) -> StoreResult<Vec<StreamEntry>> {
         match self.read_once(count).await {
             Ok(entries) => Ok(entries),
-            Err(e) if is_nogroup(&e) => {
+            Err(e) if e.redis().is_some_and(is_nogroup) => {
                 tracing::warn!("consumer group missing (stream deleted?): re-creating it");
                 self.prepare().await?;
-                Ok(self.read_once(count).await?)
+                self.read_once(count).await
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -629,16 +686,24 @@ impl EventStream for RedisStream {
     }
 
     async fn advance(&self, order: &str, id: &str) -> StoreResult<()> {
-        let _: i64 = self
+        let waiting: i64 = self
             .advance
             .key(format!("{}{order}", self.keys.seq_prefix))
             .arg(id)
-            .arg(&self.keys.seq_channel)
-            .arg(order)
             .invoke_async(&mut self.conn())
             .await?;
         // Local waiters need not wait for the notice's round trip.
         self.wake(order);
+        if waiting > 0 {
+            // A lost notice costs a waiter one poll interval, not its turn.
+            if let Err(e) = self
+                .driver
+                .publish(self.keys.seq_channel.clone(), order.as_bytes().to_vec())
+                .await
+            {
+                tracing::debug!(error = %e, "sequencing notice not published");
+            }
+        }
         Ok(())
     }
 
@@ -672,12 +737,20 @@ impl EventStream for RedisStream {
         xack.arg(&self.keys.stream)
             .arg(&self.keys.group)
             .arg(&entry.id);
-        let _: Value = redis::pipe()
-            .atomic()
-            .add_command(xadd)
-            .add_command(xack)
-            .query_async(&mut self.conn())
-            .await?;
+        if self.conn.is_cluster() {
+            // Two slots: the dead letter first, so that a stop in between
+            // leaves the entry pending (claimed and dead-lettered again,
+            // the same `id` twice at worst), never acked and lost.
+            let _: Value = xadd.query_async(&mut self.conn()).await?;
+            let _: Value = xack.query_async(&mut self.conn()).await?;
+        } else {
+            let _: Value = redis::pipe()
+                .atomic()
+                .add_command(xadd)
+                .add_command(xack)
+                .query_async(&mut self.conn())
+                .await?;
+        }
         if let Some(order) = sequence_key(entry.data.as_deref()) {
             self.advance(&order, &entry.id).await?;
         }

@@ -1,10 +1,12 @@
-//! `History`: events recorded for rooms, one cluster-wide order of offsets,
-//! the feed every node delivers from, and what a reconnecting client missed
-//! (or a clear "not recovered" when the history no longer reaches back).
+//! `History` and `RoomChannels`: events recorded for rooms, one
+//! cluster-wide order of offsets, the room channels a node hears them on
+//! (only those it subscribed to), what a node fills a gap with, and what a
+//! reconnecting client missed (or a clear "not recovered" when the history
+//! no longer reaches back).
 
 use std::{cmp::Ordering, time::Duration};
 
-use relay::engine::{Engine, History, Missed, Recorded, cmp_offsets};
+use relay::engine::{Engine, History, Missed, Recorded, RoomChannels, Routed, cmp_offsets};
 
 use super::{Settings, conformance, eventually, within};
 
@@ -21,8 +23,10 @@ conformance! {
         history_ttl: Duration::from_millis(500),
         ..Settings::default()
     }),
-    the_feed_brings_every_later_event_in_order,
-    the_feed_starts_after_the_newest_event_published_before,
+    a_subscribed_room_brings_every_later_event_in_order,
+    only_subscribed_rooms_reach_the_feed,
+    newest_is_the_offset_published_last,
+    since_brings_each_event_of_the_rooms_once_with_its_rooms,
 }
 
 fn rooms(names: &[&str]) -> Vec<String> {
@@ -177,9 +181,25 @@ async fn events_older_than_the_ttl_are_not_recovered<E: Engine>(engine: &E) {
     assert!(recovered(engine, &room, "e3", None).await.is_empty());
 }
 
-async fn the_feed_brings_every_later_event_in_order<E: Engine>(engine: &E) {
-    let (mut feed, last) = engine.history().feed().await.expect("feed");
-    assert_eq!(last, None, "nothing published yet");
+/// The next message of the feed, as (room, message).
+async fn next_routed(
+    feed: &mut tokio::sync::mpsc::Receiver<(String, Vec<u8>)>,
+    rooms: &impl RoomChannels,
+    what: &str,
+) -> (String, Routed) {
+    let (channel, payload) = within(what, feed.recv()).await.expect("feed open");
+    let routed = Routed::decode(&payload).expect("a room message");
+    (rooms.room_of(&channel).to_owned(), routed)
+}
+
+async fn a_subscribed_room_brings_every_later_event_in_order<E: Engine>(engine: &E) {
+    let mut feed = engine.rooms().take_feed().expect("feed");
+    assert!(engine.rooms().take_feed().is_none(), "taken once");
+    engine
+        .rooms()
+        .subscribe(&rooms(&["order_o1", "customer_c1", "admin"]))
+        .await
+        .expect("subscribe");
     let data = r#"{"status":"ünïcode"}"#;
     let o1 = engine
         .history()
@@ -193,39 +213,107 @@ async fn the_feed_brings_every_later_event_in_order<E: Engine>(engine: &E) {
         .await
         .expect("publish");
     let o2 = publish(engine, "e2", "{}", &["admin"]).await;
-    let first = within("the first recorded event", feed.recv())
-        .await
-        .expect("feed open");
-    assert_eq!(
-        first,
-        Recorded {
-            offset: o1,
-            event: "order:status_update".to_owned(),
-            data: data.to_owned(),
-            rooms: rooms(&["order_o1", "customer_c1"]),
-            then_leave: Some("order_o1".to_owned()),
-        },
-        "delivered as published"
-    );
-    let second = within("the second recorded event", feed.recv())
-        .await
-        .expect("feed open");
+    let expected = Recorded {
+        offset: o1,
+        event: "order:status_update".to_owned(),
+        data: data.to_owned(),
+        rooms: rooms(&["order_o1", "customer_c1"]),
+        then_leave: Some("order_o1".to_owned()),
+    };
+    // One copy per target room, in publishing order.
+    for room in ["order_o1", "customer_c1"] {
+        let (on, message) = next_routed(&mut feed, engine.rooms(), "a recorded event").await;
+        assert_eq!(on, room);
+        assert_eq!(message, Routed::Recorded(expected.clone()), "as published");
+    }
+    let (on, message) = next_routed(&mut feed, engine.rooms(), "the second event").await;
+    assert_eq!(on, "admin");
+    let Routed::Recorded(second) = message else {
+        panic!("not a recorded event: {message:?}");
+    };
     assert_eq!(second.offset, o2);
-    assert_eq!(second.rooms, rooms(&["admin"]));
     assert_eq!(second.then_leave, None);
 }
 
-async fn the_feed_starts_after_the_newest_event_published_before<E: Engine>(engine: &E) {
-    publish(engine, "e1", "{}", &["order_o1"]).await;
-    let o2 = publish(engine, "e2", "{}", &["order_o1"]).await;
-    let (mut feed, last) = engine.history().feed().await.expect("feed");
-    assert_eq!(last.as_deref(), Some(o2.as_str()));
-    let o3 = publish(engine, "e3", "{}", &["order_o1"]).await;
-    let next = within("the next recorded event", feed.recv())
+async fn only_subscribed_rooms_reach_the_feed<E: Engine>(engine: &E) {
+    let mut feed = engine.rooms().take_feed().expect("feed");
+    let channels = engine.rooms();
+    channels.subscribe(&rooms(&["a"])).await.expect("subscribe");
+    publish(engine, "e1", "{}", &["b"]).await;
+    let o2 = publish(engine, "e2", "{}", &["a"]).await;
+    let (on, message) = next_routed(&mut feed, channels, "the event of a").await;
+    assert_eq!(on, "a", "b is not subscribed");
+    assert!(matches!(message, Routed::Recorded(r) if r.offset == o2));
+    channels
+        .unsubscribe(&rooms(&["a"]))
         .await
-        .expect("feed open");
+        .expect("unsubscribe");
+    channels.subscribe(&rooms(&["c"])).await.expect("subscribe");
+    publish(engine, "e3", "{}", &["a"]).await;
+    let join = Routed::Join {
+        room: "order_o9".to_owned(),
+    };
+    channels
+        .publish(vec![("c".to_owned(), join.encode())])
+        .await
+        .expect("publish to c");
+    let (on, message) = next_routed(&mut feed, channels, "the message of c").await;
     assert_eq!(
-        next.offset, o3,
-        "nothing before the feed started comes again"
+        (on.as_str(), message),
+        ("c", join),
+        "a is no longer subscribed"
+    );
+}
+
+async fn newest_is_the_offset_published_last<E: Engine>(engine: &E) {
+    assert_eq!(engine.history().newest().await.expect("newest"), None);
+    publish(engine, "e1", "{}", &["order_o1"]).await;
+    let o2 = publish(engine, "e2", "{}", &["admin"]).await;
+    assert_eq!(engine.history().newest().await.expect("newest"), Some(o2));
+}
+
+async fn since_brings_each_event_of_the_rooms_once_with_its_rooms<E: Engine>(engine: &E) {
+    let o1 = engine
+        .history()
+        .publish(
+            "order:status_update",
+            "{}",
+            "e1",
+            &rooms(&["order_o1", "customer_c1", "merchant_s1"]),
+            Some("order_o1"),
+        )
+        .await
+        .expect("publish");
+    let o2 = publish(engine, "e2", "{}", &["admin"]).await;
+    let o3 = publish(engine, "e3", "{}", &["customer_c1"]).await;
+    let found = engine
+        .history()
+        .since(&rooms(&["order_o1", "customer_c1", "admin"]), 0)
+        .await
+        .expect("since");
+    let offsets: Vec<&str> = found.iter().map(|r| r.offset.as_str()).collect();
+    assert_eq!(
+        offsets,
+        [o1.as_str(), o2.as_str(), o3.as_str()],
+        "each once, in order"
+    );
+    let mut first_rooms = found[0].rooms.clone();
+    first_rooms.sort();
+    assert_eq!(
+        first_rooms,
+        rooms(&["customer_c1", "order_o1"]),
+        "the asked rooms it went to"
+    );
+    assert_eq!(found[0].then_leave.as_deref(), Some("order_o1"));
+    let (ms, _) = o3.split_once('-').expect("ms-seq");
+    let later: u64 = ms.parse::<u64>().expect("ms") + 1;
+    assert!(
+        engine
+            .history()
+            .since(&rooms(&["order_o1", "customer_c1", "admin"]), later)
+            .await
+            .expect("since")
+            .is_empty(),
+        "nothing since after the last"
     );
 }

@@ -49,7 +49,7 @@ fn batch(drivers: &[(&str, DriverLocation)]) -> Vec<(String, DriverLocation)> {
 async fn write<E: Engine>(engine: &E, drivers: &[(&str, DriverLocation)]) {
     engine
         .locations()
-        .write(&batch(drivers), None)
+        .write(&batch(drivers))
         .await
         .expect("write");
 }
@@ -95,17 +95,13 @@ async fn a_batch_reads_back_exactly_as_sent<E: Engine>(engine: &E) {
     assert_eq!(latest(engine, "d2").await, Some(plain));
     assert_eq!(latest(engine, "d3").await, Some(bare));
     assert_eq!(latest(engine, "d4").await, None);
-    // An empty batch, with or without deliveries for the other nodes.
+    // An empty batch, then one more.
     let locations = engine.locations();
-    locations.write(&[], None).await.expect("empty write");
+    locations.write(&[]).await.expect("empty write");
     locations
-        .write(&[], Some(b"[]"))
+        .write(&batch(&[("d4", bare)]))
         .await
-        .expect("deliveries only");
-    locations
-        .write(&batch(&[("d4", bare)]), Some(b"[]"))
-        .await
-        .expect("write with deliveries");
+        .expect("write");
     assert_eq!(latest(engine, "d4").await, Some(bare));
     assert_eq!(
         latest(engine, "d1").await,

@@ -1,32 +1,34 @@
 //! One conformance suite for both engines: every behaviour of the engine
 //! traits is a generic async function, and [`conformance!`] runs each one
-//! against the memory engine (`memory::<name>`) and against the Redis engine
-//! on a real redis-server (`redis::<name>`), so the embedded mode cannot
-//! drift from the cluster mode.
+//! against the memory engine (`memory::<name>`), against the Redis engine
+//! on a real redis-server (`redis::<name>`) and on a real Redis Cluster of
+//! three primaries with a replica each (`redis_cluster::<name>`), so that
+//! neither the embedded mode nor a cluster can drift from one server. On
+//! the cluster every script runs against tagged keys: a script whose keys
+//! span two slots fails there with CROSSSLOT.
 //!
 //! A few behaviours exist only where several nodes share one store (claiming
 //! a stopped peer's entries, handing entries back, a restart that keeps its
 //! pending entries): the memory engine is one node by construction. Those
-//! run on Redis only ([`cluster!`]), as `redis_only::<name>`.
+//! run on Redis only ([`cluster!`]), as `redis_only::<name>` and
+//! `redis_cluster_only::<name>`.
 
 mod chat;
 mod history;
 mod locations;
 mod orders;
+mod presence;
 mod stream;
 
 use std::{future::Future, time::Duration};
 
-use relay::{
-    config::Secret,
-    engine::{
-        Engine, EventStream,
-        memory::MemoryEngine,
-        redis::{RedisEngine, RedisSettings},
-    },
+use relay::engine::{
+    Engine, EventStream,
+    memory::MemoryEngine,
+    redis::{RedisEngine, RedisSettings},
 };
 
-use crate::support::{RedisServer, WAIT, unique_prefix};
+use crate::support::{Backend, Kind, WAIT, unique_prefix};
 
 /// Upper bound for a whole behaviour, whatever it waits for.
 const TEST_BOUND: Duration = Duration::from_secs(30);
@@ -59,7 +61,7 @@ pub struct Fixture<E> {
     pub engine: E,
     /// Another node of the same store (Redis only): node id `n2`.
     pub peer: Option<E>,
-    redis: Option<RedisServer>,
+    redis: Option<Backend>,
     prefix: String,
     settings: Settings,
 }
@@ -85,7 +87,15 @@ impl Fixture<MemoryEngine> {
 
 impl Fixture<RedisEngine> {
     pub async fn redis(test: &str, settings: Settings) -> Self {
-        let server = RedisServer::start().await;
+        Self::on(Kind::Server, test, settings).await
+    }
+
+    pub async fn redis_cluster(test: &str, settings: Settings) -> Self {
+        Self::on(Kind::Cluster, test, settings).await
+    }
+
+    async fn on(kind: Kind, test: &str, settings: Settings) -> Self {
+        let server = Backend::start(kind).await;
         let prefix = unique_prefix(test);
         let mut fixture = Self {
             engine: redis_node(&server, &prefix, "n1", &settings),
@@ -105,7 +115,7 @@ impl Fixture<RedisEngine> {
         self.node_on(self.redis.as_ref().expect("redis fixture"), node_id)
     }
 
-    fn node_on(&self, server: &RedisServer, node_id: &str) -> RedisEngine {
+    fn node_on(&self, server: &Backend, node_id: &str) -> RedisEngine {
         redis_node(server, &self.prefix, node_id, &self.settings)
     }
 
@@ -114,9 +124,9 @@ impl Fixture<RedisEngine> {
     }
 }
 
-fn redis_node(server: &RedisServer, prefix: &str, node_id: &str, s: &Settings) -> RedisEngine {
+fn redis_node(server: &Backend, prefix: &str, node_id: &str, s: &Settings) -> RedisEngine {
     RedisEngine::new(RedisSettings {
-        url: &Secret::new(server.url()),
+        target: &server.target(),
         tls: &Default::default(),
         key_prefix: prefix,
         node_id,
@@ -198,6 +208,21 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod redis_cluster {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    #[allow(unused_mut, unused_assignments)]
+                    let mut settings = $crate::engine::Settings::default();
+                    $( settings = $settings; )?
+                    let fixture =
+                        $crate::engine::Fixture::redis_cluster(stringify!($name), settings).await;
+                    $crate::engine::bounded(super::$name(&fixture.engine)).await;
+                }
+            )*
+        }
     };
 }
 pub(crate) use conformance;
@@ -217,6 +242,21 @@ macro_rules! cluster {
                     $( settings = $settings; )?
                     let fixture =
                         $crate::engine::Fixture::redis(stringify!($name), settings).await;
+                    $crate::engine::bounded(super::$name(&fixture)).await;
+                }
+            )*
+        }
+        mod redis_cluster_only {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    #[allow(unused_mut, unused_assignments)]
+                    let mut settings = $crate::engine::Settings::default();
+                    $( settings = $settings; )?
+                    let fixture =
+                        $crate::engine::Fixture::redis_cluster(stringify!($name), settings).await;
                     $crate::engine::bounded(super::$name(&fixture)).await;
                 }
             )*

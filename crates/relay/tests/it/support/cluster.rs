@@ -7,12 +7,12 @@ use redis::Value;
 use relay_client::{Client, ConnectOptions, Transport};
 use serde_json::json;
 
-use super::{NodeProcess, RedisServer, WAIT, unique_prefix};
+use super::{Backend, Kind, NodeProcess, TestConnection, WAIT, unique_prefix};
 
 pub const API_KEY: &str = "test-api-key";
 
 pub struct Cluster {
-    pub redis: RedisServer,
+    pub redis: Backend,
     pub prefix: String,
     pub nodes: Vec<NodeProcess>,
     extra: Vec<(String, String)>,
@@ -21,7 +21,16 @@ pub struct Cluster {
 impl Cluster {
     /// Redis plus `n` ready nodes, with a key prefix of the test's own.
     pub async fn start(test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
-        let redis = RedisServer::start().await;
+        Self::start_on(Kind::Server, test, n, extra).await
+    }
+
+    /// As [`Self::start`], on one server or on a Redis Cluster.
+    pub async fn start_on(kind: Kind, test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
+        Self::start_with(Backend::start(kind).await, test, n, extra).await
+    }
+
+    /// As [`Self::start`], on a Redis made beforehand.
+    pub async fn start_with(redis: Backend, test: &str, n: usize, extra: &[(&str, &str)]) -> Self {
         let mut cluster = Self {
             redis,
             prefix: unique_prefix(test),
@@ -39,7 +48,7 @@ impl Cluster {
 
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
-            ("REDIS_URL".to_owned(), self.redis.url()),
+            self.redis.env(),
             ("RELAY_KEY_PREFIX".to_owned(), self.prefix.clone()),
             ("RELAY_API_KEY".to_owned(), API_KEY.to_owned()),
         ];
@@ -71,6 +80,20 @@ impl Cluster {
 
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// A key of the relay's own group `anchor` (docs/design.md, "Keys"):
+    /// on a cluster it carries the group's hash tag.
+    pub fn relay_key(&self, anchor: &str, name: &str) -> String {
+        match self.redis {
+            Backend::Server(_) => self.key(name),
+            Backend::Cluster(_) => format!("{0}{{{0}{anchor}}}:{name}", self.prefix),
+        }
+    }
+
+    /// A recovery history stream (`history:all`, `history:<room>`).
+    pub fn history_key(&self, name: &str) -> String {
+        self.relay_key("history", name)
     }
 
     /// `XADD {prefix}events * type <kind> data <json>`, as the backend does.
@@ -136,19 +159,28 @@ impl Cluster {
     }
 
     pub async fn entries(&self, name: &str) -> Vec<(String, HashMap<String, String>)> {
-        read_all(&mut self.redis.connection().await, &self.key(name)).await
+        self.entries_of(&self.key(name)).await
+    }
+
+    /// As [`Self::entries`], of a whole key name.
+    pub async fn entries_of(&self, key: &str) -> Vec<(String, HashMap<String, String>)> {
+        read_all(&mut self.redis.connection().await, key).await
     }
 
     /// Caches a driver location the way the relay does (CONTRACT §4).
     pub async fn cache_location(&self, driver: &str, lat: f64, lng: f64) {
         let mut conn = self.redis.connection().await;
         let ts = relay::events::now_ms();
-        let _: Value = redis::pipe()
-            .cmd("GEOADD")
+        // Two slots on a cluster: the geo set, and the driver's hash.
+        let _: Value = redis::cmd("GEOADD")
             .arg(self.key("drivers:geo"))
             .arg(lng)
             .arg(lat)
             .arg(driver)
+            .query_async(&mut conn)
+            .await
+            .expect("cache location");
+        let _: Value = redis::pipe()
             .cmd("HSET")
             .arg(self.key(&format!("driver:{driver}")))
             .arg(&[
@@ -165,10 +197,7 @@ impl Cluster {
     }
 }
 
-async fn read_all(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-) -> Vec<(String, HashMap<String, String>)> {
+async fn read_all(conn: &mut TestConnection, key: &str) -> Vec<(String, HashMap<String, String>)> {
     let rows: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")

@@ -1,9 +1,11 @@
 //! Real parts for the integration tests: a redis-server child process, relay
 //! nodes as child processes or in this process, tokens and HTTP helpers.
 
+pub mod backend;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod node;
+pub mod redis_cluster;
 pub mod redis_server;
 
 use std::{path::Path, time::Duration};
@@ -11,8 +13,10 @@ use std::{path::Path, time::Duration};
 use relay::auth::{Role, mint_hs256};
 use relay::config::Secret;
 
+pub use backend::{Backend, Kind, TestConnection};
 pub use cluster::{API_KEY, Cluster, connect, connect_with, expect_event};
 pub use node::{InProcessNode, NodeProcess};
+pub use redis_cluster::RedisCluster;
 pub use redis_server::{RedisServer, TestCerts, TlsRedisServer};
 
 pub const SECRET: &str = "integration-secret";
