@@ -93,6 +93,8 @@ pub async fn join_rooms<E: Engine>(
     if let Some(last_event_id) = last_event_id {
         // Resuming: the orders it subscribed to before, on any node, too.
         let remembered = remembered::remembered(engine.as_ref(), &principal).await;
+        // Subscribed before the replay joins them, like the rooms above.
+        let _ = interest.ensure(&remembered.rooms).await;
         for room in remembered.rooms {
             if !rooms.contains(&room) {
                 rooms.push(room);

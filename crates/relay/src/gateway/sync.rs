@@ -11,7 +11,7 @@ use super::budget::EventBudget;
 use super::remembered::{leave_over, remembered};
 use crate::events::ClientEvent;
 use crate::metrics::ClientEventOutcome;
-use crate::{auth::Principal, delivery::Replay, engine::Engine, metrics};
+use crate::{auth::Principal, delivery::Replay, engine::Engine, interest::Interest, metrics};
 
 #[derive(Deserialize)]
 pub struct SyncRequest {
@@ -21,6 +21,10 @@ pub struct SyncRequest {
 /// Longest `last_event_id` accepted: a stream id is about 30 characters.
 const MAX_ID_LEN: usize = 64;
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a socketioxide handler takes each extractor as an argument"
+)]
 pub async fn sync<E: Engine>(
     socket: SocketRef<E::Adapter>,
     TryData(data): TryData<SyncRequest>,
@@ -29,6 +33,7 @@ pub async fn sync<E: Engine>(
     Extension(budget): Extension<Arc<EventBudget>>,
     State(replay): State<Replay<E::Adapter>>,
     State(engine): State<Arc<E>>,
+    State(interest): State<Arc<Interest<E>>>,
 ) {
     if !budget.admit(tokio::time::Instant::now()) {
         metrics::client_event(ClientEvent::Sync, ClientEventOutcome::RateLimited);
@@ -49,6 +54,8 @@ pub async fn sync<E: Engine>(
     // are replayed and joined like its own rooms (joining a room it is in
     // already changes nothing).
     let remembered = remembered(engine.as_ref(), &principal).await;
+    // Subscribed before the replay joins them, like every other join.
+    let _ = interest.ensure(&remembered.rooms).await;
     for room in remembered.rooms {
         if !rooms.contains(&room) {
             rooms.push(room);

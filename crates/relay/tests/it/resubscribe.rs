@@ -106,8 +106,10 @@ async fn a_support_agent_resuming_on_the_other_node_is_back_in_the_orders_it_sub
     status(&cluster, "o1", "preparing").await;
     status(&cluster, "o2", "preparing").await;
     status(&cluster, "o3", "delivered").await;
-    status(&cluster, "o1", "ready").await;
+    let ready = status(&cluster, "o1", "ready").await;
     expect_event(&mut c2, "order:status_update").await;
+    // Everything recorded before the resume: what it missed, not live.
+    cluster.wait_handled(&ready).await;
 
     // Back, on the other node, with the last event it saw.
     let mut support = resume(&b, "sup1", Role::Support, &seen).await;

@@ -6,40 +6,11 @@
 
 use std::collections::HashSet;
 
-use redis::streams::StreamInfoGroupsReply;
 use relay::auth::Role;
 use relay_client::{Client, Event};
 use serde_json::{Value, json};
 
 use crate::support::{Cluster, WAIT, connect, expect_event, http, merchant_token, token};
-
-/// Waits until the group has delivered every entry up to `last` and
-/// acknowledged all of them: every entry handled to its end.
-async fn wait_all_handled(cluster: &Cluster, last: &str) {
-    let mut conn = cluster.redis.connection().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(cluster.key("events"))
-            .query_async(&mut conn)
-            .await
-            .expect("XINFO GROUPS");
-        let group = groups
-            .groups
-            .iter()
-            .find(|g| g.name == cluster.key("relay"))
-            .expect("the group");
-        if group.last_delivered_id == last && group.pending == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "entries up to {last} not handled within {WAIT:?}: {group:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
 
 /// Every event up to and including the first `order:status_update` with
 /// `status`.
@@ -176,7 +147,7 @@ async fn every_event_type_handled_twice_shows_clients_no_regression() {
         )
         .await;
     let first_round = until_statuses(&mut customer, &["picked_up", "rejected"]).await;
-    wait_all_handled(&cluster, &last).await;
+    cluster.wait_all_handled(&last).await;
     let outcomes = cluster.entries("outcomes").await;
     assert_eq!(outcomes.len(), 4, "{outcomes:?}");
     let before = active(&b, &customer_jwt).await;
@@ -209,7 +180,7 @@ async fn every_event_type_handled_twice_shows_clients_no_regression() {
         .query_async(&mut conn)
         .await
         .expect("XGROUP SETID");
-    wait_all_handled(&cluster, &last).await;
+    cluster.wait_all_handled(&last).await;
 
     // Then one more update of o1, and an offer to d1 for it: whatever the
     // second round sent comes before them (one order, one sequence).
@@ -340,7 +311,7 @@ async fn an_order_created_taken_over_after_the_order_ended_stays_ended() {
     let noise = cluster
         .xadd("order.status", json!({"order_id": "o1", "status": "late"}))
         .await;
-    wait_all_handled(&cluster, &noise).await;
+    cluster.wait_all_handled(&noise).await;
     assert_eq!(
         crate::support::metric(
             &url,
@@ -447,7 +418,7 @@ async fn a_status_taken_over_from_a_node_killed_before_its_ack_does_not_go_back(
         got.last().map(|e| e.data()["event_id"].clone()),
         Some(json!(ready))
     );
-    wait_all_handled(&cluster, &ready).await;
+    cluster.wait_all_handled(&ready).await;
     assert_eq!(
         crate::support::metric(
             &url,

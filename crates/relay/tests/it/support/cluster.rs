@@ -122,6 +122,77 @@ impl Cluster {
         cmd.query_async(&mut conn).await.expect("XADD")
     }
 
+    /// Waits until the group has delivered every entry up to `last` and
+    /// acknowledged all of them: every entry handled to its end.
+    pub async fn wait_all_handled(&self, last: &str) {
+        let mut conn = self.redis.connection().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(self.key("events"))
+                .query_async(&mut conn)
+                .await
+                .expect("XINFO GROUPS");
+            let group = groups
+                .groups
+                .iter()
+                .find(|g| g.name == self.key("relay"))
+                .expect("the group");
+            if group.last_delivered_id == last && group.pending == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "entries up to {last} not handled within {WAIT:?}: {group:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the entry `id` has been handled to its end: delivered to
+    /// the group and acknowledged (others may still be pending).
+    pub async fn wait_handled(&self, id: &str) {
+        let mut conn = self.redis.connection().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let delivered: Vec<Value> = redis::cmd("XRANGE")
+                .arg(self.key("events"))
+                .arg(id)
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .expect("XRANGE");
+            let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(self.key("events"))
+                .query_async(&mut conn)
+                .await
+                .expect("XINFO GROUPS");
+            let read = groups.groups.iter().any(|g| {
+                g.name == self.key("relay")
+                    && relay::engine::cmp_offsets(&g.last_delivered_id, id).is_ge()
+            });
+            let pending: Vec<Value> = redis::cmd("XPENDING")
+                .arg(self.key("events"))
+                .arg(self.key("relay"))
+                .arg(id)
+                .arg(id)
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .expect("XPENDING");
+            if !delivered.is_empty() && read && pending.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "entry {id} not handled within {WAIT:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (XREAD BLOCK, bounded) until `stream` holds at least `n`
     /// entries, and returns them all as field maps with their ids.
     pub async fn wait_entries(
