@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the fuzz targets in fuzz/ (token, client_payload, stream_entry), each
-# for FUZZ_SECONDS (default 10: the CI smoke run; `make fuzz` runs longer).
+# Runs the fuzz targets in fuzz/ (token, client_payload, stream_entry,
+# presence_query), each for FUZZ_SECONDS (default 10: the CI smoke run;
+# `make fuzz` runs longer).
 #
 #   FUZZ_SECONDS=300 scripts/fuzz.sh            every target, 5 minutes each
 #   FUZZ_TARGETS="token" scripts/fuzz.sh        one target
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
-FUZZ_TARGETS=${FUZZ_TARGETS:-token client_payload stream_entry}
+FUZZ_TARGETS=${FUZZ_TARGETS:-token client_payload stream_entry presence_query}
 CARGO_FUZZ_VERSION=${CARGO_FUZZ_VERSION:-0.13.2}
 # No AddressSanitizer by default: the relay forbids unsafe code, so what the
 # fuzzers find in it is panics, failed assertions, hangs and memory blow-ups,

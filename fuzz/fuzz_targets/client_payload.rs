@@ -10,7 +10,8 @@
 //! parser reads them), and survives the relay's own
 //! re-encoding (the `order:driver_location` emit and the fan-out batch to the
 //! other nodes) bit for bit; accepted order ids and sync ids are within their
-//! length limits; an `auth:refresh` token is read exactly as the handshake
+//! length limits; an accepted chat payload (`chat:send`, `chat:history`,
+//! `chat:typing`) is within its limits; an `auth:refresh` token is read exactly as the handshake
 //! reads its `auth` payload (else `missing token`); an offer's ack is stored
 //! as JSON that reads back the same.
 
@@ -22,8 +23,8 @@ use relay::{
     events::LocationUpdate,
     auth::Rejection,
     gateway::{
-        DriverLocationEvent, OrderRef, SyncRequest, last_event_id, order_ref, refresh_token,
-        token_from,
+        DriverLocationEvent, OrderRef, SyncRequest, check_history, check_send, check_typing,
+        last_event_id, order_ref, refresh_token, token_from,
     },
 };
 use serde_json::Value;
@@ -140,6 +141,29 @@ fn event(packet: &str, mut value: socketioxide_core::Value) {
                     assert_eq!(token_from(Some(auth), None).as_deref(), Some(token.as_str()));
                 }
                 Err(rejection) => assert_eq!(rejection, Rejection::MissingToken),
+            }
+        }
+        "chat:send" => {
+            let data = CommonParser.decode_value::<relay::events::chat::ChatSend>(&mut value, true);
+            if let Ok(send) = check_send(data, 1000) {
+                assert!(!send.text.trim().is_empty(), "blank text accepted");
+                assert!(send.text.chars().count() <= 1000, "text too long");
+                assert!(!send.order_id.is_empty() && send.order_id.len() <= 128);
+                assert!(send.client_msg_id.is_none_or(|c| !c.is_empty() && c.len() <= 128));
+            }
+        }
+        "chat:history" => {
+            let data =
+                CommonParser.decode_value::<relay::events::chat::ChatHistoryQuery>(&mut value, true);
+            if let Ok(query) = check_history(data) {
+                assert!(query.limit.is_some_and(|l| (1..=200).contains(&l)));
+                assert!(!query.order_id.is_empty() && query.order_id.len() <= 128);
+            }
+        }
+        "chat:typing" => {
+            let data = CommonParser.decode_value::<relay::events::chat::ChatTyping>(&mut value, true);
+            if let Ok(typing) = check_typing(data) {
+                assert!(!typing.order_id.is_empty() && typing.order_id.len() <= 128);
             }
         }
         "sync" => {

@@ -67,6 +67,11 @@ fn check_event(kind: &str, data: &str, event: &OrderEvent) {
             }
         }
         OrderEvent::AdminAlert(e) => assert!(!e.level.is_empty() && e.level.len() <= 128),
+        OrderEvent::ChatMessage(e) => {
+            assert!(id_ok(&e.order_id) && !e.text.trim().is_empty());
+            let role = e.from.role();
+            assert!(role == "system" || ["customer", "driver", "support", "admin"].contains(&role));
+        }
     }
     // Per-order sequencing must key the entry by the order it is handled as.
     if let Some(order) = event.order_id() {

@@ -2,7 +2,8 @@
 // interface: drivers and a merchant as official Socket.IO clients, and the
 // backend's events through POST /api/events. Checks that the page
 // connects, that a driver's dot moves, that status changes, alerts and
-// merchant offer outcomes appear, and takes a screenshot.
+// merchant offer outcomes appear, and takes a screenshot; then the merchant
+// leaves and its stores must turn offline on the map (presence).
 //
 // Driven by tests/it/demo.rs; by hand:
 //   DEMO_PAGE_URL=http://127.0.0.1:3000 RELAY_API_KEY=... RELAY_JWT_SECRET=... \
@@ -366,10 +367,22 @@ async function main() {
   // Let the last pulse and the view's easing settle for a readable picture.
   await page.waitForTimeout(1500);
 
+  // Presence: the merchant's stores are online while it is connected.
+  await until(page, "the merchant's stores are drawn online", () =>
+    ["s-dosa", "s-pizza", "s-chai"].every((s) => window.__demo.storesOnline[s] === true),
+  );
+
   mkdirSync(dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT });
   clearInterval(rideOn);
   log(`screenshot: ${SCREENSHOT}`);
+
+  // The merchant's only device leaves: once the grace (1 s in the test)
+  // is over, its stores are offline on the map.
+  merchant.disconnect();
+  await until(page, "the stores go offline once the merchant left", () =>
+    ["s-dosa", "s-pizza", "s-chai"].every((s) => window.__demo.storesOnline[s] === false),
+  );
 
   if (problems.length) await fail(`the page reported problems:\n  ${problems.join("\n  ")}`);
   const summary = await page.evaluate(() => JSON.stringify({ ...window.__demo, drivers: undefined, orders: undefined }));

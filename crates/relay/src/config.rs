@@ -122,6 +122,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub token_refresh_notice_s: u64,
 
+    /// How long a store or driver whose last socket left stays online, in
+    /// ms (0 to 3600000): a reconnect within it is not an outage.
+    #[arg(long, env = "RELAY_PRESENCE_GRACE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub presence_grace_ms: u64,
+
     /// Bearer key for the publish API; unset = publish API off.
     #[arg(long, env = "RELAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<Secret>,
@@ -189,6 +195,16 @@ pub struct ServeArgs {
     #[arg(long, env = "RELAY_HISTORY_SIZE", default_value_t = 100,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub history_size: usize,
+
+    /// Longest text of a chat message, in characters (1 to 10000).
+    #[arg(long, env = "RELAY_CHAT_MAX_CHARS", default_value_t = 1000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub chat_max_chars: usize,
+
+    /// Messages kept per order chat for `chat:history` (1 to 10000).
+    #[arg(long, env = "RELAY_CHAT_HISTORY", default_value_t = 200,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub chat_history: usize,
 
     /// Longest time an event is kept for recovery, in seconds (1 to 86400).
     #[arg(long, env = "RELAY_HISTORY_TTL_S", default_value_t = 600,
@@ -349,6 +365,15 @@ pub struct LocationConfig {
 pub struct HistoryConfig {
     pub size: usize,
     pub ttl: Duration,
+}
+
+/// Order chat (CONTRACT §7).
+#[derive(Debug, Clone, Copy)]
+pub struct ChatConfig {
+    /// Longest message text, in characters.
+    pub max_chars: usize,
+    /// Messages kept per order.
+    pub history: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -637,10 +662,13 @@ pub struct Config {
     pub client_events_per_s: u32,
     /// `auth:expiring` goes out this long before a token's `exp` (zero: never).
     pub token_refresh_notice: Duration,
+    /// An id with no socket left goes offline after this.
+    pub presence_grace: Duration,
     pub limits: ConnectionLimitsConfig,
     /// Allowed browser origins; empty: same-origin only; `*`: any.
     pub cors_origins: Vec<String>,
     pub history: HistoryConfig,
+    pub chat: ChatConfig,
     pub stream: StreamConfig,
     pub transport: TransportConfig,
     pub shutdown_grace: Duration,
@@ -814,6 +842,7 @@ impl Config {
             },
             client_events_per_s: args.client_events_per_s,
             token_refresh_notice: Duration::from_secs(args.token_refresh_notice_s),
+            presence_grace: Duration::from_millis(args.presence_grace_ms),
             cors_origins,
             limits: ConnectionLimitsConfig {
                 max_connections: args.max_connections,
@@ -825,6 +854,10 @@ impl Config {
             history: HistoryConfig {
                 size: args.history_size,
                 ttl: Duration::from_secs(args.history_ttl_s),
+            },
+            chat: ChatConfig {
+                max_chars: args.chat_max_chars,
+                history: args.chat_history,
             },
             stream: StreamConfig {
                 claim_idle: Duration::from_millis(args.claim_idle_ms),
@@ -1108,8 +1141,11 @@ mod tests {
         assert_eq!(config.location.min_interval, Duration::from_millis(1000));
         assert_eq!(config.client_events_per_s, 20);
         assert_eq!(config.token_refresh_notice, Duration::from_secs(60));
+        assert_eq!(config.presence_grace, Duration::from_millis(10_000));
         assert_eq!(config.history.size, 100);
         assert_eq!(config.history.ttl, Duration::from_secs(600));
+        assert_eq!(config.chat.max_chars, 1000);
+        assert_eq!(config.chat.history, 200);
         assert_eq!(config.stream.claim_idle, Duration::from_millis(5000));
         assert_eq!(config.stream.max_deliveries, 5);
         assert_eq!(config.stream.max_event_bytes, 65_536);
@@ -1268,6 +1304,8 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--max-deliveries", "0"], "--max-deliveries"),
             (&["--history-size", "0"], "--history-size"),
+            (&["--chat-max-chars", "0"], "--chat-max-chars"),
+            (&["--chat-history", "10001"], "--chat-history"),
             (
                 &["--polling-max-payload-bytes", "1"],
                 "--polling-max-payload-bytes",
@@ -1285,6 +1323,7 @@ mod tests {
                 &["--token-refresh-notice-s", "86401"],
                 "--token-refresh-notice-s",
             ),
+            (&["--presence-grace-ms", "3600001"], "--presence-grace-ms"),
             (
                 &["--http-header-timeout-ms", "0"],
                 "--http-header-timeout-ms",

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::{Principal, Role},
     engine::{Engine, History, Missed, Recorded, RoomChannels, Routed, cmp_offsets},
     events::{ServerEvent, now_ms},
     interest::Interest,
@@ -338,7 +339,11 @@ async fn deliver<A: Adapter>(io: &SocketIo<A>, recorded: &Recorded) {
     // Before the namespace opens no client is connected (and socketioxide's
     // shortcuts for the default namespace would panic).
     let Some(ns) = io.of("/") else { return };
+    let chat = recorded.event == ServerEvent::ChatMessage.as_str();
     for socket in ns.clone().local().to(recorded.rooms.clone()).sockets() {
+        if chat && !receives_chat(&socket) {
+            continue;
+        }
         if let Some(ResumedAt(upto)) = socket.extensions.get::<ResumedAt>()
             && cmp_offsets(&recorded.offset, &upto) != Ordering::Greater
         {
@@ -407,7 +412,11 @@ async fn replay<E: Engine>(engine: &E, request: Resume<E::Adapter>, up_to: Optio
     let recovered = match missed {
         Ok(Missed::Recovered(events)) => {
             metrics::replayed(events.len());
+            let chat = receives_chat(&socket);
             for event in &events {
+                if !chat && event.event == ServerEvent::ChatMessage.as_str() {
+                    continue;
+                }
                 match serde_json::from_str::<Value>(&event.data) {
                     Ok(data) => {
                         let _ = socket.emit(&event.event, &data);
@@ -429,6 +438,15 @@ async fn replay<E: Engine>(engine: &E, request: Resume<E::Adapter>, up_to: Optio
     }
     finish(&socket, &rooms, join, recovered);
     let _ = done.send(recovered);
+}
+
+/// Merchants neither send nor receive chat, though they may be in the
+/// order room (CONTRACT §7).
+fn receives_chat<A: Adapter>(socket: &SocketRef<A>) -> bool {
+    socket
+        .extensions
+        .get::<Principal>()
+        .is_none_or(|p| p.role() != Role::Merchant)
 }
 
 fn finish<A: Adapter>(socket: &SocketRef<A>, rooms: &[String], join: bool, recovered: bool) {

@@ -12,8 +12,10 @@
 //!   locations, sessions, per-room channels, the Socket.IO adapter);
 //! - `interest`: which room channels this node subscribes to (the rooms of
 //!   its own sockets);
-//! - `location` (driver updates: cache and fan-out) and `delivery`
-//!   (what the room channels bring, to local sockets; recovery; gap fill);
+//! - `location` (driver updates: cache and fan-out), `delivery` (what the
+//!   room channels bring, to local sockets; recovery; gap fill) and
+//!   `presence` (this node's sockets per store and driver, written to the
+//!   engine);
 //! - `gateway`: the Socket.IO namespace, handshake and client events;
 //! - `stream`: the consumer group, per-order sequencing, dispatch, offers;
 //! - `http`: the publish API, queries, probes, metrics, /demo;
@@ -32,6 +34,7 @@ pub mod interest;
 pub mod location;
 pub mod metrics;
 pub mod outcome;
+pub mod presence;
 pub mod rooms;
 pub mod server;
 pub mod stream;

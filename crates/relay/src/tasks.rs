@@ -37,6 +37,7 @@ pub mod names {
     pub const LIMITS_KEEP_ALIVE: &str = "limits keep-alive";
     pub const LOCATION_CACHE_WRITER: &str = "location cache writer";
     pub const LOCATION_PRUNE: &str = "location prune";
+    pub const PRESENCE: &str = "presence";
     pub const ROOM_SWEEP: &str = "room sweep";
     pub const SEQUENCING_NOTICES: &str = "sequencing notices";
     pub const TOKEN_EXPIRY_SWEEPER: &str = "token expiry sweeper";
@@ -44,7 +45,7 @@ pub mod names {
     /// drain, for a second signal).
     pub const SIGNAL_LISTENER: &str = "signal listener";
 
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CONSUMER,
         CONSUMER_MAINTENANCE,
         DELIVERY_LOOP,
@@ -53,6 +54,7 @@ pub mod names {
         LIMITS_KEEP_ALIVE,
         LOCATION_CACHE_WRITER,
         LOCATION_PRUNE,
+        PRESENCE,
         ROOM_SWEEP,
         SEQUENCING_NOTICES,
         TOKEN_EXPIRY_SWEEPER,

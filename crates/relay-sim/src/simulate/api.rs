@@ -122,6 +122,23 @@ impl RelayApi {
             .map_err(|e| ApiError::Unavailable(format!("unexpected outcomes body: {e}")))
     }
 
+    /// Whether each store is online (`GET /api/presence`), in batches of
+    /// the API's 1000 ids.
+    pub async fn presence(&self, stores: &[String]) -> Result<Vec<(String, bool)>, ApiError> {
+        let mut online = Vec::with_capacity(stores.len());
+        for batch in stores.chunks(1000) {
+            let query: String = form_query(batch.iter().map(|s| ("store_id", s.as_str())));
+            let reply = self
+                .send(|url| self.http.get(url), &format!("/api/presence?{query}"))
+                .await?;
+            for id in batch {
+                let state = reply["stores"][id.as_str()]["online"].as_bool();
+                online.push((id.clone(), state == Some(true)));
+            }
+        }
+        Ok(online)
+    }
+
     async fn send(
         &self,
         request: impl Fn(String) -> reqwest::RequestBuilder,
@@ -163,6 +180,15 @@ impl RelayApi {
         }
         Err(ApiError::Unavailable(last))
     }
+}
+
+/// `name=value&...`, each percent-encoded.
+fn form_query<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        query.append_pair(name, value);
+    }
+    query.finish()
 }
 
 /// reqwest's message and its causes ("error sending request: ...:

@@ -67,6 +67,24 @@ pub struct SimulateArgs {
     /// Wall-clock time between two status lines on stdout. 0 turns them off.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub status_every: Duration,
+    /// Wall-clock time, per store, between two absences of its tablet:
+    /// either a Wi-Fi blip (back within a tenth to a third of the presence
+    /// grace: no change) or a break (1.5 to 3 graces: the store goes
+    /// offline and comes back). 0 keeps every tablet connected.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub store_breaks_every: Duration,
+    /// The nodes' `RELAY_PRESENCE_GRACE_MS`, which the absences are
+    /// measured against.
+    #[arg(long, env = "RELAY_PRESENCE_GRACE_MS", default_value_t = 10_000)]
+    pub presence_grace_ms: u64,
+    /// The nodes' Redis: the simulated backend then reads presence from
+    /// `{prefix}presence` as a production backend does. Without it
+    /// (embedded nodes) it polls `GET /api/presence`.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// The nodes' `RELAY_KEY_PREFIX`, for `{prefix}presence`.
+    #[arg(long, env = "RELAY_KEY_PREFIX", default_value = "relay:")]
+    pub key_prefix: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +121,10 @@ impl SimulateArgs {
             location_min_interval_ms: 1000,
             glitch_every: Duration::from_secs(60),
             status_every: Duration::from_secs(5),
+            store_breaks_every: Duration::from_secs(90),
+            presence_grace_ms: 10_000,
+            redis_url: None,
+            key_prefix: "relay:".to_owned(),
         }
     }
 
@@ -139,6 +161,14 @@ impl SimulateArgs {
         }
         if self.location_interval.is_zero() {
             return Err(bad("--location-interval", "must be at least 1s"));
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.expose().starts_with("redis://") || url.expose().starts_with("rediss://"))
+        {
+            return Err(bad(
+                "--redis-url (REDIS_URL)",
+                "must be a redis:// or rediss:// URL",
+            ));
         }
         Ok(())
     }
@@ -189,13 +219,17 @@ mod tests {
                 parsed.location_interval,
                 parsed.glitch_every,
                 parsed.status_every,
-                parsed.duration
+                parsed.duration,
+                parsed.store_breaks_every,
+                &parsed.key_prefix
             ),
             (
                 lib.location_interval,
                 lib.glitch_every,
                 lib.status_every,
-                lib.duration
+                lib.duration,
+                lib.store_breaks_every,
+                &lib.key_prefix
             )
         );
     }

@@ -21,6 +21,7 @@ const API_KEY: &str = "simulate-api-key";
 /// A whole order takes about half an hour of city time: at x200, 9 s.
 const SPEED: f64 = 200.0;
 const BOUND: Duration = Duration::from_secs(30);
+const GRACE_MS: &str = "500";
 
 /// Polls the simulation's counters until `done` holds, within [`BOUND`].
 async fn until(simulation: &Simulation, what: &str, done: impl Fn(&Summary) -> bool) {
@@ -50,12 +51,20 @@ async fn a_simulated_city_delivers_orders_through_an_embedded_node() {
     args.speed = SPEED;
     args.glitch_every = Duration::from_secs(2);
     args.status_every = Duration::ZERO;
+    // Tablets go away every couple of seconds; the node's grace is short.
+    args.store_breaks_every = Duration::from_secs(2);
+    args.presence_grace_ms = GRACE_MS.parse().expect("grace");
     let stop = CancellationToken::new();
     let simulation = Simulation::start(args, stop.clone())
         .await
         .expect("the simulation starts");
 
     until(&simulation, "delivered order", |s| s.orders_delivered >= 1).await;
+    until(&simulation, "store back after a break", |s| {
+        // Each store comes online once, then once more per return.
+        s.stores_offline_seen >= 1 && s.stores_online_seen > s.stores_offline_seen
+    })
+    .await;
     until(&simulation, "refused bad input", |s| {
         s.glitches >= 2 && s.locations_refused >= 1
     })
@@ -64,6 +73,8 @@ async fn a_simulated_city_delivers_orders_through_an_embedded_node() {
     let summary = simulation.finish().await;
 
     assert_eq!(summary.errors, 0, "{summary}");
+    assert!(summary.store_breaks >= 1, "{summary}");
+    assert_eq!(summary.presence_repeats, 0, "{summary}");
     assert!(summary.locations_accepted > 0, "{summary}");
     assert!(
         summary.driver_locations_received > 0,
@@ -84,6 +95,7 @@ async fn a_simulated_city_delivers_orders_through_an_embedded_node() {
         r#"relay_emits_total{event="order:driver_location"}"#,
         r#"relay_events_published_total{type="order.assigned"}"#,
         r#"relay_client_events_total{event="driver:location_update",outcome="ok"}"#,
+        r#"relay_presence_changes_total{kind="store",online="false"}"#,
     ];
     for series in series {
         assert!(metric(&url, series).await > 0.0, "{series} is 0");
@@ -112,6 +124,8 @@ async fn embedded_node() -> RunningNode {
         API_KEY,
         "--addr",
         "127.0.0.1:0",
+        "--presence-grace-ms",
+        GRACE_MS,
     ];
     let args = NodeArgs::try_parse_from(argv).expect("settings").serve;
     let prepared = Prepared::new(Config::from_args(args).expect("config")).expect("prepared");

@@ -2,6 +2,10 @@
 //! third of them on long-polling: old tablets, flaky Wi-Fi). A new order
 //! rings; staff accept it after a moment, sometimes decline (busy, an item
 //! ran out), and now and then nobody looks and the offer times out.
+//!
+//! Tablets also go away now and then (`--store-breaks-every`): a Wi-Fi
+//! blip, which the relay's presence grace hides, or a break of a few
+//! graces, during which the store is offline for the backend.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -10,8 +14,10 @@ use tokio::time::Instant;
 
 use super::{
     Ctx,
+    clock::real_sleep,
     rng::Rng,
     session::{Identity, Link, Replies, SessionEnd, Wake, wake},
+    stats::bump,
 };
 use relay::auth::Role;
 use relay_client::{Client, ClientError, Event, Transport};
@@ -60,20 +66,40 @@ pub async fn run(ctx: Arc<Ctx>, index: usize) {
         rng: Rng::derive(ctx.seed, "merchant", index as u64),
         answers: HashMap::new(),
         replies: Replies::default(),
+        next_absence: None,
     };
     loop {
         let Ok(mut client) = counter.link.connect(&ctx).await else {
             break;
         };
         counter.replies.clear();
+        if !ctx.store_breaks_every.is_zero() {
+            let every = counter.rng.jitter(ctx.store_breaks_every, 0.5);
+            counter.next_absence = Some(Instant::now() + every);
+        }
         match counter.session(&ctx, &mut client).await {
-            SessionEnd::Stopped => {
+            Ended::Session(SessionEnd::Stopped) => {
                 client.disconnect().await;
                 break;
             }
-            SessionEnd::Lost => counter.link.lost(&ctx, &client),
+            Ended::Session(SessionEnd::Lost) => counter.link.lost(&ctx, &client),
+            Ended::Away => {
+                client.disconnect().await;
+                let away = counter.absence(&ctx);
+                if real_sleep(away, &ctx.stop).await.is_err() {
+                    break;
+                }
+                counter.link.went_away();
+            }
         }
     }
+}
+
+/// How a tablet's session ended.
+enum Ended {
+    Session(SessionEnd),
+    /// The tablet goes away for a while (see [`Counter::absence`]).
+    Away,
 }
 
 struct Counter {
@@ -83,17 +109,35 @@ struct Counter {
     /// By `event_id`: a redelivered order gets the same answer.
     answers: HashMap<String, (Option<Value>, Instant)>,
     replies: Replies,
+    /// When the tablet next goes away; None: never.
+    next_absence: Option<Instant>,
 }
 
 impl Counter {
-    async fn session(&mut self, ctx: &Ctx, client: &mut Client) -> SessionEnd {
+    /// How long the tablet stays away: mostly a blip well inside the
+    /// relay's presence grace (no change), sometimes a real break.
+    fn absence(&mut self, ctx: &Ctx) -> Duration {
+        if self.rng.unit() < 0.6 {
+            bump(&ctx.stats.store_blips);
+            ctx.presence_grace.mul_f64(self.rng.range(0.1, 0.33))
+        } else {
+            bump(&ctx.stats.store_breaks);
+            ctx.presence_grace.mul_f64(self.rng.range(1.5, 3.0))
+        }
+    }
+
+    async fn session(&mut self, ctx: &Ctx, client: &mut Client) -> Ended {
         loop {
-            let deadline = self
+            let reply_due = self
                 .replies
                 .next_due()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            let deadline = self.next_absence.map_or(reply_due, |a| a.min(reply_due));
+            if self.next_absence.is_some_and(|a| a <= Instant::now()) {
+                return Ended::Away;
+            }
             match wake(ctx, client, deadline).await {
-                Wake::Stop => return SessionEnd::Stopped,
+                Wake::Stop => return Ended::Session(SessionEnd::Stopped),
                 Wake::Event(Ok(event)) if event.name == "merchant:new_order" => {
                     super::stats::bump(&ctx.stats.events_received);
                     self.on_order(ctx, event);
@@ -102,10 +146,10 @@ impl Counter {
                     self.link.first_time(ctx, &event);
                 }
                 Wake::Event(Err(ClientError::Timeout(_))) => {}
-                Wake::Event(Err(_)) => return SessionEnd::Lost,
+                Wake::Event(Err(_)) => return Ended::Session(SessionEnd::Lost),
                 Wake::Timer => {
                     if !self.replies.send_due(client).await {
-                        return SessionEnd::Lost;
+                        return Ended::Session(SessionEnd::Lost);
                     }
                     let now = Instant::now();
                     self.answers

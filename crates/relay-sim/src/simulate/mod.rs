@@ -2,7 +2,8 @@
 //! to relay. A backend places orders and drives each through its lifecycle
 //! with `POST /api/events`; stores' merchants accept or decline them;
 //! drivers roam the streets, send their positions, take delivery offers and
-//! ride to the store and the door; customers, an admin console and a
+//! ride to the store and the door; store tablets drop out and come back,
+//! and the backend watches stores go offline and online (presence); customers, an admin console and a
 //! support agent listen. Everyone talks to the nodes only through the
 //! public interface (Socket.IO and HTTP), so it works against one embedded
 //! node as well as a cluster behind a load balancer.
@@ -10,7 +11,8 @@
 //! Files, one job each: `args` (flags), `city` (map, stores, menus),
 //! `geo` (positions, movement), `clock` (accelerated time), `rng` (seeded
 //! randomness), `api` (the HTTP API), `desk` and `outcomes` (the backend's
-//! order book and how it learns offer outcomes), `order` (one order's
+//! order book and how it learns offer outcomes), `presence` (which stores
+//! are online, as the backend sees it), `order` (one order's
 //! lifecycle), `backend` (placing orders, happenings in town), `drivers`,
 //! `merchants`, `customers`, `watchers` (admin, support), `glitches`
 //! (deliberate bad input), `session` (keeping a connection up), `stats`.
@@ -30,6 +32,7 @@ mod glitches;
 mod merchants;
 mod order;
 mod outcomes;
+mod presence;
 mod rng;
 mod session;
 mod stats;
@@ -98,6 +101,10 @@ pub(crate) struct Ctx {
     refusal_seen: AtomicBool,
     location_interval: Duration,
     location_floor: Duration,
+    /// Per store, wall-clock time between its tablet's absences (0: never).
+    pub store_breaks_every: Duration,
+    /// The nodes' presence grace: a tablet's absence is measured in it.
+    pub presence_grace: Duration,
     secret: Secret,
     issuer: Option<String>,
     audience: Option<String>,
@@ -126,6 +133,8 @@ impl Ctx {
             gps_glitch: AtomicUsize::new(usize::MAX),
             refusal_seen: AtomicBool::new(false),
             location_interval: args.location_interval,
+            store_breaks_every: args.store_breaks_every,
+            presence_grace: Duration::from_millis(args.presence_grace_ms),
             // The relay drops a driver's updates closer together than its
             // minimum interval, measured on arrival: keep a margin for a
             // stalled node or network (a fifth of it was not always enough
@@ -317,6 +326,13 @@ fn spawn_city(ctx: &Arc<Ctx>, args: &SimulateArgs) {
     let ctx2 = ctx.clone();
     tasks.spawn(async move { outcomes::read(&ctx2).await });
     tasks.spawn(backend::happenings(ctx.clone()));
+    let (ctx2, redis) = (
+        ctx.clone(),
+        args.redis_url
+            .as_ref()
+            .map(|u| (u.expose().to_owned(), args.key_prefix.clone())),
+    );
+    tasks.spawn(async move { presence::watch(&ctx2, redis).await });
     tasks.spawn(glitches::run(ctx.clone(), args.glitch_every));
     // Orders start once the city is online: drivers must have reported a
     // position before the first delivery request looks for them.

@@ -37,6 +37,18 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Orders still open when the run stopped, cancelled on the way out.
     pub cancelled_at_stop: AtomicU64,
+    /// Store tablets that went away for a few seconds (within the grace).
+    pub store_blips: AtomicU64,
+    /// Store tablets that went away for longer (the store goes offline).
+    pub store_breaks: AtomicU64,
+    /// Presence as the backend saw it: store changes, driver changes, and
+    /// stream entries that repeated the state before them (should be 0).
+    pub stores_online_seen: AtomicU64,
+    pub stores_offline_seen: AtomicU64,
+    pub driver_presence_seen: AtomicU64,
+    pub presence_repeats: AtomicU64,
+    /// Stores online as the backend last saw it.
+    pub stores_online: AtomicU64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -68,6 +80,13 @@ pub struct Summary {
     pub reconnects: u64,
     pub errors: u64,
     pub cancelled_at_stop: u64,
+    pub store_blips: u64,
+    pub store_breaks: u64,
+    pub stores_online_seen: u64,
+    pub stores_offline_seen: u64,
+    pub driver_presence_seen: u64,
+    pub presence_repeats: u64,
+    pub stores_online: u64,
 }
 
 impl Summary {
@@ -104,6 +123,13 @@ impl Stats {
             reconnects: get(&self.reconnects),
             errors: get(&self.errors),
             cancelled_at_stop: get(&self.cancelled_at_stop),
+            store_blips: get(&self.store_blips),
+            store_breaks: get(&self.store_breaks),
+            stores_online_seen: get(&self.stores_online_seen),
+            stores_offline_seen: get(&self.stores_offline_seen),
+            driver_presence_seen: get(&self.driver_presence_seen),
+            presence_repeats: get(&self.presence_repeats),
+            stores_online: get(&self.stores_online),
         }
     }
 }
@@ -117,7 +143,7 @@ impl fmt::Display for Summary {
             "[{}m{:02}s] orders {} placed, {} delivered, {} rejected, {} cancelled, {} active \
              | drivers {}/{} busy | locations {} sent, {} refused \
              | events {} published, {} received ({} dup), {} alerts \
-             | reconnects {} | errors {}",
+             | stores {} online, {} went offline, {} blips | reconnects {} | errors {}",
             secs / 60,
             secs % 60,
             self.orders_placed,
@@ -133,9 +159,19 @@ impl fmt::Display for Summary {
             self.events_received,
             self.duplicates,
             self.alerts_received,
+            self.stores_online,
+            self.stores_offline_seen,
+            self.store_blips,
             self.reconnects,
             self.errors,
         )?;
+        if self.presence_repeats > 0 {
+            write!(
+                f,
+                " | {} presence entries repeated a state",
+                self.presence_repeats
+            )?;
+        }
         if self.cancelled_at_stop > 0 {
             write!(
                 f,

@@ -11,10 +11,11 @@ mod traits;
 pub use error::{EngineError, StoreError, StoreResult, log_redis_failure, redis_failure};
 pub use routed::{MalformedRouted, Routed};
 pub use traits::{
-    Assignment, Claimed, Created, DeadLetter, DriverLocation, EventStream, History,
-    IDEMPOTENCY_TTL, KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite,
-    Recorded, RoomChannels, RoomFeed, StreamEntry, StreamStats, UserSessions, WATCH_TTL,
-    WatchedOrders, cmp_offsets, entry_size, in_offset_order, merge_rooms,
+    Assignment, CHAT_TTL_ACTIVE, CHAT_TTL_AFTER_END, ChatAppend, ChatLog, ChatParties, ChatRecord,
+    Claimed, Created, DeadLetter, DriverLocation, EventStream, History, IDEMPOTENCY_TTL,
+    KeyedAppend, LocationCache, Missed, OfferState, OrderStore, OrderWrite, PresenceStore,
+    PresenceSweep, PresenceWrite, Recorded, RoomChannels, RoomFeed, StreamEntry, StreamStats,
+    UserSessions, WATCH_TTL, WatchedOrders, cmp_offsets, entry_size, in_offset_order, merge_rooms,
 };
 
 use std::{
@@ -41,8 +42,10 @@ pub trait Engine: Send + Sync + 'static {
     type Orders: OrderStore;
     type Locations: LocationCache;
     type History: History;
+    type Presence: PresenceStore;
     type Rooms: RoomChannels;
     type Watches: WatchedOrders;
+    type Chat: ChatLog;
 
     /// Short name for logs and metrics: `redis` or `memory`.
     fn name(&self) -> &'static str;
@@ -53,8 +56,10 @@ pub trait Engine: Send + Sync + 'static {
     fn orders(&self) -> &Self::Orders;
     fn locations(&self) -> &Self::Locations;
     fn history(&self) -> &Self::History;
+    fn presence(&self) -> &Self::Presence;
     fn rooms(&self) -> &Self::Rooms;
     fn watches(&self) -> &Self::Watches;
+    fn chat(&self) -> &Self::Chat;
 
     /// Completes a namespace's adapter initialisation (for Redis: the
     /// pub/sub subscriptions). Errors are retried by the caller.

@@ -9,7 +9,7 @@ use super::StoreResult;
 use crate::{
     active_order::ActiveOrder,
     auth::{Principal, Role},
-    events::Timestamp,
+    events::{PresenceChange, PresenceId, PresenceState, Timestamp},
     outcome::Outcome,
 };
 
@@ -568,3 +568,137 @@ pub trait UserSessions: Send + Sync + 'static {
 }
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How long an order's chat stays readable after its terminal status.
+pub const CHAT_TTL_AFTER_END: Duration = Duration::from_secs(24 * 3600);
+
+/// How long an active order's chat is kept since its last message: an
+/// order that never ends is forgotten after 48 h, its chat a day later.
+pub const CHAT_TTL_ACTIVE: Duration = Duration::from_secs(72 * 3600);
+
+/// One message as the chat log keeps it and `{prefix}chat` gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRecord {
+    pub event_id: String,
+    pub order_id: String,
+    pub from_id: String,
+    pub from_role: String,
+    pub text: String,
+    pub ts: Timestamp,
+    /// The `chat:message` payload, as JSON text (what `chat:history` answers).
+    pub message: String,
+}
+
+/// What an append of a message to its order's log did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatAppend {
+    /// Logged now, and appended to `{prefix}chat`.
+    New,
+    /// Logged before (the entry is handled again) and still the order's
+    /// newest message: its emit may not have gone out, so it goes again.
+    RepeatNewest,
+    /// Logged before, and later messages came after it: emitted then.
+    RepeatOlder,
+    /// Not logged, and the order is not active: nothing written.
+    Refused,
+}
+
+/// Who may read an ended order's chat: its customer and its last driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatParties {
+    pub customer_id: String,
+    pub driver_id: Option<String>,
+}
+
+/// Each order's chat: its last messages (for `chat:history`), the feed of
+/// every message for the backend (`{prefix}chat`), and who took part once
+/// the order is over.
+///
+/// Messages of an order are appended in stream order (the consumer's
+/// sequencing), so an `event_id` at or before the log's newest one was
+/// appended already: that is how a repeat writes nothing.
+pub trait ChatLog: Send + Sync + 'static {
+    /// Logs `record` (keeping the order's last `keep`) and appends it to
+    /// `{prefix}chat`, once per `event_id`. A new message is logged only
+    /// when `active` (the order is active).
+    fn append(
+        &self,
+        record: &ChatRecord,
+        keep: usize,
+        active: bool,
+    ) -> impl Future<Output = StoreResult<ChatAppend>> + Send;
+
+    /// The order ended: its chat stays readable to `parties` (and support
+    /// and admin) for [`CHAT_TTL_AFTER_END`], then goes.
+    fn close(
+        &self,
+        order_id: &str,
+        parties: &ChatParties,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
+    /// The parties of an ended order whose chat is still kept.
+    fn closed(
+        &self,
+        order_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<ChatParties>>> + Send;
+
+    /// Up to `limit` messages (JSON text) before `before` (all when None),
+    /// oldest first.
+    fn history(
+        &self,
+        order_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+}
+
+/// What a presence write or sweep did: the transitions it made (each
+/// made by exactly one call, cluster-wide) and whether the store knew this
+/// node's instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceWrite {
+    pub changes: Vec<PresenceChange>,
+    /// False when the instance was unknown or had been given up for dead:
+    /// its counts are gone, and the node must set them all again.
+    pub known: bool,
+}
+
+/// What a sweep did, and the cluster-wide online totals after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PresenceSweep {
+    pub changes: Vec<PresenceChange>,
+    pub online_stores: u64,
+    pub online_drivers: u64,
+}
+
+/// Which stores and drivers are online, across every node: each node's
+/// instance sets its own socket counts, and the store turns the sum into
+/// transitions (online at once, offline after `grace`), each exactly once.
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Sets `instance`'s socket count of each id (absolute: a retry or a
+    /// full resync is harmless) and keeps the instance alive.
+    fn set_counts(
+        &self,
+        instance: &str,
+        counts: &[(PresenceId, u32)],
+        grace: Duration,
+    ) -> impl Future<Output = StoreResult<PresenceWrite>> + Send;
+
+    /// Drops every count of `instance` at once (a node stopping cleanly):
+    /// its ids go offline after `grace` unless another node has them.
+    fn forget_instance(
+        &self,
+        instance: &str,
+        grace: Duration,
+    ) -> impl Future<Output = StoreResult<PresenceWrite>> + Send;
+
+    /// Ends the grace of ids whose time came and drops the counts of
+    /// instances that stopped keeping alive.
+    fn sweep(&self, grace: Duration) -> impl Future<Output = StoreResult<PresenceSweep>> + Send;
+
+    /// The state of each id, in the order asked.
+    fn lookup(
+        &self,
+        ids: &[PresenceId],
+    ) -> impl Future<Output = StoreResult<Vec<PresenceState>>> + Send;
+}

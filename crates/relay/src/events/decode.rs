@@ -161,6 +161,23 @@ pub fn decode_value(kind: EventKind, value: Value) -> Result<OrderEvent, DecodeE
             ids(&[("level", &e.level)])?;
             OrderEvent::AdminAlert(e)
         }
+        EventKind::ChatMessage => {
+            let Value::Object(map) = value else {
+                return Err(DecodeError::new(
+                    DecodeReason::InvalidField,
+                    "`data` must be a JSON object",
+                ));
+            };
+            OrderEvent::ChatMessage(super::chat::decode_entry(map).map_err(|e| match e {
+                super::chat::ChatEntryError::Missing(field) => DecodeError::new(
+                    DecodeReason::MissingField,
+                    format!("missing field `{field}`"),
+                ),
+                super::chat::ChatEntryError::Invalid(field, why) => {
+                    DecodeError::new(DecodeReason::InvalidField, format!("`{field}` {why}"))
+                }
+            })?)
+        }
     };
     Ok(event)
 }

@@ -1,17 +1,21 @@
 //! The backend's events (CONTRACT §3) as typed Rust: one type per kind,
 //! decoded from a stream entry's `type` and `data` fields.
 
+pub mod chat;
 mod decode;
 mod location;
 mod names;
+mod presence;
 mod time;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+pub use chat::ChatMessage;
 pub use decode::{DecodeError, DecodeReason, decode, decode_entry, decode_value, sequence_key};
 pub use location::{LocationUpdate, Reject};
 pub use names::{ClientEvent, ServerEvent};
+pub use presence::{PresenceChange, PresenceId, PresenceKind, PresenceState};
 pub use time::{Timestamp, is_rfc3339, now_ms, rfc3339};
 
 /// Statuses after which an order is over and its room is emptied.
@@ -28,6 +32,7 @@ pub enum OrderEvent {
     Assigned(OrderAssigned),
     DeliveryRequest(DeliveryRequest),
     AdminAlert(AdminAlert),
+    ChatMessage(ChatMessage),
 }
 
 impl OrderEvent {
@@ -39,6 +44,7 @@ impl OrderEvent {
             Self::Assigned(_) => EventKind::OrderAssigned,
             Self::DeliveryRequest(_) => EventKind::DeliveryRequest,
             Self::AdminAlert(_) => EventKind::AdminAlert,
+            Self::ChatMessage(_) => EventKind::ChatMessage,
         }
     }
 
@@ -49,6 +55,7 @@ impl OrderEvent {
             Self::Assigned(e) => Some(&e.order_id),
             Self::DeliveryRequest(e) => Some(&e.order_id),
             Self::AdminAlert(_) => None,
+            Self::ChatMessage(e) => Some(&e.order_id),
         }
     }
 }
@@ -60,15 +67,17 @@ pub enum EventKind {
     OrderAssigned,
     DeliveryRequest,
     AdminAlert,
+    ChatMessage,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         Self::OrderCreated,
         Self::OrderStatus,
         Self::OrderAssigned,
         Self::DeliveryRequest,
         Self::AdminAlert,
+        Self::ChatMessage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +87,7 @@ impl EventKind {
             Self::OrderAssigned => "order.assigned",
             Self::DeliveryRequest => "delivery.request",
             Self::AdminAlert => "admin.alert",
+            Self::ChatMessage => "chat.message",
         }
     }
 

@@ -15,10 +15,14 @@ pub enum ServerEvent {
     SyncDone,
     /// To one socket, `RELAY_TOKEN_REFRESH_NOTICE_S` before its token's `exp`.
     AuthExpiring,
+    /// A message of an order's chat, recorded like a status update.
+    ChatMessage,
+    /// Volatile, unrecorded: someone in the order room is typing.
+    ChatTyping,
 }
 
 impl ServerEvent {
-    pub const ALL: [ServerEvent; 7] = [
+    pub const ALL: [ServerEvent; 9] = [
         Self::OrderStatusUpdate,
         Self::MerchantNewOrder,
         Self::DeliveryNewRequest,
@@ -26,6 +30,8 @@ impl ServerEvent {
         Self::OrderDriverLocation,
         Self::SyncDone,
         Self::AuthExpiring,
+        Self::ChatMessage,
+        Self::ChatTyping,
     ];
 
     /// The events that carry an offer (acked by a client, with an outcome).
@@ -40,6 +46,8 @@ impl ServerEvent {
             Self::OrderDriverLocation => "order:driver_location",
             Self::SyncDone => "sync:done",
             Self::AuthExpiring => "auth:expiring",
+            Self::ChatMessage => "chat:message",
+            Self::ChatTyping => "chat:typing",
         }
     }
 
@@ -68,15 +76,21 @@ pub enum ClientEvent {
     OrderSubscribe,
     OrderUnsubscribe,
     AuthRefresh,
+    ChatSend,
+    ChatHistory,
+    ChatTyping,
 }
 
 impl ClientEvent {
-    pub const ALL: [ClientEvent; 5] = [
+    pub const ALL: [ClientEvent; 8] = [
         Self::Sync,
         Self::DriverLocationUpdate,
         Self::OrderSubscribe,
         Self::OrderUnsubscribe,
         Self::AuthRefresh,
+        Self::ChatSend,
+        Self::ChatHistory,
+        Self::ChatTyping,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -86,6 +100,9 @@ impl ClientEvent {
             Self::OrderSubscribe => "order:subscribe",
             Self::OrderUnsubscribe => "order:unsubscribe",
             Self::AuthRefresh => "auth:refresh",
+            Self::ChatSend => "chat:send",
+            Self::ChatHistory => "chat:history",
+            Self::ChatTyping => "chat:typing",
         }
     }
 }
@@ -113,6 +130,8 @@ mod tests {
                 "order:driver_location",
                 "sync:done",
                 "auth:expiring",
+                "chat:message",
+                "chat:typing",
             ]
         );
         for event in ServerEvent::ALL {
@@ -127,7 +146,10 @@ mod tests {
                 "driver:location_update",
                 "order:subscribe",
                 "order:unsubscribe",
-                "auth:refresh"
+                "auth:refresh",
+                "chat:send",
+                "chat:history",
+                "chat:typing",
             ]
         );
     }

@@ -11,7 +11,7 @@ use socketioxide::{
 };
 
 use super::{
-    GatewayState, budget::EventBudget, location, refresh, remembered, subscriptions, sync,
+    GatewayState, budget::EventBudget, chat, location, refresh, remembered, subscriptions, sync,
 };
 use crate::events::{ClientEvent, ServerEvent};
 use crate::metrics::{ClientEventOutcome, DeferredJoin};
@@ -22,6 +22,7 @@ use crate::{
     interest::Interest,
     location::DriverLocationEvent,
     metrics,
+    presence::Presence,
     rooms::Room,
 };
 
@@ -124,6 +125,9 @@ pub async fn join_rooms<E: Engine>(
     );
     socket.on(ClientEvent::Sync.as_str(), sync::sync::<E>);
     socket.on(ClientEvent::AuthRefresh.as_str(), refresh::refresh::<E>);
+    socket.on(ClientEvent::ChatSend.as_str(), chat::send::<E>);
+    socket.on(ClientEvent::ChatHistory.as_str(), chat::history::<E>);
+    socket.on(ClientEvent::ChatTyping.as_str(), chat::typing::<E>);
     socket.on_fallback(unknown_event::<E::Adapter>);
     Ok(())
 }
@@ -237,8 +241,15 @@ pub async fn on_connect<E: Engine>(
     State(engine): State<Arc<E>>,
     State(interest): State<Arc<Interest<E>>>,
     State(replay): State<Replay<E::Adapter>>,
+    State(gateway): State<GatewayState>,
 ) {
     metrics::connected(principal.role());
+    // Counted first: a replay below may take a while, the store is online now.
+    gateway.presence.arrive(socket.id, &principal);
+    socket.extensions.insert(Arc::new(PresenceGuard {
+        presence: gateway.presence.clone(),
+        sid: socket.id,
+    }));
     if let Some(PendingResume {
         rooms,
         last_event_id,
@@ -262,6 +273,10 @@ pub async fn on_connect<E: Engine>(
         "connected"
     );
     socket.on_disconnect(on_disconnect::<E::Adapter>);
+    // A socket that closed before its disconnect handler was there.
+    if !socket.connected() {
+        gateway.presence.depart(socket.id);
+    }
     if socket.extensions.remove::<OrdersUnjoined>().is_some() {
         join_orders_later(&socket, engine.as_ref(), &interest, &principal).await;
     }
@@ -274,8 +289,22 @@ async fn on_disconnect<A: Adapter>(
     State(gateway): State<GatewayState>,
 ) {
     gateway.expiries.forget(socket.id);
+    gateway.presence.depart(socket.id);
     metrics::disconnected(principal.role(), reason_label(reason));
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
+}
+
+/// Takes a socket out of presence when it is dropped, however it ended
+/// (the disconnect handler does so first; a second departure is a no-op).
+struct PresenceGuard {
+    presence: Arc<Presence>,
+    sid: socketioxide::socket::Sid,
+}
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        self.presence.depart(self.sid);
+    }
 }
 
 fn reason_label(reason: DisconnectReason) -> metrics::DisconnectReason {

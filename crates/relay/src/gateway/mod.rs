@@ -3,6 +3,7 @@
 
 mod addresses;
 mod budget;
+mod chat;
 mod connection;
 mod expiry;
 mod handshake;
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Replay;
 use crate::events::ServerEvent;
+#[doc(hidden)]
+pub use crate::events::chat::{check_history, check_send, check_typing};
 pub use crate::location::DriverLocationEvent;
 pub use expiry::Expiries;
 pub use handshake::token_from;
@@ -42,6 +45,7 @@ use crate::{
     interest::Interest,
     location::LocationPipeline,
     metrics,
+    presence::Presence,
     rooms::Room,
 };
 
@@ -51,8 +55,12 @@ pub struct GatewayState {
     verifier: Arc<Verifier>,
     limits: Arc<ConnectionLimits>,
     expiries: Arc<Expiries>,
+    /// This node's sockets per store and driver.
+    presence: Arc<Presence>,
     /// Per socket, client events a second (0 = no limit).
     client_events_per_s: u32,
+    /// Longest `chat:send` text, in characters.
+    chat_max_chars: usize,
 }
 
 /// An emit that did not reach the other nodes (the adapter's publish failed).
@@ -83,11 +91,13 @@ impl<E: Engine> Clone for Gateway<E> {
 pub struct Shared<E: Engine> {
     pub verifier: Arc<Verifier>,
     pub client_events_per_s: u32,
+    pub chat_max_chars: usize,
     pub locations: Arc<LocationPipeline>,
     pub replay: Replay<E::Adapter>,
     pub interest: Arc<Interest<E>>,
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
+    pub presence: Arc<Presence>,
 }
 
 impl<E: Engine> Gateway<E> {
@@ -99,11 +109,13 @@ impl<E: Engine> Gateway<E> {
         let Shared {
             verifier,
             client_events_per_s,
+            chat_max_chars,
             locations,
             replay,
             interest,
             limits,
             expiries,
+            presence,
         } = shared;
         let adapter_state = engine.adapter_state();
         let builder = SocketIo::builder()
@@ -118,7 +130,9 @@ impl<E: Engine> Gateway<E> {
                 verifier,
                 limits,
                 expiries,
+                presence,
                 client_events_per_s,
+                chat_max_chars,
             })
             .with_state(locations)
             .with_state(replay)

@@ -54,6 +54,9 @@ pub async fn refresh<E: Engine>(
     // From here on every handler sees the new claims, and the sweeper the new end.
     socket.extensions.insert::<Principal>(next.clone());
     gateway.expiries.watch(socket.id, &next);
+    // A merchant's stores follow its new `store_ids`: a store added may
+    // come online, one removed goes offline after the grace.
+    gateway.presence.update(socket.id, &next);
     let RoomChanges { leave, join } = Room::changes(&current, &next);
     if !join.is_empty() {
         socket.join(join.iter().map(Room::name).collect::<Vec<_>>());

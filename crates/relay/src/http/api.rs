@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     engine::{Engine, EventStream, KeyedAppend, entry_size},
-    events::{EventKind, decode_value},
+    events::{EventKind, OrderEvent, chat::ChatSender, decode_value},
     metrics::{self, IdempotentOutcome, PublishRejection, StoreOp},
 };
 
@@ -33,6 +33,17 @@ pub struct PublishBody {
 /// 404 when the API is off, 401 for a wrong or missing key. The comparison
 /// takes the same time wherever the keys differ.
 fn authorize<E: Engine>(state: &HttpState<E>, headers: &HeaderMap) -> Result<(), ApiError> {
+    authorize_or(state, headers, || {
+        metrics::publish_rejected(PublishRejection::Unauthorized);
+    })
+}
+
+/// [`authorize`], with the route's own count of a refused key.
+pub(super) fn authorize_or<E: Engine>(
+    state: &HttpState<E>,
+    headers: &HeaderMap,
+    count_refusal: impl FnOnce(),
+) -> Result<(), ApiError> {
     let Some(key) = &state.api_key else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -43,7 +54,7 @@ fn authorize<E: Engine>(state: &HttpState<E>, headers: &HeaderMap) -> Result<(),
     if bool::from(given.as_bytes().ct_eq(key.expose().as_bytes())) {
         Ok(())
     } else {
-        metrics::publish_rejected(PublishRejection::Unauthorized);
+        count_refusal();
         Err(ApiError::unauthorized("wrong or missing API key"))
     }
 }
@@ -77,8 +88,18 @@ pub async fn publish<E: Engine>(
         metrics::publish_rejected(PublishRejection::TooLarge);
         return Err(too_large(state.max_event_bytes));
     }
-    decode_value(kind, body.data)
+    let event = decode_value(kind, body.data)
         .inspect_err(|_| metrics::publish_rejected(PublishRejection::InvalidEvent))?;
+    // Only the relay speaks for a chat participant (its clients' `chat:send`);
+    // the backend's messages are `system`.
+    if let OrderEvent::ChatMessage(m) = &event
+        && !matches!(m.from, ChatSender::System { .. })
+    {
+        metrics::publish_rejected(PublishRejection::InvalidEvent);
+        return Err(ApiError::bad_request(
+            "`from_role` is set by the relay for its clients' messages; a backend's chat.message is from `system`",
+        ));
+    }
     let stream = state.engine.stream();
     let appended = match key {
         None => stream

@@ -10,6 +10,7 @@ mod detach;
 mod errors;
 mod idempotency;
 mod observe;
+mod presence;
 mod probes;
 
 use std::sync::Arc;
@@ -28,6 +29,9 @@ use crate::{
 };
 
 pub use detach::detach_from_read_buffer;
+/// The presence query parser, public for the fuzz target in `fuzz/`.
+#[doc(hidden)]
+pub use presence::{MAX_ID_BYTES, MAX_IDS, QueryError, presence_query};
 
 /// Refreshes gauges that are counted rather than tracked (connected sockets)
 /// right before a scrape.
@@ -83,6 +87,7 @@ pub fn router<E: Engine>(state: HttpState<E>) -> Router {
         .route("/api/events", post(api::publish::<E>))
         .route("/api/outcomes", get(api::outcomes::<E>))
         .route("/api/dead-letters", get(api::dead_letters::<E>))
+        .route("/api/presence", get(presence::presence::<E>))
         .layer(DefaultBodyLimit::max(body_limit(state.max_event_bytes)))
         .route_layer(axum::middleware::from_fn(observe::count_requests));
     // Merged after the counting layer: the demo stays out of the API's metrics.

@@ -43,6 +43,23 @@ label_set! {
         DeadLetter => "dead_letter",
         /// Reading a merchant's watched orders when a refresh drops a store.
         Refresh => "refresh",
+        /// Reading an order or its chat for a `chat:*` event.
+        Chat => "chat",
+        /// Writing this node's presence counts, or a presence sweep.
+        Presence => "presence",
+    }
+}
+
+label_set! {
+    /// The `reason` of `relay_presence_queries_rejected_total`: why a
+    /// `GET /api/presence` was refused.
+    PresenceQueryRejection {
+        Unauthorized => "unauthorized",
+        /// A parameter other than `store_id` and `driver_id`, an empty or
+        /// over-long id, or no id at all (400).
+        BadQuery => "bad_query",
+        /// More than 1000 ids (400).
+        TooManyIds => "too_many_ids",
     }
 }
 
@@ -181,6 +198,21 @@ label_set! {
     }
 }
 
+label_set! {
+    /// The `outcome` of `relay_chat_messages_total`: what came of a
+    /// `chat:send` (the `chat:send` ack's error, as a label).
+    ChatOutcome {
+        /// Appended to the event stream; the ack carries its `event_id`.
+        Sent => "sent",
+        NotAllowed => "not_allowed",
+        OrderNotActive => "order_not_active",
+        Invalid => "invalid",
+        RateLimited => "rate_limited",
+        /// The store could not take it (`temporarily unavailable`).
+        Unavailable => "unavailable",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +241,8 @@ mod tests {
                 "subscribe",
                 "dead_letter",
                 "refresh",
+                "chat",
+                "presence",
             ]
         );
         assert_eq!(
@@ -218,6 +252,17 @@ mod tests {
         assert_eq!(
             ClientEventOutcome::ALL.map(ClientEventOutcome::as_str),
             ["ok", "rejected", "rate_limited", "unknown"]
+        );
+        assert_eq!(
+            ChatOutcome::ALL.map(ChatOutcome::as_str),
+            [
+                "sent",
+                "not_allowed",
+                "order_not_active",
+                "invalid",
+                "rate_limited",
+                "unavailable"
+            ]
         );
         assert_eq!(
             RefreshOutcome::ALL.map(RefreshOutcome::as_str),

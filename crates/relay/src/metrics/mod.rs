@@ -12,14 +12,16 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{
-    AdapterDirection, AdapterOp, ClientEventOutcome, DeferredJoin, DisconnectReason,
-    HttpCloseReason, IdempotentOutcome, LocationOutcome, PublishRejection, RecoveryResult,
-    RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
+    AdapterDirection, AdapterOp, ChatOutcome, ClientEventOutcome, DeferredJoin, DisconnectReason,
+    HttpCloseReason, IdempotentOutcome, LocationOutcome, PresenceQueryRejection, PublishRejection,
+    RecoveryResult, RedisFailure, RefreshOutcome, ShedReason, StoreOp, Transport,
 };
 
 use crate::{
     auth::{RefreshRefusal, Rejection, Role},
-    events::{ClientEvent, DecodeReason, EventKind, Reject, ServerEvent},
+    events::{
+        ClientEvent, DecodeReason, EventKind, PresenceChange, PresenceKind, Reject, ServerEvent,
+    },
     outcome::OutcomeKind,
 };
 
@@ -45,6 +47,7 @@ pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
 pub const REDIS_CONNECT_ERRORS: &str = "relay_redis_connect_errors_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const TOKEN_REFRESHES: &str = "relay_token_refreshes_total";
+pub const CHAT_MESSAGES: &str = "relay_chat_messages_total";
 pub const TOKEN_EXPIRY_NOTICES: &str = "relay_token_expiry_notices_total";
 pub const REOFFERS: &str = "relay_offers_reoffered_total";
 pub const REPLAYED: &str = "relay_replayed_events_total";
@@ -55,12 +58,15 @@ pub const DEFERRED_JOINS: &str = "relay_deferred_order_joins_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "relay_http_connections_closed_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "relay_http_accept_errors_total";
 pub const HTTP_PENDING: &str = "relay_http_pending_connections";
+pub const PRESENCE_ONLINE: &str = "relay_presence_online";
+pub const PRESENCE_CHANGES: &str = "relay_presence_changes_total";
+pub const PRESENCE_QUERIES_REJECTED: &str = "relay_presence_queries_rejected_total";
 pub const TASK_PANICS: &str = "relay_task_panics_total";
 pub const LOG_WRITE_ERRORS: &str = "relay_log_write_errors_total";
 pub const LOG_LINES_DROPPED: &str = "relay_log_lines_dropped_total";
 
 /// The routes of `http::router`, the only values of the `route` label.
-const HTTP_ROUTES: [&str; 7] = [
+const HTTP_ROUTES: [&str; 8] = [
     "/healthz",
     "/readyz",
     "/metrics",
@@ -68,6 +74,7 @@ const HTTP_ROUTES: [&str; 7] = [
     "/api/events",
     "/api/outcomes",
     "/api/dead-letters",
+    "/api/presence",
 ];
 /// HTTP handlers answer in well under a second; Redis-bound ones in ms.
 const HTTP_BUCKETS: [f64; 10] = [
@@ -216,6 +223,9 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for outcome in RefreshOutcome::ALL {
         counter!(TOKEN_REFRESHES, "outcome" => outcome.as_str()).absolute(0);
     }
+    for outcome in ChatOutcome::ALL {
+        counter!(CHAT_MESSAGES, "outcome" => outcome.as_str()).absolute(0);
+    }
     for result in DeferredJoin::ALL {
         counter!(DEFERRED_JOINS, "result" => result.as_str()).absolute(0);
     }
@@ -234,6 +244,15 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
         counter!(HTTP_CONNECTIONS_CLOSED, "reason" => reason.as_str()).absolute(0);
     }
     counter!(HTTP_ACCEPT_ERRORS).absolute(0);
+    for kind in PresenceKind::ALL {
+        gauge!(PRESENCE_ONLINE, "kind" => kind.as_str()).set(0.0);
+        for online in ["true", "false"] {
+            counter!(PRESENCE_CHANGES, "kind" => kind.as_str(), "online" => online).absolute(0);
+        }
+    }
+    for reason in PresenceQueryRejection::ALL {
+        counter!(PRESENCE_QUERIES_REJECTED, "reason" => reason.as_str()).absolute(0);
+    }
     record_process_faults();
     zero_bounded_series();
     hot();
@@ -335,12 +354,28 @@ fn describe() {
         "auth:refresh requests, by outcome (ok, a handshake reason, other_user, rate_limited)."
     );
     describe_counter!(
+        CHAT_MESSAGES,
+        "chat:send requests, by outcome (sent, not_allowed, order_not_active, invalid, rate_limited, unavailable)."
+    );
+    describe_counter!(
         TOKEN_EXPIRY_NOTICES,
         "auth:expiring notices sent to sockets whose token ends soon."
     );
     describe_counter!(
         DEFERRED_JOINS,
         "Sockets connected while their active orders could not be read, and what became of their order rooms, by result."
+    );
+    describe_gauge!(
+        PRESENCE_ONLINE,
+        "Stores and drivers online across the whole cluster, by kind (every node reports the same value)."
+    );
+    describe_counter!(
+        PRESENCE_CHANGES,
+        "Presence transitions, by kind and online; each is counted once, by the node that made it."
+    );
+    describe_counter!(
+        PRESENCE_QUERIES_REJECTED,
+        "GET /api/presence requests refused, by reason (unauthorized, bad_query, too_many_ids)."
     );
     describe_counter!(
         REOFFERS,
@@ -519,6 +554,8 @@ fn zero_bounded_series() {
     counter!(STREAM_DEAD_LETTERED, "type" => UNKNOWN_TYPE, "reason" => MAX_DELIVERIES).absolute(0);
     counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
         .absolute(0);
+    counter!(STREAM_DEAD_LETTERED, "type" => EventKind::ChatMessage.as_str(), "reason" => ORDER_NOT_ACTIVE)
+        .absolute(0);
     for reason in PublishRejection::ALL {
         counter!(PUBLISH_REJECTED, "reason" => reason.as_str()).absolute(0);
     }
@@ -621,6 +658,17 @@ pub fn token_refresh_outcome(outcome: RefreshOutcome) {
         _ => ClientEventOutcome::Rejected,
     };
     client_event(ClientEvent::AuthRefresh, client);
+}
+
+/// A `chat:send`, counted by outcome and as a client event.
+pub fn chat_message(outcome: ChatOutcome) {
+    counter!(CHAT_MESSAGES, "outcome" => outcome.as_str()).increment(1);
+    let client = match outcome {
+        ChatOutcome::Sent => ClientEventOutcome::Ok,
+        ChatOutcome::RateLimited => ClientEventOutcome::RateLimited,
+        _ => ClientEventOutcome::Rejected,
+    };
+    client_event(ClientEvent::ChatSend, client);
 }
 
 /// An `auth:expiring` sent to a socket whose token ends soon.
@@ -734,6 +782,9 @@ const MAX_DELIVERIES: &str = "max_deliveries";
 /// active with another customer or store.
 const ORDER_EXISTS: &str = "order_exists";
 
+/// The `reason` label of a `chat.message` for an order that is not active.
+const ORDER_NOT_ACTIVE: &str = "order_not_active";
+
 /// The `type` label of a stream entry: a known kind, or `unknown`.
 pub fn entry_type(kind: Option<&[u8]>) -> &'static str {
     kind.and_then(|k| std::str::from_utf8(k).ok())
@@ -780,6 +831,11 @@ pub fn stream_superseded(kind: EventKind) {
 
 pub fn stream_dead_lettered_order_exists() {
     counter!(STREAM_DEAD_LETTERED, "type" => EventKind::OrderCreated.as_str(), "reason" => ORDER_EXISTS)
+        .increment(1);
+}
+
+pub fn stream_dead_lettered_chat_order_not_active() {
+    counter!(STREAM_DEAD_LETTERED, "type" => EventKind::ChatMessage.as_str(), "reason" => ORDER_NOT_ACTIVE)
         .increment(1);
 }
 
@@ -868,4 +924,24 @@ pub fn set_health(ready: bool, store_up: bool, consumer_running: bool) {
     gauge!(READY).set(f64::from(u8::from(ready)));
     gauge!(STORE_UP).set(f64::from(u8::from(store_up)));
     gauge!(CONSUMER_RUNNING).set(f64::from(u8::from(consumer_running)));
+}
+
+/// Presence transitions this node made (each is made by one node only).
+pub fn presence_changes(changes: &[PresenceChange]) {
+    for change in changes {
+        let online = if change.online { "true" } else { "false" };
+        counter!(PRESENCE_CHANGES, "kind" => change.who.kind.as_str(), "online" => online)
+            .increment(1);
+    }
+}
+
+/// The cluster-wide online totals, as the last sweep saw them.
+pub fn set_presence_online(stores: u64, drivers: u64) {
+    gauge!(PRESENCE_ONLINE, "kind" => PresenceKind::Store.as_str()).set(stores as f64);
+    gauge!(PRESENCE_ONLINE, "kind" => PresenceKind::Driver.as_str()).set(drivers as f64);
+}
+
+/// A `GET /api/presence` refused.
+pub fn presence_query_rejected(reason: PresenceQueryRejection) {
+    counter!(PRESENCE_QUERIES_REJECTED, "reason" => reason.as_str()).increment(1);
 }

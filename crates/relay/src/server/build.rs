@@ -23,6 +23,7 @@ use crate::{
     http::{self, HttpState},
     location::LocationPipeline,
     metrics,
+    presence::Presence,
     stream::{Consumer, ConsumerSettings, Dispatcher},
     tasks::Tasks,
 };
@@ -104,6 +105,7 @@ pub(super) struct Node<E: Engine> {
     pub gateway: Gateway<E>,
     pub limits: Arc<ConnectionLimits>,
     pub expiries: Arc<Expiries>,
+    pub presence: Arc<Presence>,
     pub replay_requests: mpsc::Receiver<Resume<E::Adapter>>,
     /// The room channels this node subscribes to.
     pub interest: Arc<Interest<E>>,
@@ -158,17 +160,20 @@ pub(super) fn wire<E: Engine>(
         .gated_by(health.clone()),
     );
     let expiries = Arc::new(Expiries::new(config.token_refresh_notice));
+    let presence = Arc::new(Presence::new(config.presence_grace));
     let (gateway, layer) = Gateway::new(
         engine.clone(),
         &config.transport,
         crate::gateway::Shared {
             verifier: verifier.clone(),
             client_events_per_s: config.client_events_per_s,
+            chat_max_chars: config.chat.max_chars,
             locations,
             replay,
             interest: interest.clone(),
             limits: limits.clone(),
             expiries: expiries.clone(),
+            presence: presence.clone(),
         },
     );
     let census = {
@@ -199,12 +204,15 @@ pub(super) fn wire<E: Engine>(
     // Outermost, so the Socket.IO layer only ever sees detached copies.
     let app = app.layer(axum::middleware::map_request(http::detach_from_read_buffer));
 
-    let dispatcher = Arc::new(Dispatcher::new(
-        engine.clone(),
-        gateway.clone(),
-        config.node_id.clone(),
-        stop.clone(),
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            engine.clone(),
+            gateway.clone(),
+            config.node_id.clone(),
+            stop.clone(),
+        )
+        .with_chat_history(config.chat.history),
+    );
     let consumer = Consumer::new(
         engine.clone(),
         dispatcher,
@@ -232,6 +240,7 @@ pub(super) fn wire<E: Engine>(
         gateway,
         limits,
         expiries,
+        presence,
         replay_requests,
         interest,
         history_subscribed: oneshot::channel(),

@@ -37,6 +37,7 @@ pub(super) async fn drain<E: Engine>(
         health,
         gateway,
         consumer,
+        presence_stop,
         health_watch,
         http,
     } = running;
@@ -60,8 +61,9 @@ pub(super) async fn drain<E: Engine>(
         // The consumer stops reading, gives in-progress emits their time
         // and hands back the entries it still holds.
         let _ = consumer.await;
-        // Then the clients.
+        // Then the clients; then presence hands this node's sockets over.
         gateway.close().await;
+        presence_stop.cancel();
         let _ = health_watch.await;
         let served = http.await;
         // The engine's own tasks go last: everything above uses them.
@@ -81,6 +83,7 @@ pub(super) async fn drain<E: Engine>(
         Ok(Ok(None)) => Ok(()),
         Ok(Err(aborted)) => Err(ServeError::Task(aborted)),
         Err(_) => {
+            presence_stop.cancel();
             engine_stop.cancel();
             tracing::warn!(
                 ?grace,

@@ -21,6 +21,8 @@ pub(super) struct Running<E: Engine> {
     pub health: Health,
     pub gateway: Gateway<E>,
     pub consumer: JoinHandle<Option<()>>,
+    /// Ends the presence worker, once the clients are closed.
+    pub presence_stop: CancellationToken,
     pub health_watch: JoinHandle<Option<()>>,
     pub http: JoinHandle<Option<std::io::Result<()>>>,
 }
@@ -42,6 +44,7 @@ pub(super) fn spawn<E: Engine>(
         gateway,
         limits,
         expiries,
+        presence,
         replay_requests,
         interest,
         history_subscribed: (subscribed, history_subscribed),
@@ -70,7 +73,7 @@ pub(super) fn spawn<E: Engine>(
             engine.clone(),
             interest.clone(),
             gateway.io().clone(),
-            instance,
+            instance.clone(),
             replay_requests,
             subscribed,
             stop.clone(),
@@ -81,6 +84,15 @@ pub(super) fn spawn<E: Engine>(
         let (io, stop) = (gateway.io().clone(), stop.clone());
         move || crate::interest::sweep(interest.clone(), io.clone(), stop.clone())
     });
+    // Presence outlives `stop` until the clients are closed: the sockets it
+    // hands over at its end must be gone, or their grace would start while
+    // they are still connected (during the consumer's drain). Not restarted:
+    // it owns the only receiver of this node's socket counts.
+    let presence_stop = CancellationToken::new();
+    tasks.spawn(
+        names::PRESENCE,
+        crate::presence::run(presence, engine.clone(), instance, presence_stop.clone()),
+    );
     tracing::info!(
         %addr,
         node = %config.node_id,
@@ -121,6 +133,7 @@ pub(super) fn spawn<E: Engine>(
         health,
         gateway,
         consumer,
+        presence_stop,
         health_watch,
         http,
     }

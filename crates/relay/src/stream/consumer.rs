@@ -18,7 +18,7 @@ use crate::{
     },
     events::{DecodeError, DecodeReason, decode_entry, sequence_key},
     metrics::{self, RedisFailure, StoreOp},
-    stream::{Dispatcher, Effect},
+    stream::{Dispatcher, Effect, dispatch::Refusal},
 };
 
 /// Entries read per round trip.
@@ -447,7 +447,12 @@ impl<E: Engine> Consumer<E> {
             Effect::Refused(reason) => {
                 tracing::warn!(id = %entry.id, %reason, "event refused: dead-lettered");
                 if self.dead_letter(&entry, &reason.to_string()).await {
-                    metrics::stream_dead_lettered_order_exists();
+                    match reason {
+                        Refusal::OrderExists { .. } => metrics::stream_dead_lettered_order_exists(),
+                        Refusal::ChatOrderNotActive { .. } => {
+                            metrics::stream_dead_lettered_chat_order_not_active()
+                        }
+                    }
                 }
             }
             Effect::Offers(outcomes) => {

@@ -11,10 +11,13 @@ use crate::events::ServerEvent;
 use crate::metrics::StoreOp;
 use crate::{
     active_order::ActiveOrder,
-    engine::{Created, Engine, EventStream, History, LocationCache, OrderStore, OrderWrite},
+    engine::{
+        ChatAppend, ChatLog, ChatParties, ChatRecord, Created, Engine, EventStream, History,
+        LocationCache, OrderStore, OrderWrite,
+    },
     events::{
-        AdminAlert, DeliveryRequest, DeliveryTarget, EventKind, OrderAssigned, OrderCreated,
-        OrderEvent, OrderStatus, is_terminal, now_ms, rfc3339,
+        AdminAlert, ChatMessage, DeliveryRequest, DeliveryTarget, EventKind, OrderAssigned,
+        OrderCreated, OrderEvent, OrderStatus, chat, is_terminal, now_ms, rfc3339,
     },
     gateway::{DriverLocationEvent, Gateway},
     metrics,
@@ -54,6 +57,10 @@ pub enum Refusal {
         customer_id: String,
         store_id: String,
     },
+    /// `chat.message` for an order that is not active (never was, or ended
+    /// before the message's entry): the chat is read-only then.
+    #[error("order_not_active: order {order_id} is not active")]
+    ChatOrderNotActive { order_id: String },
 }
 
 pub struct Dispatcher<E: Engine> {
@@ -61,6 +68,8 @@ pub struct Dispatcher<E: Engine> {
     gateway: Gateway<E>,
     node: String,
     stop: CancellationToken,
+    /// Messages kept per order chat (`RELAY_CHAT_HISTORY`).
+    chat_history: usize,
 }
 
 impl<E: Engine> Dispatcher<E> {
@@ -70,7 +79,14 @@ impl<E: Engine> Dispatcher<E> {
             gateway,
             node,
             stop,
+            chat_history: 200,
         }
+    }
+
+    /// Keeps the last `messages` of each order's chat.
+    pub fn with_chat_history(mut self, messages: usize) -> Self {
+        self.chat_history = messages;
+        self
     }
 
     /// Applies one event. Safe to repeat (a retry, or an entry taken over
@@ -95,6 +111,7 @@ impl<E: Engine> Dispatcher<E> {
                 .map(|()| Effect::Done),
             OrderEvent::DeliveryRequest(e) => self.delivery_request(event_id, e).await,
             OrderEvent::AdminAlert(e) => self.admin_alert(event_id, e).await.map(|()| Effect::Done),
+            OrderEvent::ChatMessage(e) => self.chat_message(event_id, e).await,
         }
     }
 
@@ -205,6 +222,19 @@ impl<E: Engine> Dispatcher<E> {
         }
         // Everyone leaves the order room only after the final status reached them.
         let then_leave = is_terminal(&e.status).then(|| order_room.name());
+        // The chat is read-only before anyone sees the final status: a
+        // client that saw it and sends gets `order not active`. It stays
+        // readable to the order's parties for a day. Idempotent: a repeat
+        // after a crash closes it again.
+        if then_leave.is_some()
+            && let Some(order) = &order
+        {
+            let parties = ChatParties {
+                customer_id: order.customer_id.clone(),
+                driver_id: order.driver_id.clone(),
+            };
+            self.engine.chat().close(&e.order_id, &parties).await?;
+        }
         self.record(
             ServerEvent::OrderStatusUpdate,
             &payload,
@@ -341,6 +371,51 @@ impl<E: Engine> Dispatcher<E> {
             None,
         )
         .await
+    }
+
+    /// A chat message: logged for `chat:history` and appended to
+    /// `{prefix}chat` once, then recorded and delivered like a status
+    /// update (same history, same `event_id` sequence, same recovery).
+    async fn chat_message(&self, event_id: &str, e: &ChatMessage) -> Result<Effect, DispatchError> {
+        let active = self.engine.orders().get(&e.order_id).await?.is_some()
+            && self.engine.chat().closed(&e.order_id).await?.is_none();
+        let payload = e.payload(event_id);
+        let record = ChatRecord {
+            event_id: event_id.to_owned(),
+            order_id: e.order_id.clone(),
+            from_id: e.from.id().to_owned(),
+            from_role: e.from.role().to_owned(),
+            text: e.text.clone(),
+            ts: chat::entry_ts(event_id),
+            message: payload.to_string(),
+        };
+        match self
+            .engine
+            .chat()
+            .append(&record, self.chat_history, active)
+            .await?
+        {
+            ChatAppend::New | ChatAppend::RepeatNewest => {}
+            // Later messages of the order went out after it: so did it.
+            ChatAppend::RepeatOlder => {
+                metrics::stream_superseded(EventKind::ChatMessage);
+                return Ok(Effect::Done);
+            }
+            ChatAppend::Refused => {
+                return Ok(Effect::Refused(Refusal::ChatOrderNotActive {
+                    order_id: e.order_id.clone(),
+                }));
+            }
+        }
+        self.record(
+            ServerEvent::ChatMessage,
+            &payload,
+            event_id,
+            &[Room::order(&e.order_id).name()],
+            None,
+        )
+        .await?;
+        Ok(Effect::Done)
     }
 
     /// Emits through the history: kept for clients that reconnect, and

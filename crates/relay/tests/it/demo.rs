@@ -230,7 +230,9 @@ async fn the_demo_state_shows_the_whole_cluster() {
     );
     assert_eq!(
         state["stores"],
-        json!([{"store_id": "s1", "lat": 12.971, "lng": 77.594, "name": "Dosa Corner"}])
+        json!([{"store_id": "s1", "lat": 12.971, "lng": 77.594, "name": "Dosa Corner",
+                "online": false}]),
+        "no merchant of s1 is connected: offline"
     );
     assert_eq!(state["alerts"][0]["message"], "rain");
     assert_eq!(state["alerts"][0]["level"], "warning");
@@ -298,7 +300,12 @@ async fn the_demo_page_comes_alive_in_a_browser() {
         "demo_browser",
         2,
         // Drivers report every 300 ms in the script, to keep the test short.
-        &[DEMO, ("RELAY_LOCATION_MIN_INTERVAL_MS", "100")],
+        // The merchant leaves at the end: its stores go offline 1 s later.
+        &[
+            DEMO,
+            ("RELAY_LOCATION_MIN_INTERVAL_MS", "100"),
+            ("RELAY_PRESENCE_GRACE_MS", "1000"),
+        ],
     )
     .await;
     let screenshot = root.join("target/demo-screenshot.png");

@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["metrics"],
     &["engine"],
     &["interest"],
-    &["location", "delivery"],
+    &["location", "delivery", "presence"],
     &["gateway"],
     &["stream"],
     &["http"],

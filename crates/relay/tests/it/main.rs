@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod chat;
 mod cli;
 mod cluster;
 mod demo;
@@ -24,6 +25,7 @@ mod location;
 mod network;
 mod observability;
 mod offers;
+mod presence;
 mod recovery;
 mod redis_cluster;
 mod redis_tls;

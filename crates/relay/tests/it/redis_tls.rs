@@ -17,7 +17,7 @@ use crate::support::{
 const ACL_USER: &str = "relay on >relay-password resetkeys ~relay:* resetchannels &relay:* \
      -@all +hello +ping +select +subscribe +unsubscribe +publish +pubsub|numsub \
      +evalsha +script|load +time +exists +del +get +set +mget +hget +hset +hdel +hgetall +hmget \
-     +hincrby +sadd +srem +smembers +rpush +lpop +lindex +llen +lpos +lrem +zadd +zrem \
+     +hincrby +sadd +srem +smembers +scard +persist +zscore +rpush +lpop +lindex +llen +lpos +lrem +zadd +zrem \
      +zrevrange +zrangebyscore +zremrangebyscore +geoadd +geosearch +pexpire +xadd +xack \
      +xclaim +xgroup|create +xinfo|groups +xinfo|stream +xpending +xrange +xrevrange +xread \
      +xreadgroup +xtrim";
@@ -113,6 +113,32 @@ async fn relays_an_order_event_between(client_url: &str, api_url: &str) {
     assert_eq!(update.data()["status"], "preparing");
 }
 
+/// A driver that connects is online for `GET /api/presence`: the presence
+/// scripts ran (with every command they need).
+async fn presence_comes_online(url: &str) {
+    let _driver = connect(url, &token("d1", Role::Driver)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let body: serde_json::Value = http()
+            .get(format!("{url}/api/presence?driver_id=d1"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("presence")
+            .json()
+            .await
+            .expect("presence body");
+        if body["drivers"]["d1"]["online"] == true {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "d1 not online within {WAIT:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_tls_with_a_ca_file_relays_end_to_end() {
     let certs = TestCerts::generate("ca");
@@ -206,6 +232,7 @@ async fn redis_tls_acl_user_works_a_missing_permission_and_a_wrong_password_are_
     .await;
     node.wait_ready().await;
     relays_an_order_event(&node.url()).await;
+    presence_comes_online(&node.url()).await;
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(
         !text.contains("NOPERM"),

@@ -1,9 +1,11 @@
 //! The memory engine: embedded single-node mode, for trying the relay out
 //! and for development. Nothing leaves the process.
 
+mod chat;
 mod history;
 mod locations;
 mod order_store;
+mod presence;
 mod rooms;
 mod stream;
 mod watches;
@@ -13,9 +15,11 @@ use std::time::Duration;
 use socketioxide::adapter::LocalAdapter;
 use tokio_util::sync::CancellationToken;
 
+pub use chat::MemoryChat;
 pub use history::MemoryHistory;
 pub use locations::{MemoryLocations, distance_m};
 pub use order_store::MemoryOrders;
+pub use presence::MemoryPresence;
 pub use rooms::MemoryRooms;
 pub use stream::MemoryStream;
 pub use watches::MemoryWatches;
@@ -27,8 +31,10 @@ pub struct MemoryEngine {
     orders: MemoryOrders,
     locations: MemoryLocations,
     history: MemoryHistory,
+    presence: MemoryPresence,
     rooms: MemoryRooms,
     watches: MemoryWatches,
+    chat: MemoryChat,
 }
 
 impl MemoryEngine {
@@ -45,7 +51,9 @@ impl MemoryEngine {
             stream: MemoryStream::new(node_id),
             orders: MemoryOrders::default(),
             locations: MemoryLocations::new(location_ttl),
+            presence: MemoryPresence::default(),
             watches: MemoryWatches::default(),
+            chat: MemoryChat::default(),
         }
     }
 }
@@ -56,8 +64,10 @@ impl Engine for MemoryEngine {
     type Orders = MemoryOrders;
     type Locations = MemoryLocations;
     type History = MemoryHistory;
+    type Presence = MemoryPresence;
     type Rooms = MemoryRooms;
     type Watches = MemoryWatches;
+    type Chat = MemoryChat;
 
     fn name(&self) -> &'static str {
         "memory"
@@ -81,12 +91,20 @@ impl Engine for MemoryEngine {
         &self.history
     }
 
+    fn presence(&self) -> &MemoryPresence {
+        &self.presence
+    }
+
     fn rooms(&self) -> &MemoryRooms {
         &self.rooms
     }
 
     fn watches(&self) -> &MemoryWatches {
         &self.watches
+    }
+
+    fn chat(&self) -> &MemoryChat {
+        &self.chat
     }
 
     async fn finish_init((): ()) -> Result<(), EngineError> {

@@ -1,11 +1,13 @@
 //! The Redis engine: what every node of a cluster shares.
 
+mod chat;
 mod history;
 mod idempotency;
 mod keys;
 mod link;
 mod locations;
 mod order_store;
+mod presence;
 mod pubsub;
 mod rooms;
 mod sessions;
@@ -29,11 +31,13 @@ use socketioxide_redis::{
 };
 use tokio_util::sync::CancellationToken;
 
+pub use chat::RedisChat;
 pub use history::RedisHistory;
 use keys::KeySpace;
 use link::Link;
 pub use locations::RedisLocations;
 pub use order_store::RedisOrders;
+pub use presence::RedisPresence;
 pub use pubsub::{PubSubDriver, PubSubError};
 pub use rooms::RedisRooms;
 pub use stream::{RedisStream, StreamSettings};
@@ -66,8 +70,10 @@ pub struct RedisEngine {
     orders: RedisOrders,
     locations: RedisLocations,
     history: RedisHistory,
+    presence: RedisPresence,
     rooms: RedisRooms,
     watches: RedisWatches,
+    chat: RedisChat,
 }
 
 /// What the Redis engine needs from the configuration.
@@ -136,8 +142,10 @@ impl RedisEngine {
             channel_prefix: format!("{prefix}sio"),
             probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
             stream,
+            presence: RedisPresence::new(commands.clone(), prefix),
             orders: RedisOrders::new(commands.clone(), &space),
             watches: RedisWatches::new(commands.clone(), prefix),
+            chat: RedisChat::new(commands.clone(), prefix),
             history: RedisHistory::new(
                 commands.clone(),
                 rooms.clone(),
@@ -301,8 +309,10 @@ impl Engine for RedisEngine {
     type Orders = RedisOrders;
     type Locations = RedisLocations;
     type History = RedisHistory;
+    type Presence = RedisPresence;
     type Rooms = RedisRooms;
     type Watches = RedisWatches;
+    type Chat = RedisChat;
 
     fn stream(&self) -> &RedisStream {
         &self.stream
@@ -320,12 +330,20 @@ impl Engine for RedisEngine {
         &self.history
     }
 
+    fn presence(&self) -> &RedisPresence {
+        &self.presence
+    }
+
     fn rooms(&self) -> &RedisRooms {
         &self.rooms
     }
 
     fn watches(&self) -> &RedisWatches {
         &self.watches
+    }
+
+    fn chat(&self) -> &RedisChat {
+        &self.chat
     }
 
     fn name(&self) -> &'static str {

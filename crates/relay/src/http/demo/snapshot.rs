@@ -7,7 +7,8 @@
 //! costs a handful of Redis round trips whatever the size of the city:
 //! the newest active orders, the most recently seen fresh drivers, the
 //! last entries of the event stream (timelines, store and drop positions,
-//! alerts) and the last offer outcomes.
+//! alerts) and the last offer outcomes; then the presence of the stores
+//! found.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,9 +19,10 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use crate::{
     active_order::ActiveOrder,
     engine::{
-        DriverLocation, Engine, EventStream, LocationCache, OrderStore, StoreResult, StreamEntry,
+        DriverLocation, Engine, EventStream, LocationCache, OrderStore, PresenceStore, StoreResult,
+        StreamEntry,
     },
-    events::{Timestamp, is_terminal},
+    events::{PresenceId, PresenceKind, Timestamp, is_terminal},
 };
 
 /// Orders and drivers on the page at most: beyond these a live map stops
@@ -113,6 +115,9 @@ pub struct StoreView {
     pub lng: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Presence (CONTRACT §7): a merchant socket of the store is connected
+    /// somewhere, or left less than the grace ago.
+    pub online: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,7 +159,8 @@ pub struct OfferCounts {
     pub no_recipient: usize,
 }
 
-/// Runs the four queries at once and assembles their answers.
+/// Runs the four queries at once and assembles their answers, then asks
+/// which of the stores found are online (one more round trip).
 pub async fn take<E: Engine>(engine: &E, now: Timestamp) -> StoreResult<Snapshot> {
     let (orders, drivers, events, outcomes) = tokio::try_join!(
         engine.orders().newest(MAX_ORDERS),
@@ -162,7 +168,17 @@ pub async fn take<E: Engine>(engine: &E, now: Timestamp) -> StoreResult<Snapshot
         engine.stream().recent_events(RECENT_EVENTS),
         engine.stream().recent_outcomes(RECENT_OUTCOMES),
     )?;
-    Ok(assemble(orders, drivers, &events, outcomes, now))
+    let mut snapshot = assemble(orders, drivers, &events, outcomes, now);
+    let ids: Vec<PresenceId> = snapshot
+        .stores
+        .iter()
+        .map(|s| PresenceId::new(PresenceKind::Store, s.store_id.clone()))
+        .collect();
+    let states = engine.presence().lookup(&ids).await?;
+    for (store, state) in snapshot.stores.iter_mut().zip(states) {
+        store.online = state.online;
+    }
+    Ok(snapshot)
 }
 
 /// The milliseconds of a stream id (`ms-seq`): when the entry was appended.
@@ -257,6 +273,7 @@ pub fn assemble(
                             lat: pickup.lat,
                             lng: pickup.lng,
                             name,
+                            online: false,
                         },
                     );
                 }

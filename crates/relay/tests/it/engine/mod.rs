@@ -13,9 +13,11 @@
 //! run on Redis only ([`cluster!`]), as `redis_only::<name>` and
 //! `redis_cluster_only::<name>`.
 
+mod chat;
 mod history;
 mod locations;
 mod orders;
+mod presence;
 mod stream;
 
 use std::{future::Future, time::Duration};

@@ -6,8 +6,9 @@
 //   every active order it subscribes to. These animate the page as they
 //   happen.
 // - a bounded snapshot polled from /demo/state every 1.5 s: idle drivers,
-//   stores and drops, offer outcomes and orders from before the page opened,
-//   none of which an admin socket is sent.
+//   stores (with their presence: online or offline) and drops, offer
+//   outcomes and orders from before the page opened, none of which an
+//   admin socket is sent.
 //
 // Everything from the relay is untrusted text: it reaches the DOM through
 // textContent only.
@@ -85,6 +86,12 @@ const demo = {
   },
   get stores() {
     return [...city.stores.keys()];
+  },
+  // Presence as /demo/state last said: store id -> online.
+  get storesOnline() {
+    const out = {};
+    for (const [id, s] of city.stores) out[id] = s.online === true;
+    return out;
   },
   get orders() {
     const out = {};
@@ -693,6 +700,7 @@ const COLORS = {
   idle: "#2dd4bf",
   busy: "#f59e0b",
   store: "#a78bfa",
+  storeOffline: "#475569",
   drop: "#f472b6",
   route: "rgba(148, 163, 184, 0.18)",
   label: "rgba(203, 213, 225, 0.75)",
@@ -854,8 +862,11 @@ function drawStores() {
   const labels = city.stores.size <= 30;
   for (const s of city.stores.values()) {
     const [x, y] = project(s.lat, s.lng);
-    ctx.fillStyle = COLORS.store;
-    ctx.strokeStyle = "#0b1220";
+    // Presence: an offline store (no merchant device connected) is a grey
+    // outline, so that orders sent there stand out.
+    const online = s.online === true;
+    ctx.fillStyle = online ? COLORS.store : COLORS.background;
+    ctx.strokeStyle = online ? COLORS.background : COLORS.storeOffline;
     ctx.lineWidth = 2;
     ctx.beginPath();
     ctx.roundRect(x - 6, y - 6, 12, 12, 2.5);
@@ -864,7 +875,8 @@ function drawStores() {
     // Below the square, where a driver's label (above right) rarely is.
     if (labels) {
       ctx.textAlign = "center";
-      label(s.name || s.store_id, x, y + 19, "rgba(196, 181, 253, 0.9)");
+      const text = online ? s.name || s.store_id : `${s.name || s.store_id} (offline)`;
+      label(text, x, y + 19, online ? "rgba(196, 181, 253, 0.9)" : "rgba(148, 163, 184, 0.8)");
       ctx.textAlign = "left";
     }
   }
