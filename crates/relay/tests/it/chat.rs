@@ -1,13 +1,15 @@
 //! CONTRACT §7, chat in order rooms: `chat:send`, `chat:message`,
 //! `chat:history`, `chat:typing` and `{prefix}chat`, on two nodes over one
-//! real Redis, and embedded.
+//! real Redis, and embedded; the cross-node behaviours (order, recovery,
+//! history, typing, `{prefix}chat` once) also on a Redis Cluster.
 
 use relay::auth::Role;
 use relay_client::{Client, ConnectOptions, Event};
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_KEY, Cluster, NodeProcess, WAIT, connect, expect_event, http, merchant_token, metric, token,
+    API_KEY, Cluster, Kind, NodeProcess, WAIT, connect, expect_event, http, merchant_token, metric,
+    token,
 };
 
 async fn ask(client: &Client, event: &str, data: Value) -> Value {
@@ -87,7 +89,14 @@ fn order_events(events: &[Event]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status() {
-    let cluster = Cluster::start("chat-permissions", 2, &[]).await;
+    every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status_on(Kind::Server)
+        .await;
+}
+
+async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status_on(
+    kind: Kind,
+) {
+    let cluster = Cluster::start_on(kind, "chat-permissions", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let c1 = connect(&a, &token("c1", Role::Customer)).await;
     // The same customer on another device, watching what the order room gets.
@@ -173,7 +182,16 @@ async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes() {
-    let cluster = Cluster::start("chat-order", 2, &[]).await;
+    chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes_on(
+        Kind::Server,
+    )
+    .await;
+}
+
+async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes_on(
+    kind: Kind,
+) {
+    let cluster = Cluster::start_on(kind, "chat-order", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let mut driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -243,7 +261,12 @@ async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_ac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away() {
-    let cluster = Cluster::start("chat-recovery", 2, &[]).await;
+    a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away_on(Kind::Server)
+        .await;
+}
+
+async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-recovery", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let jwt = token("c1", Role::Customer);
     let mut customer = connect(&a, &jwt).await;
@@ -306,7 +329,17 @@ async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_aw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_too_short_for_the_messages_missed_is_not_recovered() {
-    let cluster = Cluster::start("chat-recovery-short", 2, &[("RELAY_HISTORY_SIZE", "2")]).await;
+    a_history_too_short_for_the_messages_missed_is_not_recovered_on(Kind::Server).await;
+}
+
+async fn a_history_too_short_for_the_messages_missed_is_not_recovered_on(kind: Kind) {
+    let cluster = Cluster::start_on(
+        kind,
+        "chat-recovery-short",
+        2,
+        &[("RELAY_HISTORY_SIZE", "2")],
+    )
+    .await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let jwt = token("c1", Role::Customer);
     let mut customer = connect(&a, &jwt).await;
@@ -346,7 +379,12 @@ async fn a_history_too_short_for_the_messages_missed_is_not_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n() {
-    let cluster = Cluster::start("chat-history", 2, &[("RELAY_CHAT_HISTORY", "5")]).await;
+    history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n_on(Kind::Server)
+        .await;
+}
+
+async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-history", 2, &[("RELAY_CHAT_HISTORY", "5")]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -404,7 +442,11 @@ async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_las
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat() {
-    let cluster = Cluster::start("chat-typing", 2, &[]).await;
+    typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat_on(Kind::Server).await;
+}
+
+async fn typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-typing", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let mut driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -481,7 +523,11 @@ async fn typing_baseline(cluster: &Cluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice() {
-    let cluster = Cluster::start("chat-once", 2, &[]).await;
+    each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice_on(Kind::Server).await;
+}
+
+async fn each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-once", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -778,7 +824,17 @@ async fn wait_all_acked(cluster: &Cluster, last: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once() {
-    let mut cluster = Cluster::start("chat-takeover", 0, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
+    a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once_on(
+        Kind::Server,
+    )
+    .await;
+}
+
+async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once_on(
+    kind: Kind,
+) {
+    let mut cluster =
+        Cluster::start_on(kind, "chat-takeover", 0, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
     let first = cluster
         .add_node_with(&[("RELAY_TEST_CRASH_BEFORE_ACK", "chat.message")])
         .await;
@@ -839,4 +895,68 @@ async fn a_socket_beyond_its_event_budget_is_rate_limited_and_counted() {
         metric(&url, r#"relay_chat_messages_total{outcome="rate_limited"}"#).await,
         1.0
     );
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes() {
+        super::chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes_on(Kind::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away() {
+        super::a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n() {
+        super::history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat() {
+        super::typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice() {
+        super::each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status() {
+        super::every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_history_too_short_for_the_messages_missed_is_not_recovered() {
+        super::a_history_too_short_for_the_messages_missed_is_not_recovered_on(Kind::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once() {
+        super::a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
 }

@@ -1,7 +1,7 @@
 //! CONTRACT §7 presence: stores and drivers online across nodes, the grace
 //! that keeps a reconnect from showing as an outage, `{prefix}presence`
 //! once per change, dead nodes, token refresh, `GET /api/presence`, and the
-//! memory engine.
+//! memory engine; the cross-node behaviours also on a Redis Cluster.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -11,7 +11,7 @@ use relay_client::Client;
 use serde_json::{Value as Json, json};
 
 use crate::support::{
-    API_KEY, Cluster, InProcessNode, WAIT, connect, http, merchant_token, metric, token,
+    API_KEY, Cluster, InProcessNode, Kind, WAIT, connect, http, merchant_token, metric, token,
 };
 
 type Entry = (String, HashMap<String, String>);
@@ -97,8 +97,13 @@ async fn leave(client: Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change() {
+    a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change_on(Kind::Server).await;
+}
+
+async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change_on(kind: Kind) {
     let grace = 5000;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_on(
+        kind,
         "presence-grace",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -156,8 +161,13 @@ async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_chang
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left() {
+    a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left_on(Kind::Server).await;
+}
+
+async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left_on(kind: Kind) {
     let grace = 1000;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_on(
+        kind,
         "presence-two-devices",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -188,8 +198,13 @@ async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
+    a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s_on(Kind::Server).await;
+}
+
+async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s_on(kind: Kind) {
     let grace: u64 = 1000;
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_on(
+        kind,
         "presence-killed",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -241,7 +256,17 @@ async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change() {
-    let cluster = Cluster::start("presence-race", 2, &[("RELAY_PRESENCE_GRACE_MS", "0")]).await;
+    two_nodes_racing_on_the_same_stores_append_one_entry_per_change_on(Kind::Server).await;
+}
+
+async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change_on(kind: Kind) {
+    let cluster = Cluster::start_on(
+        kind,
+        "presence-race",
+        2,
+        &[("RELAY_PRESENCE_GRACE_MS", "0")],
+    )
+    .await;
     let stores: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
     let store_refs: Vec<&str> = stores.iter().map(String::as_str).collect();
     for round in 1..=2 {
@@ -285,8 +310,13 @@ async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence() {
+    a_refresh_that_changes_store_ids_moves_the_merchants_presence_on(Kind::Server).await;
+}
+
+async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence_on(kind: Kind) {
     let grace = 1000;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_on(
+        kind,
         "presence-refresh",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -441,8 +471,18 @@ async fn the_memory_engine_answers_presence_the_same_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change() {
+    a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change_on(
+        Kind::Server,
+    )
+    .await;
+}
+
+async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change_on(
+    kind: Kind,
+) {
     let grace = 5000;
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_on(
+        kind,
         "presence-drain",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -474,4 +514,52 @@ async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_
         "no change for the move to another node: {all:?}"
     );
     assert!(all[1].1 >= left_at + grace, "{all:?}, left at {left_at}");
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change() {
+        super::a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left() {
+        super::a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
+        super::a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change() {
+        super::two_nodes_racing_on_the_same_stores_append_one_entry_per_change_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence() {
+        super::a_refresh_that_changes_store_ids_moves_the_merchants_presence_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change() {
+        super::a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
 }
