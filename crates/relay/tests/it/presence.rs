@@ -5,13 +5,12 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::Value;
 use relay::auth::Role;
 use relay_client::Client;
 use serde_json::{Value as Json, json};
 
 use crate::support::{
-    API_KEY, Cluster, InProcessNode, Kind, WAIT, connect, http, merchant_token, metric, token,
+    API_KEY, Cluster, InProcessNode, Kind, WAIT, ask, connect, http, merchant_token, metric, token,
 };
 
 type Entry = (String, HashMap<String, String>);
@@ -42,8 +41,7 @@ fn of(entries: &[Entry], kind: &str, id: &str) -> Vec<(bool, u64)> {
         .collect()
 }
 
-/// Waits (XREAD BLOCK, within `bound`) until the id has `n` entries, and
-/// returns them.
+/// Waits (within `bound`) until the id has `n` entries, and returns them.
 async fn wait_changes(
     cluster: &Cluster,
     kind: &str,
@@ -51,32 +49,11 @@ async fn wait_changes(
     n: usize,
     bound: Duration,
 ) -> Vec<(bool, u64)> {
-    let key = cluster.key("presence");
-    let mut conn = cluster.redis.connection().await;
-    let deadline = tokio::time::Instant::now() + bound;
-    loop {
-        let all = cluster.entries("presence").await;
-        let mine = of(&all, kind, id);
-        if mine.len() >= n {
-            return mine;
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(
-            !left.is_zero(),
-            "{kind} {id}: {} of {n} presence entries within {bound:?}: {mine:?}",
-            mine.len()
-        );
-        let last = all.last().map_or("0-0".to_owned(), |(id, _)| id.clone());
-        let _: Value = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(left.as_millis().clamp(1, 1000) as u64)
-            .arg("STREAMS")
-            .arg(&key)
-            .arg(last)
-            .query_async(&mut conn)
-            .await
-            .expect("XREAD");
-    }
+    let what = format!("{n} presence entries of {kind} {id}");
+    let all = cluster
+        .wait_entries_until("presence", bound, &what, |all| of(all, kind, id).len() >= n)
+        .await;
+    of(&all, kind, id)
 }
 
 async fn query(url: &str, query: &str, key: Option<&str>) -> (u16, Json) {
@@ -325,16 +302,14 @@ async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence_on(kind: 
     let client = connect(&cluster.url(0), &merchant_token("m1", &["s1", "s2"])).await;
     wait_changes(&cluster, "store", "s1", 1, WAIT).await;
     wait_changes(&cluster, "store", "s2", 1, WAIT).await;
-    let ack = client
-        .emit_with_ack(
-            "auth:refresh",
-            json!({ "token": merchant_token("m1", &["s2", "s3"]) }),
-            WAIT,
-        )
-        .await
-        .expect("refresh ack");
+    let ack = ask(
+        &client,
+        "auth:refresh",
+        json!({ "token": merchant_token("m1", &["s2", "s3"]) }),
+    )
+    .await;
     let refreshed_at = now_ms();
-    assert_eq!(ack[0]["ok"], true, "{ack:?}");
+    assert_eq!(ack["ok"], true, "{ack}");
     let s3 = wait_changes(&cluster, "store", "s3", 1, WAIT).await;
     assert!(s3[0].0, "a store added comes online: {s3:?}");
     let s1 = wait_changes(&cluster, "store", "s1", 2, WAIT).await;

@@ -7,36 +7,12 @@
 use std::collections::HashSet;
 
 use relay::auth::Role;
-use relay_client::{Client, Event};
 use serde_json::{Value, json};
 
-use crate::support::{Cluster, WAIT, connect, expect_event, http, merchant_token, token};
-
-/// Every event up to and including the first `order:status_update` with
-/// `status`.
-async fn until_status(client: &mut Client, status: &str) -> Vec<Event> {
-    until_statuses(client, &[status]).await
-}
-
-/// Every event until an `order:status_update` of each of `statuses` came
-/// (updates of different orders may come in any order).
-async fn until_statuses(client: &mut Client, statuses: &[&str]) -> Vec<Event> {
-    let mut seen: Vec<Event> = Vec::new();
-    let mut missing: HashSet<&str> = statuses.iter().copied().collect();
-    while !missing.is_empty() {
-        let event = client
-            .next_event(WAIT)
-            .await
-            .unwrap_or_else(|e| panic!("waiting for {missing:?}: {e}; had {seen:?}"));
-        if event.name == "order:status_update"
-            && let Some(status) = event.data()["status"].as_str()
-        {
-            missing.remove(status);
-        }
-        seen.push(event);
-    }
-    seen
-}
+use crate::support::{
+    Cluster, WAIT, connect, expect_event, http, merchant_token, resume, token, until_status,
+    until_statuses,
+};
 
 async fn active(url: &str, jwt: &str) -> Value {
     http()
@@ -70,12 +46,7 @@ async fn every_event_type_handled_twice_shows_clients_no_regression() {
     cluster.cache_location("d2", 12.9720, 77.5950).await;
 
     // The first round, each effect seen through.
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}),
-        )
-        .await;
+    cluster.create_order("o1", "c1", "s1").await;
     let offer = expect_event(&mut merchant, "merchant:new_order").await;
     merchant
         .ack(&offer, json!({"accepted": true}))
@@ -126,12 +97,7 @@ async fn every_event_type_handled_twice_shows_clients_no_regression() {
         .await;
     expect_event(&mut admin, "admin:alert").await;
     // An order that is over by the end of the round.
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": "o2", "customer_id": "c1", "store_id": "s1", "items": []}),
-        )
-        .await;
+    cluster.create_order("o2", "c1", "s1").await;
     let offer = merchant
         .wait_for("merchant:new_order", WAIT)
         .await
@@ -325,12 +291,7 @@ async fn an_order_created_taken_over_after_the_order_ended_stays_ended() {
     // A new order of the same customer and store, after all that: it is
     // the first thing either of them gets (the customer was not back in
     // o1's room for the late update, the merchant had no o1 offer).
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": "o2", "customer_id": "c1", "store_id": "s1", "items": []}),
-        )
-        .await;
+    cluster.create_order("o2", "c1", "s1").await;
     cluster
         .xadd(
             "order.status",
@@ -406,13 +367,7 @@ async fn a_status_taken_over_from_a_node_killed_before_its_ack_does_not_go_back(
         .await;
     let survivor = cluster.add_node(None).await;
     let url = cluster.url(survivor);
-    let mut customer = Client::connect(
-        relay_client::ConnectOptions::new(&url)
-            .auth(json!({ "token": customer_jwt, "last_event_id": preparing }))
-            .timeout(WAIT),
-    )
-    .await
-    .expect("resume");
+    let mut customer = resume(&url, &customer_jwt, &preparing).await;
     let got = until_status(&mut customer, "ready").await;
     assert_eq!(
         got.last().map(|e| e.data()["event_id"].clone()),
