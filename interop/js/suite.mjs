@@ -1,5 +1,5 @@
 // The interop suite for the official JavaScript client (socket.io-client 4.x
-// in Node.js): every case of CONTRACT §2 and §5 a client can see, reported by
+// in Node.js): every case of CONTRACT §2, §5 and §7 a client can see, reported by
 // name. interop/py/suite.py runs the same cases with python-socketio.
 //
 //   RELAY_URLS=http://127.0.0.1:3000 RELAY_JWT_SECRET=... RELAY_API_KEY=... \
@@ -288,7 +288,7 @@ test("events.admin_alert", async (ctx) => {
 /** A customer's order assigned to a driver, both connected (on different nodes). */
 async function assignedOrder(ctx, { driverTransports = ["websocket"] } = {}) {
   const driverId = uid("driver");
-  const { order, customer } = await newOrder();
+  const { order, customer, store } = await newOrder();
   const cust = await ctx.connect(url(0), { jwt: token(customer, "customer"), transports: ["websocket"] });
   const driver = await ctx.connect(url(1), { jwt: token(driverId, "driver"), transports: driverTransports });
   await publish("order.assigned", { order_id: order, driver_id: driverId });
@@ -297,7 +297,7 @@ async function assignedOrder(ctx, { driverTransports = ["websocket"] } = {}) {
   const id = await publish("order.status", { order_id: order, status: "picked_up" });
   await statusUpdate(driver, order, "picked_up", id, "driver");
   await statusUpdate(cust, order, "picked_up", id, "customer");
-  return { order, customer, driverId, cust, driver };
+  return { order, customer, store, driverId, cust, driver };
 }
 
 const LOCATION = { lat: 12.9716, lng: 77.5946, heading: 90, speed: 40 };
@@ -452,6 +452,110 @@ test("recovery.sync_invalid_payload", async (ctx) => {
   const conn = await ctx.connect(url(0), { jwt: token(uid("cust"), "customer") });
   const ack = await conn.request("sync", { since: "1-0" });
   shape(ack, { ok: false, error: (v) => typeof v === "string" && v.startsWith("invalid payload") }, "sync ack");
+});
+
+// ------------------------------------------------------------ order chat (§7)
+
+/** The unix ms of a stream id: a chat message's `ts` is its entry's time. */
+const idMs = (id) => Number(id.split("-")[0]);
+
+/** A chat:send ack that accepted the message: its event id and ts, checked. */
+function sent(ack, what) {
+  shape(ack, { ok: true, event_id: isStreamId, ts: isRecentMs }, `${what} chat:send ack`);
+  eq(ack.ts, idMs(ack.event_id), `${what}: ts is the time of event_id`);
+  return ack;
+}
+
+const MESSAGE_SHAPE = (order, ack, fromId, fromRole, text) => ({
+  event_id: ack.event_id,
+  order_id: order,
+  text,
+  ts: ack.ts,
+  from: (v) => v?.id === fromId && v?.role === fromRole && Object.keys(v).length === 2,
+});
+
+/** Receives the chat:message `eventId`, checked against the send's ack. */
+async function chatMessage(conn, order, ack, fromId, fromRole, text, what) {
+  const e = await conn.rec.next("chat:message", { where: (d) => d?.event_id === ack.event_id });
+  shape(e.data, MESSAGE_SHAPE(order, ack, fromId, fromRole, text), `${what} chat:message`);
+  return e.data;
+}
+
+test("chat.send_and_receive", async (ctx) => {
+  // The customer and the driver on different nodes.
+  const { order, customer, driverId, cust, driver } = await assignedOrder(ctx);
+  const hello = sent(await cust.request("chat:send", { order_id: order, text: "I'm at the gate", client_msg_id: "m-1" }), "customer");
+  const got = await chatMessage(driver, order, hello, customer, "customer", "I'm at the gate", "driver");
+  eq(got.client_msg_id, "m-1", "client_msg_id given back");
+  // The sender's own sockets get it too, the same payload.
+  same(await chatMessage(cust, order, hello, customer, "customer", "I'm at the gate", "customer (own)"), got, "sender's copy");
+  const reply = sent(await driver.request("chat:send", { order_id: order, text: "coming down" }), "driver");
+  const back = await chatMessage(cust, order, reply, driverId, "driver", "coming down", "customer");
+  assert(!("client_msg_id" in back), `no client_msg_id was sent: ${JSON.stringify(back)}`);
+  await chatMessage(driver, order, reply, driverId, "driver", "coming down", "driver (own)");
+  // One sequence: the reply comes after the first message, everywhere.
+  for (const [who, conn] of [["customer", cust], ["driver", driver]]) {
+    const ids = conn.rec.events.filter((e) => e.name === "chat:message").map((e) => e.data.event_id);
+    eq(ids, [hello.event_id, reply.event_id], `${who}: messages in send order`);
+  }
+});
+
+test("chat.history_before_and_limit", async (ctx) => {
+  const { order, customer, driverId, cust, driver } = await assignedOrder(ctx);
+  const acks = [];
+  for (let i = 0; i < 5; i += 1) {
+    const [who, conn] = i % 2 === 0 ? ["customer", cust] : ["driver", driver];
+    acks.push(sent(await conn.request("chat:send", { order_id: order, text: `m${i}` }), who));
+  }
+  // Every message delivered before reading (history is written with it).
+  const last = await chatMessage(cust, order, acks[4], customer, "customer", "m4", "customer");
+  const texts = (ack, what) => {
+    shape(ack, { ok: true, messages: ":array" }, `${what} chat:history ack`);
+    return ack.messages.map((m) => m.text);
+  };
+  const all = await driver.request("chat:history", { order_id: order });
+  eq(texts(all, "all"), ["m0", "m1", "m2", "m3", "m4"], "history, oldest first");
+  same(all.messages[4], last, "a history entry is the chat:message");
+  shape(all.messages[1], MESSAGE_SHAPE(order, acks[1], driverId, "driver", "m1"), "history entry");
+  eq(texts(await cust.request("chat:history", { order_id: order, limit: 2 }), "newest"), ["m3", "m4"], "limit 2");
+  eq(texts(await cust.request("chat:history", { order_id: order, before: acks[3].event_id, limit: 2 }), "page"), ["m1", "m2"], "before m3, limit 2");
+  eq(texts(await driver.request("chat:history", { order_id: order, before: acks[1].event_id }), "first page"), ["m0"], "before m1");
+  eq(texts(await driver.request("chat:history", { order_id: order, before: acks[0].event_id }), "start"), [], "before the first");
+});
+
+test("chat.typing_reaches_the_other_only", async (ctx) => {
+  const { order, customer, driverId, cust, driver } = await assignedOrder(ctx);
+  same(await cust.request("chat:typing", { order_id: order }), { ok: true }, "chat:typing ack");
+  const e = await driver.rec.next("chat:typing");
+  same(e.data, { order_id: order, from: { id: customer, role: "customer" } }, "chat:typing");
+  // The driver writes after the notice reached it: by the time the customer
+  // has that message, a notice to the sender would have come before it.
+  const reply = sent(await driver.request("chat:send", { order_id: order, text: "ok" }), "driver");
+  await chatMessage(cust, order, reply, driverId, "driver", "ok", "customer");
+  eq(cust.rec.names().filter((n) => n === "chat:typing"), [], "typing notices the sender got");
+  // Typing is never recorded: the history holds the message only.
+  eq((await cust.request("chat:history", { order_id: order })).messages.map((m) => m.event_id), [reply.event_id], "history");
+});
+
+test("chat.refused", async (ctx) => {
+  const { order, store, cust, driver } = await assignedOrder(ctx);
+  const stranger = await ctx.connect(url(2), { jwt: token(uid("cust"), "customer") });
+  const merchant = await ctx.connect(url(2), { jwt: token(uid("merch"), "merchant", { store_ids: [store] }), transports: ["polling"] });
+  const notAllowed = { ok: false, error: "not allowed" };
+  same(await stranger.request("chat:send", { order_id: order, text: "hi" }), notAllowed, "a foreign order's chat:send");
+  same(await stranger.request("chat:history", { order_id: order }), notAllowed, "a foreign order's chat:history");
+  same(await merchant.request("chat:send", { order_id: order, text: "hi" }), notAllowed, "the store's merchant: chat:send");
+  same(await merchant.request("chat:typing", { order_id: order }), notAllowed, "the store's merchant: chat:typing");
+  same(await driver.request("chat:send", { order_id: uid("order"), text: "hi" }), notAllowed, "the driver, another order");
+  for (const bad of [{ order_id: order, text: " \n " }, { order_id: order }, "hello"]) {
+    same(await cust.request("chat:send", bad), { ok: false, error: "invalid message" }, `chat:send ${JSON.stringify(bad)}`);
+  }
+  // After the terminal status the chat is read-only.
+  const ok = sent(await cust.request("chat:send", { order_id: order, text: "thanks" }), "customer");
+  const end = await publish("order.status", { order_id: order, status: "delivered" });
+  await statusUpdate(driver, order, "delivered", end, "driver");
+  same(await driver.request("chat:send", { order_id: order, text: "bye" }), { ok: false, error: "order not active" }, "chat:send after delivered");
+  eq((await cust.request("chat:history", { order_id: order })).messages.map((m) => m.event_id), [ok.event_id], "history after delivered");
 });
 
 // ------------------------------------------------------------ token refresh (§7)

@@ -325,7 +325,7 @@ def _(ctx):
 def assigned_order(ctx, driver_transports=("websocket",)):
     """A customer's order assigned to a driver, both connected (on different nodes)."""
     driver_id = uid("driver")
-    order, customer, _store, _created = new_order()
+    order, customer, store, _created = new_order()
     cust = ctx.connect(url(0), jwt=token(customer, "customer"), transports=["websocket"])
     driver = ctx.connect(url(1), jwt=token(driver_id, "driver"), transports=list(driver_transports))
     publish("order.assigned", {"order_id": order, "driver_id": driver_id})
@@ -334,7 +334,7 @@ def assigned_order(ctx, driver_transports=("websocket",)):
     event_id = publish("order.status", {"order_id": order, "status": "picked_up"})
     status_update(driver, order, "picked_up", event_id, "driver")
     status_update(cust, order, "picked_up", event_id, "customer")
-    return order, customer, driver_id, cust, driver
+    return order, customer, driver_id, cust, driver, store
 
 
 LOCATION = {"lat": 12.9716, "lng": 77.5946, "heading": 90, "speed": 40}
@@ -342,7 +342,7 @@ LOCATION = {"lat": 12.9716, "lng": 77.5946, "heading": 90, "speed": 40}
 
 @case("location.update_with_ack")
 def _(ctx):
-    order, _customer, _driver_id, cust, driver = assigned_order(ctx)
+    order, _customer, _driver_id, cust, driver, _store = assigned_order(ctx)
     eq(driver.request("driver:location_update", LOCATION), {"ok": True}, "ack")
     e = cust.next("order:driver_location")
     shape(
@@ -355,7 +355,7 @@ def _(ctx):
 
 @case("location.update_without_ack")
 def _(ctx):
-    order, _customer, _driver_id, cust, driver = assigned_order(ctx, driver_transports=["polling"])
+    order, _customer, _driver_id, cust, driver, _store = assigned_order(ctx, driver_transports=["polling"])
     driver.sio.emit("driver:location_update", {"lat": -33.8688, "lng": 151.2093})
     e = cust.next("order:driver_location")
     shape(e.data, {"order_id": order, "lat": -33.8688, "lng": 151.2093, "ts": is_recent_ms}, "order:driver_location")
@@ -364,7 +364,7 @@ def _(ctx):
 
 @case("location.latest_on_connect")
 def _(ctx):
-    order, customer, _driver_id, _cust, driver = assigned_order(ctx)
+    order, customer, _driver_id, _cust, driver, _store = assigned_order(ctx)
     eq(driver.request("driver:location_update", LOCATION), {"ok": True}, "ack")
     # The customer's second device gets the latest location at once.
     again = ctx.connect(url(2), jwt=token(customer, "customer"), transports=["polling"])
@@ -522,6 +522,122 @@ def _(ctx):
     shape(ack, {"ok": False, "error": lambda v: isinstance(v, str) and v.startswith("invalid payload")}, "sync ack")
 
 
+# ------------------------------------------------------------ order chat (§7)
+
+
+def id_ms(event_id):
+    """The unix ms of a stream id: a chat message's `ts` is its entry's time."""
+    return int(event_id.split("-")[0])
+
+
+def sent(ack, what):
+    """A chat:send ack that accepted the message: its event id and ts, checked."""
+    shape(ack, {"ok": True, "event_id": is_stream_id, "ts": is_recent_ms}, f"{what} chat:send ack")
+    eq(ack["ts"], id_ms(ack["event_id"]), f"{what}: ts is the time of event_id")
+    return ack
+
+
+def message_shape(order, ack, from_id, from_role, text):
+    return {
+        "event_id": ack["event_id"],
+        "order_id": order,
+        "text": text,
+        "ts": ack["ts"],
+        "from": {"id": from_id, "role": from_role},
+    }
+
+
+def chat_message(conn, order, ack, from_id, from_role, text, what):
+    """Receives the chat:message of `ack`'s event id, checked against the ack."""
+    e = conn.next("chat:message", where=lambda d: isinstance(d, dict) and d.get("event_id") == ack["event_id"])
+    shape(e.data, message_shape(order, ack, from_id, from_role, text), f"{what} chat:message")
+    return e.data
+
+
+def texts(ack, what):
+    shape(ack, {"ok": True, "messages": is_list}, f"{what} chat:history ack")
+    return [m["text"] for m in ack["messages"]]
+
+
+@case("chat.send_and_receive")
+def _(ctx):
+    # The customer and the driver on different nodes.
+    order, customer, driver_id, cust, driver, _store = assigned_order(ctx)
+    hello = sent(cust.request("chat:send", {"order_id": order, "text": "I'm at the gate", "client_msg_id": "m-1"}), "customer")
+    got = chat_message(driver, order, hello, customer, "customer", "I'm at the gate", "driver")
+    eq(got.get("client_msg_id"), "m-1", "client_msg_id given back")
+    # The sender's own sockets get it too, the same payload.
+    eq(chat_message(cust, order, hello, customer, "customer", "I'm at the gate", "customer (own)"), got, "sender's copy")
+    reply = sent(driver.request("chat:send", {"order_id": order, "text": "coming down"}), "driver")
+    back = chat_message(cust, order, reply, driver_id, "driver", "coming down", "customer")
+    assert "client_msg_id" not in back, f"no client_msg_id was sent: {back}"
+    chat_message(driver, order, reply, driver_id, "driver", "coming down", "driver (own)")
+    # One sequence: the reply comes after the first message, everywhere.
+    for who, conn in (("customer", cust), ("driver", driver)):
+        ids = [e.data["event_id"] for e in list(conn.events) if e.name == "chat:message"]
+        eq(ids, [hello["event_id"], reply["event_id"]], f"{who}: messages in send order")
+
+
+@case("chat.history_before_and_limit")
+def _(ctx):
+    order, customer, driver_id, cust, driver, _store = assigned_order(ctx)
+    acks = []
+    for i in range(5):
+        who, conn = ("customer", cust) if i % 2 == 0 else ("driver", driver)
+        acks.append(sent(conn.request("chat:send", {"order_id": order, "text": f"m{i}"}), who))
+    # Every message delivered before reading (history is written with it).
+    last = chat_message(cust, order, acks[4], customer, "customer", "m4", "customer")
+    everything = driver.request("chat:history", {"order_id": order})
+    eq(texts(everything, "all"), ["m0", "m1", "m2", "m3", "m4"], "history, oldest first")
+    eq(everything["messages"][4], last, "a history entry is the chat:message")
+    shape(everything["messages"][1], message_shape(order, acks[1], driver_id, "driver", "m1"), "history entry")
+    eq(texts(cust.request("chat:history", {"order_id": order, "limit": 2}), "newest"), ["m3", "m4"], "limit 2")
+    page = cust.request("chat:history", {"order_id": order, "before": acks[3]["event_id"], "limit": 2})
+    eq(texts(page, "page"), ["m1", "m2"], "before m3, limit 2")
+    first = driver.request("chat:history", {"order_id": order, "before": acks[1]["event_id"]})
+    eq(texts(first, "first page"), ["m0"], "before m1")
+    start = driver.request("chat:history", {"order_id": order, "before": acks[0]["event_id"]})
+    eq(texts(start, "start"), [], "before the first")
+
+
+@case("chat.typing_reaches_the_other_only")
+def _(ctx):
+    order, customer, driver_id, cust, driver, _store = assigned_order(ctx)
+    eq(cust.request("chat:typing", {"order_id": order}), {"ok": True}, "chat:typing ack")
+    e = driver.next("chat:typing")
+    eq(e.data, {"order_id": order, "from": {"id": customer, "role": "customer"}}, "chat:typing")
+    # The driver writes after the notice reached it: by the time the customer
+    # has that message, a notice to the sender would have come before it.
+    reply = sent(driver.request("chat:send", {"order_id": order, "text": "ok"}), "driver")
+    chat_message(cust, order, reply, driver_id, "driver", "ok", "customer")
+    eq([e.name for e in list(cust.events) if e.name == "chat:typing"], [], "typing notices the sender got")
+    # Typing is never recorded: the history holds the message only.
+    read = cust.request("chat:history", {"order_id": order})
+    eq([m["event_id"] for m in read["messages"]], [reply["event_id"]], "history")
+
+
+@case("chat.refused")
+def _(ctx):
+    order, _customer, _driver_id, cust, driver, store = assigned_order(ctx)
+    stranger = ctx.connect(url(2), jwt=token(uid("cust"), "customer"))
+    merchant = ctx.connect(url(2), jwt=token(uid("merch"), "merchant", store_ids=[store]), transports=["polling"])
+    not_allowed = {"ok": False, "error": "not allowed"}
+    eq(stranger.request("chat:send", {"order_id": order, "text": "hi"}), not_allowed, "a foreign order's chat:send")
+    eq(stranger.request("chat:history", {"order_id": order}), not_allowed, "a foreign order's chat:history")
+    eq(merchant.request("chat:send", {"order_id": order, "text": "hi"}), not_allowed, "the store's merchant: chat:send")
+    eq(merchant.request("chat:typing", {"order_id": order}), not_allowed, "the store's merchant: chat:typing")
+    eq(driver.request("chat:send", {"order_id": uid("order"), "text": "hi"}), not_allowed, "the driver, another order")
+    for bad in ({"order_id": order, "text": " \n "}, {"order_id": order}, "hello"):
+        eq(cust.request("chat:send", bad), {"ok": False, "error": "invalid message"}, f"chat:send {bad!r}")
+    # After the terminal status the chat is read-only.
+    ok = sent(cust.request("chat:send", {"order_id": order, "text": "thanks"}), "customer")
+    end = publish("order.status", {"order_id": order, "status": "delivered"})
+    status_update(driver, order, "delivered", end, "driver")
+    eq(driver.request("chat:send", {"order_id": order, "text": "bye"}), {"ok": False, "error": "order not active"}, "chat:send after delivered")
+    read = cust.request("chat:history", {"order_id": order})
+    eq([m["event_id"] for m in read["messages"]], [ok["event_id"]], "history after delivered")
+
+
 # ------------------------------------------------------------ token refresh (§7)
 
 
@@ -564,7 +680,7 @@ def _(ctx):
 
 @case("http.orders_active")
 def _(ctx):
-    order, customer, driver_id, _cust, driver = assigned_order(ctx)
+    order, customer, driver_id, _cust, driver, _store = assigned_order(ctx)
     eq(driver.request("driver:location_update", LOCATION), {"ok": True}, "location ack")
     want = {
         "order_id": order,

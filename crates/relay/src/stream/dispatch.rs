@@ -138,7 +138,15 @@ impl<E: Engine> Dispatcher<E> {
                         store_id: active.store_id,
                     }));
                 }
-                false
+                // Its final status was written and emitted, but the node
+                // died before it noted the end (`end` comes after the
+                // emit): the order is over all the same.
+                if is_terminal(&active.status) {
+                    metrics::stream_superseded(EventKind::OrderCreated);
+                    true
+                } else {
+                    false
+                }
             }
             // Handled before, and the order is over since (a node died
             // while its offer waited): nobody joins its room again, and the

@@ -1,23 +1,16 @@
 //! CONTRACT §7, chat in order rooms: `chat:send`, `chat:message`,
 //! `chat:history`, `chat:typing` and `{prefix}chat`, on two nodes over one
-//! real Redis, and embedded.
+//! real Redis, and embedded; the cross-node behaviours (order, recovery,
+//! history, typing, `{prefix}chat` once) also on a Redis Cluster.
 
 use relay::auth::Role;
-use relay_client::{Client, ConnectOptions, Event};
+use relay_client::{Client, Event};
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_KEY, Cluster, NodeProcess, WAIT, connect, expect_event, http, merchant_token, metric, token,
+    API_KEY, Cluster, Kind, NodeProcess, WAIT, ask, connect, expect_event, merchant_token, metric,
+    post_event, refusal, resume, token, until_status, until_sync_done,
 };
-
-async fn ask(client: &Client, event: &str, data: Value) -> Value {
-    let mut args = client
-        .emit_with_ack(event, data, WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{event} ack: {e}"));
-    assert_eq!(args.len(), 1, "one ack argument: {args:?}");
-    args.remove(0)
-}
 
 async fn send(client: &Client, order: &str, text: &str) -> Value {
     ask(
@@ -30,12 +23,6 @@ async fn send(client: &Client, order: &str, text: &str) -> Value {
 
 async fn history(client: &Client, query: Value) -> Value {
     ask(client, "chat:history", query).await
-}
-
-/// The ack of a refused request: its `error`.
-fn error(ack: &Value) -> &str {
-    assert_eq!(ack["ok"], false, "{ack}");
-    ack["error"].as_str().expect("error")
 }
 
 /// `o1` for customer `c1` at store `s1`, assigned to `d1`, status
@@ -63,19 +50,6 @@ async fn order_with_driver(cluster: &Cluster, customer: &mut Client) {
     until_status(customer, "preparing").await;
 }
 
-/// Every event up to and including the status update `status`.
-async fn until_status(client: &mut Client, status: &str) -> Vec<Event> {
-    let mut events = Vec::new();
-    loop {
-        let event = client.next_event(WAIT).await.expect("events");
-        let done = event.name == "order:status_update" && event.data()["status"] == status;
-        events.push(event);
-        if done {
-            return events;
-        }
-    }
-}
-
 /// The chat messages and status updates among `events`, as `event_id`s.
 fn order_events(events: &[Event]) -> Vec<String> {
     events
@@ -87,7 +61,14 @@ fn order_events(events: &[Event]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status() {
-    let cluster = Cluster::start("chat-permissions", 2, &[]).await;
+    every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status_on(Kind::Server)
+        .await;
+}
+
+async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status_on(
+    kind: Kind,
+) {
+    let cluster = Cluster::start_on(kind, "chat-permissions", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let c1 = connect(&a, &token("c1", Role::Customer)).await;
     // The same customer on another device, watching what the order room gets.
@@ -125,13 +106,13 @@ async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal
             sent.push(id);
             assert_eq!(read["ok"], true, "{name}: {read}");
         } else {
-            assert_eq!(error(&ack), "not allowed", "{name} sends");
-            assert_eq!(error(&read), "not allowed", "{name} reads");
+            assert_eq!(refusal(&ack), "not allowed", "{name} sends");
+            assert_eq!(refusal(&read), "not allowed", "{name} reads");
         }
     }
     // A foreign order (and one that does not exist) for the customer and driver.
-    assert_eq!(error(&send(&c1, "o-none", "hi").await), "not allowed");
-    assert_eq!(error(&send(&d1, "o-none", "hi").await), "not allowed");
+    assert_eq!(refusal(&send(&c1, "o-none", "hi").await), "not allowed");
+    assert_eq!(refusal(&send(&d1, "o-none", "hi").await), "not allowed");
 
     let last = cluster
         .xadd(
@@ -153,7 +134,7 @@ async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal
         let read = history(client, json!({"order_id": "o1"})).await;
         if *party {
             assert_eq!(
-                error(&ack),
+                refusal(&ack),
                 "order not active",
                 "{name} sends after the end"
             );
@@ -165,15 +146,24 @@ async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal
                 .collect();
             assert_eq!(ids, sent, "{name} still reads the chat");
         } else {
-            assert_eq!(error(&ack), "not allowed", "{name} sends after the end");
-            assert_eq!(error(&read), "not allowed", "{name} reads after the end");
+            assert_eq!(refusal(&ack), "not allowed", "{name} sends after the end");
+            assert_eq!(refusal(&read), "not allowed", "{name} reads after the end");
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes() {
-    let cluster = Cluster::start("chat-order", 2, &[]).await;
+    chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes_on(
+        Kind::Server,
+    )
+    .await;
+}
+
+async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes_on(
+    kind: Kind,
+) {
+    let cluster = Cluster::start_on(kind, "chat-order", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let mut driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -243,7 +233,12 @@ async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_ac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away() {
-    let cluster = Cluster::start("chat-recovery", 2, &[]).await;
+    a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away_on(Kind::Server)
+        .await;
+}
+
+async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-recovery", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let jwt = token("c1", Role::Customer);
     let mut customer = connect(&a, &jwt).await;
@@ -281,22 +276,17 @@ async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_aw
         }
     }
 
-    let mut back = Client::connect(
-        ConnectOptions::new(&b)
-            .auth(json!({"token": jwt, "last_event_id": before["event_id"]}))
-            .timeout(WAIT),
-    )
-    .await
-    .expect("resume");
-    let mut replayed = Vec::new();
-    let done = loop {
-        let event = back.next_event(WAIT).await.expect("until sync:done");
-        if event.name == "sync:done" {
-            break event.data().clone();
-        }
-        assert_ne!(event.name, "chat:typing", "typing is never replayed");
-        replayed.push(event.data()["event_id"].clone());
-    };
+    let before = before["event_id"].as_str().expect("event_id");
+    let mut back = resume(&b, &jwt, before).await;
+    let (events, done) = until_sync_done(&mut back).await;
+    assert!(
+        events.iter().all(|e| e.name != "chat:typing"),
+        "typing is never replayed: {events:?}"
+    );
+    let replayed: Vec<Value> = events
+        .iter()
+        .map(|e| e.data()["event_id"].clone())
+        .collect();
     assert_eq!(done, json!({"recovered": true}));
     assert_eq!(
         replayed, missed,
@@ -306,7 +296,17 @@ async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_aw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_history_too_short_for_the_messages_missed_is_not_recovered() {
-    let cluster = Cluster::start("chat-recovery-short", 2, &[("RELAY_HISTORY_SIZE", "2")]).await;
+    a_history_too_short_for_the_messages_missed_is_not_recovered_on(Kind::Server).await;
+}
+
+async fn a_history_too_short_for_the_messages_missed_is_not_recovered_on(kind: Kind) {
+    let cluster = Cluster::start_on(
+        kind,
+        "chat-recovery-short",
+        2,
+        &[("RELAY_HISTORY_SIZE", "2")],
+    )
+    .await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let jwt = token("c1", Role::Customer);
     let mut customer = connect(&a, &jwt).await;
@@ -325,13 +325,7 @@ async fn a_history_too_short_for_the_messages_missed_is_not_recovered() {
         .await;
     until_status(&mut driver, "arrived").await;
 
-    let mut back = Client::connect(
-        ConnectOptions::new(&b)
-            .auth(json!({"token": jwt, "last_event_id": seen}))
-            .timeout(WAIT),
-    )
-    .await
-    .expect("resume");
+    let mut back = resume(&b, &jwt, seen.as_str().expect("event_id")).await;
     let first = back.next_event(WAIT).await.expect("sync:done");
     assert_eq!(first.name, "sync:done", "no partial replay: {first:?}");
     assert_eq!(first.data(), &json!({"recovered": false}));
@@ -346,7 +340,12 @@ async fn a_history_too_short_for_the_messages_missed_is_not_recovered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n() {
-    let cluster = Cluster::start("chat-history", 2, &[("RELAY_CHAT_HISTORY", "5")]).await;
+    history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n_on(Kind::Server)
+        .await;
+}
+
+async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-history", 2, &[("RELAY_CHAT_HISTORY", "5")]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -404,7 +403,11 @@ async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_las
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat() {
-    let cluster = Cluster::start("chat-typing", 2, &[]).await;
+    typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat_on(Kind::Server).await;
+}
+
+async fn typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-typing", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let mut driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -442,30 +445,22 @@ async fn typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat() 
         "no chat:typing nor chat:message for a merchant"
     );
     assert_eq!(
-        error(&ask(&merchant, "chat:typing", json!({"order_id": "o1"})).await),
+        refusal(&ask(&merchant, "chat:typing", json!({"order_id": "o1"})).await),
         "not allowed"
     );
     assert_eq!(
-        error(&ask(&stranger, "chat:typing", json!({"order_id": "o1"})).await),
+        refusal(&ask(&stranger, "chat:typing", json!({"order_id": "o1"})).await),
         "not allowed"
     );
     // A merchant coming back with its last event id is not replayed chat either.
-    let mut back = Client::connect(
-        ConnectOptions::new(&a)
-            .auth(json!({"token": merchant_token("m1", &["s1"]), "last_event_id": typing_baseline(&cluster).await}))
-            .timeout(WAIT),
-    )
-    .await
-    .expect("resume");
-    loop {
-        let event = back.next_event(WAIT).await.expect("until sync:done");
-        assert_ne!(event.name, "chat:message", "no chat replayed to a merchant");
-        assert_ne!(event.name, "chat:typing");
-        if event.name == "sync:done" {
-            assert_eq!(event.data()["recovered"], true);
-            break;
-        }
-    }
+    let baseline = typing_baseline(&cluster).await;
+    let mut back = resume(&a, &merchant_token("m1", &["s1"]), &baseline).await;
+    let (events, done) = until_sync_done(&mut back).await;
+    assert!(
+        events.iter().all(|e| !e.name.starts_with("chat:")),
+        "no chat replayed to a merchant: {events:?}"
+    );
+    assert_eq!(done["recovered"], true);
 }
 
 /// The event id of `preparing`, the last status before the test's chat.
@@ -481,7 +476,11 @@ async fn typing_baseline(cluster: &Cluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice() {
-    let cluster = Cluster::start("chat-once", 2, &[]).await;
+    each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice_on(Kind::Server).await;
+}
+
+async fn each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice_on(kind: Kind) {
+    let cluster = Cluster::start_on(kind, "chat-once", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     let mut customer = connect(&a, &token("c1", Role::Customer)).await;
     let driver = connect(&b, &token("d1", Role::Driver)).await;
@@ -609,7 +608,7 @@ async fn invalid_payloads_of_every_chat_event_get_their_error_ack_and_a_counter(
     ];
     for payload in &bad_sends {
         let ack = ask(&customer, "chat:send", payload.clone()).await;
-        assert_eq!(error(&ack), "invalid message", "{payload}");
+        assert_eq!(refusal(&ack), "invalid message", "{payload}");
     }
     // Five characters, not bytes: accepted.
     let ok = ask(
@@ -628,11 +627,11 @@ async fn invalid_payloads_of_every_chat_event_get_their_error_ack_and_a_counter(
         json!({"order_id": "o1", "before": "yesterday"}),
     ] {
         let ack = ask(&customer, "chat:history", payload.clone()).await;
-        assert_eq!(error(&ack), "invalid message", "{payload}");
+        assert_eq!(refusal(&ack), "invalid message", "{payload}");
     }
     for payload in [json!({}), json!(null), json!({"order_id": ["o1"]})] {
         let ack = ask(&customer, "chat:typing", payload.clone()).await;
-        assert_eq!(error(&ack), "invalid message", "{payload}");
+        assert_eq!(refusal(&ack), "invalid message", "{payload}");
     }
     assert_eq!(
         metric(&url, r#"relay_chat_messages_total{outcome="invalid"}"#).await,
@@ -670,18 +669,6 @@ async fn embedded_mode_chats_the_same_way() {
     ])
     .await;
     let url = node.url();
-    let publish = |body: Value| {
-        let url = url.clone();
-        async move {
-            http()
-                .post(format!("{url}/api/events"))
-                .bearer_auth(API_KEY)
-                .json(&body)
-                .send()
-                .await
-                .expect("publish")
-        }
-    };
     let mut customer = connect(&url, &token("c1", Role::Customer)).await;
     let mut driver = connect(&url, &token("d1", Role::Driver)).await;
     let mut merchant = connect(&url, &merchant_token("m1", &["s1"])).await;
@@ -690,7 +677,7 @@ async fn embedded_mode_chats_the_same_way() {
         json!({"type": "order.assigned", "data": {"order_id": "o1", "driver_id": "d1"}}),
         json!({"type": "order.status", "data": {"order_id": "o1", "status": "preparing"}}),
     ] {
-        assert_eq!(publish(body).await.status(), 202);
+        assert_eq!(post_event(&url, &body).await.status(), 202);
     }
     until_status(&mut customer, "preparing").await;
     until_status(&mut driver, "preparing").await;
@@ -713,20 +700,28 @@ async fn embedded_mode_chats_the_same_way() {
     assert_eq!(typing.name, "chat:typing");
 
     // The backend posts as `system`, and may not speak for a participant.
-    let forged = publish(json!({"type": "chat.message", "data":
-        {"order_id": "o1", "text": "x", "from_id": "c1", "from_role": "customer"}}))
+    let forged = post_event(
+        &url,
+        &json!({"type": "chat.message", "data":
+        {"order_id": "o1", "text": "x", "from_id": "c1", "from_role": "customer"}}),
+    )
     .await;
     assert_eq!(forged.status(), 400);
-    let system =
-        publish(json!({"type": "chat.message", "data": {"order_id": "o1", "text": "from ops"}}))
-            .await;
+    let system = post_event(
+        &url,
+        &json!({"type": "chat.message", "data": {"order_id": "o1", "text": "from ops"}}),
+    )
+    .await;
     assert_eq!(system.status(), 202);
     let posted = expect_event(&mut customer, "chat:message").await;
     assert_eq!(posted.data()["from"]["role"], "system");
     assert_eq!(
-        publish(json!({"type": "order.status", "data": {"order_id": "o1", "status": "delivered"}}))
-            .await
-            .status(),
+        post_event(
+            &url,
+            &json!({"type": "order.status", "data": {"order_id": "o1", "status": "delivered"}})
+        )
+        .await
+        .status(),
         202
     );
     let events = until_status(&mut merchant, "delivered").await;
@@ -736,7 +731,7 @@ async fn embedded_mode_chats_the_same_way() {
     );
     until_status(&mut customer, "delivered").await;
     assert_eq!(
-        error(&send(&customer, "o1", "late").await),
+        refusal(&send(&customer, "o1", "late").await),
         "order not active"
     );
     let read = history(&driver, json!({"order_id": "o1"})).await;
@@ -749,36 +744,19 @@ async fn embedded_mode_chats_the_same_way() {
     assert_eq!(texts, ["hello", "from ops"]);
 }
 
-/// Waits until the consumer group holds no pending entry and has read
-/// `last`: every entry handled to its end.
-async fn wait_all_acked(cluster: &Cluster, last: &str) {
-    let mut conn = cluster.redis.connection().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(cluster.key("events"))
-            .query_async(&mut conn)
-            .await
-            .expect("XINFO GROUPS");
-        if groups
-            .groups
-            .iter()
-            .any(|g| g.last_delivered_id == last && g.pending == 0)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "entries up to {last} not acked within {WAIT:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once() {
-    let mut cluster = Cluster::start("chat-takeover", 0, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
+    a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once_on(
+        Kind::Server,
+    )
+    .await;
+}
+
+async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once_on(
+    kind: Kind,
+) {
+    let mut cluster =
+        Cluster::start_on(kind, "chat-takeover", 0, &[("RELAY_CLAIM_IDLE_MS", "1000")]).await;
     let first = cluster
         .add_node_with(&[("RELAY_TEST_CRASH_BEFORE_ACK", "chat.message")])
         .await;
@@ -794,13 +772,12 @@ async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_s
     );
 
     let survivor = cluster.add_node(None).await;
-    let mut driver = Client::connect(
-        ConnectOptions::new(cluster.url(survivor))
-            .auth(json!({"token": token("d1", Role::Driver), "last_event_id": preparing}))
-            .timeout(WAIT),
+    let mut driver = resume(
+        &cluster.url(survivor),
+        &token("d1", Role::Driver),
+        &preparing,
     )
-    .await
-    .expect("resume");
+    .await;
     // Replayed from the first handling or emitted by the second: once seen, either way.
     loop {
         let event = driver.next_event(WAIT).await.expect("the message");
@@ -810,7 +787,7 @@ async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_s
             break;
         }
     }
-    wait_all_acked(&cluster, &id).await;
+    cluster.wait_all_handled(&id).await;
     let feed = cluster.entries("chat").await;
     assert_eq!(feed.len(), 1, "appended once: {feed:?}");
     assert_eq!(feed[0].1["event_id"], id);
@@ -833,10 +810,74 @@ async fn a_socket_beyond_its_event_budget_is_rate_limited_and_counted() {
     ];
     assert_eq!(acks[0]["ok"], true, "{:?}", acks[0]);
     for ack in &acks[1..] {
-        assert_eq!(error(ack), "rate limited");
+        assert_eq!(refusal(ack), "rate limited");
     }
     assert_eq!(
         metric(&url, r#"relay_chat_messages_total{outcome="rate_limited"}"#).await,
         1.0
     );
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes() {
+        super::chat_and_status_events_of_one_order_arrive_in_one_order_for_everyone_across_nodes_on(Kind::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away() {
+        super::a_client_back_with_last_event_id_gets_the_messages_sent_while_it_was_away_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n() {
+        super::history_pages_back_with_before_and_limit_oldest_first_and_keeps_the_last_n_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat() {
+        super::typing_reaches_the_others_in_the_room_only_and_merchants_get_no_chat_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice() {
+        super::each_message_is_appended_to_the_chat_stream_once_also_when_handled_twice_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status() {
+        super::every_role_against_own_and_foreign_orders_before_and_after_the_terminal_status_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_history_too_short_for_the_messages_missed_is_not_recovered() {
+        super::a_history_too_short_for_the_messages_missed_is_not_recovered_on(Kind::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once() {
+        super::a_message_taken_over_from_a_node_killed_before_its_ack_is_in_the_chat_stream_once_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
 }

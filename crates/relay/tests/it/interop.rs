@@ -1,7 +1,8 @@
 //! The official clients against real nodes: the JavaScript (`socket.io-client`
 //! 4.x in Node.js) and Python (`python-socketio` 5.x) interop suites in
 //! `interop/`, once straight at three nodes (clients spread over them, events
-//! crossing nodes) and once through nginx with the example config of
+//! crossing nodes), once straight at two nodes on a Redis Cluster, and once
+//! through nginx with the example config of
 //! `deploy/nginx.conf` (rendered and run by `scripts/nginx.sh`). Then a node
 //! drains under JavaScript clients behind that nginx.
 //!
@@ -367,6 +368,13 @@ async fn javascript_client_through_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_direct() {
     direct(Suite::Python, Kind::Server, "interop_py", 3).await;
+}
+
+/// The Python suite, order chat and token refresh included, against two
+/// nodes on a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_direct_on_a_redis_cluster() {
+    direct(Suite::Python, Kind::Cluster, "interop_py_cluster", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

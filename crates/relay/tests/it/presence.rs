@@ -1,17 +1,16 @@
 //! CONTRACT §7 presence: stores and drivers online across nodes, the grace
 //! that keeps a reconnect from showing as an outage, `{prefix}presence`
 //! once per change, dead nodes, token refresh, `GET /api/presence`, and the
-//! memory engine.
+//! memory engine; the cross-node behaviours also on a Redis Cluster.
 
 use std::{collections::HashMap, time::Duration};
 
-use redis::Value;
 use relay::auth::Role;
 use relay_client::Client;
 use serde_json::{Value as Json, json};
 
 use crate::support::{
-    API_KEY, Cluster, InProcessNode, WAIT, connect, http, merchant_token, metric, token,
+    API_KEY, Cluster, InProcessNode, Kind, WAIT, ask, connect, http, merchant_token, metric, token,
 };
 
 type Entry = (String, HashMap<String, String>);
@@ -42,8 +41,7 @@ fn of(entries: &[Entry], kind: &str, id: &str) -> Vec<(bool, u64)> {
         .collect()
 }
 
-/// Waits (XREAD BLOCK, within `bound`) until the id has `n` entries, and
-/// returns them.
+/// Waits (within `bound`) until the id has `n` entries, and returns them.
 async fn wait_changes(
     cluster: &Cluster,
     kind: &str,
@@ -51,32 +49,11 @@ async fn wait_changes(
     n: usize,
     bound: Duration,
 ) -> Vec<(bool, u64)> {
-    let key = cluster.key("presence");
-    let mut conn = cluster.redis.connection().await;
-    let deadline = tokio::time::Instant::now() + bound;
-    loop {
-        let all = cluster.entries("presence").await;
-        let mine = of(&all, kind, id);
-        if mine.len() >= n {
-            return mine;
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(
-            !left.is_zero(),
-            "{kind} {id}: {} of {n} presence entries within {bound:?}: {mine:?}",
-            mine.len()
-        );
-        let last = all.last().map_or("0-0".to_owned(), |(id, _)| id.clone());
-        let _: Value = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(left.as_millis().clamp(1, 1000) as u64)
-            .arg("STREAMS")
-            .arg(&key)
-            .arg(last)
-            .query_async(&mut conn)
-            .await
-            .expect("XREAD");
-    }
+    let what = format!("{n} presence entries of {kind} {id}");
+    let all = cluster
+        .wait_entries_until("presence", bound, &what, |all| of(all, kind, id).len() >= n)
+        .await;
+    of(&all, kind, id)
 }
 
 async fn query(url: &str, query: &str, key: Option<&str>) -> (u16, Json) {
@@ -97,8 +74,13 @@ async fn leave(client: Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change() {
+    a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change_on(Kind::Server).await;
+}
+
+async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change_on(kind: Kind) {
     let grace = 5000;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_on(
+        kind,
         "presence-grace",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -156,8 +138,13 @@ async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_chang
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left() {
+    a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left_on(Kind::Server).await;
+}
+
+async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left_on(kind: Kind) {
     let grace = 1000;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_on(
+        kind,
         "presence-two-devices",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -188,8 +175,13 @@ async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
+    a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s_on(Kind::Server).await;
+}
+
+async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s_on(kind: Kind) {
     let grace: u64 = 1000;
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_on(
+        kind,
         "presence-killed",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -241,7 +233,17 @@ async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change() {
-    let cluster = Cluster::start("presence-race", 2, &[("RELAY_PRESENCE_GRACE_MS", "0")]).await;
+    two_nodes_racing_on_the_same_stores_append_one_entry_per_change_on(Kind::Server).await;
+}
+
+async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change_on(kind: Kind) {
+    let cluster = Cluster::start_on(
+        kind,
+        "presence-race",
+        2,
+        &[("RELAY_PRESENCE_GRACE_MS", "0")],
+    )
+    .await;
     let stores: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
     let store_refs: Vec<&str> = stores.iter().map(String::as_str).collect();
     for round in 1..=2 {
@@ -285,8 +287,13 @@ async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence() {
+    a_refresh_that_changes_store_ids_moves_the_merchants_presence_on(Kind::Server).await;
+}
+
+async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence_on(kind: Kind) {
     let grace = 1000;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_on(
+        kind,
         "presence-refresh",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -295,16 +302,14 @@ async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence() {
     let client = connect(&cluster.url(0), &merchant_token("m1", &["s1", "s2"])).await;
     wait_changes(&cluster, "store", "s1", 1, WAIT).await;
     wait_changes(&cluster, "store", "s2", 1, WAIT).await;
-    let ack = client
-        .emit_with_ack(
-            "auth:refresh",
-            json!({ "token": merchant_token("m1", &["s2", "s3"]) }),
-            WAIT,
-        )
-        .await
-        .expect("refresh ack");
+    let ack = ask(
+        &client,
+        "auth:refresh",
+        json!({ "token": merchant_token("m1", &["s2", "s3"]) }),
+    )
+    .await;
     let refreshed_at = now_ms();
-    assert_eq!(ack[0]["ok"], true, "{ack:?}");
+    assert_eq!(ack["ok"], true, "{ack}");
     let s3 = wait_changes(&cluster, "store", "s3", 1, WAIT).await;
     assert!(s3[0].0, "a store added comes online: {s3:?}");
     let s1 = wait_changes(&cluster, "store", "s1", 2, WAIT).await;
@@ -441,8 +446,18 @@ async fn the_memory_engine_answers_presence_the_same_way() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change() {
+    a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change_on(
+        Kind::Server,
+    )
+    .await;
+}
+
+async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change_on(
+    kind: Kind,
+) {
     let grace = 5000;
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_on(
+        kind,
         "presence-drain",
         2,
         &[("RELAY_PRESENCE_GRACE_MS", &grace.to_string())],
@@ -474,4 +489,52 @@ async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_
         "no change for the move to another node: {all:?}"
     );
     assert!(all[1].1 >= left_at + grace, "{all:?}, left at {left_at}");
+}
+
+/// The same behaviours with the nodes on a Redis Cluster (three primaries
+/// with a replica each) instead of one server.
+mod on_a_redis_cluster {
+    use crate::support::Kind;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change() {
+        super::a_driver_is_online_at_once_and_a_reconnect_within_the_grace_is_no_change_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left() {
+        super::a_merchant_on_two_nodes_keeps_its_store_online_until_both_devices_left_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s() {
+        super::a_killed_nodes_sockets_stop_counting_within_the_grace_plus_10_s_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_racing_on_the_same_stores_append_one_entry_per_change() {
+        super::two_nodes_racing_on_the_same_stores_append_one_entry_per_change_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refresh_that_changes_store_ids_moves_the_merchants_presence() {
+        super::a_refresh_that_changes_store_ids_moves_the_merchants_presence_on(Kind::Cluster)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change() {
+        super::a_node_that_drains_hands_its_sockets_over_and_a_reconnect_elsewhere_is_no_change_on(
+            Kind::Cluster,
+        )
+        .await;
+    }
 }

@@ -4,49 +4,12 @@
 //! `sync:done` `{ recovered: false }`.
 
 use relay::auth::Role;
-use relay_client::{Client, ConnectOptions, Event};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::{
-    API_KEY, Cluster, InProcessNode, Kind, WAIT, connect, expect_event, http, token,
+    API_KEY, Cluster, InProcessNode, Kind, WAIT, connect, expect_event, publish, resume, token,
+    until_sync_done,
 };
-
-/// A customer's client that connects with `last_event_id` in its auth.
-async fn resume(url: &str, customer: &str, last_event_id: &str) -> Client {
-    Client::connect(
-        ConnectOptions::new(url)
-            .auth(
-                json!({ "token": token(customer, Role::Customer), "last_event_id": last_event_id }),
-            )
-            .timeout(WAIT),
-    )
-    .await
-    .expect("connect")
-}
-
-/// Events up to and including `sync:done`.
-async fn until_sync_done(client: &mut Client) -> (Vec<Event>, Value) {
-    let mut events = Vec::new();
-    loop {
-        let event = client
-            .next_event(WAIT)
-            .await
-            .expect("events until sync:done");
-        if event.name == "sync:done" {
-            return (events, event.data().clone());
-        }
-        events.push(event);
-    }
-}
-
-async fn created(cluster: &Cluster, order: &str, customer: &str) {
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": order, "customer_id": customer, "store_id": "s1", "items": []}),
-        )
-        .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_order() {
@@ -59,7 +22,7 @@ async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_o
 ) {
     let cluster = Cluster::start_on(kind, "recovery", 2, &[]).await;
     let mut customer = connect(&cluster.url(0), &token("c1", Role::Customer)).await;
-    created(&cluster, "o1", "c1").await;
+    cluster.create_order("o1", "c1", "s1").await;
     let first = cluster
         .xadd("order.status", json!({"order_id": "o1", "status": "s0"}))
         .await;
@@ -98,7 +61,7 @@ async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_o
     }
 
     // Back, on the other node, with the last event it saw.
-    let mut back = resume(&cluster.url(1), "c1", &first).await;
+    let mut back = resume(&cluster.url(1), &token("c1", Role::Customer), &first).await;
     let (replayed, done) = until_sync_done(&mut back).await;
     assert_eq!(done, json!({"recovered": true}));
     let ids: Vec<&str> = replayed
@@ -140,7 +103,7 @@ async fn a_customer_back_with_its_last_event_id_gets_exactly_what_it_missed_in_o
 async fn a_last_event_id_older_than_the_history_gets_no_partial_replay() {
     let cluster = Cluster::start("recovery-window", 2, &[("RELAY_HISTORY_SIZE", "10")]).await;
     let mut customer = connect(&cluster.url(0), &token("c1", Role::Customer)).await;
-    created(&cluster, "o1", "c1").await;
+    cluster.create_order("o1", "c1", "s1").await;
     let first = cluster
         .xadd("order.status", json!({"order_id": "o1", "status": "s0"}))
         .await;
@@ -161,12 +124,12 @@ async fn a_last_event_id_older_than_the_history_gets_no_partial_replay() {
     }
     customer.disconnect().await;
 
-    let mut back = resume(&cluster.url(1), "c1", &first).await;
+    let mut back = resume(&cluster.url(1), &token("c1", Role::Customer), &first).await;
     let (replayed, done) = until_sync_done(&mut back).await;
     assert_eq!(done, json!({"recovered": false}));
     assert!(replayed.is_empty(), "no partial replay: {replayed:?}");
     // Unknown ids are not recovered either.
-    let mut stranger = resume(&cluster.url(0), "c1", "1-0").await;
+    let mut stranger = resume(&cluster.url(0), &token("c1", Role::Customer), "1-0").await;
     let (replayed, done) = until_sync_done(&mut stranger).await;
     assert_eq!((replayed.len(), done), (0, json!({"recovered": false})));
 }
@@ -186,16 +149,7 @@ async fn sync_while_connected_replays_after_the_given_event_and_acks() {
         ("order.status", json!({"order_id": "o1", "status": "b"})),
         ("order.status", json!({"order_id": "o1", "status": "c"})),
     ] {
-        let response = http()
-            .post(format!("{url}/api/events"))
-            .bearer_auth(API_KEY)
-            .json(&json!({"type": kind, "data": data}))
-            .send()
-            .await
-            .expect("publish");
-        assert_eq!(response.status(), 202);
-        let body: Value = response.json().await.expect("json");
-        ids.push(body["event_id"].as_str().expect("event_id").to_owned());
+        ids.push(publish(&url, kind, data).await);
     }
     for status in ["a", "b", "c"] {
         assert_eq!(

@@ -4,7 +4,9 @@
 use relay_client::{Client, CloseReason};
 use serde_json::{Value, json};
 
-use crate::support::{Cluster, InProcessNode, QUIET, SECRET, WAIT, connect, expect_event, metric};
+use crate::support::{
+    Cluster, InProcessNode, QUIET, SECRET, WAIT, ask, connect, expect_event, metric,
+};
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -33,12 +35,7 @@ fn expiring(sub: &str, role: &str, ttl_s: u64) -> (String, u64) {
 }
 
 async fn refresh(client: &Client, data: Value) -> Value {
-    let mut ack = client
-        .emit_with_ack("auth:refresh", data, WAIT)
-        .await
-        .expect("refresh ack");
-    assert_eq!(ack.len(), 1, "one ack argument: {ack:?}");
-    ack.remove(0)
+    ask(client, "auth:refresh", data).await
 }
 
 /// The connection still answers: an ack round trip.
@@ -244,23 +241,15 @@ async fn a_merchant_refresh_moves_its_store_rooms_across_the_cluster() {
     )
     .await;
     // m1 watches an order of s1, which it is about to lose.
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}),
-        )
-        .await;
+    cluster.create_order("o1", "c1", "s1").await;
     let offer = expect_event(&mut merchant, "merchant:new_order").await;
     merchant
         .ack(&offer, json!({ "accepted": true }))
         .await
         .expect("ack the offer");
     expect_offer(&mut witness, "o1").await;
-    let ack = merchant
-        .emit_with_ack("order:subscribe", json!({ "order_id": "o1" }), WAIT)
-        .await
-        .expect("subscribe ack");
-    assert_eq!(ack[0]["ok"], true, "{ack:?}");
+    let ack = ask(&merchant, "order:subscribe", json!({ "order_id": "o1" })).await;
+    assert_eq!(ack["ok"], true, "{ack}");
 
     assert_eq!(
         refresh(&merchant, json!({ "token": stores(&["s2", "s3"]) })).await,
@@ -277,21 +266,11 @@ async fn a_merchant_refresh_moves_its_store_rooms_across_the_cluster() {
     let status = expect_event(&mut witness, "order:status_update").await;
     assert_eq!(status.data()["order_id"], "o1");
     // s3, added by the refresh, reaches it (on the other node's consumer too).
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": "o3", "customer_id": "c1", "store_id": "s3", "items": []}),
-        )
-        .await;
+    cluster.create_order("o3", "c1", "s3").await;
     expect_offer(&mut merchant, "o3").await;
     // s2, kept, still reaches it; a socket on the other node sees the same.
     let mut other_device = connect(&b, &stores(&["s2"])).await;
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": "o2", "customer_id": "c1", "store_id": "s2", "items": []}),
-        )
-        .await;
+    cluster.create_order("o2", "c1", "s2").await;
     expect_offer(&mut other_device, "o2").await;
     expect_offer(&mut merchant, "o2").await;
     assert!(

@@ -5,43 +5,17 @@
 //! remembered too.
 
 use relay::auth::Role;
-use relay_client::{Client, ConnectOptions, Event};
-use serde_json::{Value, json};
+use relay_client::{Client, Event};
+use serde_json::json;
 
-use crate::support::{API_KEY, Cluster, InProcessNode, WAIT, connect, expect_event, http, token};
-
-/// A client of `sub` in `role` that connects with `last_event_id`.
-async fn resume(url: &str, sub: &str, role: Role, last_event_id: &str) -> Client {
-    Client::connect(
-        ConnectOptions::new(url)
-            .auth(json!({ "token": token(sub, role), "last_event_id": last_event_id }))
-            .timeout(WAIT),
-    )
-    .await
-    .expect("resume")
-}
-
-/// Events up to `sync:done`, and its payload.
-async fn until_sync_done(client: &mut Client) -> (Vec<Event>, Value) {
-    let mut events = Vec::new();
-    loop {
-        let event = client
-            .next_event(WAIT)
-            .await
-            .expect("events until sync:done");
-        if event.name == "sync:done" {
-            return (events, event.data().clone());
-        }
-        events.push(event);
-    }
-}
+use crate::support::{
+    API_KEY, Cluster, InProcessNode, WAIT, ask, connect, expect_event, publish, resume, token,
+    until_sync_done,
+};
 
 async fn subscribe(client: &Client, event: &str, order: &str) {
-    let ack = client
-        .emit_with_ack(event, json!({ "order_id": order }), WAIT)
-        .await
-        .expect("ack");
-    assert_eq!(ack, [json!({ "ok": true })], "{event} {order}");
+    let ack = ask(client, event, json!({ "order_id": order })).await;
+    assert_eq!(ack, json!({ "ok": true }), "{event} {order}");
 }
 
 fn statuses(events: &[Event]) -> Vec<(String, String)> {
@@ -61,15 +35,6 @@ fn pair(order: &str, status: &str) -> (String, String) {
     (order.to_owned(), status.to_owned())
 }
 
-async fn create(cluster: &Cluster, order: &str, customer: &str) {
-    cluster
-        .xadd(
-            "order.created",
-            json!({"order_id": order, "customer_id": customer, "store_id": "s1", "items": []}),
-        )
-        .await;
-}
-
 async fn status(cluster: &Cluster, order: &str, status: &str) -> String {
     cluster
         .xadd("order.status", json!({"order_id": order, "status": status}))
@@ -81,16 +46,13 @@ async fn a_support_agent_resuming_on_the_other_node_is_back_in_the_orders_it_sub
     let cluster = Cluster::start("resubscribe", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
     for (order, customer) in [("o1", "c1"), ("o2", "c2"), ("o3", "c3")] {
-        create(&cluster, order, customer).await;
+        cluster.create_order(order, customer, "s1").await;
     }
     let mut c2 = connect(&b, &token("c2", Role::Customer)).await;
     // A foreign order is only support's and admin's to watch.
     let stranger = connect(&a, &token("c9", Role::Customer)).await;
-    let refused = stranger
-        .emit_with_ack("order:subscribe", json!({ "order_id": "o1" }), WAIT)
-        .await
-        .expect("ack");
-    assert_eq!(refused[0]["ok"], false, "{refused:?}");
+    let refused = ask(&stranger, "order:subscribe", json!({ "order_id": "o1" })).await;
+    assert_eq!(refused["ok"], false, "{refused}");
 
     let mut support = connect(&a, &token("sup1", Role::Support)).await;
     for order in ["o1", "o2", "o3"] {
@@ -112,7 +74,7 @@ async fn a_support_agent_resuming_on_the_other_node_is_back_in_the_orders_it_sub
     cluster.wait_handled(&ready).await;
 
     // Back, on the other node, with the last event it saw.
-    let mut support = resume(&b, "sup1", Role::Support, &seen).await;
+    let mut support = resume(&b, &token("sup1", Role::Support), &seen).await;
     let (missed, done) = until_sync_done(&mut support).await;
     assert_eq!(done, json!({ "recovered": true }));
     let mut missed = statuses(&missed);
@@ -156,7 +118,7 @@ async fn a_support_agent_resuming_on_the_other_node_is_back_in_the_orders_it_sub
 async fn sync_puts_a_connected_socket_back_in_the_orders_it_subscribed_to() {
     let cluster = Cluster::start("resubscribe-sync", 2, &[]).await;
     let (a, b) = (cluster.url(0), cluster.url(1));
-    create(&cluster, "o1", "c1").await;
+    cluster.create_order("o1", "c1", "s1").await;
     let mut admin = connect(&a, &token("adm1", Role::Admin)).await;
     subscribe(&admin, "order:subscribe", "o1").await;
     let seen = status(&cluster, "o1", "accepted").await;
@@ -179,11 +141,8 @@ async fn sync_puts_a_connected_socket_back_in_the_orders_it_subscribed_to() {
         ("admin:alert", &json!(alert)),
         "not in o1 before sync: {next:?}"
     );
-    let ack = admin
-        .emit_with_ack("sync", json!({ "last_event_id": seen }), WAIT)
-        .await
-        .expect("sync ack");
-    assert_eq!(ack, [json!({ "ok": true, "recovered": true })]);
+    let ack = ask(&admin, "sync", json!({ "last_event_id": seen })).await;
+    assert_eq!(ack, json!({ "ok": true, "recovered": true }));
     let (missed, done) = until_sync_done(&mut admin).await;
     assert_eq!(done, json!({ "recovered": true }));
     let missed: Vec<_> = missed
@@ -201,40 +160,39 @@ async fn sync_puts_a_connected_socket_back_in_the_orders_it_subscribed_to() {
 async fn embedded_mode_remembers_subscriptions_for_resumes() {
     let node = InProcessNode::start_ready(&[("RELAY_API_KEY", API_KEY)]).await;
     let url = node.url();
-    let publish = |body: Value| {
-        let url = url.clone();
-        async move {
-            let response: Value = http()
-                .post(format!("{url}/api/events"))
-                .bearer_auth(API_KEY)
-                .json(&body)
-                .send()
-                .await
-                .expect("publish")
-                .json()
-                .await
-                .expect("json");
-            response["event_id"].as_str().expect("event_id").to_owned()
-        }
-    };
-    publish(json!({"type": "order.created", "data": {"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}})).await;
+    publish(
+        &url,
+        "order.created",
+        json!({"order_id": "o1", "customer_id": "c1", "store_id": "s1", "items": []}),
+    )
+    .await;
     let mut support = connect(&url, &token("sup1", Role::Support)).await;
     subscribe(&support, "order:subscribe", "o1").await;
-    let seen =
-        publish(json!({"type": "order.status", "data": {"order_id": "o1", "status": "accepted"}}))
-            .await;
+    let seen = publish(
+        &url,
+        "order.status",
+        json!({"order_id": "o1", "status": "accepted"}),
+    )
+    .await;
     expect_event(&mut support, "order:status_update").await;
     support.disconnect().await;
-    publish(json!({"type": "order.status", "data": {"order_id": "o1", "status": "preparing"}}))
-        .await;
+    publish(
+        &url,
+        "order.status",
+        json!({"order_id": "o1", "status": "preparing"}),
+    )
+    .await;
 
-    let mut support = resume(&url, "sup1", Role::Support, &seen).await;
+    let mut support = resume(&url, &token("sup1", Role::Support), &seen).await;
     let (missed, done) = until_sync_done(&mut support).await;
     assert_eq!(done, json!({ "recovered": true }));
     assert_eq!(statuses(&missed), [pair("o1", "preparing")]);
-    let ready =
-        publish(json!({"type": "order.status", "data": {"order_id": "o1", "status": "ready"}}))
-            .await;
+    let ready = publish(
+        &url,
+        "order.status",
+        json!({"order_id": "o1", "status": "ready"}),
+    )
+    .await;
     let next = expect_event(&mut support, "order:status_update").await;
     assert_eq!(next.data()["event_id"], ready);
 }

@@ -1,7 +1,7 @@
 //! A Redis and relay nodes sharing it, seen from the backend's side: XADD
 //! events, read outcomes and dead letters, connect clients.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use redis::Value;
 use relay_client::{Client, ConnectOptions, Transport};
@@ -111,6 +111,15 @@ impl Cluster {
             .expect("XADD")
     }
 
+    /// `order.created` of `order` for `customer` at `store`, no items.
+    pub async fn create_order(&self, order: &str, customer: &str, store: &str) -> String {
+        self.xadd(
+            "order.created",
+            json!({"order_id": order, "customer_id": customer, "store_id": store, "items": []}),
+        )
+        .await
+    }
+
     /// Raw fields, for entries that are not JSON on purpose.
     pub async fn xadd_raw(&self, fields: &[(&str, &str)]) -> String {
         let mut conn = self.redis.connection().await;
@@ -200,12 +209,28 @@ impl Cluster {
         name: &str,
         n: usize,
     ) -> Vec<(String, HashMap<String, String>)> {
+        self.wait_entries_until(name, WAIT, &format!("{n} entries"), |entries| {
+            entries.len() >= n
+        })
+        .await
+    }
+
+    /// Waits (XREAD BLOCK, within `bound`) until the entries of `name`
+    /// satisfy `done` (`what` says what is awaited when they never do), and
+    /// returns them all.
+    pub async fn wait_entries_until(
+        &self,
+        name: &str,
+        bound: Duration,
+        what: &str,
+        done: impl Fn(&[(String, HashMap<String, String>)]) -> bool,
+    ) -> Vec<(String, HashMap<String, String>)> {
         let key = self.key(name);
         let mut conn = self.redis.connection().await;
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + bound;
         loop {
             let entries = read_all(&mut conn, &key).await;
-            if entries.len() >= n {
+            if done(&entries) {
                 return entries;
             }
             let last = entries
@@ -214,8 +239,7 @@ impl Cluster {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             assert!(
                 !left.is_zero(),
-                "{key}: {} of {n} entries within {WAIT:?}: {entries:?}",
-                entries.len()
+                "{key}: no {what} within {bound:?}: {entries:?}"
             );
             let _: Value = redis::cmd("XREAD")
                 .arg("BLOCK")

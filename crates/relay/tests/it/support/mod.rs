@@ -2,6 +2,7 @@
 //! nodes as child processes or in this process, tokens and HTTP helpers.
 
 pub mod backend;
+pub mod client;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod node;
@@ -14,6 +15,7 @@ use relay::auth::{Role, mint_hs256};
 use relay::config::Secret;
 
 pub use backend::{Backend, Kind, TestConnection};
+pub use client::{ask, refusal, resume, until_status, until_statuses, until_sync_done};
 pub use cluster::{API_KEY, Cluster, connect, connect_with, expect_event};
 pub use node::{InProcessNode, NodeProcess};
 pub use redis_cluster::RedisCluster;
@@ -75,6 +77,27 @@ pub fn http() -> reqwest::Client {
         .timeout(WAIT)
         .build()
         .expect("http client")
+}
+
+/// `POST /api/events` of a node with [`API_KEY`], the way a backend
+/// publishes without Redis: `body` is `{ "type", "data" }`.
+pub async fn post_event(url: &str, body: &serde_json::Value) -> reqwest::Response {
+    http()
+        .post(format!("{url}/api/events"))
+        .bearer_auth(API_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("POST /api/events")
+}
+
+/// Publishes an event of type `kind` through the API (202 expected) and
+/// returns its `event_id`.
+pub async fn publish(url: &str, kind: &str, data: serde_json::Value) -> String {
+    let response = post_event(url, &serde_json::json!({ "type": kind, "data": data })).await;
+    assert_eq!(response.status(), 202, "POST /api/events {kind}");
+    let body: serde_json::Value = response.json().await.expect("json");
+    body["event_id"].as_str().expect("event_id").to_owned()
 }
 
 /// Polls `url` until it answers `status`, within [`WAIT`].
