@@ -1,7 +1,8 @@
 //! `relay-sim simulate` end to end: a small, fast city against one embedded
 //! node, through the public interface only (Socket.IO clients and the HTTP
 //! API). Real things must happen: orders delivered, locations accepted and
-//! fanned out, offers acked, bad input refused and counted.
+//! fanned out, offers acked, customers and drivers chatting, bad input
+//! refused and counted.
 
 use std::time::Duration;
 
@@ -65,6 +66,10 @@ async fn a_simulated_city_delivers_orders_through_an_embedded_node() {
         s.stores_offline_seen >= 1 && s.stores_online_seen > s.stores_offline_seen
     })
     .await;
+    until(&simulation, "chat between a customer and a driver", |s| {
+        s.chat_sent >= 2 && s.chat_received >= 1 && s.typing_received >= 1
+    })
+    .await;
     until(&simulation, "refused bad input", |s| {
         s.glitches >= 2 && s.locations_refused >= 1
     })
@@ -75,6 +80,7 @@ async fn a_simulated_city_delivers_orders_through_an_embedded_node() {
     assert_eq!(summary.errors, 0, "{summary}");
     assert!(summary.store_breaks >= 1, "{summary}");
     assert_eq!(summary.presence_repeats, 0, "{summary}");
+    assert_eq!(summary.chat_refused, 0, "{summary}");
     assert!(summary.locations_accepted > 0, "{summary}");
     assert!(
         summary.driver_locations_received > 0,
@@ -96,6 +102,9 @@ async fn a_simulated_city_delivers_orders_through_an_embedded_node() {
         r#"relay_events_published_total{type="order.assigned"}"#,
         r#"relay_client_events_total{event="driver:location_update",outcome="ok"}"#,
         r#"relay_presence_changes_total{kind="store",online="false"}"#,
+        r#"relay_chat_messages_total{outcome="sent"}"#,
+        r#"relay_emits_total{event="chat:message"}"#,
+        r#"relay_client_events_total{event="chat:typing",outcome="ok"}"#,
     ];
     for series in series {
         assert!(metric(&url, series).await > 0.0, "{series} is 0");
