@@ -253,14 +253,14 @@ impl Heard {
     ) {
         let text = data["text"].as_str().unwrap_or_default();
         let Some(k) = text.strip_prefix('m') else {
-            if text == "w" && !self.warmup && self.from_the_other(data) {
+            if text == "w" && !self.warmup && self.is_the_others(data) {
                 self.warmup = true;
                 warmed.fetch_add(1, Ordering::Relaxed);
             }
             return;
         };
         let Ok(k) = k.parse::<usize>() else { return };
-        if !self.from_the_other(data) {
+        if !self.is_the_others(data) {
             return;
         }
         match seen.get_mut(k) {
@@ -275,7 +275,7 @@ impl Heard {
         }
     }
 
-    fn from_the_other(&self, data: &serde_json::Value) -> bool {
+    fn is_the_others(&self, data: &serde_json::Value) -> bool {
         data["from"]["role"].as_str() != Some(self.role)
     }
 }
