@@ -75,28 +75,10 @@ pub async fn run(
     }
     target.append_and_settle(setup).await?;
     let customers = target
-        .connect_all(
-            (0..pairs)
-                .map(|i| {
-                    (
-                        target.node(i).to_owned(),
-                        target.token(&format!("{run}-cc{i}"), Role::Customer),
-                    )
-                })
-                .collect(),
-        )
+        .connect_as(Role::Customer, pairs, 0, |i| format!("{run}-cc{i}"))
         .await?;
     let drivers = target
-        .connect_all(
-            (0..pairs)
-                .map(|i| {
-                    (
-                        target.node(i + 1).to_owned(),
-                        target.token(&format!("{run}-cd{i}"), Role::Driver),
-                    )
-                })
-                .collect(),
-        )
+        .connect_as(Role::Driver, pairs, 1, |i| format!("{run}-cd{i}"))
         .await?;
 
     let total = (f64::from(rate) * duration.as_secs_f64()) as usize;

@@ -302,6 +302,28 @@ impl Target {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Opens `count` WebSocket clients of `role`: client `i` is user
+    /// `sub(i)` on node `i + node_offset` (round-robin).
+    async fn connect_as(
+        &self,
+        role: Role,
+        count: usize,
+        node_offset: usize,
+        sub: impl Fn(usize) -> String,
+    ) -> Result<Vec<Client>, LoadgenError> {
+        self.connect_all(
+            (0..count)
+                .map(|i| {
+                    (
+                        self.node(i + node_offset).to_owned(),
+                        self.token(&sub(i), role),
+                    )
+                })
+                .collect(),
+        )
+        .await
+    }
+
     /// Opens WebSocket clients, `concurrency` handshakes at a time.
     async fn connect_all(
         &self,

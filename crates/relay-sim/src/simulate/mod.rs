@@ -336,19 +336,14 @@ fn spawn_city(ctx: &Arc<Ctx>, args: &SimulateArgs) {
     let ctx2 = ctx.clone();
     tasks.spawn(async move { outcomes::read(&ctx2).await });
     tasks.spawn(backend::happenings(ctx.clone()));
-    let (ctx2, redis) = (
-        ctx.clone(),
-        args.redis_url
-            .as_ref()
-            .map(|u| (u.expose().to_owned(), args.key_prefix.clone())),
-    );
-    tasks.spawn(async move { presence::watch(&ctx2, redis).await });
-    let (ctx2, redis) = (
-        ctx.clone(),
-        args.redis_url
-            .as_ref()
-            .map(|u| (u.expose().to_owned(), args.key_prefix.clone())),
-    );
+    // The backend's feeds in Redis (none from an embedded node).
+    let redis = args
+        .redis_url
+        .as_ref()
+        .map(|u| (u.expose().to_owned(), args.key_prefix.clone()));
+    let (ctx2, redis2) = (ctx.clone(), redis.clone());
+    tasks.spawn(async move { presence::watch(&ctx2, redis2).await });
+    let ctx2 = ctx.clone();
     tasks.spawn(async move { chat::read_log(&ctx2, redis).await });
     tasks.spawn(glitches::run(ctx.clone(), args.glitch_every));
     // Orders start once the city is online: drivers must have reported a
