@@ -3,7 +3,7 @@
 # machine; runs the standard scenarios and writes docs/benchmarks.md.
 # Scale with BENCH_* variables (see below); the defaults are the targets.
 # BENCH_ONLY=storm (or a comma-separated list of location, idle, orders,
-# scale, storm) runs only those; such a partial run leaves docs/benchmarks.md
+# scale, storm, chat, presence) runs only those; such a partial run leaves docs/benchmarks.md
 # alone unless BENCH_OUT is set, and prints its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,13 @@ SCALE_NODES=(${BENCH_SCALE_NODES:-2 4 8})
 SCALE_RATE=${BENCH_SCALE_RATE:-4000}
 SCALE_DRIVERS=${BENCH_SCALE_DRIVERS:-1000}
 SCALE_DURATION=${BENCH_SCALE_DURATION_S:-15}
+# Order chat: customer and driver of each order on different nodes.
+CHAT_PAIRS=${BENCH_CHAT_PAIRS:-100}
+CHAT_RATE=${BENCH_CHAT_RATE:-200}
+# Presence: drivers connecting and leaving, with a short grace so that the
+# run does not wait 10 s for the offline entries.
+PRESENCE_DRIVERS=${BENCH_PRESENCE_DRIVERS:-200}
+PRESENCE_GRACE_MS=${BENCH_PRESENCE_GRACE_MS:-1000}
 RUN_DIR=target/bench
 mkdir -p "$RUN_DIR"
 
@@ -154,6 +161,16 @@ if want scale; then
 fi
 if want storm; then
   bench_storm
+fi
+if want chat; then
+  start_stack
+  loadgen chat --pairs "$CHAT_PAIRS" --rate "$CHAT_RATE" --duration-s "$DURATION"
+  stop_stack
+fi
+if want presence; then
+  start_stack RELAY_PRESENCE_GRACE_MS="$PRESENCE_GRACE_MS"
+  loadgen presence --drivers "$PRESENCE_DRIVERS" --grace-ms "$PRESENCE_GRACE_MS"
+  stop_stack
 fi
 
 if [ -n "${BENCH_ONLY:-}" ] && [ -z "${BENCH_OUT:-}" ]; then

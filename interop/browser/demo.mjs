@@ -2,8 +2,10 @@
 // interface: drivers and a merchant as official Socket.IO clients, and the
 // backend's events through POST /api/events. Checks that the page
 // connects, that a driver's dot moves, that status changes, alerts and
-// merchant offer outcomes appear, and takes a screenshot; then the merchant
-// leaves and its stores must turn offline on the map (presence).
+// merchant offer outcomes appear, that the chat panel of a selected order
+// shows its history, a participant's typing and live messages, and sends
+// the admin's, and takes a screenshot; then the merchant leaves and its
+// stores must turn offline on the map (presence).
 //
 // Driven by tests/it/demo.rs; by hand:
 //   DEMO_PAGE_URL=http://127.0.0.1:3000 RELAY_API_KEY=... RELAY_JWT_SECRET=... \
@@ -328,6 +330,44 @@ async function main() {
     liveBefore,
   );
   clearInterval(ride);
+
+  // Chat (CONTRACT §7). The customer writes before the order is selected:
+  // the page reads it through chat:history on selection. Then the driver
+  // types and answers, live; then the admin writes from the page.
+  const customer = client({ sub: "c-1", role: "customer" });
+  await connected(customer, "c-1").catch((e) => fail(e.message));
+  const ask = (socket, event, data) =>
+    new Promise((ok) =>
+      socket.timeout(WAIT_MS).emit(event, data, (err, reply) => ok(err ? { ok: false, error: String(err) } : reply)),
+    );
+  const chatShows = (text) =>
+    [...document.querySelectorAll("#chat-messages .chat-msg")].some((m) => m.textContent.includes(text));
+  const written = await ask(customer, "chat:send", { order_id: "o-101", text: "Please ring the bell" });
+  if (!written?.ok) await fail(`c-1 chat:send: ${JSON.stringify(written)}`);
+  await page.click('#orders [data-order-id="o-101"]');
+  await until(page, "the chat panel shows o-101's history", chatShows, "Please ring the bell");
+  await until(page, "it came through chat:history", () => window.__demo.chatHistories >= 1);
+  // "typing" is volatile: sent again until the page shows it.
+  const typing = setInterval(() => followed.emit("chat:typing", { order_id: "o-101" }), 500);
+  followed.emit("chat:typing", { order_id: "o-101" });
+  await until(page, "the driver's typing is shown", () => window.__demo.chat.typing.includes("d-test"));
+  clearInterval(typing);
+  const answer = await ask(followed, "chat:send", { order_id: "o-101", text: "On my way, five minutes" });
+  if (!answer?.ok) await fail(`d-test chat:send: ${JSON.stringify(answer)}`);
+  await until(page, "the driver's message appears live in the chat panel", chatShows, "On my way, five minutes");
+  await until(page, "as a live chat:message", () => window.__demo.liveChatMessages >= 1);
+  const fromAdmin = new Promise((ok) =>
+    customer.on("chat:message", (m) => {
+      if (m.from?.role === "admin") ok(m);
+    }),
+  );
+  await page.fill("#chat-text", "Support here: all good?");
+  await page.click("#chat-send");
+  const heard = await Promise.race([fromAdmin, new Promise((ok) => setTimeout(() => ok(null), WAIT_MS))]);
+  if (heard?.text !== "Support here: all good?") await fail("the customer did not get the admin's message from the page");
+  log("ok: the customer got the admin's message from the page");
+  await until(page, "the admin's message is in the panel", chatShows, "Support here: all good?");
+
   const rideOn = setInterval(() => {
     progress = Math.min(progress + 0.04, 0.8);
   }, 300);

@@ -41,28 +41,10 @@ pub async fn run(
     target.append_and_settle(setup).await?;
 
     let customers = target
-        .connect_all(
-            (0..drivers)
-                .map(|i| {
-                    (
-                        target.node(i + 1).to_owned(),
-                        target.token(&format!("{run}-c{i}"), Role::Customer),
-                    )
-                })
-                .collect(),
-        )
+        .connect_as(Role::Customer, drivers, 1, |i| format!("{run}-c{i}"))
         .await?;
     let driver_clients = target
-        .connect_all(
-            (0..drivers)
-                .map(|i| {
-                    (
-                        target.node(i).to_owned(),
-                        target.token(&format!("{run}-d{i}"), Role::Driver),
-                    )
-                })
-                .collect(),
-        )
+        .connect_as(Role::Driver, drivers, 0, |i| format!("{run}-d{i}"))
         .await?;
 
     let epoch = Instant::now();

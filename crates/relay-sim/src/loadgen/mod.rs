@@ -1,12 +1,15 @@
 //! `relay-sim loadgen`: drives running nodes through real WebSockets and
 //! reports what they sustain. Scenarios: `location` (drivers -> customers
 //! across nodes), `idle` (memory per idle connection), `orders`
-//! (XADD -> client latency) and `storm` (a node killed, its clients back on
-//! the other).
+//! (XADD -> client latency), `storm` (a node killed, its clients back on
+//! the other), `chat` (customer -> driver and back across nodes) and
+//! `presence` (connect and leave -> `{prefix}presence` entries).
 
+mod chat;
 mod idle;
 mod location;
 mod order_events;
+mod presence;
 mod stats;
 mod storm;
 
@@ -113,6 +116,28 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         limit_s: u64,
     },
+    /// Customer and driver of one order on different nodes chat at a set
+    /// total rate, taking turns; each measures the other's `chat:send` ->
+    /// its own `chat:message`, and counts messages that never arrive.
+    Chat {
+        /// Orders, each with its customer and its driver.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages per second, all senders together.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+    },
+    /// Drivers connect one after another, then leave; their online and
+    /// offline entries in `{prefix}presence` are timed (needs --redis-url).
+    Presence {
+        #[arg(long, default_value_t = 200)]
+        drivers: usize,
+        /// The nodes' RELAY_PRESENCE_GRACE_MS: offline is due after it.
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +236,14 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
             )
             .await?
         }
+        Scenario::Chat {
+            pairs,
+            rate,
+            duration_s,
+        } => chat::run(&target, pairs, rate, Duration::from_secs(duration_s)).await?,
+        Scenario::Presence { drivers, grace_ms } => {
+            presence::run(&target, drivers, Duration::from_millis(grace_ms)).await?
+        }
     };
     println!("{report}");
     if let Some(path) = args.report {
@@ -267,6 +300,28 @@ impl Target {
         info.lines()
             .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Opens `count` WebSocket clients of `role`: client `i` is user
+    /// `sub(i)` on node `i + node_offset` (round-robin).
+    async fn connect_as(
+        &self,
+        role: Role,
+        count: usize,
+        node_offset: usize,
+        sub: impl Fn(usize) -> String,
+    ) -> Result<Vec<Client>, LoadgenError> {
+        self.connect_all(
+            (0..count)
+                .map(|i| {
+                    (
+                        self.node(i + node_offset).to_owned(),
+                        self.token(&sub(i), role),
+                    )
+                })
+                .collect(),
+        )
+        .await
     }
 
     /// Opens WebSocket clients, `concurrency` handshakes at a time.

@@ -27,16 +27,7 @@ pub async fn run(
         .collect();
     target.append_and_settle(setup).await?;
     let clients = target
-        .connect_all(
-            (0..customers)
-                .map(|i| {
-                    (
-                        target.node(i).to_owned(),
-                        target.token(&format!("{run}-c{i}"), Role::Customer),
-                    )
-                })
-                .collect(),
-        )
+        .connect_as(Role::Customer, customers, 0, |i| format!("{run}-c{i}"))
         .await?;
 
     let total = (f64::from(rate) * duration.as_secs_f64()) as usize;

@@ -2,7 +2,9 @@
 //! wander and park; they answer delivery offers (most accept, some decline,
 //! a few let them time out); an assigned one rides to the store, waits for
 //! the food, rides to the door. Every few seconds of city time the app
-//! sends `driver:location_update` with heading and speed.
+//! sends `driver:location_update` with heading and speed. An assigned
+//! driver answers the customer's chat messages, and sometimes says so at
+//! pickup (see `chat`).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -11,6 +13,7 @@ use tokio::time::Instant;
 
 use super::{
     Ctx,
+    chat::{self, Chatter},
     city::{CENTRE, RADIUS_M},
     desk::Signal,
     geo::{Mover, Point, Step},
@@ -119,6 +122,7 @@ struct Driver {
     answers: HashMap<String, (Option<Value>, Instant)>,
     parked_until: Option<Instant>,
     replies: Replies,
+    chatter: Chatter,
     last_move: Instant,
     next_send: Instant,
 }
@@ -142,6 +146,7 @@ pub async fn run(ctx: Arc<Ctx>, index: usize) {
         answers: HashMap::new(),
         parked_until: None,
         replies: Replies::default(),
+        chatter: Chatter::default(),
         last_move: now,
         next_send: now,
     };
@@ -170,17 +175,19 @@ impl Driver {
         // Online again: the app reports where it is at once.
         self.next_send = Instant::now();
         loop {
-            let deadline = self
-                .replies
-                .next_due()
-                .map_or(self.next_send, |due| due.min(self.next_send));
+            let deadline = [self.replies.next_due(), self.chatter.next_due()]
+                .into_iter()
+                .flatten()
+                .fold(self.next_send, Instant::min);
             match wake(ctx, client, deadline).await {
                 Wake::Stop => return SessionEnd::Stopped,
                 Wake::Event(Ok(event)) => self.on_event(ctx, event).await,
                 Wake::Event(Err(ClientError::Timeout(_))) => {}
                 Wake::Event(Err(_)) => return SessionEnd::Lost,
                 Wake::Timer => {
-                    if !self.replies.send_due(client).await {
+                    if !self.replies.send_due(client).await
+                        || !self.chatter.send_due(ctx, client).await
+                    {
                         return SessionEnd::Lost;
                     }
                     if Instant::now() >= self.next_send && !self.tick(ctx, client).await {
@@ -214,9 +221,31 @@ impl Driver {
                     self.resync(ctx).await;
                 }
             }
+            "chat:message" | "chat:typing" => {
+                if self.link.first_time(ctx, &event) {
+                    self.on_chat(ctx, &event.name, event.data());
+                }
+            }
             _ => {
                 self.link.first_time(ctx, &event);
             }
+        }
+    }
+
+    /// The customer of this driver's job wrote: most drivers answer.
+    fn on_chat(&mut self, ctx: &Ctx, name: &str, data: &Value) {
+        let from = chat::heard(ctx, self.id(), name, data);
+        let order = data["order_id"].as_str().unwrap_or_default();
+        let mine = self.mode.job().is_some_and(|j| j.order_id == order);
+        if from.as_deref() == Some("customer")
+            && mine
+            && let Some(line) = Chatter::driver_answer(&mut self.rng)
+        {
+            let after = self
+                .rng
+                .duration(Duration::from_secs(20), Duration::from_secs(60));
+            self.chatter
+                .write(order, line, ctx.clock.real(after), &mut self.rng);
         }
     }
 
@@ -275,6 +304,10 @@ impl Driver {
                 }
             }
             "picked_up" if mine => {
+                if let Some(line) = Chatter::picked_up_line(&mut self.rng) {
+                    self.chatter
+                        .write(order_id, line, Duration::ZERO, &mut self.rng);
+                }
                 if let Mode::ToStore(job) | Mode::AtStore(job) = self.mode.clone() {
                     self.kmh = self.rng.range(18.0, 32.0);
                     self.mover.route_to(job.drop, &mut self.rng);
@@ -282,6 +315,7 @@ impl Driver {
                 }
             }
             "delivered" | "cancelled" | "rejected" if mine => {
+                self.chatter.forget(order_id);
                 self.mover.stop();
                 self.set_mode(ctx, Mode::Idle);
             }

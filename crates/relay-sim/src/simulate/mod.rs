@@ -3,14 +3,17 @@
 //! with `POST /api/events`; stores' merchants accept or decline them;
 //! drivers roam the streets, send their positions, take delivery offers and
 //! ride to the store and the door; store tablets drop out and come back,
-//! and the backend watches stores go offline and online (presence); customers, an admin console and a
-//! support agent listen. Everyone talks to the nodes only through the
+//! and the backend watches stores go offline and online (presence);
+//! customers and their drivers chat (the backend reads `{prefix}chat`);
+//! customers, an admin console and a support agent listen. Everyone talks to the nodes only through the
 //! public interface (Socket.IO and HTTP), so it works against one embedded
 //! node as well as a cluster behind a load balancer.
 //!
 //! Files, one job each: `args` (flags), `city` (map, stores, menus),
 //! `geo` (positions, movement), `clock` (accelerated time), `rng` (seeded
-//! randomness), `api` (the HTTP API), `desk` and `outcomes` (the backend's
+//! randomness), `api` (the HTTP API), `chat` (order chat, and the backend's
+//! check of `{prefix}chat`), `tail` (following a Redis stream), `desk` and
+//! `outcomes` (the backend's
 //! order book and how it learns offer outcomes), `presence` (which stores
 //! are online, as the backend sees it), `order` (one order's
 //! lifecycle), `backend` (placing orders, happenings in town), `drivers`,
@@ -20,6 +23,7 @@
 mod api;
 mod args;
 mod backend;
+mod chat;
 mod city;
 mod clock;
 mod customers;
@@ -36,6 +40,7 @@ mod presence;
 mod rng;
 mod session;
 mod stats;
+mod tail;
 mod watchers;
 
 use std::{
@@ -94,6 +99,7 @@ pub(crate) struct Ctx {
     pub http: reqwest::Client,
     pub stats: Stats,
     pub desk: desk::Desk,
+    pub chat_log: chat::ChatLog,
     pub stop: CancellationToken,
     pub tasks: TaskTracker,
     rush: Vec<AtomicBool>,
@@ -127,6 +133,7 @@ impl Ctx {
             http: reqwest::Client::new(),
             stats: Stats::default(),
             desk: desk::Desk::default(),
+            chat_log: chat::ChatLog::default(),
             stop,
             tasks: TaskTracker::new(),
             rush: (0..args.stores).map(|_| AtomicBool::new(false)).collect(),
@@ -158,6 +165,15 @@ impl Ctx {
             self.audience.as_deref(),
         )
         .unwrap_or_default()
+    }
+
+    /// The counters, with the backend's check of `{prefix}chat`.
+    pub fn summary(&self, elapsed: Duration) -> Summary {
+        let mut summary = self.stats.summary(elapsed, self.city.drivers.len());
+        let log = self.chat_log.check(tokio::time::Instant::now());
+        summary.chat_log_repeats = log.repeats;
+        summary.chat_log_missing = log.missing;
+        summary
     }
 
     pub fn in_rush(&self, store: usize) -> bool {
@@ -254,11 +270,7 @@ impl Simulation {
             let (ctx2, every) = (ctx.clone(), args.status_every);
             ctx.tasks.spawn(async move {
                 while real_sleep(every, &ctx2.stop).await.is_ok() {
-                    println!(
-                        "{}",
-                        ctx2.stats
-                            .summary(started.elapsed(), ctx2.city.drivers.len())
-                    );
+                    println!("{}", ctx2.summary(started.elapsed()));
                 }
             });
         }
@@ -267,9 +279,7 @@ impl Simulation {
 
     /// The counters so far.
     pub fn summary(&self) -> Summary {
-        self.ctx
-            .stats
-            .summary(self.started.elapsed(), self.ctx.city.drivers.len())
+        self.ctx.summary(self.started.elapsed())
     }
 
     pub fn stop(&self) {
@@ -326,13 +336,15 @@ fn spawn_city(ctx: &Arc<Ctx>, args: &SimulateArgs) {
     let ctx2 = ctx.clone();
     tasks.spawn(async move { outcomes::read(&ctx2).await });
     tasks.spawn(backend::happenings(ctx.clone()));
-    let (ctx2, redis) = (
-        ctx.clone(),
-        args.redis_url
-            .as_ref()
-            .map(|u| (u.expose().to_owned(), args.key_prefix.clone())),
-    );
-    tasks.spawn(async move { presence::watch(&ctx2, redis).await });
+    // The backend's feeds in Redis (none from an embedded node).
+    let redis = args
+        .redis_url
+        .as_ref()
+        .map(|u| (u.expose().to_owned(), args.key_prefix.clone()));
+    let (ctx2, redis2) = (ctx.clone(), redis.clone());
+    tasks.spawn(async move { presence::watch(&ctx2, redis2).await });
+    let ctx2 = ctx.clone();
+    tasks.spawn(async move { chat::read_log(&ctx2, redis).await });
     tasks.spawn(glitches::run(ctx.clone(), args.glitch_every));
     // Orders start once the city is online: drivers must have reported a
     // position before the first delivery request looks for them.

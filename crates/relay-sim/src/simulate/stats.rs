@@ -49,6 +49,17 @@ pub struct Stats {
     pub presence_repeats: AtomicU64,
     /// Stores online as the backend last saw it.
     pub stores_online: AtomicU64,
+    /// Chat messages the relay accepted, refused because the order had just
+    /// ended, and refused otherwise (should be 0).
+    pub chat_sent: AtomicU64,
+    pub chat_too_late: AtomicU64,
+    pub chat_refused: AtomicU64,
+    /// Chat messages and "typing" notices from someone else, received.
+    pub chat_received: AtomicU64,
+    pub typing_sent: AtomicU64,
+    pub typing_received: AtomicU64,
+    /// This run's accepted messages the backend found in `{prefix}chat`.
+    pub chat_logged: AtomicU64,
 }
 
 pub fn bump(counter: &AtomicU64) {
@@ -87,6 +98,18 @@ pub struct Summary {
     pub driver_presence_seen: u64,
     pub presence_repeats: u64,
     pub stores_online: u64,
+    pub chat_sent: u64,
+    pub chat_too_late: u64,
+    pub chat_refused: u64,
+    pub chat_received: u64,
+    pub typing_sent: u64,
+    pub typing_received: u64,
+    pub chat_logged: u64,
+    /// `{prefix}chat` entries that repeated a message (should be 0).
+    pub chat_log_repeats: u64,
+    /// Accepted messages missing from `{prefix}chat` a few seconds later
+    /// (should be 0; always 0 without `--redis-url`).
+    pub chat_log_missing: u64,
 }
 
 impl Summary {
@@ -130,6 +153,15 @@ impl Stats {
             driver_presence_seen: get(&self.driver_presence_seen),
             presence_repeats: get(&self.presence_repeats),
             stores_online: get(&self.stores_online),
+            chat_sent: get(&self.chat_sent),
+            chat_too_late: get(&self.chat_too_late),
+            chat_refused: get(&self.chat_refused),
+            chat_received: get(&self.chat_received),
+            typing_sent: get(&self.typing_sent),
+            typing_received: get(&self.typing_received),
+            chat_logged: get(&self.chat_logged),
+            chat_log_repeats: 0,
+            chat_log_missing: 0,
         }
     }
 }
@@ -143,7 +175,8 @@ impl fmt::Display for Summary {
             "[{}m{:02}s] orders {} placed, {} delivered, {} rejected, {} cancelled, {} active \
              | drivers {}/{} busy | locations {} sent, {} refused \
              | events {} published, {} received ({} dup), {} alerts \
-             | stores {} online, {} went offline, {} blips | reconnects {} | errors {}",
+             | stores {} online, {} went offline, {} blips \
+             | chat {} sent, {} received, {} logged | reconnects {} | errors {}",
             secs / 60,
             secs % 60,
             self.orders_placed,
@@ -162,6 +195,9 @@ impl fmt::Display for Summary {
             self.stores_online,
             self.stores_offline_seen,
             self.store_blips,
+            self.chat_sent,
+            self.chat_received,
+            self.chat_logged,
             self.reconnects,
             self.errors,
         )?;
@@ -170,6 +206,16 @@ impl fmt::Display for Summary {
                 f,
                 " | {} presence entries repeated a state",
                 self.presence_repeats
+            )?;
+        }
+        if self.chat_refused > 0 {
+            write!(f, " | {} chat messages refused", self.chat_refused)?;
+        }
+        if self.chat_log_repeats + self.chat_log_missing > 0 {
+            write!(
+                f,
+                " | chat log: {} repeated, {} missing",
+                self.chat_log_repeats, self.chat_log_missing
             )?;
         }
         if self.cancelled_at_stop > 0 {

@@ -1,15 +1,17 @@
 //! The live demo page at `/demo` (`RELAY_DEMO`, off by default): drivers
-//! moving on a map, active orders with their status timelines, the admin
-//! alert feed and the outcomes of merchant offers, for someone who just ran
-//! `make run` and opened a browser.
+//! moving on a map, active orders with their status timelines, the chat of
+//! the selected order (its history, live messages, who is typing, and the
+//! admin's own messages), the admin alert feed and the outcomes of merchant
+//! offers, for someone who just ran `make run` and opened a browser.
 //!
 //! The page is a real Socket.IO client of the relay, through the official
 //! browser client (vendored beside it: no CDN, no build step, nothing
 //! fetched from the internet). It connects as an admin with a token this
 //! module signs (`GET /demo/token`), so anyone who can reach the port while
 //! the demo is on is an admin: that is why it is off by default and warned
-//! about at start. Live events (`admin:alert`, and `order:status_update` and
-//! `order:driver_location` of every order it subscribes to) animate the
+//! about at start. Live events (`admin:alert`, and `order:status_update`,
+//! `order:driver_location`, `chat:message` and `chat:typing` of every order
+//! it subscribes to; `chat:history` when an order is selected) animate the
 //! page; a bounded snapshot (`GET /demo/state`, see [`snapshot`]) polled
 //! every couple of seconds fills in what no socket event carries: idle
 //! drivers, stores and drops, offer outcomes, orders from before the page

@@ -2,9 +2,11 @@
 //
 // Two sources, on purpose:
 // - a real Socket.IO connection as an admin (token from /demo/token):
-//   `admin:alert`, and `order:status_update` / `order:driver_location` of
-//   every active order it subscribes to. These animate the page as they
-//   happen.
+//   `admin:alert`, and `order:status_update` / `order:driver_location` /
+//   `chat:message` / `chat:typing` of every active order it subscribes to.
+//   These animate the page as they happen. Selecting an order opens its
+//   chat: its history through `chat:history`, then live messages; an admin
+//   may write to it too (CONTRACT §7).
 // - a bounded snapshot polled from /demo/state every 1.5 s: idle drivers,
 //   stores (with their presence: online or offline) and drops, offer
 //   outcomes and orders from before the page opened, none of which an
@@ -25,6 +27,8 @@ const MAX_ORDER_CARDS = 60;
 const MAX_ALERTS = 40;
 const MAX_OFFERS = 40;
 const MAX_STORES = 200;
+const MAX_CHAT = 200;
+const TYPING_SHOWN_MS = 3000;
 const TERMINAL = new Set(["delivered", "cancelled", "rejected"]);
 // Statuses after which the driver heads to the customer rather than the store.
 const TOWARDS_DROP = /picked|on_the_way|out_for|en_route|delivering|transit/;
@@ -40,6 +44,18 @@ const city = {
   driverOffers: null,
   pulses: [],
   polled: false,
+};
+
+// The chat panel: the selected order, messages per order (by event id,
+// live ones for every subscribed order and the history of the selected
+// one), who is typing where, and the page's own notes (a refused send).
+const chat = {
+  selected: null,
+  byOrder: new Map(),
+  typing: new Map(),
+  notes: [],
+  version: 0,
+  shown: "",
 };
 
 const conn = {
@@ -92,6 +108,16 @@ const demo = {
     const out = {};
     for (const [id, s] of city.stores) out[id] = s.online === true;
     return out;
+  },
+  liveChatMessages: 0,
+  chatHistories: 0,
+  // The chat panel as shown: the selected order, its messages, who types.
+  get chat() {
+    return {
+      selected: chat.selected,
+      messages: chatOf(chat.selected).map((m) => ({ from: m.from?.id, role: m.from?.role, text: m.text })),
+      typing: $("chat-typing").textContent,
+    };
   },
   get orders() {
     const out = {};
@@ -421,6 +447,8 @@ function connect() {
     conn.state = "connected";
     conn.subscribed.clear();
     conn.queue = [...city.orders.values()].filter((o) => o.endedAt === null).map((o) => o.id);
+    // Messages sent while the page was away: the selected chat's history again.
+    if (chat.selected) loadHistory(chat.selected);
     const engine = socket.io.engine;
     conn.transport = engine.transport.name;
     engine.on("upgrade", (transport) => {
@@ -462,6 +490,20 @@ function connect() {
     const at = Date.parse(u.timestamp) || Date.now();
     addStep(o, { eventId: u.event_id, status: u.status, at });
     setStatus(o, u.status, true);
+    panelsDirty = true;
+  });
+  socket.on("chat:message", (m) => {
+    conn.liveEvents += 1;
+    demo.liveChatMessages += 1;
+    mergeChat(m.order_id, [m]);
+    // The message ends the sender's typing.
+    const t = chat.typing.get(m.order_id);
+    if (t && t.who === m.from?.id) chat.typing.delete(m.order_id);
+  });
+  socket.on("chat:typing", (t) => {
+    if (typeof t.order_id !== "string") return;
+    chat.typing.set(t.order_id, { who: t.from?.id, role: t.from?.role, until: Date.now() + TYPING_SHOWN_MS });
+    chat.version += 1;
     panelsDirty = true;
   });
   socket.on("order:driver_location", (l) => {
@@ -534,6 +576,7 @@ function renderPanels() {
     }
   }
   renderOrders();
+  renderChat();
   renderAlerts();
   renderOffers();
   const drivers = [...city.drivers.values()];
@@ -566,6 +609,7 @@ function renderOrders() {
     if (!card) {
       card = { node: el("li", "order"), version: -1 };
       card.node.dataset.orderId = o.id;
+      card.node.addEventListener("click", () => selectOrder(o.id));
       orderCards.set(o.id, card);
     }
     const key = `${o.version}/${o.endedAt !== null}`;
@@ -574,6 +618,7 @@ function renderOrders() {
       card.version = key;
     }
     card.node.classList.toggle("flash", o.flashAt > flashing);
+    card.node.classList.toggle("selected", o.id === chat.selected);
     if (list.children[i] !== card.node) list.insertBefore(card.node, list.children[i] || null);
   });
 }
@@ -614,6 +659,114 @@ function fillOrder(node, o) {
     }
     node.append(timeline);
   }
+}
+
+// ---------------------------------------------------------------- chat
+
+function chatOf(orderId) {
+  const messages = chat.byOrder.get(orderId);
+  if (!messages) return [];
+  return [...messages.values()].sort((a, b) => compareIds(a.event_id, b.event_id));
+}
+
+// Stream ids `ms-seq`, compared as numbers.
+function compareIds(a, b) {
+  const [am, as] = String(a).split("-").map(Number);
+  const [bm, bs] = String(b).split("-").map(Number);
+  return am - bm || as - bs;
+}
+
+function mergeChat(orderId, messages) {
+  if (typeof orderId !== "string") return;
+  let known = chat.byOrder.get(orderId);
+  if (!known) {
+    known = new Map();
+    chat.byOrder.set(orderId, known);
+  }
+  for (const m of messages) {
+    if (m && typeof m.event_id === "string" && typeof m.text === "string") known.set(m.event_id, m);
+  }
+  // Bounded: the oldest go first.
+  if (known.size > MAX_CHAT) {
+    for (const m of chatOf(orderId).slice(0, known.size - MAX_CHAT)) known.delete(m.event_id);
+  }
+  chat.version += 1;
+  panelsDirty = true;
+}
+
+function selectOrder(id) {
+  if (chat.selected === id) return;
+  chat.selected = id;
+  chat.notes = [];
+  chat.version += 1;
+  panelsDirty = true;
+  loadHistory(id);
+}
+
+function loadHistory(id) {
+  const socket = conn.socket;
+  if (!socket || !socket.connected) return;
+  socket.timeout(5000).emit("chat:history", { order_id: id, limit: 50 }, (err, reply) => {
+    if (!err && reply && reply.ok && Array.isArray(reply.messages)) {
+      demo.chatHistories += 1;
+      mergeChat(id, reply.messages);
+    } else if (id === chat.selected) {
+      note(`history unavailable: ${err ? "no answer" : reply?.error || "?"}`);
+    }
+  });
+}
+
+function note(text) {
+  chat.notes.push({ text, at: Date.now() });
+  chat.version += 1;
+  panelsDirty = true;
+}
+
+function sendChat(event) {
+  event.preventDefault();
+  const input = $("chat-text");
+  const text = input.value.trim();
+  const id = chat.selected;
+  const socket = conn.socket;
+  if (!text || !id || !socket || !socket.connected) return;
+  socket.timeout(5000).emit("chat:send", { order_id: id, text }, (err, reply) => {
+    if (!err && reply && reply.ok) {
+      input.value = "";
+    } else {
+      note(`not sent: ${err ? "no answer" : reply?.error || "?"}`);
+    }
+  });
+}
+
+function renderChat() {
+  const now = Date.now();
+  const id = chat.selected;
+  const t = id && chat.typing.get(id);
+  const typing = t && t.until > now ? `${t.who} (${t.role}) is typing…` : "";
+  const key = `${id}/${chat.version}/${typing}`;
+  if (chat.shown === key) return;
+  chat.shown = key;
+  $("chat").dataset.orderId = id || "";
+  $("chat-order").textContent = id ? `· ${id}` : "";
+  $("chat-form").hidden = !id;
+  $("chat-typing").textContent = typing;
+  $("chat-empty").textContent = id ? "No messages in this order yet." : "Select an order to see its chat.";
+  const items = chatOf(id).map((m) => {
+    const role = String(m.from?.role || "").replace(/[^a-z]/g, "");
+    const item = el("li", `chat-msg role-${role}`);
+    item.dataset.eventId = m.event_id;
+    const who = m.from?.id ? `${m.from.id} (${m.from.role})` : m.from?.role || "?";
+    item.append(el("time", "", clock(m.ts || now)), el("span", "from", who), el("span", "text", m.text));
+    return item;
+  });
+  for (const n of chat.notes) {
+    const item = el("li", "chat-msg note");
+    item.append(el("time", "", clock(n.at)), el("span", "text", n.text));
+    items.push(item);
+  }
+  const list = $("chat-messages");
+  list.replaceChildren(...items);
+  list.scrollTop = list.scrollHeight;
 }
 
 function renderAlerts() {
@@ -977,6 +1130,7 @@ function frame() {
 // ---------------------------------------------------------------- start
 
 showConnection();
+$("chat-form").addEventListener("submit", sendChat);
 requestAnimationFrame(frame);
 poll();
 setInterval(pumpSubscriptions, SUBSCRIBE_EVERY_MS);
