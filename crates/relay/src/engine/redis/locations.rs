@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use redis::{Script, Value};
+use futures_util::future::join_all;
+use redis::{Pipeline, Script, Value};
 
 use super::keys::KeySpace;
 use super::link::Link;
@@ -66,6 +67,63 @@ impl RedisLocations {
     pub fn driver_key(&self, driver_id: &str) -> String {
         format!("{}driver:{driver_id}", self.prefix)
     }
+
+    /// One GEOADD and one ZADD for a whole batch, not one per driver.
+    fn index_commands(&self, pipe: &mut Pipeline, batch: &[(String, DriverLocation)]) {
+        let mut geoadd = redis::cmd("GEOADD");
+        geoadd.arg(self.geo_key());
+        let mut mappable = 0;
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(self.last_seen_key());
+        for (driver, l) in batch {
+            // Redis refuses the whole GEOADD for one latitude beyond its
+            // map (the contract allows the poles): such a driver keeps its
+            // hash but is not in the geo index, and nobody else loses theirs.
+            if l.lat.abs() <= GEO_MAX_LAT {
+                geoadd.arg(l.lng).arg(l.lat).arg(driver);
+                mappable += 1;
+            }
+            zadd.arg(l.ts).arg(driver);
+        }
+        if mappable > 0 {
+            pipe.add_command(geoadd).ignore();
+        }
+        pipe.add_command(zadd).ignore();
+    }
+
+    /// A driver's hash with its TTL; the fields the update lacks go.
+    fn hash_commands(&self, pipe: &mut Pipeline, driver: &str, l: &DriverLocation) {
+        let key = self.driver_key(driver);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg("lat")
+            .arg(l.lat)
+            .arg("lng")
+            .arg(l.lng)
+            .arg("ts")
+            .arg(l.ts);
+        let mut absent = Vec::new();
+        match l.heading {
+            Some(h) => {
+                hset.arg("heading").arg(h);
+            }
+            None => absent.push("heading"),
+        }
+        match l.speed {
+            Some(v) => {
+                hset.arg("speed").arg(v);
+            }
+            None => absent.push("speed"),
+        }
+        pipe.add_command(hset).ignore();
+        if !absent.is_empty() {
+            pipe.cmd("HDEL").arg(&key).arg(absent).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.ttl.as_millis() as u64)
+            .ignore();
+    }
 }
 
 fn float(value: Value) -> Option<f64> {
@@ -94,66 +152,44 @@ fn location(fields: Vec<Value>) -> Option<DriverLocation> {
 }
 
 impl LocationCache for RedisLocations {
-    /// One pipeline per batch: GEOADD, the hash with its TTL, and the
-    /// last-seen score, per driver.
+    /// One GEOADD and one ZADD for the batch, and per driver its hash
+    /// (HSET, HDEL of the fields it lacks, PEXPIRE) as one transaction, so a
+    /// reader never sees the fields of one update beside those of another or
+    /// a hash without its expiry. On one server the whole batch is one
+    /// MULTI/EXEC (a plain pipeline is not atomic: Redis may serve another
+    /// client between two reads of a long one). On a cluster each driver's
+    /// hash is in its own slot: one MULTI/EXEC per driver, all side by side,
+    /// which the cluster connection pipelines per node.
     async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let ttl_ms = self.ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        {
-            // One GEOADD and one ZADD for the whole batch, not one per driver.
-            let mut geoadd = redis::cmd("GEOADD");
-            geoadd.arg(self.geo_key());
-            let mut mappable = 0;
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(self.last_seen_key());
+        let mut index = redis::pipe();
+        self.index_commands(&mut index, batch);
+        if !self.conn.is_cluster() {
+            index.atomic();
             for (driver, l) in batch {
-                // Redis refuses the whole GEOADD for one latitude beyond its
-                // map (the contract allows the poles): such a driver keeps its
-                // hash but is not in the geo index, and nobody else loses theirs.
-                if l.lat.abs() <= GEO_MAX_LAT {
-                    geoadd.arg(l.lng).arg(l.lat).arg(driver);
-                    mappable += 1;
-                }
-                zadd.arg(l.ts).arg(driver);
+                self.hash_commands(&mut index, driver, l);
             }
-            if mappable > 0 {
-                pipe.add_command(geoadd).ignore();
-            }
-            pipe.add_command(zadd).ignore();
+            let () = index.query_async(&mut self.conn.clone()).await?;
+            return Ok(());
         }
-        for (driver, l) in batch {
-            let key = self.driver_key(driver);
-            let mut hset = redis::cmd("HSET");
-            hset.arg(&key)
-                .arg("lat")
-                .arg(l.lat)
-                .arg("lng")
-                .arg(l.lng)
-                .arg("ts")
-                .arg(l.ts);
-            let mut absent = Vec::new();
-            match l.heading {
-                Some(h) => {
-                    hset.arg("heading").arg(h);
-                }
-                None => absent.push("heading"),
-            }
-            match l.speed {
-                Some(v) => {
-                    hset.arg("speed").arg(v);
-                }
-                None => absent.push("speed"),
-            }
-            pipe.add_command(hset).ignore();
-            if !absent.is_empty() {
-                pipe.cmd("HDEL").arg(&key).arg(absent).ignore();
-            }
-            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+        let hashes = batch.iter().map(|(driver, l)| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            self.hash_commands(&mut pipe, driver, l);
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        let mut conn = self.conn.clone();
+        let (index, hashes) = futures_util::join!(
+            index.query_async::<()>(&mut conn),
+            join_all(hashes)
+        );
+        index?;
+        for written in hashes {
+            written?;
         }
-        let () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
