@@ -356,6 +356,26 @@ async fn locations_reach_the_order_room_on_other_nodes_but_not_the_sender_on(kin
     assert_eq!(data["heading"], 90.0);
     assert_eq!(data["speed"], 40.0);
     assert!(data["ts"].as_u64().is_some());
+    // Only the customer's node hears o1's locations: the driver's node
+    // delivered them itself, and subscribes to the room for its events only.
+    let numsub = if kind == Kind::Cluster {
+        "SHARDNUMSUB"
+    } else {
+        "NUMSUB"
+    };
+    let (locations, room) = (cluster.key("room:~loc:order_o1"), cluster.key("room:order_o1"));
+    let subscribers: std::collections::HashMap<String, i64> = redis::cmd("PUBSUB")
+        .arg(numsub)
+        .arg(&locations)
+        .arg(&room)
+        .query_async(&mut cluster.redis.connection().await)
+        .await
+        .expect("PUBSUB NUMSUB");
+    assert_eq!(
+        (subscribers[&locations], subscribers[&room]),
+        (1, 2),
+        "{subscribers:?}"
+    );
     let bare = send(&driver, json!({"lat": 12.97, "lng": 77.59})).await;
     assert_eq!(bare["ok"], true);
     let event = expect_event(&mut customer, "order:driver_location").await;
