@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::{Engine, RoomChannels, Routed, StoreError, StoreResult},
-    rooms::Room,
     events::now_ms,
     metrics,
+    rooms::Room,
 };
 
 /// How long a room stays subscribed after its last local socket left.

@@ -363,7 +363,10 @@ async fn locations_reach_the_order_room_on_other_nodes_but_not_the_sender_on(kin
     } else {
         "NUMSUB"
     };
-    let (locations, room) = (cluster.key("room:~loc:order_o1"), cluster.key("room:order_o1"));
+    let (locations, room) = (
+        cluster.key("room:~loc:order_o1"),
+        cluster.key("room:order_o1"),
+    );
     let subscribers: std::collections::HashMap<String, i64> = redis::cmd("PUBSUB")
         .arg(numsub)
         .arg(&locations)
@@ -592,16 +595,15 @@ async fn a_reader_never_sees_two_updates_mixed_in_a_driver_hash_on(kind: Kind) {
         tokio::spawn(async move {
             let mut seen = std::collections::BTreeSet::new();
             while !done.is_cancelled() {
-                let (fields, ttl): (std::collections::HashMap<String, String>, i64) =
-                    redis::pipe()
-                        .atomic()
-                        .cmd("HGETALL")
-                        .arg(&hash_key)
-                        .cmd("PTTL")
-                        .arg(&hash_key)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("HGETALL and PTTL");
+                let (fields, ttl): (std::collections::HashMap<String, String>, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("HGETALL")
+                    .arg(&hash_key)
+                    .cmd("PTTL")
+                    .arg(&hash_key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("HGETALL and PTTL");
                 if fields.is_empty() {
                     continue;
                 }

@@ -182,10 +182,8 @@ impl LocationCache for RedisLocations {
             async move { pipe.query_async::<()>(&mut conn).await }
         });
         let mut conn = self.conn.clone();
-        let (index, hashes) = futures_util::join!(
-            index.query_async::<()>(&mut conn),
-            join_all(hashes)
-        );
+        let (index, hashes) =
+            futures_util::join!(index.query_async::<()>(&mut conn), join_all(hashes));
         index?;
         for written in hashes {
             written?;
