@@ -31,6 +31,31 @@ end
 return #ids
 ";
 
+/// One driver's hash on a cluster, in one step: the fields of the update,
+/// the optional ones it lacks (an empty argument) deleted, the TTL renewed.
+/// A script rather than MULTI/EXEC: a script of one key is routed like a
+/// command, so it follows ASK while its slot migrates; a transaction there
+/// fails (found by the reshard test).
+const WRITE_HASH: &str = r"
+local set = {'lat', ARGV[2], 'lng', ARGV[3], 'ts', ARGV[4]}
+local gone = {}
+for i, field in ipairs({'heading', 'speed'}) do
+  local value = ARGV[4 + i]
+  if value == '' then
+    gone[#gone + 1] = field
+  else
+    set[#set + 1] = field
+    set[#set + 1] = value
+  end
+end
+redis.call('HSET', KEYS[1], unpack(set))
+if #gone > 0 then
+  redis.call('HDEL', KEYS[1], unpack(gone))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
 /// The latitudes Redis's geo commands accept (Web Mercator's limit).
 const GEO_MAX_LAT: f64 = 85.051_128_78;
 
@@ -41,6 +66,7 @@ pub struct RedisLocations {
     prefix: String,
     ttl: Duration,
     prune: Script,
+    write_hash: Script,
 }
 
 impl RedisLocations {
@@ -52,6 +78,7 @@ impl RedisLocations {
             prefix: space.prefix().to_owned(),
             ttl,
             prune: Script::new(PRUNE),
+            write_hash: Script::new(WRITE_HASH),
         }
     }
 
@@ -153,13 +180,13 @@ fn location(fields: Vec<Value>) -> Option<DriverLocation> {
 
 impl LocationCache for RedisLocations {
     /// One GEOADD and one ZADD for the batch, and per driver its hash
-    /// (HSET, HDEL of the fields it lacks, PEXPIRE) as one transaction, so a
+    /// (HSET, HDEL of the fields it lacks, PEXPIRE) in one step, so a
     /// reader never sees the fields of one update beside those of another or
     /// a hash without its expiry. On one server the whole batch is one
     /// MULTI/EXEC (a plain pipeline is not atomic: Redis may serve another
     /// client between two reads of a long one). On a cluster each driver's
-    /// hash is in its own slot: one MULTI/EXEC per driver, all side by side,
-    /// which the cluster connection pipelines per node.
+    /// hash is in its own slot: one [`WRITE_HASH`] script per driver, all
+    /// side by side, which the cluster connection pipelines per node.
     async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
@@ -175,11 +202,21 @@ impl LocationCache for RedisLocations {
             return Ok(());
         }
         let hashes = batch.iter().map(|(driver, l)| {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            self.hash_commands(&mut pipe, driver, l);
+            let mut write = self.write_hash.key(self.driver_key(driver));
+            write
+                .arg(self.ttl.as_millis() as u64)
+                .arg(l.lat)
+                .arg(l.lng)
+                .arg(l.ts);
+            // The same text as HSET would store (the redis crate's format).
+            for value in [l.heading, l.speed] {
+                match value {
+                    Some(v) => write.arg(v),
+                    None => write.arg(""),
+                };
+            }
             let mut conn = self.conn.clone();
-            async move { pipe.query_async::<()>(&mut conn).await }
+            async move { write.invoke_async::<i64>(&mut conn).await }
         });
         let mut conn = self.conn.clone();
         let (index, hashes) =
