@@ -609,7 +609,7 @@ async fn a_reader_never_sees_two_updates_mixed_in_a_driver_hash_on(kind: Kind) {
                 }
                 let lat: f64 = fields["lat"].parse().expect("lat");
                 let i = ((lat - 10.0) * 1000.0).round() as u32;
-                let expected: Vec<(&str, f64)> = if i % 2 == 0 {
+                let expected: Vec<(&str, f64)> = if i.is_multiple_of(2) {
                     vec![("heading", f64::from(i % 360)), ("speed", f64::from(i))]
                 } else {
                     Vec::new()
@@ -631,7 +631,7 @@ async fn a_reader_never_sees_two_updates_mixed_in_a_driver_hash_on(kind: Kind) {
     };
     let driver = connect(&cluster.url(0), &token("d1", Role::Driver)).await;
     for i in 1..=UPDATES {
-        let update = if i % 2 == 0 {
+        let update = if i.is_multiple_of(2) {
             json!({"lat": lat_of(i), "lng": 77.6, "heading": i % 360, "speed": i})
         } else {
             json!({"lat": lat_of(i), "lng": 77.6})
