@@ -3,7 +3,7 @@
 # machine; runs the standard scenarios and writes docs/benchmarks.md.
 # Scale with BENCH_* variables (see below); the defaults are the targets.
 # BENCH_ONLY=storm (or a comma-separated list of location, idle, orders,
-# scale, storm, chat, presence) runs only those; such a partial run leaves docs/benchmarks.md
+# scale, cluster, storm, chat, presence) runs only those; such a partial run leaves docs/benchmarks.md
 # alone unless BENCH_OUT is set, and prints its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,10 @@ CHAT_RATE=${BENCH_CHAT_RATE:-200}
 # run does not wait 10 s for the offline entries.
 PRESENCE_DRIVERS=${BENCH_PRESENCE_DRIVERS:-200}
 PRESENCE_GRACE_MS=${BENCH_PRESENCE_GRACE_MS:-1000}
+# Redis Cluster (issue #16): location and order scenarios on one server and
+# on 3 primaries with a replica each, one after the other, at this rate.
+CLUSTER_REDIS_PORTS=(${BENCH_CLUSTER_REDIS_PORTS:-6431 6432 6433 6434 6435 6436})
+CLUSTER_RATE=${BENCH_CLUSTER_RATE:-8000}
 RUN_DIR=target/bench
 mkdir -p "$RUN_DIR"
 
@@ -73,11 +77,16 @@ start_stack() {
     ports=(); for i in $(seq 1 "$1"); do ports+=($((PORT_BASE + i))); done
     shift
   fi
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
-    --logfile "$PWD/$RUN_DIR/redis.log" &
-  redis_pid=$!
-  pids+=($!)
-  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  if [ "${REDIS_MODE:-server}" = cluster ]; then
+    start_redis_cluster
+  else
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
+      --logfile "$PWD/$RUN_DIR/redis.log" &
+    redis_pid=$!
+    redis_pids=($!)
+    pids+=($!)
+    for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
   node_pids=()
   urls=()
   for port in "${ports[@]}"; do
@@ -87,7 +96,7 @@ start_stack() {
     RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
       RELAY_LOCATION_MIN_INTERVAL_MS=0 RELAY_CLIENT_EVENTS_PER_S=50 RELAY_MAX_NEW_CONNECTIONS_PER_S=0 \
       RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 \
-      env "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
+      env "${redis_env[@]}" "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
     pids+=($!)
     node_pids+=($!)
     urls+=("http://127.0.0.1:$port")
@@ -97,14 +106,44 @@ start_stack() {
   done
 }
 
+# Six cluster-enabled redis-servers joined as 3 primaries with a replica
+# each (what the integration tests start, with the default node timeout);
+# the nodes and the load generator get REDIS_CLUSTER_URLS instead of REDIS_URL.
+start_redis_cluster() {
+  local dir="$PWD/$RUN_DIR/cluster" addrs=() urls_=() port
+  rm -rf "$dir"; mkdir -p "$dir"
+  redis_pids=()
+  for port in "${CLUSTER_REDIS_PORTS[@]}"; do
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
+      --logfile "$dir/redis-$port.log" &
+    pids+=($!)
+    redis_pids+=($!)
+    addrs+=("127.0.0.1:$port")
+    urls_+=("redis://127.0.0.1:$port")
+  done
+  for port in "${CLUSTER_REDIS_PORTS[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  for port in "${CLUSTER_REDIS_PORTS[@]}"; do
+    for _ in $(seq 1 100); do
+      redis-cli -p "$port" cluster info 2>/dev/null | grep -q cluster_state:ok && break; sleep 0.1
+    done
+  done
+  redis_env=(-u REDIS_URL REDIS_CLUSTER_URLS="$(IFS=,; echo "${urls_[*]}")")
+}
+redis_env=()
+
 stop_stack() {
   cleanup
   pids=()
+  redis_env=()
 }
 
 loadgen() {
-  "$SIM" loadgen --nodes "$(IFS=,; echo "${urls[*]}")" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
-    --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" "$@"
+  env "${redis_env[@]}" "$SIM" loadgen --nodes "$(IFS=,; echo "${urls[*]}")" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
+    --redis-pid "$(IFS=,; echo "${redis_pids[*]}")" --report "$RUN_DIR/report.md" "$@"
 }
 
 # --- Reconnect storm (issue #17): node 1 SIGKILLed under its clients, who
@@ -156,6 +195,20 @@ if want scale; then
     "$SIM" loadgen --nodes "${urls[0]},${urls[1]}" --node-pids "$(IFS=,; echo "${node_pids[*]}")" \
       --redis-pid "$redis_pid" --report "$RUN_DIR/report.md" \
       location --drivers "$SCALE_DRIVERS" --rate "$SCALE_RATE" --duration-s "$SCALE_DURATION"
+    stop_stack
+  done
+fi
+if want cluster; then
+  # The same load on one server and on the cluster, back to back.
+  for mode in server cluster; do
+    label=$([ "$mode" = cluster ] && echo "a Redis Cluster (3 primaries, 1 replica each)" || echo "one Redis server")
+    REDIS_MODE=$mode start_stack
+    { echo "### On $label: location"; echo; } >> "$RUN_DIR/report.md"
+    loadgen location --drivers "$DRIVERS" --rate "$CLUSTER_RATE" --duration-s "$DURATION"
+    stop_stack
+    REDIS_MODE=$mode start_stack
+    { echo "### On $label: order events"; echo; } >> "$RUN_DIR/report.md"
+    loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
     stop_stack
   done
 fi

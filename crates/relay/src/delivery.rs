@@ -26,6 +26,7 @@ use crate::{
     events::{ServerEvent, now_ms},
     interest::Interest,
     metrics::{self, AdapterOp, StoreOp},
+    rooms::Room,
 };
 
 /// How far before a loss was noticed a gap fill reaches back: a link that
@@ -222,6 +223,8 @@ async fn handle<E: Engine>(
         // Its node emitted it to its own sockets already.
         Routed::Location { node: from, .. } if from == node => {}
         Routed::Location { except, data, .. } => {
+            // It came on the room's location channel.
+            let room = Routed::located(room).unwrap_or(room);
             // Volatile: a client too slow for this update gets the next one.
             if let Err(e) = ns
                 .local()
@@ -237,7 +240,11 @@ async fn handle<E: Engine>(
         Routed::Join { room: target } => {
             // Subscribed first: the joined sockets miss nothing published
             // after the join. A failure is retried, with a gap fill.
-            let _ = interest.ensure(std::slice::from_ref(&target)).await;
+            // The sockets of a driver's room get no locations of their own.
+            let watches = !room.starts_with(Room::DRIVER_PREFIX);
+            let _ = interest
+                .ensure_for(std::slice::from_ref(&target), watches)
+                .await;
             let _ = ns.local().within(room.to_owned()).join(target).await;
         }
         Routed::Leave { room: target } => {
@@ -266,7 +273,12 @@ async fn fill_gap<E: Engine>(
         }
         let filled = async {
             let rooms = interest.resubscribe_all().await?;
-            let names: Vec<String> = rooms.iter().map(|(room, _)| room.clone()).collect();
+            // Location channels have no history: locations are volatile.
+            let names: Vec<String> = rooms
+                .iter()
+                .filter(|(room, _)| Routed::located(room).is_none())
+                .map(|(room, _)| room.clone())
+                .collect();
             let found = engine.history().since(&names, from_ms).await?;
             Ok::<_, crate::engine::StoreError>(only_since_wanted(found, &rooms))
         }

@@ -3,6 +3,12 @@
 //! join sees everything published after it), and unsubscribed once no local
 //! socket has been in it for [`LINGER`] (so a room that empties and fills
 //! again, a reconnect, does not churn).
+//!
+//! An order room's locations have a channel of their own
+//! ([`Routed::locations_of`]), subscribed when a socket other than a
+//! driver's joins the room: the driver's node delivered its driver's
+//! updates itself, and hearing them back from Redis would double Redis's
+//! egress per update. It stays subscribed as long as the room.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -15,9 +21,10 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    engine::{Engine, RoomChannels, StoreError, StoreResult},
+    engine::{Engine, RoomChannels, Routed, StoreError, StoreResult},
     events::now_ms,
     metrics,
+    rooms::Room,
 };
 
 /// How long a room stays subscribed after its last local socket left.
@@ -95,6 +102,18 @@ impl<E: Engine> Interest<E> {
         self.subscribe(&missing).await
     }
 
+    /// [`Self::ensure`] for a socket joining `rooms`; unless it is a
+    /// driver's (`watches_locations` false), the location channels of the
+    /// order rooms among them too.
+    pub async fn ensure_for(&self, rooms: &[String], watches_locations: bool) -> StoreResult<()> {
+        if !watches_locations {
+            return self.ensure(rooms).await;
+        }
+        let mut all = rooms.to_vec();
+        all.extend(with_locations(rooms));
+        self.ensure(&all).await
+    }
+
     /// Subscribes to every wanted room again (after a loss); returns them,
     /// each with when it was first asked for (unix ms).
     pub async fn resubscribe_all(&self) -> StoreResult<Vec<(String, u64)>> {
@@ -156,6 +175,11 @@ impl<E: Engine> Interest<E> {
         let now = Instant::now();
         let mut strays = Vec::new();
         for room in present {
+            if room.starts_with(Room::ORDER_PREFIX)
+                && let Some(wanted) = subscribed.get_mut(&Routed::locations_of(&room))
+            {
+                wanted.seen = now;
+            }
             match subscribed.get_mut(&room) {
                 Some(wanted) => wanted.seen = now,
                 None => strays.push(room),
@@ -187,13 +211,24 @@ impl<E: Engine> Interest<E> {
                 rooms = strays.len(),
                 "rooms with local sockets were not subscribed"
             );
-            for room in &strays {
+            // Who is in them is not known here: their locations too.
+            let located = with_locations(&strays);
+            for room in strays.iter().chain(&located) {
                 subscribed.insert(room.clone(), Wanted::new(now));
             }
             self.failures.send_modify(|n| *n += 1);
         }
         metrics::set_room_subscriptions(subscribed.len());
     }
+}
+
+/// The location channels of the order rooms among `rooms`.
+fn with_locations(rooms: &[String]) -> Vec<String> {
+    rooms
+        .iter()
+        .filter(|r| r.starts_with(Room::ORDER_PREFIX))
+        .map(|r| Routed::locations_of(r))
+        .collect()
 }
 
 /// Sweeps until `stop`: the rooms of this node's sockets decide what stays

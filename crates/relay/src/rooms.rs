@@ -16,6 +16,8 @@ pub enum Room {
 impl Room {
     /// What every order room's name starts with.
     pub const ORDER_PREFIX: &'static str = "order_";
+    /// What every driver's own room's name starts with.
+    pub const DRIVER_PREFIX: &'static str = "driver_";
 
     pub fn order(id: impl Into<String>) -> Self {
         Self::Order(id.into())

@@ -37,6 +37,8 @@ pub mod names {
     pub const LIMITS_KEEP_ALIVE: &str = "limits keep-alive";
     pub const LOCATION_CACHE_WRITER: &str = "location cache writer";
     pub const LOCATION_PRUNE: &str = "location prune";
+    /// Redis engine: sharded channels whose slot moved, subscribed again.
+    pub const MOVED_CHANNELS: &str = "moved channels";
     pub const PRESENCE: &str = "presence";
     pub const ROOM_SWEEP: &str = "room sweep";
     pub const SEQUENCING_NOTICES: &str = "sequencing notices";
@@ -45,7 +47,7 @@ pub mod names {
     /// drain, for a second signal).
     pub const SIGNAL_LISTENER: &str = "signal listener";
 
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CONSUMER,
         CONSUMER_MAINTENANCE,
         DELIVERY_LOOP,
@@ -54,6 +56,7 @@ pub mod names {
         LIMITS_KEEP_ALIVE,
         LOCATION_CACHE_WRITER,
         LOCATION_PRUNE,
+        MOVED_CHANNELS,
         PRESENCE,
         ROOM_SWEEP,
         SEQUENCING_NOTICES,

@@ -148,7 +148,7 @@ pub async fn run(
     // included), per update the relay accepted.
     let redis_bytes = match (redis_before, redis_after) {
         (Some(before), Some(after)) if accepted > 0.0 => format!(
-            "| Redis bytes sent per update | {:.0} (INFO stats total_net_output_bytes) |\n",
+            "| Redis bytes sent per update | {:.0} (INFO stats total_net_output_bytes less total_net_repl_output_bytes, all Redis nodes) |\n",
             after.saturating_sub(before) as f64 / accepted
         ),
         _ => String::new(),

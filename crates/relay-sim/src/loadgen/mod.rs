@@ -43,13 +43,23 @@ pub struct LoadgenArgs {
     /// second node of a cluster on its own).
     #[arg(long, default_value_t = 1)]
     first_node: usize,
-    /// Process id of Redis, when it runs on this machine: its CPU and RSS
-    /// are reported beside the nodes' (and this load generator's own).
-    #[arg(long)]
-    redis_pid: Option<u32>,
+    /// Process ids of Redis, when it runs on this machine (every process of
+    /// a cluster, comma-separated): their CPU and RSS are reported beside
+    /// the nodes' (and this load generator's own), with their sum.
+    #[arg(long, value_delimiter = ',')]
+    redis_pid: Vec<u32>,
     /// The nodes' Redis, where the scenario's orders are appended.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<Secret>,
+    /// The nodes' Redis Cluster instead (CONTRACT §6): every node's URL, so
+    /// that Redis's bytes sent are summed over all of them.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_URLS",
+        hide_env_values = true,
+        conflicts_with = "redis_url"
+    )]
+    redis_cluster_urls: Option<Secret>,
     #[arg(long, env = "RELAY_KEY_PREFIX", default_value = "relay:")]
     key_prefix: String,
     /// The nodes' HS256 secret, to mint client tokens.
@@ -152,6 +162,53 @@ pub enum LoadgenError {
     Io(#[from] std::io::Error),
 }
 
+/// The nodes' Redis: one server, or a cluster with a client per node (for
+/// figures that each node reports of itself).
+// One per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Redis {
+    Server(redis::Client),
+    Cluster(redis::cluster::ClusterClient, Vec<redis::Client>),
+}
+
+/// A connection to either.
+#[derive(Clone)]
+pub enum RedisConn {
+    Server(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Server(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(c) => c.get_db(),
+            Self::Cluster(_) => 0,
+        }
+    }
+}
+
 /// What every scenario works with.
 /// Tries per client connection while setting up a scenario.
 const CONNECT_ATTEMPTS: u64 = 5;
@@ -162,7 +219,7 @@ pub struct Target {
     nodes: Vec<String>,
     /// Processes measured: the nodes first, then the others (Redis, this one).
     procs: Vec<(String, u32)>,
-    redis: Option<redis::Client>,
+    redis: Option<Redis>,
     prefix: String,
     secret: Secret,
     concurrency: usize,
@@ -171,11 +228,20 @@ pub struct Target {
 }
 
 pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
-    let redis = args
-        .redis_url
-        .as_ref()
-        .map(|url| redis::Client::open(url.expose()))
-        .transpose()?;
+    let redis = match (&args.redis_url, &args.redis_cluster_urls) {
+        (_, Some(urls)) => {
+            let urls: Vec<String> = urls.expose().split(',').map(str::to_owned).collect();
+            Some(Redis::Cluster(
+                redis::cluster::ClusterClient::new(urls.clone())?,
+                urls.iter()
+                    .map(|u| redis::Client::open(u.as_str()))
+                    .collect::<Result<_, _>>()?,
+            ))
+        }
+        (Some(url), None) => Some(Redis::Server(redis::Client::open(url.expose())?)),
+        (None, None) => None,
+    };
+    let redis_procs = args.redis_pid.len();
     let target = Target {
         nodes: args.nodes,
         procs: args
@@ -183,7 +249,14 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
             .iter()
             .enumerate()
             .map(|(i, pid)| (format!("node {}", i + args.first_node), *pid))
-            .chain(args.redis_pid.map(|pid| ("redis-server".to_owned(), pid)))
+            .chain(args.redis_pid.iter().enumerate().map(|(i, pid)| {
+                let label = if redis_procs == 1 {
+                    "redis-server".to_owned()
+                } else {
+                    format!("redis-server {}", i + 1)
+                };
+                (label, *pid)
+            }))
             .chain([("load generator".to_owned(), std::process::id())])
             .collect(),
         redis,
@@ -275,31 +348,54 @@ impl Target {
         &self.nodes[i % self.nodes.len()]
     }
 
-    fn redis(&self) -> Result<&redis::Client, LoadgenError> {
+    fn redis(&self) -> Result<&Redis, LoadgenError> {
         self.redis.as_ref().ok_or_else(|| {
-            LoadgenError::Setup("this scenario needs --redis-url (or REDIS_URL)".into())
+            LoadgenError::Setup(
+                "this scenario needs --redis-url (REDIS_URL) or REDIS_CLUSTER_URLS".into(),
+            )
         })
     }
 
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, LoadgenError> {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        Ok(self
-            .redis()?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    async fn connection(&self) -> Result<RedisConn, LoadgenError> {
+        Ok(match self.redis()? {
+            Redis::Server(client) => {
+                let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+                RedisConn::Server(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Redis::Cluster(client, _) => RedisConn::Cluster(client.get_async_connection().await?),
+        })
     }
 
-    /// Redis's `total_net_output_bytes` (INFO stats), when Redis is known.
+    /// Redis's bytes sent to its clients, when Redis is known: INFO stats'
+    /// `total_net_output_bytes` less `total_net_repl_output_bytes` (Redis 7
+    /// counts what a primary sends its replicas in the first too); on a
+    /// cluster summed over every node given.
     async fn redis_bytes_sent(&self) -> Option<u64> {
-        let mut conn = self.connection().await.ok()?;
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
-            .query_async(&mut conn)
-            .await
-            .ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
-            .and_then(|v| v.trim().parse().ok())
+        let servers = match self.redis.as_ref()? {
+            Redis::Server(client) => std::slice::from_ref(client),
+            Redis::Cluster(_, nodes) => nodes.as_slice(),
+        };
+        let mut sum = 0;
+        for server in servers {
+            let mut conn = server.get_multiplexed_async_connection().await.ok()?;
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let stat = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            let replication = stat("total_net_repl_output_bytes:").unwrap_or(0);
+            sum += stat("total_net_output_bytes:")?.saturating_sub(replication);
+        }
+        Some(sum)
     }
 
     /// Opens `count` WebSocket clients of `role`: client `i` is user
@@ -395,11 +491,7 @@ impl Target {
 
     /// Waits until the consumer group has handled (acknowledged) every
     /// entry of the stream, within `limit`.
-    async fn settle(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-        limit: Duration,
-    ) -> Result<(), LoadgenError> {
+    async fn settle(&self, conn: &mut RedisConn, limit: Duration) -> Result<(), LoadgenError> {
         let stream = format!("{}events", self.prefix);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -466,11 +558,18 @@ fn node_rows(
 ) -> (String, Duration) {
     let mut rows = String::new();
     let mut total_cpu = Duration::ZERO;
+    // A cluster's processes, summed: what Redis costs in all.
+    let (mut redis_cpu, mut redis_rss, mut redis_procs) = (Duration::ZERO, 0, 0);
     for ((label, _), (b, a)) in target.procs.iter().zip(before.iter().zip(after)) {
         if let (Some(b), Some(a)) = (b, a) {
             let cpu = a.cpu.saturating_sub(b.cpu);
             if label.starts_with("node") {
                 total_cpu += cpu;
+            }
+            if label.starts_with("redis-server") {
+                redis_cpu += cpu;
+                redis_rss += a.rss_kib;
+                redis_procs += 1;
             }
             rows.push_str(&format!(
                 "| {label} | {:.2} cores | {:.1} MiB |\n",
@@ -478,6 +577,13 @@ fn node_rows(
                 a.rss_kib as f64 / 1024.0
             ));
         }
+    }
+    if redis_procs > 1 {
+        rows.push_str(&format!(
+            "| redis-server, all {redis_procs} | {:.2} cores | {:.1} MiB |\n",
+            redis_cpu.as_secs_f64() / elapsed.as_secs_f64(),
+            redis_rss as f64 / 1024.0
+        ));
     }
     (rows, total_cpu)
 }

@@ -375,7 +375,7 @@ fn cpu_rows(samples: &[(Duration, [Option<ProcSample>; 3])]) -> String {
 /// XADDs `order.status` events at `rate`, event k to order k % orders,
 /// until `stop`; returns how many it appended.
 async fn produce(
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: super::RedisConn,
     stream: String,
     run: String,
     orders: usize,

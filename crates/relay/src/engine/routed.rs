@@ -28,6 +28,9 @@ pub enum Routed {
     Leave { room: String },
 }
 
+/// See [`Routed::locations_of`].
+const LOCATIONS: &str = "~loc:";
+
 #[derive(Debug, thiserror::Error)]
 #[error("malformed room message: {0}")]
 pub struct MalformedRouted(#[from] serde_json::Error);
@@ -40,6 +43,20 @@ impl Routed {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, MalformedRouted> {
         Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// The pseudo-room whose channel carries the locations of `room`: its
+    /// own channel, so that a node whose only sockets in the room are the
+    /// driver's (who gets no copy of its own updates, and whose node
+    /// delivered them already) does not hear them. No room name starts
+    /// with `~`.
+    pub fn locations_of(room: &str) -> String {
+        format!("{LOCATIONS}{room}")
+    }
+
+    /// The room of a [`Self::locations_of`] pseudo-room; None for a room.
+    pub fn located(room: &str) -> Option<&str> {
+        room.strip_prefix(LOCATIONS)
     }
 
     /// How every encoded location of `node` begins (the tag, then the node:
@@ -90,5 +107,8 @@ mod tests {
         assert!(own.encode().starts_with(&Routed::location_prefix("n\"1")));
         assert!(!own.encode().starts_with(&Routed::location_prefix("n")));
         assert!(Routed::decode(b"{\"k\":\"nope\"}").is_err());
+        let located = Routed::locations_of("order_o1");
+        assert_eq!(Routed::located(&located), Some("order_o1"));
+        assert_eq!(Routed::located("order_o1"), None);
     }
 }

@@ -75,7 +75,9 @@ pub async fn join_rooms<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
-                let _ = interest.ensure(&order_rooms).await;
+                let _ = interest
+                    .ensure_for(&order_rooms, super::watches_locations(&principal))
+                    .await;
                 if last_event_id.is_none() {
                     socket.join(order_rooms.clone());
                 }
@@ -94,7 +96,9 @@ pub async fn join_rooms<E: Engine>(
         // Resuming: the orders it subscribed to before, on any node, too.
         let remembered = remembered::remembered(engine.as_ref(), &principal).await;
         // Subscribed before the replay joins them, like the rooms above.
-        let _ = interest.ensure(&remembered.rooms).await;
+        let _ = interest
+            .ensure_for(&remembered.rooms, super::watches_locations(&principal))
+            .await;
         for room in remembered.rooms {
             if !rooms.contains(&room) {
                 rooms.push(room);
@@ -169,7 +173,9 @@ async fn join_orders_later<E: Engine>(
                     .iter()
                     .map(|o| Room::order(&o.order_id).name())
                     .collect();
-                let _ = interest.ensure(&rooms).await;
+                let _ = interest
+                    .ensure_for(&rooms, super::watches_locations(principal))
+                    .await;
                 socket.join(rooms.clone());
                 metrics::deferred_order_join(DeferredJoin::Joined);
                 tracing::info!(sid = %socket.id, ?rooms, "order rooms joined once the store answered");

@@ -49,6 +49,13 @@ use crate::{
     rooms::Room,
 };
 
+/// Whether a principal's sockets want the locations of the order rooms they
+/// join: everyone's but a driver's, whose own updates are all the room's
+/// locations and never go back to it.
+fn watches_locations(principal: &Principal) -> bool {
+    principal.role() != Role::Driver
+}
+
 /// Shared with every handler through socketioxide's state.
 #[derive(Clone)]
 pub struct GatewayState {

@@ -81,7 +81,10 @@ pub async fn subscribe<E: Engine>(
         // Subscribed before the join and the ack: the client gets everything
         // published after it sees `ok`.
         interest
-            .ensure(std::slice::from_ref(&room))
+            .ensure_for(
+                std::slice::from_ref(&room),
+                super::watches_locations(&principal),
+            )
             .await
             .map_err(|_| "temporarily unavailable")?;
         socket.join(room);

@@ -55,7 +55,9 @@ pub async fn sync<E: Engine>(
     // already changes nothing).
     let remembered = remembered(engine.as_ref(), &principal).await;
     // Subscribed before the replay joins them, like every other join.
-    let _ = interest.ensure(&remembered.rooms).await;
+    let _ = interest
+        .ensure_for(&remembered.rooms, super::watches_locations(&principal))
+        .await;
     for room in remembered.rooms {
         if !rooms.contains(&room) {
             rooms.push(room);

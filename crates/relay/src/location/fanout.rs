@@ -2,9 +2,10 @@
 //!
 //! The node that receives an update emits it to its own sockets at once,
 //! and queues the deliveries with the cache write: the writer publishes each
-//! to its order room's channel ([`crate::engine::Routed::Location`]), in one
-//! pipeline per flush, and only the nodes with sockets in that room hear it
-//! (`delivery` emits it there). Order per driver holds: a driver's updates
+//! to its order room's location channel ([`crate::engine::Routed::Location`],
+//! [`Routed::locations_of`]), in one pipeline per flush, and only the nodes
+//! with sockets other than drivers' in that room hear it (`delivery` emits
+//! it there). Order per driver holds: a driver's updates
 //! come through one socket, so one node, one writer and, per room, one
 //! channel.
 
@@ -58,7 +59,7 @@ pub fn routed(node: &str, delivery: &Delivery) -> (String, Vec<u8>) {
         // Plain strings and numbers: serialising cannot fail.
         data: serde_json::to_value(&delivery.event).unwrap_or_default(),
     };
-    (delivery.room.clone(), message.encode())
+    (Routed::locations_of(&delivery.room), message.encode())
 }
 
 /// Emits to this node's sockets only: other nodes get [`routed`] messages.
@@ -101,7 +102,7 @@ mod tests {
             event: DriverLocationEvent::new("o1", &location),
         };
         let (room, bytes) = routed("n1", &delivery);
-        assert_eq!(room, "order_o1");
+        assert_eq!(Routed::located(&room), Some("order_o1"));
         let Routed::Location { node, except, data } = Routed::decode(&bytes).unwrap() else {
             panic!("not a location");
         };

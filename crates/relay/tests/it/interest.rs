@@ -210,13 +210,15 @@ async fn only_nodes_with_sockets_in_a_room_subscribe_to_it_until_the_last_one_le
             .data()["event_id"],
         status
     );
-    // The customer's node alone: its own room at connect, the order's when
-    // the cluster-wide join reached it.
+    // The customer's node alone: its own room at connect, the order's and
+    // its locations' (a customer watches them) when the cluster-wide join
+    // reached it.
     eventually_subscribers(&cluster, "customer_c1", 1).await;
     eventually_subscribers(&cluster, "order_o1", 1).await;
+    assert_eq!(subscribers(&cluster, "~loc:order_o1").await, 1);
     assert_eq!(subscribers(&cluster, "merchant_s1").await, 0);
     let gauge = "relay_room_subscriptions";
-    assert_eq!(metric(&cluster.url(1), gauge).await, 2.0);
+    assert_eq!(metric(&cluster.url(1), gauge).await, 3.0);
     for empty in [0, 2] {
         assert_eq!(
             metric(&cluster.url(empty), gauge).await,
@@ -229,6 +231,7 @@ async fn only_nodes_with_sockets_in_a_room_subscribe_to_it_until_the_last_one_le
     // Gone after the linger, on every node.
     eventually_subscribers(&cluster, "customer_c1", 0).await;
     eventually_subscribers(&cluster, "order_o1", 0).await;
+    eventually_subscribers(&cluster, "~loc:order_o1", 0).await;
     assert_eq!(metric(&cluster.url(1), gauge).await, 0.0);
 }
 

@@ -172,7 +172,7 @@ async fn stop_returns_once_every_task_of_a_redis_node_has_ended() {
             .await;
     // With peers: the cluster-wide session counts, and the engine's own
     // tasks.
-    let cluster_tasks = ["limits keep-alive", "sequencing notices"];
+    let cluster_tasks = ["limits keep-alive", "moved channels", "sequencing notices"];
     stop_joins_every_task(node, &cluster_tasks).await;
 }
 

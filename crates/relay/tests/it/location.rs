@@ -231,20 +231,12 @@ async fn the_cache_holds_the_contract_fields_and_expires_on(kind: Kind) {
     assert_eq!(fields["speed"].parse::<f64>().expect("speed"), 40.0);
     let ts: u64 = fields["ts"].parse().expect("ts");
     assert!(ts.abs_diff(relay::events::now_ms()) < 60_000);
-    // On a cluster the batch's commands of one key go out one by one: the
-    // fields may be there a moment before their expiry.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let ttl: i64 = loop {
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&hash_key)
-            .query_async(&mut conn)
-            .await
-            .expect("PTTL");
-        if ttl != -1 || tokio::time::Instant::now() >= deadline {
-            break ttl;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    // A driver's hash is written in one transaction: its expiry came with it.
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&hash_key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
     assert!(ttl > 0 && ttl <= 2000, "ttl {ttl}");
     // On a cluster the hash and the geo set are in different slots, and the
     // batch writes them side by side: either may land first.
@@ -279,17 +271,17 @@ async fn the_cache_holds_the_contract_fields_and_expires_on(kind: Kind) {
             .query_async(&mut conn)
             .await
             .expect("HGETALL");
-        // On a cluster the HSET and the HDEL of one batch go out one after
-        // the other: wait for both.
-        if fields.get("lat").map(String::as_str) == Some("12.98")
-            && !fields.contains_key("heading")
-            && !fields.contains_key("speed")
-        {
+        // The HSET and the HDEL of one update land together.
+        if fields.get("lat").map(String::as_str) == Some("12.98") {
+            assert!(
+                !fields.contains_key("heading") && !fields.contains_key("speed"),
+                "{fields:?}"
+            );
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "second location never cached without heading and speed: {fields:?}"
+            "second location never cached"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -364,6 +356,29 @@ async fn locations_reach_the_order_room_on_other_nodes_but_not_the_sender_on(kin
     assert_eq!(data["heading"], 90.0);
     assert_eq!(data["speed"], 40.0);
     assert!(data["ts"].as_u64().is_some());
+    // Only the customer's node hears o1's locations: the driver's node
+    // delivered them itself, and subscribes to the room for its events only.
+    let numsub = if kind == Kind::Cluster {
+        "SHARDNUMSUB"
+    } else {
+        "NUMSUB"
+    };
+    let (locations, room) = (
+        cluster.key("room:~loc:order_o1"),
+        cluster.key("room:order_o1"),
+    );
+    let subscribers: std::collections::HashMap<String, i64> = redis::cmd("PUBSUB")
+        .arg(numsub)
+        .arg(&locations)
+        .arg(&room)
+        .query_async(&mut cluster.redis.connection().await)
+        .await
+        .expect("PUBSUB NUMSUB");
+    assert_eq!(
+        (subscribers[&locations], subscribers[&room]),
+        (1, 2),
+        "{subscribers:?}"
+    );
     let bare = send(&driver, json!({"lat": 12.97, "lng": 77.59})).await;
     assert_eq!(bare["ok"], true);
     let event = expect_event(&mut customer, "order:driver_location").await;
@@ -549,6 +564,107 @@ async fn embedded_mode_fans_out_and_caches_locations() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_never_sees_two_updates_mixed_in_a_driver_hash() {
+    a_reader_never_sees_two_updates_mixed_in_a_driver_hash_on(Kind::Server).await;
+}
+
+/// Updates alternate between with and without heading and speed, so each
+/// one both sets and deletes fields; a reader polling the hash (and its
+/// expiry, in one transaction) all along must only ever see one whole
+/// update: the fields of update `i` exactly, and a TTL.
+async fn a_reader_never_sees_two_updates_mixed_in_a_driver_hash_on(kind: Kind) {
+    const UPDATES: u32 = 200;
+    let cluster = Cluster::start_on(
+        kind,
+        "loc-atomic",
+        1,
+        &[
+            ("RELAY_LOCATION_MIN_INTERVAL_MS", "0"),
+            ("RELAY_CLIENT_EVENTS_PER_S", "100000"),
+        ],
+    )
+    .await;
+    let hash_key = cluster.key("driver:d1");
+    let lat_of = |i: u32| 10.0 + f64::from(i) / 1000.0;
+    let done = tokio_util::sync::CancellationToken::new();
+    let reader = {
+        let mut conn = cluster.redis.connection().await;
+        let hash_key = hash_key.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeSet::new();
+            while !done.is_cancelled() {
+                let (fields, ttl): (std::collections::HashMap<String, String>, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("HGETALL")
+                    .arg(&hash_key)
+                    .cmd("PTTL")
+                    .arg(&hash_key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("HGETALL and PTTL");
+                if fields.is_empty() {
+                    continue;
+                }
+                let lat: f64 = fields["lat"].parse().expect("lat");
+                let i = ((lat - 10.0) * 1000.0).round() as u32;
+                let expected: Vec<(&str, f64)> = if i.is_multiple_of(2) {
+                    vec![("heading", f64::from(i % 360)), ("speed", f64::from(i))]
+                } else {
+                    Vec::new()
+                };
+                assert_eq!(
+                    fields.len(),
+                    3 + expected.len(),
+                    "update {i} mixed with another: {fields:?}"
+                );
+                for (field, value) in expected {
+                    let found = fields.get(field).and_then(|v| v.parse::<f64>().ok());
+                    assert_eq!(found, Some(value), "update {i}: {fields:?}");
+                }
+                assert!(ttl > 0, "update {i} without its expiry: {ttl}");
+                seen.insert(i);
+            }
+            seen
+        })
+    };
+    let driver = connect(&cluster.url(0), &token("d1", Role::Driver)).await;
+    for i in 1..=UPDATES {
+        let update = if i.is_multiple_of(2) {
+            json!({"lat": lat_of(i), "lng": 77.6, "heading": i % 360, "speed": i})
+        } else {
+            json!({"lat": lat_of(i), "lng": 77.6})
+        };
+        assert_eq!(send(&driver, update).await["ok"], true, "update {i}");
+    }
+    // The last update lands.
+    let mut conn = cluster.redis.connection().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let lat: Option<f64> = redis::cmd("HGET")
+            .arg(&hash_key)
+            .arg("lat")
+            .query_async(&mut conn)
+            .await
+            .expect("HGET");
+        if lat == Some(lat_of(UPDATES)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "last update never cached: {lat:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    done.cancel();
+    let seen = tokio::time::timeout(WAIT, reader)
+        .await
+        .expect("reader stops")
+        .expect("reader found no mixed update");
+    assert!(!seen.is_empty(), "the reader never saw the hash");
+}
+
 /// The same behaviours with the nodes on a Redis Cluster (three primaries
 /// with a replica each) instead of one server.
 mod on_a_redis_cluster {
@@ -563,5 +679,10 @@ mod on_a_redis_cluster {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_cache_holds_the_contract_fields_and_expires() {
         super::the_cache_holds_the_contract_fields_and_expires_on(Kind::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_never_sees_two_updates_mixed_in_a_driver_hash() {
+        super::a_reader_never_sees_two_updates_mixed_in_a_driver_hash_on(Kind::Cluster).await;
     }
 }

@@ -162,7 +162,7 @@ enum After {
 
 /// Every long-lived task of a node (relay::tasks::names; a Redis node runs
 /// them all), and what a panic of it leads to.
-const PANICS: [(&str, After); 12] = [
+const PANICS: [(&str, After); 13] = [
     ("consumer", After::Exits),
     ("consumer maintenance", After::Restarted),
     ("delivery loop", After::Exits),
@@ -171,6 +171,7 @@ const PANICS: [(&str, After); 12] = [
     ("limits keep-alive", After::Restarted),
     ("location cache writer", After::Exits),
     ("location prune", After::Restarted),
+    ("moved channels", After::Restarted),
     ("presence", After::Exits),
     ("room sweep", After::Restarted),
     ("sequencing notices", After::Exits),

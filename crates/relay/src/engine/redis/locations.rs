@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use redis::{Script, Value};
+use futures_util::future::join_all;
+use redis::{Pipeline, Script, Value};
 
 use super::keys::KeySpace;
 use super::link::Link;
@@ -30,6 +31,31 @@ end
 return #ids
 ";
 
+/// One driver's hash on a cluster, in one step: the fields of the update,
+/// the optional ones it lacks (an empty argument) deleted, the TTL renewed.
+/// A script rather than MULTI/EXEC: a script of one key is routed like a
+/// command, so it follows ASK while its slot migrates; a transaction there
+/// fails (found by the reshard test).
+const WRITE_HASH: &str = r"
+local set = {'lat', ARGV[2], 'lng', ARGV[3], 'ts', ARGV[4]}
+local gone = {}
+for i, field in ipairs({'heading', 'speed'}) do
+  local value = ARGV[4 + i]
+  if value == '' then
+    gone[#gone + 1] = field
+  else
+    set[#set + 1] = field
+    set[#set + 1] = value
+  end
+end
+redis.call('HSET', KEYS[1], unpack(set))
+if #gone > 0 then
+  redis.call('HDEL', KEYS[1], unpack(gone))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
 /// The latitudes Redis's geo commands accept (Web Mercator's limit).
 const GEO_MAX_LAT: f64 = 85.051_128_78;
 
@@ -40,6 +66,7 @@ pub struct RedisLocations {
     prefix: String,
     ttl: Duration,
     prune: Script,
+    write_hash: Script,
 }
 
 impl RedisLocations {
@@ -51,6 +78,7 @@ impl RedisLocations {
             prefix: space.prefix().to_owned(),
             ttl,
             prune: Script::new(PRUNE),
+            write_hash: Script::new(WRITE_HASH),
         }
     }
 
@@ -65,6 +93,63 @@ impl RedisLocations {
 
     pub fn driver_key(&self, driver_id: &str) -> String {
         format!("{}driver:{driver_id}", self.prefix)
+    }
+
+    /// One GEOADD and one ZADD for a whole batch, not one per driver.
+    fn index_commands(&self, pipe: &mut Pipeline, batch: &[(String, DriverLocation)]) {
+        let mut geoadd = redis::cmd("GEOADD");
+        geoadd.arg(self.geo_key());
+        let mut mappable = 0;
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(self.last_seen_key());
+        for (driver, l) in batch {
+            // Redis refuses the whole GEOADD for one latitude beyond its
+            // map (the contract allows the poles): such a driver keeps its
+            // hash but is not in the geo index, and nobody else loses theirs.
+            if l.lat.abs() <= GEO_MAX_LAT {
+                geoadd.arg(l.lng).arg(l.lat).arg(driver);
+                mappable += 1;
+            }
+            zadd.arg(l.ts).arg(driver);
+        }
+        if mappable > 0 {
+            pipe.add_command(geoadd).ignore();
+        }
+        pipe.add_command(zadd).ignore();
+    }
+
+    /// A driver's hash with its TTL; the fields the update lacks go.
+    fn hash_commands(&self, pipe: &mut Pipeline, driver: &str, l: &DriverLocation) {
+        let key = self.driver_key(driver);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key)
+            .arg("lat")
+            .arg(l.lat)
+            .arg("lng")
+            .arg(l.lng)
+            .arg("ts")
+            .arg(l.ts);
+        let mut absent = Vec::new();
+        match l.heading {
+            Some(h) => {
+                hset.arg("heading").arg(h);
+            }
+            None => absent.push("heading"),
+        }
+        match l.speed {
+            Some(v) => {
+                hset.arg("speed").arg(v);
+            }
+            None => absent.push("speed"),
+        }
+        pipe.add_command(hset).ignore();
+        if !absent.is_empty() {
+            pipe.cmd("HDEL").arg(&key).arg(absent).ignore();
+        }
+        pipe.cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.ttl.as_millis() as u64)
+            .ignore();
     }
 }
 
@@ -94,66 +179,52 @@ fn location(fields: Vec<Value>) -> Option<DriverLocation> {
 }
 
 impl LocationCache for RedisLocations {
-    /// One pipeline per batch: GEOADD, the hash with its TTL, and the
-    /// last-seen score, per driver.
+    /// One GEOADD and one ZADD for the batch, and per driver its hash
+    /// (HSET, HDEL of the fields it lacks, PEXPIRE) in one step, so a
+    /// reader never sees the fields of one update beside those of another or
+    /// a hash without its expiry. On one server the whole batch is one
+    /// MULTI/EXEC (a plain pipeline is not atomic: Redis may serve another
+    /// client between two reads of a long one). On a cluster each driver's
+    /// hash is in its own slot: one [`WRITE_HASH`] script per driver, all
+    /// side by side, which the cluster connection pipelines per node.
     async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let ttl_ms = self.ttl.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        {
-            // One GEOADD and one ZADD for the whole batch, not one per driver.
-            let mut geoadd = redis::cmd("GEOADD");
-            geoadd.arg(self.geo_key());
-            let mut mappable = 0;
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(self.last_seen_key());
+        let mut index = redis::pipe();
+        self.index_commands(&mut index, batch);
+        if !self.conn.is_cluster() {
+            index.atomic();
             for (driver, l) in batch {
-                // Redis refuses the whole GEOADD for one latitude beyond its
-                // map (the contract allows the poles): such a driver keeps its
-                // hash but is not in the geo index, and nobody else loses theirs.
-                if l.lat.abs() <= GEO_MAX_LAT {
-                    geoadd.arg(l.lng).arg(l.lat).arg(driver);
-                    mappable += 1;
-                }
-                zadd.arg(l.ts).arg(driver);
+                self.hash_commands(&mut index, driver, l);
             }
-            if mappable > 0 {
-                pipe.add_command(geoadd).ignore();
-            }
-            pipe.add_command(zadd).ignore();
+            let () = index.query_async(&mut self.conn.clone()).await?;
+            return Ok(());
         }
-        for (driver, l) in batch {
-            let key = self.driver_key(driver);
-            let mut hset = redis::cmd("HSET");
-            hset.arg(&key)
-                .arg("lat")
+        let hashes = batch.iter().map(|(driver, l)| {
+            let mut write = self.write_hash.key(self.driver_key(driver));
+            write
+                .arg(self.ttl.as_millis() as u64)
                 .arg(l.lat)
-                .arg("lng")
                 .arg(l.lng)
-                .arg("ts")
                 .arg(l.ts);
-            let mut absent = Vec::new();
-            match l.heading {
-                Some(h) => {
-                    hset.arg("heading").arg(h);
-                }
-                None => absent.push("heading"),
+            // The same text as HSET would store (the redis crate's format).
+            for value in [l.heading, l.speed] {
+                match value {
+                    Some(v) => write.arg(v),
+                    None => write.arg(""),
+                };
             }
-            match l.speed {
-                Some(v) => {
-                    hset.arg("speed").arg(v);
-                }
-                None => absent.push("speed"),
-            }
-            pipe.add_command(hset).ignore();
-            if !absent.is_empty() {
-                pipe.cmd("HDEL").arg(&key).arg(absent).ignore();
-            }
-            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+            let mut conn = self.conn.clone();
+            async move { write.invoke_async::<i64>(&mut conn).await }
+        });
+        let mut conn = self.conn.clone();
+        let (index, hashes) =
+            futures_util::join!(index.query_async::<()>(&mut conn), join_all(hashes));
+        index?;
+        for written in hashes {
+            written?;
         }
-        let () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 

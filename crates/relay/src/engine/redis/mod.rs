@@ -46,7 +46,7 @@ pub use watches::RedisWatches;
 use super::{Engine, EngineError, Health, log_redis_failure, redis_failure};
 use crate::config::{RedisTarget, RedisTls};
 use crate::metrics::RedisFailure;
-use crate::tasks::Tasks;
+use crate::tasks::{Tasks, names};
 
 /// How often the link to Redis is checked for `/readyz`.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -116,6 +116,14 @@ impl RedisEngine {
             blocking,
         } = links;
         let links = vec![commands.clone(), blocking.clone()];
+        // Restarted after a panic: the queue of moved channels outlives it.
+        tasks.spawn_restarting(names::MOVED_CHANNELS, {
+            let (driver, stop) = (driver.clone(), stop.clone());
+            move || {
+                let (driver, stop) = (driver.clone(), stop.clone());
+                async move { driver.follow_moves(stop).await }
+            }
+        });
         let prefix = settings.key_prefix;
         let space = KeySpace::new(prefix, settings.target.is_cluster());
         let stream = RedisStream::new(

@@ -22,6 +22,7 @@ use redis::{
 };
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::link::{Conn, Link};
 use crate::metrics::{self, AdapterDirection, AdapterOp};
@@ -32,6 +33,10 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 pub struct PubSubDriver {
     conn: Link,
     handlers: Handlers,
+    /// Sharded channels to subscribe again ([`Self::follow_moves`]). Behind
+    /// an async lock so that the task survives its own restart: the queue
+    /// outlives a panic of the task that drains it.
+    moved: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>>,
     /// Bumped whenever messages may have been lost (see [`Self::losses`]).
     losses: Arc<watch::Sender<u64>>,
 }
@@ -84,31 +89,46 @@ const RESUBSCRIBE_RETRY: std::time::Duration = std::time::Duration::from_millis(
 
 impl PubSubDriver {
     /// Builds the driver without touching the network: `connect` makes a
-    /// lazy RESP3 link whose pushes go to the router it is given. Must run
-    /// inside the runtime (the task that subscribes dropped channels again).
+    /// lazy RESP3 link whose pushes go to the router it is given. Channels
+    /// whose slot moved are subscribed again by [`Self::follow_moves`],
+    /// which the engine runs on the node's task tracker.
     pub fn new(
         connect: impl FnOnce(PushRouter) -> redis::RedisResult<Link>,
     ) -> redis::RedisResult<Self> {
         let handlers: Handlers = Arc::default();
         let losses = Arc::new(watch::Sender::new(0));
-        let (dropped, mut lost) = mpsc::unbounded_channel::<String>();
+        let (dropped, moved) = mpsc::unbounded_channel::<String>();
         let conn = connect(PushRouter {
             handlers: handlers.clone(),
             losses: losses.clone(),
             dropped,
         })?;
-        let driver = Self {
+        Ok(Self {
             conn,
             handlers,
+            moved: Arc::new(tokio::sync::Mutex::new(moved)),
             losses,
-        };
-        let again = driver.clone();
-        tokio::spawn(async move {
-            while let Some(chan) = lost.recv().await {
-                again.subscribe_again(&chan).await;
+        })
+    }
+
+    /// Subscribes again, one after the other, the sharded channels Redis
+    /// dropped when their slot moved, until `stop`. A restarted run picks
+    /// up the queue where the last one left it (the channel being
+    /// subscribed when a panic struck is subscribed again by the next
+    /// move, or stays deaf: the supervision counts and logs the panic).
+    pub async fn follow_moves(&self, stop: CancellationToken) {
+        let mut moved = self.moved.lock().await;
+        loop {
+            let chan = tokio::select! {
+                () = stop.cancelled() => return,
+                chan = moved.recv() => chan,
+            };
+            let Some(chan) = chan else { return };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.subscribe_again(&chan) => {}
             }
-        });
-        Ok(driver)
+        }
     }
 
     /// Until it works (the slot's new owner may not serve it yet) or
