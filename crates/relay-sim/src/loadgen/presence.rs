@@ -95,7 +95,7 @@ pub async fn run(target: &Target, drivers: usize, grace: Duration) -> Result<Str
 /// Reads `key` from `start` until every driver has an entry of state
 /// `online` (all entries are re-read: the stream is small), within a bound.
 async fn wait_for(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut super::RedisConn,
     key: &str,
     start: &str,
     index: &HashMap<String, usize>,
