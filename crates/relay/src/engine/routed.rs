@@ -55,7 +55,8 @@ impl Routed {
         })
         .encode();
         let tail = blank.strip_prefix(HEAD)?;
-        tail.starts_with(b"\"").then(|| (HEAD.to_vec(), tail.to_vec()))
+        tail.starts_with(b"\"")
+            .then(|| (HEAD.to_vec(), tail.to_vec()))
     }
 
     /// How every encoded location of `node` begins (the tag, then the node:
