@@ -183,6 +183,11 @@ fi
 if want orders; then
   start_stack
   loadgen orders --customers "$ORDER_CUSTOMERS" --rate "$ORDER_RATE" --duration-s "$DURATION"
+  # BENCH_METRICS=1 keeps each node's /metrics (relay_stream_stage_seconds
+  # says which Redis round trip the time went to).
+  if [ -n "${BENCH_METRICS:-}" ]; then
+    for url in "${urls[@]}"; do curl -fsS "$url/metrics" > "$RUN_DIR/metrics-${url##*:}.txt" || true; done
+  fi
   stop_stack
 fi
 if want scale; then

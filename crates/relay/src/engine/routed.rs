@@ -59,6 +59,23 @@ impl Routed {
         room.strip_prefix(LOCATIONS)
     }
 
+    /// A recorded event's message around its offset, for a script that
+    /// learns the offset as it records the event: `head`, the offset and
+    /// `tail` together are the bytes of [`Routed::encode`] with that
+    /// offset (the tag comes first, then the fields in declared order, the
+    /// offset first of them). `recorded.offset` is ignored.
+    pub fn recorded_around_offset(recorded: &Recorded) -> Option<(Vec<u8>, Vec<u8>)> {
+        const HEAD: &[u8] = br#"{"k":"recorded","offset":""#;
+        let blank = Routed::Recorded(Recorded {
+            offset: String::new(),
+            ..recorded.clone()
+        })
+        .encode();
+        let tail = blank.strip_prefix(HEAD)?;
+        tail.starts_with(b"\"")
+            .then(|| (HEAD.to_vec(), tail.to_vec()))
+    }
+
     /// How every encoded location of `node` begins (the tag, then the node:
     /// serde keeps the declared order), so that a node can skip its own
     /// without decoding them.
@@ -99,6 +116,16 @@ mod tests {
         for message in all {
             assert_eq!(Routed::decode(&message.encode()).unwrap(), message);
         }
+        let recorded = Recorded {
+            offset: "1764700000000-7".into(),
+            event: "order:status_update".into(),
+            data: r#"{"offset":"x","seq":2}"#.into(),
+            rooms: vec!["order_o1".into(), "customer_c1".into()],
+            then_leave: Some("order_o1".into()),
+        };
+        let (head, tail) = Routed::recorded_around_offset(&recorded).unwrap();
+        let spliced = [head, recorded.offset.clone().into_bytes(), tail].concat();
+        assert_eq!(spliced, Routed::Recorded(recorded).encode());
         let own = Routed::Location {
             node: "n\"1".into(),
             except: "driver_d1".into(),

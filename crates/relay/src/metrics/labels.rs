@@ -51,6 +51,25 @@ label_set! {
 }
 
 label_set! {
+    /// The `stage` of `relay_stream_stage_seconds`: the Redis round trips
+    /// that handling a stream entry takes, in the order they come
+    /// (docs/design.md, "The event stream").
+    StreamStage {
+        /// The read script (XREADGROUP and the order queues), once per read.
+        Read => "read",
+        /// The order store's write of `order.created`, `order.status` or
+        /// `order.assigned`.
+        Store => "store",
+        /// Recording an event in the history and publishing it to its rooms.
+        Record => "record",
+        /// Taking the entry off its order's queue.
+        Advance => "advance",
+        /// The XACK.
+        Ack => "ack",
+    }
+}
+
+label_set! {
     /// The `reason` of `relay_presence_queries_rejected_total`: why a
     /// `GET /api/presence` was refused.
     PresenceQueryRejection {

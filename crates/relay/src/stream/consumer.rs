@@ -17,7 +17,7 @@ use crate::{
         Engine, EventStream, Health, StoreError, StreamEntry, log_redis_failure, redis_failure,
     },
     events::{DecodeError, DecodeReason, decode_entry, sequence_key},
-    metrics::{self, RedisFailure, StoreOp},
+    metrics::{self, RedisFailure, StoreOp, StreamStage},
     stream::{Dispatcher, Effect, dispatch::Refusal},
 };
 
@@ -220,8 +220,10 @@ impl<E: Engine> Consumer<E> {
                 }
             }
             let asked = permits.len();
+            let started = tokio::time::Instant::now();
             match self.stream().read_new(asked).await {
                 Ok(entries) => {
+                    metrics::stream_stage(StreamStage::Read, started.elapsed().as_secs_f64());
                     self.health.set_consumer_running(true);
                     backoff = Duration::from_millis(100);
                     // Fewer than asked: the stream is drained for now, and
@@ -433,14 +435,17 @@ impl<E: Engine> Consumer<E> {
                 }
             }
         };
-        if let Some(order) = order
-            && !self
+        if let Some(order) = order {
+            let started = tokio::time::Instant::now();
+            if !self
                 .retry(StoreOp::Advance, &entry.id, || {
                     self.stream().advance(order, &entry.id)
                 })
                 .await
-        {
-            return;
+            {
+                return;
+            }
+            metrics::stream_stage(StreamStage::Advance, started.elapsed().as_secs_f64());
         }
         match effect {
             Effect::Done => self.complete(&entry.id, kind).await,
@@ -494,7 +499,9 @@ impl<E: Engine> Consumer<E> {
             );
             std::process::abort();
         }
+        let started = tokio::time::Instant::now();
         if self.retry(StoreOp::Ack, id, || self.stream().ack(id)).await {
+            metrics::stream_stage(StreamStage::Ack, started.elapsed().as_secs_f64());
             metrics::stream_acked(kind);
             self.release(id);
         }

@@ -5,10 +5,11 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::ServerEvent;
-use crate::metrics::StoreOp;
+use crate::metrics::{StoreOp, StreamStage};
 use crate::{
     active_order::ActiveOrder,
     engine::{
@@ -123,7 +124,10 @@ impl<E: Engine> Dispatcher<E> {
         let order = ActiveOrder::placed(&e.order_id, &e.customer_id, &e.store_id, now_ms());
         // State first, then the join: a customer connecting meanwhile either
         // reads the order at connect or is already in its customer room.
-        let ended = match self.engine.orders().create(&order, event_id).await? {
+        let started = Instant::now();
+        let created = self.engine.orders().create(&order, event_id).await?;
+        metrics::stream_stage(StreamStage::Store, started.elapsed().as_secs_f64());
+        let ended = match created {
             Created::New => false,
             // The order is active already. With the same parties this is the
             // same order again (a redelivery, a backend's retry): the order
@@ -194,12 +198,14 @@ impl<E: Engine> Dispatcher<E> {
 
     async fn order_status(&self, event_id: &str, e: &OrderStatus) -> Result<(), DispatchError> {
         let now = now_ms();
-        let order = match self
+        let started = Instant::now();
+        let written = self
             .engine
             .orders()
             .set_status(&e.order_id, &e.status, now, event_id)
-            .await?
-        {
+            .await?;
+        metrics::stream_stage(StreamStage::Store, started.elapsed().as_secs_f64());
+        let order = match written {
             OrderWrite::Current(order) => Some(order),
             OrderWrite::NotActive => None,
             // Emitted when it was handled first: emitting it again now,
@@ -258,12 +264,14 @@ impl<E: Engine> Dispatcher<E> {
     }
 
     async fn order_assigned(&self, event_id: &str, e: &OrderAssigned) -> Result<(), DispatchError> {
-        let previous = match self
+        let started = Instant::now();
+        let written = self
             .engine
             .orders()
             .assign(&e.order_id, &e.driver_id, now_ms(), event_id)
-            .await?
-        {
+            .await?;
+        metrics::stream_stage(StreamStage::Store, started.elapsed().as_secs_f64());
+        let previous = match written {
             OrderWrite::Current(assignment) => assignment.previous,
             OrderWrite::NotActive => None,
             // A later driver (or the order's end) came after it: putting
@@ -436,6 +444,7 @@ impl<E: Engine> Dispatcher<E> {
         rooms: &[String],
         then_leave: Option<&str>,
     ) -> Result<(), DispatchError> {
+        let started = Instant::now();
         self.engine
             .history()
             .publish(
@@ -446,6 +455,7 @@ impl<E: Engine> Dispatcher<E> {
                 then_leave,
             )
             .await?;
+        metrics::stream_stage(StreamStage::Record, started.elapsed().as_secs_f64());
         metrics::emitted(event);
         Ok(())
     }

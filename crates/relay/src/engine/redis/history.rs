@@ -5,8 +5,10 @@
 //! order. On a Redis Cluster all of them carry one hash tag
 //! (`{prefix}{{prefix}history}:history:...`), so that the script touches
 //! one slot. The event then goes
-//! live to the channel of each target room ([`RedisRooms`]); a node that
-//! lost its pub/sub link fills the gap from the rooms' streams.
+//! live to the channel of each target room ([`RedisRooms`]): from the same
+//! script on one server, from a pipeline after it on a cluster (where the
+//! channels lie in other slots). A node that lost its pub/sub link fills
+//! the gap from the rooms' streams.
 
 use redis::{
     AsyncCommands, Script, Value,
@@ -26,7 +28,7 @@ use crate::engine::{
 /// KEYS: the cluster-wide stream, then one history stream per room.
 /// ARGV: size, ttl ms, length of the cluster-wide stream, event, data,
 /// event id, room to leave after it or ''.
-const PUBLISH_SCRIPT: &str = r"
+const RECORD: &str = r"
 local offset = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[4])
 local ms = tonumber(string.match(offset, '^(%d+)-'))
 local minid = tostring(ms - tonumber(ARGV[2])) .. '-0'
@@ -38,6 +40,22 @@ for i = 2, #KEYS do
   end
   redis.call('XTRIM', KEYS[i], 'MINID', minid)
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
+end
+";
+
+/// On a Redis Cluster the rooms' channels lie in other slots than the
+/// history: the node publishes after the script, in a pipeline.
+const RECORD_THEN_RETURN: &str = "return offset\n";
+
+/// On one server the script publishes too, which saves the event a round
+/// trip between its recording and its clients. ARGV after RECORD's: the
+/// message before its offset, the message after it, then one channel per
+/// room. Recorded and live in one atomic step: a node that misses the live
+/// copy still finds it in the history.
+const RECORD_AND_PUBLISH: &str = r"
+local message = ARGV[8] .. offset .. ARGV[9]
+for i = 10, #ARGV do
+  redis.call('PUBLISH', ARGV[i], message)
 end
 return offset
 ";
@@ -118,6 +136,8 @@ pub struct RedisHistory {
     size: usize,
     ttl_ms: u64,
     publish: Script,
+    /// One server: records and publishes in one script.
+    publish_live: Script,
     missed: Script,
 }
 
@@ -135,7 +155,8 @@ impl RedisHistory {
             prefix: space.beside("history"),
             size: size.max(1),
             ttl_ms: ttl.as_millis() as u64,
-            publish: Script::new(PUBLISH_SCRIPT),
+            publish: Script::new(&format!("{RECORD}{RECORD_THEN_RETURN}")),
+            publish_live: Script::new(&format!("{RECORD}{RECORD_AND_PUBLISH}")),
             missed: Script::new(MISSED_SCRIPT),
         }
     }
@@ -163,6 +184,40 @@ impl History for RedisHistory {
         rooms: &[String],
         then_leave: Option<&str>,
     ) -> StoreResult<String> {
+        let recorded = Recorded {
+            offset: String::new(),
+            event: event.to_owned(),
+            data: data.to_owned(),
+            rooms: rooms.to_vec(),
+            then_leave: then_leave.map(str::to_owned),
+        };
+        if !self.conn.is_cluster()
+            && let Some((head, tail)) = Routed::recorded_around_offset(&recorded)
+        {
+            let mut invocation = self.publish_live.key(self.all_key());
+            for room in rooms {
+                invocation.key(self.room_key(room));
+            }
+            invocation
+                .arg(self.size)
+                .arg(self.ttl_ms)
+                .arg(ALL_MAXLEN)
+                .arg(event)
+                .arg(data)
+                .arg(event_id)
+                .arg(then_leave.unwrap_or(""))
+                .arg(head)
+                .arg(tail);
+            for room in rooms {
+                invocation.arg(self.rooms.channel(room));
+            }
+            let offset: String = invocation.invoke_async(&mut self.conn.clone()).await?;
+            crate::metrics::adapter_messages(
+                crate::metrics::AdapterDirection::Publish,
+                rooms.len(),
+            );
+            return Ok(offset);
+        }
         let mut invocation = self.publish.key(self.all_key());
         for room in rooms {
             invocation.key(self.room_key(room));
@@ -181,10 +236,7 @@ impl History for RedisHistory {
         // it in the history when it fills the gap.
         let payload = Routed::Recorded(Recorded {
             offset: offset.clone(),
-            event: event.to_owned(),
-            data: data.to_owned(),
-            rooms: rooms.to_vec(),
-            then_leave: then_leave.map(str::to_owned),
+            ..recorded
         })
         .encode();
         self.rooms

@@ -37,7 +37,8 @@ impl RedisRooms {
         }
     }
 
-    fn channel(&self, room: &str) -> String {
+    /// `{prefix}room:{room}`: also published to from the history's script.
+    pub(super) fn channel(&self, room: &str) -> String {
         format!("{}{room}", self.channel_prefix)
     }
 
