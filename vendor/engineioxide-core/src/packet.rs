@@ -11,7 +11,10 @@ use crate::{ProtocolVersion, Sid, Str, TransportType};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Packet {
     /// Open packet used to initiate a connection
-    Open(OpenPacket),
+    ///
+    /// Boxed: it is sent once per session, and inline it would double the size of
+    /// every [`Packet`] (and of every slot of a socket's outgoing queue).
+    Open(Box<OpenPacket>),
     /// Close packet used to close a connection
     Close,
     /// Ping packet used to check if the connection is still alive
@@ -308,8 +311,10 @@ impl Default for OpenPacket {
 /// It is used to ensure atomicity when sending multiple packets to the client.
 ///
 /// The [`PacketBuf`] stack size will impact the dynamically allocated buffer
-/// of the internal mpsc channel.
-pub type PacketBuf = SmallVec<[Packet; 2]>;
+/// of the internal mpsc channel: every socket's queue allocates a block of 32
+/// slots up front, so one inline packet (48 bytes per slot) is kept. A message
+/// with binary attachments spills to the heap.
+pub type PacketBuf = SmallVec<[Packet; 1]>;
 
 #[cfg(test)]
 mod tests {
@@ -395,13 +400,13 @@ mod tests {
     #[test]
     fn test_open_packet() {
         let sid = Sid::new();
-        let packet = Packet::Open(OpenPacket {
+        let packet = Packet::Open(Box::new(OpenPacket {
             sid,
             upgrades: smallvec::smallvec![TransportType::Websocket],
             ping_interval: Duration::from_millis(25000),
             ping_timeout: Duration::from_millis(20000),
             max_payload: 100000,
-        });
+        }));
         let packet_str: String = packet.into();
         assert_eq!(
             packet_str,
@@ -409,6 +414,13 @@ mod tests {
                 "0{{\"sid\":\"{sid}\",\"upgrades\":[\"websocket\"],\"pingInterval\":25000,\"pingTimeout\":20000,\"maxPayload\":100000}}"
             )
         );
+    }
+
+    #[test]
+    fn test_packet_sizes() {
+        // A socket's outgoing queue holds blocks of 32 `PacketBuf` slots.
+        assert!(std::mem::size_of::<Packet>() <= 40);
+        assert!(std::mem::size_of::<PacketBuf>() <= 48);
     }
 
     #[test]
@@ -454,7 +466,7 @@ mod tests {
             upgrades: smallvec::smallvec![TransportType::Websocket],
         };
         let size = serde_json::to_string(&open).unwrap().len();
-        let packet = Packet::Open(open);
+        let packet = Packet::Open(Box::new(open));
         assert_eq!(packet.get_size_hint(false), size);
 
         let packet = Packet::Close;
