@@ -42,11 +42,16 @@ observability: deps
 bench: deps release
 	scripts/bench.sh
 
+# The vendored crates' own tests need their test-only feature (`__test_harness`),
+# so they run on their own with all their features, as upstream's CI does.
+VENDORED := -p engineioxide -p engineioxide-core
 test: deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --all-targets --no-fail-fast && $(CARGO) test --doc --quiet; \
+		$(CARGO) nextest run --workspace --exclude engineioxide --exclude engineioxide-core --all-targets --no-fail-fast && $(CARGO) test --doc --quiet && \
+		$(CARGO) nextest run $(VENDORED) --all-features --all-targets --no-fail-fast; \
 	else \
-		$(CARGO) test --workspace --all-targets --no-fail-fast; \
+		$(CARGO) test --workspace --exclude engineioxide --exclude engineioxide-core --all-targets --no-fail-fast && \
+		$(CARGO) test $(VENDORED) --all-features --all-targets --no-fail-fast; \
 	fi
 
 interop: deps
