@@ -1,6 +1,7 @@
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, RwLock, Weak, atomic::AtomicBool, atomic::Ordering},
+    time::Duration,
 };
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
@@ -24,6 +25,9 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// Whether the heartbeat sweeper task runs (it starts with the first session).
+    sweeper_started: AtomicBool,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -33,6 +37,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
             sockets: RwLock::new(HashMap::new()),
             config,
             handler,
+            sweeper_started: AtomicBool::new(false),
         }
     }
 }
@@ -46,6 +51,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
         req: Parts,
         supports_binary: bool,
     ) -> Arc<Socket<H::Data>> {
+        self.start_heartbeat_sweeper();
         let engine = self.clone();
         let close_fn = Box::new(move |sid, reason| engine.close_session(sid, reason));
 
@@ -64,6 +70,52 @@ impl<H: EngineIoHandler> EngineIo<H> {
             .insert(socket.id, socket.clone());
         self.handler.clone().on_connect(socket.clone());
         socket
+    }
+
+    /// Starts the task that checks the heartbeats of all sockets, once per engine.
+    ///
+    /// One task with one timer replaces a task, a channel and a timer per socket. It wakes
+    /// every `min(ping_interval, ping_timeout) / 16` (at most every second, at least every
+    /// millisecond), so pings and timeouts are late by at most that much. It holds only a
+    /// weak reference: it ends when the engine is dropped.
+    fn start_heartbeat_sweeper(self: &Arc<Self>) {
+        if self.sweeper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let period = (self.config.ping_interval.min(self.config.ping_timeout) / 16)
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let engine: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut expired = Vec::new();
+            loop {
+                tick.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    break;
+                };
+                engine.sweep_heartbeats(&mut expired);
+            }
+        });
+    }
+
+    /// Pings the sockets that are due and closes the ones whose client did not answer in time.
+    fn sweep_heartbeats(&self, expired: &mut Vec<Arc<Socket<H::Data>>>) {
+        let (interval, timeout) = (self.config.ping_interval, self.config.ping_timeout);
+        {
+            let sockets = self.sockets.read().unwrap();
+            for socket in sockets.values() {
+                if socket.heartbeat_tick(interval, timeout) {
+                    expired.push(socket.clone());
+                }
+            }
+        }
+        // Closing takes the map's write lock.
+        for socket in expired.drain(..) {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?socket.id, "heartbeat timeout");
+            socket.close(DisconnectReason::HeartbeatTimeout);
+        }
     }
 
     /// Get a socket by its sid

@@ -57,17 +57,13 @@
 use std::{
     collections::VecDeque,
     fmt::Debug,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU8, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     time::Duration,
 };
 
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
-use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
@@ -77,6 +73,8 @@ use tokio::sync::{
 };
 
 pub use engineioxide_core::Sid;
+#[cfg(feature = "__test_harness")]
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// A [`DisconnectReason`] represents the reason why a [`Socket`] was closed.
@@ -174,6 +172,39 @@ impl InternalRx {
     }
 }
 
+/// No heartbeat deadline pending.
+const NO_DEADLINE: u64 = u64::MAX;
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// The heartbeat state of one socket, in milliseconds since the socket was created.
+#[derive(Debug)]
+struct Heartbeat {
+    epoch: tokio::time::Instant,
+    /// Set once the open packet has been sent: the sweeper leaves the socket alone before.
+    started: AtomicBool,
+    /// v4: when the next ping is due.
+    next_ping: AtomicU64,
+    /// By when the client has to answer (v4: a pong; v3: its next ping), or [`NO_DEADLINE`].
+    deadline: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self {
+            epoch: tokio::time::Instant::now(),
+            started: AtomicBool::new(false),
+            next_ping: AtomicU64::new(0),
+            deadline: AtomicU64::new(NO_DEADLINE),
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
+    }
+}
+
 /// A [`Socket`] represents a client connection to the server.
 /// It is agnostic to the [`TransportType`].
 ///
@@ -181,7 +212,7 @@ impl InternalRx {
 /// * the packet communication between with the `Engine`
 ///   and the user defined [`Handler`](crate::handler::EngineIoHandler).
 /// * the user defined [`Data`](crate::handler::EngineIoHandler::Data) bound to the socket.
-/// * the heartbeat job that verify that the connection is still up by sending packets periodically.
+/// * the heartbeat state that the engine's sweeper uses to verify that the connection is still up.
 pub struct Socket<D>
 where
     D: Default + Send + Sync + 'static,
@@ -221,12 +252,9 @@ where
     /// message is retained; subsequent volatile sends overwrite the previous one.
     volatile_tx: watch::Sender<Option<PacketBuf>>,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// Heartbeat deadlines, checked by the engine's sweeper task (one per engine, not one
+    /// task and timer per socket).
+    heartbeat: Heartbeat,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -256,7 +284,6 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
@@ -270,8 +297,7 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -303,114 +329,83 @@ where
         self.upgrading.store(true, Ordering::Relaxed);
     }
 
-    /// Spawn the heartbeat job
+    /// Starts the heartbeat: from now on the engine's sweeper checks this socket.
     ///
-    /// Keep a handle to the job so that it can be aborted when the socket is closed
-    pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
-            cancellation_token
-                .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-                    }
-                })
-                .inspect(|_v| {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-                }),
-        );
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client or server does not respond within the timeout, the connection is closed.
-    #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    /// Protocol v4: the server pings at once (at the sweeper's next round), then every
+    /// `interval`, and closes the socket
+    /// when a pong does not come within `timeout`. Protocol v3: the client pings, and the
+    /// socket is closed when no ping comes within `interval + timeout`.
+    pub(crate) fn start_heartbeat(&self, interval: Duration, timeout: Duration) {
+        let now = self.heartbeat.now_ms();
         match self.protocol {
-            ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
-            ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
-        }
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        self.heartbeat_job_v4(interval, timeout).await
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
-
-        let mut interval_tick = tokio::time::interval(interval);
-        interval_tick.tick().await;
-        // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
-        loop {
-            // If we are currently upgrading we should pause the heartbeat process
-            if self.is_upgrading() {
-                interval_tick.tick().await;
-                continue;
+            ProtocolVersion::V4 => {
+                // The first ping goes out with the sweeper's next round, as the first tick of
+                // a per-socket interval did once its task ran.
+                self.heartbeat.next_ping.store(now, Ordering::Relaxed);
+                self.heartbeat.started.store(true, Ordering::Release);
             }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "emitting ping");
-
-            self.internal_tx
-                .try_send(smallvec![Packet::Ping])
-                .map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "waiting for pong");
-
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "pong received");
-
-            interval_tick.tick().await;
+            ProtocolVersion::V3 => {
+                self.heartbeat
+                    .deadline
+                    .store(now + millis(interval + timeout), Ordering::Relaxed);
+                self.heartbeat.started.store(true, Ordering::Release);
+            }
         }
     }
 
-    #[cfg(feature = "v3")]
-    async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
-
-        loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                .try_send(smallvec![Packet::Pong])
-                .map_err(|_| Error::HeartbeatTimeout)?;
+    /// A heartbeat packet (pong in v4, ping in v3) came from the client.
+    pub(crate) fn heartbeat_received(&self, interval: Duration, timeout: Duration) {
+        match self.protocol {
+            // Duplicate or early pongs only say again that the client is alive.
+            ProtocolVersion::V4 => self
+                .heartbeat
+                .deadline
+                .store(NO_DEADLINE, Ordering::Relaxed),
+            ProtocolVersion::V3 => {
+                let deadline = self.heartbeat.now_ms() + millis(interval + timeout);
+                self.heartbeat.deadline.store(deadline, Ordering::Relaxed);
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?self.id, "ping received, sending pong");
+                if self.internal_tx.try_send(smallvec![Packet::Pong]).is_err() {
+                    self.close(DisconnectReason::HeartbeatTimeout);
+                }
+            }
         }
+    }
+
+    /// One step of the engine's heartbeat sweeper: sends a ping when one is due, and tells
+    /// whether the socket has to be closed with [`DisconnectReason::HeartbeatTimeout`]
+    /// (the caller closes it, outside of the engine's socket map lock).
+    pub(crate) fn heartbeat_tick(&self, interval: Duration, timeout: Duration) -> bool {
+        let hb = &self.heartbeat;
+        if !hb.started.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = hb.now_ms();
+        let deadline = hb.deadline.load(Ordering::Relaxed);
+        if deadline != NO_DEADLINE {
+            return now >= deadline;
+        }
+        // v3: the client pings; without a deadline (not started) there is nothing to do.
+        // v4: ping when due, unless an upgrade is in progress (the heartbeat pauses then).
+        if self.protocol == ProtocolVersion::V3 || self.is_upgrading() {
+            return false;
+        }
+        let next_ping = hb.next_ping.load(Ordering::Relaxed);
+        if now < next_ping {
+            return false;
+        }
+        // Pings stay on the socket's own schedule (start + k * interval), so that sockets
+        // created at different times never ping all at once.
+        let mut next = next_ping + millis(interval);
+        if next <= now {
+            next = now + millis(interval);
+        }
+        hb.next_ping.store(next, Ordering::Relaxed);
+        hb.deadline.store(now + millis(timeout), Ordering::Relaxed);
+        #[cfg(feature = "tracing")]
+        tracing::trace!(sid = ?self.id, "emitting ping");
+        self.internal_tx.try_send(smallvec![Packet::Ping]).is_err()
     }
 
     /// Returns true if the [`Socket`] has a websocket [`TransportType`]
@@ -558,8 +553,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -607,7 +601,6 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
@@ -621,8 +614,7 @@ where
 
             volatile_tx,
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

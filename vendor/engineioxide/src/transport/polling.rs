@@ -54,7 +54,7 @@ where
 
     let packet = make_open_packet(TransportType::Polling, socket.id, &engine.config);
 
-    socket.spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+    socket.start_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
 
     let packet: String = Packet::Open(Box::new(packet)).into();
     let packet = {
@@ -192,8 +192,8 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                let config = &engine.config;
+                socket.heartbeat_received(config.ping_interval, config.ping_timeout);
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {
