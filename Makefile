@@ -60,11 +60,12 @@ interop: deps
 fuzz:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-300} scripts/fuzz.sh
 
-# The patched upstream crates under vendor/ keep their own lint settings
-# (vendor/README.md): formatted, but not held to -D warnings.
+# The patched upstream crates under vendor/ keep their own lint settings and
+# are checked on their own, with all their features (their tests need them).
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --exclude engineioxide --exclude engineioxide-core -- -D warnings
+	$(CARGO) clippy -p engineioxide -p engineioxide-core --all-targets --all-features -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
