@@ -2,8 +2,8 @@
 # `make bench`: Redis, two relay nodes and the load generator on this
 # machine; runs the standard scenarios and writes docs/benchmarks.md.
 # Scale with BENCH_* variables (see below); the defaults are the targets.
-# BENCH_ONLY=storm (or a comma-separated list of location, idle, orders,
-# scale, storm) runs only those; such a partial run leaves docs/benchmarks.md
+# BENCH_ONLY=storm (or a comma-separated list of location, ceiling, idle,
+# orders, scale, storm) runs only those; such a partial run leaves docs/benchmarks.md
 # alone unless BENCH_OUT is set, and prints its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +15,19 @@ OUT=${BENCH_OUT:-docs/benchmarks.md}
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
 PORTS=(${BENCH_PORTS:-3201 3202})
 DRIVERS=${BENCH_DRIVERS:-4000}
-# The target rate, and one this machine can carry with the load generator on it.
-RATES=(${BENCH_RATES:-20000 8000})
+# The target rate, one this machine can carry with the load generator on
+# it, and issue #19's reference rate for CPU per update.
+RATES=(${BENCH_RATES:-20000 8000 5000})
 DURATION=${BENCH_DURATION_S:-20}
+# The highest rate with p99 under 50 ms: rising from CEILING_FROM, then bisected.
+CEILING_FROM=${BENCH_CEILING_FROM:-5000}
+CEILING_DURATION=${BENCH_CEILING_DURATION_S:-10}
 IDLE=${BENCH_IDLE_PER_NODE:-20000}
+# Smaller counts measured on the way up to IDLE, so that the growth shows.
+IDLE_STEPS=${BENCH_IDLE_STEPS:-1000,10000}
 IDLE_SETTLE=${BENCH_IDLE_SETTLE_S:-30}
+# RSS this long after the idle clients left, against RSS at start.
+IDLE_AFTER=${BENCH_IDLE_AFTER_S:-60}
 ORDER_RATE=${BENCH_ORDER_RATE:-1000}
 ORDER_CUSTOMERS=${BENCH_ORDER_CUSTOMERS:-500}
 # Scale-out: clusters of these sizes, all clients on the first two nodes.
@@ -130,8 +138,13 @@ if want idle; then
   for i in "${!urls[@]}"; do
     "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
       --report "$RUN_DIR/report.md" \
-      idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
+      idle --connections "$IDLE" --steps "$IDLE_STEPS" --settle-s "$IDLE_SETTLE" --after-leave-s "$IDLE_AFTER"
   done
+  stop_stack
+fi
+if want ceiling; then
+  start_stack
+  loadgen ceiling --drivers "$DRIVERS" --from "$CEILING_FROM" --duration-s "$CEILING_DURATION"
   stop_stack
 fi
 if want orders; then
