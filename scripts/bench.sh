@@ -8,8 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# BENCH_BIN runs another relay binary (a before/after comparison).
+# BENCH_BIN runs another relay binary (a before/after comparison);
+# BENCH_NODE_ENV="KEY=VALUE ..." sets variables of the nodes only (not of
+# the load generator), e.g. allocator or runtime settings to compare.
 BIN=${BENCH_BIN:-${RELAY_BIN:-target/release/relay}}
+NODE_ENV=(${BENCH_NODE_ENV:-})
 SIM=${BENCH_SIM:-${RELAY_SIM_BIN:-target/release/relay-sim}}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
@@ -35,7 +38,7 @@ SCALE_NODES=(${BENCH_SCALE_NODES:-2 4 8})
 SCALE_RATE=${BENCH_SCALE_RATE:-4000}
 SCALE_DRIVERS=${BENCH_SCALE_DRIVERS:-1000}
 SCALE_DURATION=${BENCH_SCALE_DURATION_S:-15}
-RUN_DIR=target/bench
+RUN_DIR=${BENCH_RUN_DIR:-target/bench}
 mkdir -p "$RUN_DIR"
 
 # Whether scenario $1 runs this time.
@@ -88,7 +91,7 @@ start_stack() {
     RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
       RELAY_LOCATION_MIN_INTERVAL_MS=0 RELAY_CLIENT_EVENTS_PER_S=50 RELAY_MAX_NEW_CONNECTIONS_PER_S=0 \
       RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 \
-      env "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
+      env "${NODE_ENV[@]}" "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
     pids+=($!)
     node_pids+=($!)
     urls+=("http://127.0.0.1:$port")

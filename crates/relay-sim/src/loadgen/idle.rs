@@ -45,8 +45,7 @@ pub async fn run(target: &Target, args: IdleArgs) -> Result<String, LoadgenError
                         .map(|i| {
                             (
                                 target.node(i).to_owned(),
-                                target
-                                    .token(&format!("{}-idle{i}", target.run), Role::Customer),
+                                target.token(&format!("{}-idle{i}", target.run), Role::Customer),
                             )
                         })
                         .collect(),
