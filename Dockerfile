@@ -11,6 +11,9 @@
 
 ARG RUST_VERSION=1.95
 
+# The full rust image, not -slim: the relay's allocator (jemalloc, issue #19)
+# builds from C source with its gcc and make. COPY brings .cargo/config.toml,
+# which holds jemalloc's compiled-in settings.
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -21,7 +24,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p relay \
     && cp target/release/relay /relay
 
-# The release binary links glibc dynamically (and nothing else: no OpenSSL),
+# The release binary links glibc dynamically (and nothing else: no OpenSSL;
+# jemalloc is linked in statically),
 # so the "cc" distroless image (glibc, libgcc) of the same Debian release as
 # the builder fits. It has no shell: the Helm chart's preStop pause uses
 # Kubernetes' native sleep action.

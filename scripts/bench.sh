@@ -2,24 +2,35 @@
 # `make bench`: Redis, two relay nodes and the load generator on this
 # machine; runs the standard scenarios and writes docs/benchmarks.md.
 # Scale with BENCH_* variables (see below); the defaults are the targets.
-# BENCH_ONLY=storm (or a comma-separated list of location, idle, orders,
-# scale, cluster, storm, chat, presence) runs only those; such a partial run leaves docs/benchmarks.md
+# BENCH_ONLY=storm (or a comma-separated list of location, ceiling, idle,
+# orders, scale, cluster, storm, chat, presence) runs only those; such a partial run leaves docs/benchmarks.md
 # alone unless BENCH_OUT is set, and prints its report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# BENCH_BIN runs another relay binary (a before/after comparison).
+# BENCH_BIN runs another relay binary (a before/after comparison);
+# BENCH_NODE_ENV="KEY=VALUE ..." sets variables of the nodes only (not of
+# the load generator), e.g. allocator or runtime settings to compare.
 BIN=${BENCH_BIN:-${RELAY_BIN:-target/release/relay}}
+NODE_ENV=(${BENCH_NODE_ENV:-})
 SIM=${BENCH_SIM:-${RELAY_SIM_BIN:-target/release/relay-sim}}
 OUT=${BENCH_OUT:-docs/benchmarks.md}
 REDIS_PORT=${BENCH_REDIS_PORT:-6421}
 PORTS=(${BENCH_PORTS:-3201 3202})
 DRIVERS=${BENCH_DRIVERS:-4000}
-# The target rate, and one this machine can carry with the load generator on it.
-RATES=(${BENCH_RATES:-20000 8000})
+# The target rate, one this machine can carry with the load generator on
+# it, and issue #19's reference rate for CPU per update.
+RATES=(${BENCH_RATES:-20000 8000 5000})
 DURATION=${BENCH_DURATION_S:-20}
+# The highest rate with p99 under 50 ms: rising from CEILING_FROM, then bisected.
+CEILING_FROM=${BENCH_CEILING_FROM:-5000}
+CEILING_DURATION=${BENCH_CEILING_DURATION_S:-10}
 IDLE=${BENCH_IDLE_PER_NODE:-20000}
+# Smaller counts measured on the way up to IDLE, so that the growth shows.
+IDLE_STEPS=${BENCH_IDLE_STEPS:-1000,10000}
 IDLE_SETTLE=${BENCH_IDLE_SETTLE_S:-30}
+# RSS this long after the idle clients left, against RSS at start.
+IDLE_AFTER=${BENCH_IDLE_AFTER_S:-60}
 ORDER_RATE=${BENCH_ORDER_RATE:-1000}
 ORDER_CUSTOMERS=${BENCH_ORDER_CUSTOMERS:-500}
 # Scale-out: clusters of these sizes, all clients on the first two nodes.
@@ -38,7 +49,7 @@ PRESENCE_GRACE_MS=${BENCH_PRESENCE_GRACE_MS:-1000}
 # on 3 primaries with a replica each, one after the other, at this rate.
 CLUSTER_REDIS_PORTS=(${BENCH_CLUSTER_REDIS_PORTS:-6431 6432 6433 6434 6435 6436})
 CLUSTER_RATE=${BENCH_CLUSTER_RATE:-8000}
-RUN_DIR=target/bench
+RUN_DIR=${BENCH_RUN_DIR:-target/bench}
 mkdir -p "$RUN_DIR"
 
 # Whether scenario $1 runs this time.
@@ -96,7 +107,7 @@ start_stack() {
     RELAY_ADDR="127.0.0.1:$port" RELAY_NODE_ID="bench-$port" RELAY_LOG=warn \
       RELAY_LOCATION_MIN_INTERVAL_MS=0 RELAY_CLIENT_EVENTS_PER_S=50 RELAY_MAX_NEW_CONNECTIONS_PER_S=0 \
       RELAY_MAX_NEW_CONNECTIONS_PER_ADDR_PER_S=0 \
-      env "${redis_env[@]}" "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
+      env "${redis_env[@]}" "${NODE_ENV[@]}" "$@" "$BIN" serve 2>>"$RUN_DIR/node-$port.log" &
     pids+=($!)
     node_pids+=($!)
     urls+=("http://127.0.0.1:$port")
@@ -176,8 +187,13 @@ if want idle; then
   for i in "${!urls[@]}"; do
     "$SIM" loadgen --nodes "${urls[$i]}" --node-pids "${node_pids[$i]}" --first-node $((i + 1)) \
       --report "$RUN_DIR/report.md" \
-      idle --connections "$IDLE" --settle-s "$IDLE_SETTLE"
+      idle --connections "$IDLE" --steps "$IDLE_STEPS" --settle-s "$IDLE_SETTLE" --after-leave-s "$IDLE_AFTER"
   done
+  stop_stack
+fi
+if want ceiling; then
+  start_stack
+  loadgen ceiling --drivers "$DRIVERS" --from "$CEILING_FROM" --duration-s "$CEILING_DURATION"
   stop_stack
 fi
 if want orders; then

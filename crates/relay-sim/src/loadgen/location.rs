@@ -24,7 +24,33 @@ pub async fn run(
     duration: Duration,
     warmup: Duration,
 ) -> Result<String, LoadgenError> {
-    let run = &target.run;
+    Ok(measure(target, "", drivers, rate, duration, warmup)
+        .await?
+        .report)
+}
+
+/// One run's figures, and its report.
+pub struct Figures {
+    pub sent_per_s: f64,
+    pub delivered_per_s: f64,
+    /// Delivered / sent, in per cent.
+    pub ratio: f64,
+    pub p99_ms: f64,
+    pub cpu_us_per_update: f64,
+    pub report: String,
+}
+
+/// Runs the scenario once; `tag` keeps the ids of several runs against the
+/// same nodes apart.
+pub async fn measure(
+    target: &Target,
+    tag: &str,
+    drivers: usize,
+    rate: u32,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<Figures, LoadgenError> {
+    let run = &format!("{}{tag}", target.run);
     let mut setup = Vec::with_capacity(drivers * 2);
     for i in 0..drivers {
         let (order, customer, driver) = (
@@ -153,7 +179,12 @@ pub async fn run(
         ),
         _ => String::new(),
     };
-    Ok(format!(
+    let ratio = if sent > 0.0 {
+        delivered * 100.0 / sent
+    } else {
+        0.0
+    };
+    let report = format!(
         "### Location fan-out\n\n\
          {drivers} drivers and {drivers} customers over {nodes} nodes{others}, every customer on another node than its driver; \
          target {rate} updates/s for {secs:.0} s after {warm:.0} s of warm-up. Machine: {machine}.\n\n\
@@ -176,10 +207,13 @@ pub async fn run(
         sent_rate = sent / secs,
         acc_rate = accepted / secs,
         del_rate = delivered / secs,
-        ratio = if sent > 0.0 {
-            delivered * 100.0 / sent
-        } else {
-            0.0
-        },
-    ))
+    );
+    Ok(Figures {
+        sent_per_s: sent / secs,
+        delivered_per_s: delivered / secs,
+        ratio,
+        p99_ms: p99,
+        cpu_us_per_update,
+        report,
+    })
 }

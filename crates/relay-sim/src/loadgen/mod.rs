@@ -1,10 +1,12 @@
 //! `relay-sim loadgen`: drives running nodes through real WebSockets and
 //! reports what they sustain. Scenarios: `location` (drivers -> customers
-//! across nodes), `idle` (memory per idle connection), `orders`
+//! across nodes), `ceiling` (the highest location rate under a p99 bound),
+//! `idle` (memory per idle connection, and after the clients leave), `orders`
 //! (XADD -> client latency), `storm` (a node killed, its clients back on
 //! the other), `chat` (customer -> driver and back across nodes) and
 //! `presence` (connect and leave -> `{prefix}presence` entries).
 
+mod ceiling;
 mod chat;
 mod idle;
 mod location;
@@ -88,13 +90,41 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         warmup_s: u64,
     },
+    /// The location scenario at rising rates: the highest one whose
+    /// driver -> customer p99 stays under --p99-limit-ms.
+    Ceiling {
+        #[arg(long, default_value_t = 2000)]
+        drivers: usize,
+        /// The first rate tried, updates/s.
+        #[arg(long, default_value_t = 5000)]
+        from: u32,
+        /// No rate above this one is tried.
+        #[arg(long, default_value_t = 40_000)]
+        max: u32,
+        #[arg(long, default_value_t = 50)]
+        p99_limit_ms: u64,
+        /// Bisection steps between the last rate that held and the first that did not.
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+        #[arg(long, default_value_t = 10)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 3)]
+        warmup_s: u64,
+    },
     /// Opens idle connections and measures each node's RSS per connection.
     Idle {
         /// Connections per node.
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// Smaller counts per node measured on the way up.
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         settle_s: u64,
+        /// Then every client leaves, and the node's RSS is read this many
+        /// seconds later against its RSS at start.
+        #[arg(long)]
+        after_leave_s: Option<u64>,
     },
     /// Appends order statuses at a set rate; customers measure XADD -> client.
     Orders {
@@ -281,10 +311,46 @@ pub async fn run(args: LoadgenArgs) -> Result<(), LoadgenError> {
             )
             .await?
         }
+        Scenario::Ceiling {
+            drivers,
+            from,
+            max,
+            p99_limit_ms,
+            rounds,
+            duration_s,
+            warmup_s,
+        } => {
+            ceiling::run(
+                &target,
+                ceiling::CeilingArgs {
+                    drivers,
+                    from,
+                    max,
+                    p99_limit: Duration::from_millis(p99_limit_ms),
+                    rounds,
+                    duration: Duration::from_secs(duration_s),
+                    warmup: Duration::from_secs(warmup_s),
+                },
+            )
+            .await?
+        }
         Scenario::Idle {
             connections,
+            steps,
             settle_s,
-        } => idle::run(&target, connections, Duration::from_secs(settle_s)).await?,
+            after_leave_s,
+        } => {
+            idle::run(
+                &target,
+                idle::IdleArgs {
+                    per_node: connections,
+                    steps,
+                    settle: Duration::from_secs(settle_s),
+                    after_leave: after_leave_s.map(Duration::from_secs),
+                },
+            )
+            .await?
+        }
         Scenario::Orders {
             customers,
             rate,

@@ -77,8 +77,10 @@ pub struct BroadcastFailed(pub String);
 
 /// tungstenite's initial read buffer per websocket (it grows for larger
 /// messages). The default 4 KiB is most of an idle connection's memory; client
-/// frames here are a few hundred bytes.
-const WS_READ_BUFFER_BYTES: usize = 1024;
+/// frames here are a few hundred bytes at most (a location update about 100 B,
+/// the connect packet with its token 200 to 300 B). 512 B measured 0.6 KiB less
+/// per idle socket than 1 KiB, 256 B no better (docs/benchmarks-notes.md).
+const WS_READ_BUFFER_BYTES: usize = 512;
 
 pub struct Gateway<E: Engine> {
     io: SocketIo<E::Adapter>,
