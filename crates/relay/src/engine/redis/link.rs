@@ -231,6 +231,16 @@ impl ConnectionLike for Link {
 /// go out in their order, those of different keys side by side; the cluster
 /// connection batches what goes to one node. Every pipelined command of the
 /// relay names its key first.
+///
+/// Not one pipeline per node through `ClusterConnection::route_pipeline`:
+/// redis 1.8.1 re-sends such a pipeline whole, to the redirect target,
+/// when any one of its replies is MOVED, ASK, TRYAGAIN, CLUSTERDOWN or
+/// READONLY (cluster_async request.rs `choose_response`), so the commands
+/// that already ran run again (a SPUBLISH delivered twice); keys of the
+/// old owner then bounce back, and once the retries are spent it returns
+/// only the first redirect error, not which commands ran. Measured against
+/// a 3-node cluster: INCR a, INCR b routed to a's node returned MOVED and
+/// left a=2, b=2.
 async fn split_by_key(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
     let mut groups: HashMap<Option<&[u8]>, Vec<(usize, &Cmd)>> = HashMap::new();
     for (i, cmd) in pipeline.cmd_iter().enumerate() {
