@@ -2,6 +2,8 @@
 //! restart, and on a Redis Cluster a failover of the shard that holds the
 //! adapter's channel.
 
+use std::time::Duration;
+
 use relay::auth::Role;
 use relay_client::{Client, ConnectOptions, Transport};
 use serde_json::json;
@@ -135,10 +137,25 @@ async fn nodes_hear_each_other_again_after_the_failover_of_the_channels_shard() 
     b.wait_ready().await;
     crate::support::wait_for_status(&format!("{}/readyz", a.url()), 200).await;
 
-    a.broadcast(&["customer_42"], "after", json!({})).await;
-    on_b.wait_for("after", WAIT)
-        .await
-        .expect("after the failover");
+    // Adapter broadcasts are at most once: one published while a node's
+    // cluster connection is still settling on the new primary can be lost
+    // (seen once in CI, under the full suite's load). What must hold is
+    // that the nodes hear each other again without a restart: a broadcast
+    // repeated every second reaches B within the usual bound.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        a.broadcast(&["customer_42"], "after", json!({ "try": tries }))
+            .await;
+        match on_b.wait_for("after", Duration::from_secs(1)).await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                panic!("after the failover, {tries} broadcasts: {e:?}")
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// The same behaviours with the nodes on a Redis Cluster (three primaries
