@@ -20,6 +20,7 @@ use socketioxide::{SocketIo, adapter::Adapter};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::sparse::ShrinkWhenSparse;
 use crate::{
     engine::{Engine, RoomChannels, Routed, StoreError, StoreResult},
     events::now_ms,
@@ -199,6 +200,7 @@ impl<E: Engine> Interest<E> {
                     for room in &idle {
                         subscribed.remove(room);
                     }
+                    subscribed.shrink_when_sparse();
                     tracing::debug!(rooms = idle.len(), "room channels left");
                 }
                 // Stays subscribed: the next sweep tries again.

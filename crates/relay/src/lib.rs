@@ -4,7 +4,8 @@
 //! before it (docs/design.md draws the picture; `tests/it/layers.rs` fails
 //! on an import that goes back up):
 //!
-//! - leaves: `config`, `telemetry`, `events` (the wire schema), `auth`,
+//! - leaves: `config`, `sparse` (maps that give memory back),
+//!   `telemetry`, `events` (the wire schema), `auth`,
 //!   `rooms`, `active_order`, `outcome`, `metrics`, `tasks` (the tracker
 //!   every long-lived task is spawned on, which restarts a task after a
 //!   panic or fails the node);
@@ -37,6 +38,7 @@ pub mod outcome;
 pub mod presence;
 pub mod rooms;
 pub mod server;
+pub mod sparse;
 pub mod stream;
 pub mod tasks;
 pub mod telemetry;

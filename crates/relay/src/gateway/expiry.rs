@@ -10,6 +10,7 @@ use serde_json::json;
 use socketioxide::{SocketIo, adapter::Adapter, socket::Sid};
 use tokio_util::sync::CancellationToken;
 
+use crate::sparse::ShrinkWhenSparse;
 use crate::{
     auth::Principal,
     events::{ServerEvent, now_ms},
@@ -82,7 +83,9 @@ impl Expiries {
 
     /// A socket that left needs no watching.
     pub fn forget(&self, sid: Sid) {
-        self.due().remove(&sid);
+        let mut due = self.due();
+        due.remove(&sid);
+        due.shrink_when_sparse();
     }
 
     fn due(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, Watch>> {

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{addresses::AddressBudgets, budget::EventBudget, peer};
 use crate::metrics::{ShedReason, StoreOp};
+use crate::sparse::ShrinkWhenSparse;
 use crate::{
     auth::{Rejection, Role},
     config::IpNet,
@@ -204,6 +205,7 @@ impl Drop for ConnectionPermit {
             *count -= 1;
             if *count == 0 {
                 per_user.remove(&user);
+                per_user.shrink_when_sparse();
             }
         }
         drop(per_user);

@@ -16,7 +16,7 @@ use std::{
 /// Top-level modules from the bottom up; each may import only modules of
 /// an earlier line. Mirrors the list in crates/relay/src/lib.rs.
 const LAYERS: &[&[&str]] = &[
-    &["config", "tasks"],
+    &["config", "tasks", "sparse"],
     &["telemetry", "events"],
     &["auth", "active_order", "outcome"],
     &["rooms"],

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::{Conn, Link};
 use crate::metrics::{self, AdapterDirection, AdapterOp};
+use crate::sparse::ShrinkWhenSparse;
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
@@ -194,6 +195,7 @@ impl PubSubDriver {
             for chan in chans {
                 handlers.remove(chan);
             }
+            handlers.shrink_when_sparse();
         }
         self.conn.unsubscribe_many(chans).await?;
         Ok(())
@@ -353,7 +355,11 @@ impl Driver for PubSubDriver {
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.write_handlers().remove(&chan);
+        {
+            let mut handlers = self.write_handlers();
+            handlers.remove(&chan);
+            handlers.shrink_when_sparse();
+        }
         self.conn.unsubscribe(&chan).await?;
         Ok(())
     }
