@@ -54,6 +54,26 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// From subscribing every channel again to the probe that confirms it.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(50);
 
+/// The channel of the health probe. On a cluster it lies in the slot of
+/// the adapter's broadcast channel (`base` with a numbered suffix; its name
+/// still starts with the prefix, so an ACL channel pattern covers it): a
+/// probe that comes back then proves that this node's subscription on the
+/// shard every cross-node broadcast goes through is live, on the current
+/// owner, after a failover too. Another slot proved only its own shard.
+fn probe_channel(base: &str, beside: &str, cluster: bool) -> String {
+    use redis::cluster_routing::Slot;
+    if !cluster {
+        return base.to_owned();
+    }
+    let target = Slot::for_key(beside);
+    // 16,384 slots: about as many tries on average; none fits when `base`
+    // holds a hash tag of its own (a brace in the node id).
+    (0..1_000_000u32)
+        .map(|n| format!("{base}#{n}"))
+        .find(|name| Slot::for_key(name) == target)
+        .unwrap_or_else(|| base.to_owned())
+}
+
 /// Failed health probes in a row after which every connection is dropped
 /// and dialed again: a link that went silent never fails on its own.
 const REDIAL_AFTER_FAILED_PROBES: u32 = 3;
@@ -148,7 +168,11 @@ impl RedisEngine {
             space: space.clone(),
             // The stock `socket.io` prefix would collide with Node's adapter.
             channel_prefix: format!("{prefix}sio"),
-            probe_channel: format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
+            probe_channel: probe_channel(
+                &format!("{prefix}health#{}#{}", settings.node_id, std::process::id()),
+                &format!("{prefix}sio-request#/#"),
+                commands.is_cluster(),
+            ),
             stream,
             presence: RedisPresence::new(commands.clone(), prefix),
             orders: RedisOrders::new(commands.clone(), &space),
@@ -530,5 +554,24 @@ impl RedisEngine {
         Ok(tokio::time::timeout(HEALTH_INTERVAL, echoed)
             .await
             .unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::Slot;
+
+    use super::probe_channel;
+
+    #[test]
+    fn on_a_cluster_the_probe_shares_the_broadcast_channels_slot_and_keeps_the_prefix() {
+        let beside = "relay:sio-request#/#";
+        let probe = probe_channel("relay:health#node-1#42", beside, true);
+        assert!(probe.starts_with("relay:health#node-1#42#"), "{probe}");
+        assert_eq!(Slot::for_key(&probe), Slot::for_key(beside));
+        assert_eq!(
+            probe_channel("relay:health#node-1#42", beside, false),
+            "relay:health#node-1#42"
+        );
     }
 }
