@@ -11,7 +11,7 @@
 //! the gap from the rooms' streams.
 
 use redis::{
-    AsyncCommands, Script, Value,
+    AsyncCommands, Script, ScriptInvocation, Value,
     streams::{StreamId, StreamRangeReply},
 };
 
@@ -173,6 +173,29 @@ impl RedisHistory {
     fn all_key(&self) -> String {
         format!("{}all", self.key_base())
     }
+
+    /// The keys and arguments both record scripts share (the publishing one
+    /// takes its message's head, tail and channels after them).
+    fn recording<'a>(
+        &self,
+        script: &'a Script,
+        recorded: &Recorded,
+        event_id: &str,
+    ) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(self.all_key());
+        for room in &recorded.rooms {
+            invocation.key(self.room_key(room));
+        }
+        invocation
+            .arg(self.size)
+            .arg(self.ttl_ms)
+            .arg(ALL_MAXLEN)
+            .arg(&recorded.event)
+            .arg(&recorded.data)
+            .arg(event_id)
+            .arg(recorded.then_leave.as_deref().unwrap_or(""));
+        invocation
+    }
 }
 
 impl History for RedisHistory {
@@ -194,20 +217,8 @@ impl History for RedisHistory {
         if !self.conn.is_cluster()
             && let Some((head, tail)) = Routed::recorded_around_offset(&recorded)
         {
-            let mut invocation = self.publish_live.key(self.all_key());
-            for room in rooms {
-                invocation.key(self.room_key(room));
-            }
-            invocation
-                .arg(self.size)
-                .arg(self.ttl_ms)
-                .arg(ALL_MAXLEN)
-                .arg(event)
-                .arg(data)
-                .arg(event_id)
-                .arg(then_leave.unwrap_or(""))
-                .arg(head)
-                .arg(tail);
+            let mut invocation = self.recording(&self.publish_live, &recorded, event_id);
+            invocation.arg(head).arg(tail);
             for room in rooms {
                 invocation.arg(self.rooms.channel(room));
             }
@@ -218,18 +229,8 @@ impl History for RedisHistory {
             );
             return Ok(offset);
         }
-        let mut invocation = self.publish.key(self.all_key());
-        for room in rooms {
-            invocation.key(self.room_key(room));
-        }
-        let offset: String = invocation
-            .arg(self.size)
-            .arg(self.ttl_ms)
-            .arg(ALL_MAXLEN)
-            .arg(event)
-            .arg(data)
-            .arg(event_id)
-            .arg(then_leave.unwrap_or(""))
+        let offset: String = self
+            .recording(&self.publish, &recorded, event_id)
             .invoke_async(&mut self.conn.clone())
             .await?;
         // Recorded first, then live: a node that misses the live copy finds
