@@ -49,7 +49,7 @@ PRESENCE_GRACE_MS=${BENCH_PRESENCE_GRACE_MS:-1000}
 # on 3 primaries with a replica each, one after the other, at this rate.
 CLUSTER_REDIS_PORTS=(${BENCH_CLUSTER_REDIS_PORTS:-6431 6432 6433 6434 6435 6436})
 CLUSTER_RATE=${BENCH_CLUSTER_RATE:-8000}
-RUN_DIR=${BENCH_RUN_DIR:-target/bench}
+RUN_DIR=$(realpath -m "${BENCH_RUN_DIR:-target/bench}")
 mkdir -p "$RUN_DIR"
 
 # Whether scenario $1 runs this time.
@@ -92,7 +92,7 @@ start_stack() {
     start_redis_cluster
   else
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$RUN_DIR" \
-      --logfile "$PWD/$RUN_DIR/redis.log" &
+      --logfile "$RUN_DIR/redis.log" &
     redis_pid=$!
     redis_pids=($!)
     pids+=($!)
@@ -121,7 +121,7 @@ start_stack() {
 # each (what the integration tests start, with the default node timeout);
 # the nodes and the load generator get REDIS_CLUSTER_URLS instead of REDIS_URL.
 start_redis_cluster() {
-  local dir="$PWD/$RUN_DIR/cluster" addrs=() urls_=() port
+  local dir="$RUN_DIR/cluster" addrs=() urls_=() port
   rm -rf "$dir"; mkdir -p "$dir"
   redis_pids=()
   for port in "${CLUSTER_REDIS_PORTS[@]}"; do
