@@ -23,12 +23,14 @@ const ACL_USER: &str = "relay on >relay-password resetkeys ~relay:* resetchannel
      +xreadgroup +xtrim";
 
 /// What the same user needs on top on every node of a Redis Cluster
-/// (docs/deploy.md): the slot map the cluster client reads, the health
-/// check's CLUSTER INFO, and sharded pub/sub. Without any one of the first
-/// four a node never gets ready or an event never arrives; SUNSUBSCRIBE and
-/// PUBSUB SHARDNUMSUB are sent on paths this test does not take.
-const ACL_CLUSTER_EXTRAS: &str =
-    "+cluster|slots +cluster|info +spublish +ssubscribe +sunsubscribe +pubsub|shardnumsub";
+/// (docs/deploy.md): the slot map the cluster client and the per-node
+/// pipelines read, the health check's CLUSTER INFO, ASKING (an ASK
+/// redirection while a slot migrates), and sharded pub/sub. Without any
+/// one of CLUSTER SLOTS, CLUSTER INFO, SPUBLISH or SSUBSCRIBE a node never
+/// gets ready or an event never arrives; ASKING, SUNSUBSCRIBE and PUBSUB
+/// SHARDNUMSUB are sent on paths this test does not take.
+const ACL_CLUSTER_EXTRAS: &str = "+cluster|slots +cluster|info +asking +spublish +ssubscribe \
+     +sunsubscribe +pubsub|shardnumsub";
 
 fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-tls-{name}.log"))
