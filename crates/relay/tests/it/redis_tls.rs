@@ -329,4 +329,23 @@ async fn redis_cluster_acl_user_on_every_node_relays_across_two_nodes() {
             "a command the ACL user lacks on a cluster:\n{text}"
         );
     }
+    // The per-node pipelines log in as the same user: the slot map was
+    // read, and no pipeline fell back to the cluster connection for want
+    // of a node connection (a refused login would).
+    for i in 0..2 {
+        let url = cluster.url(i);
+        assert!(
+            metric(&url, "relay_redis_cluster_slot_map_refreshes_total").await >= 1.0,
+            "node {i} sent a pipeline per primary"
+        );
+        assert_eq!(
+            metric(
+                &url,
+                "relay_redis_cluster_resent_total{reason=\"unrouted\"}"
+            )
+            .await,
+            0.0,
+            "node {i} dialed every primary as the ACL user"
+        );
+    }
 }
