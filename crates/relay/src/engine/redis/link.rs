@@ -242,7 +242,7 @@ impl ConnectionLike for Link {
     /// redirect error, not which commands ran. Measured against a 3-node
     /// cluster: INCR a, INCR b routed to a's node returned MOVED and left
     /// a=2, b=2. [`NodePipelines`] sends again only the commands a node
-    /// refused, one by one through the cluster connection, each once.
+    /// refused (which did not run), one by one, each once.
     fn req_packed_commands<'a>(
         &'a mut self,
         pipeline: &'a Pipeline,

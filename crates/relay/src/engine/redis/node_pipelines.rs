@@ -12,9 +12,12 @@
 //!   back as values, one per command;
 //! - a reply that says the command did not run there (MOVED, ASK,
 //!   TRYAGAIN, CLUSTERDOWN, LOADING, MASTERDOWN, READONLY, NOSCRIPT) sends
-//!   that command again, alone, through the cluster connection, which
-//!   follows redirections (ASKING included); a NOSCRIPT loads the script
-//!   (SCRIPT LOAD on every node) and runs it with EVALSHA;
+//!   that command again, alone, once the first pass is over: to the node a
+//!   MOVED names, to the node an ASK names with ASKING in front of it (one
+//!   pipeline of two, see [`NodePipelines::resend_one`] for why not through
+//!   the cluster connection), after a SCRIPT LOAD on every node for a
+//!   NOSCRIPT, and through the cluster connection (which waits and tries
+//!   again) for the rest;
 //! - an I/O error or a timeout on a node's connection leaves its commands'
 //!   outcome unknown: they are not sent again (that could run them twice),
 //!   the pipeline fails as it would on one server, and the connection is
@@ -33,9 +36,8 @@
 //! the second ran. So a key has at most one command in flight: the pipeline
 //! goes out in rounds, round *n* carrying the *n*-th command of every key
 //! (still one pipeline per node per round), and a key whose command was
-//! refused leaves the rounds: that command and all its later ones go
-//! through the cluster connection, one after the other, once the rounds are
-//! over. A refused command did not run, every command before it of its key
+//! refused leaves the rounds: that command and all its later ones are sent
+//! again, one after the other, once the rounds are over. A refused command did not run, every command before it of its key
 //! ran (or the key would have left the rounds earlier), and none after it
 //! was sent: the order holds, and each command runs once. Nearly every
 //! pipeline of the relay names each key once (a driver's hash, a room's
