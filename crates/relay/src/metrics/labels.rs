@@ -312,6 +312,25 @@ label_set! {
 }
 
 label_set! {
+    /// The `reason` of `relay_redis_cluster_resent_total`: why a command of
+    /// a per-node pipeline did not run on the node it was sent to, and went
+    /// again through the cluster connection.
+    ResendReason {
+        /// MOVED: the slot has another owner now.
+        Moved => "moved",
+        /// ASK: the slot is migrating and the key is on the target already.
+        Ask => "ask",
+        /// NOSCRIPT: the node lacks the script (a failover, SCRIPT FLUSH).
+        NoScript => "noscript",
+        /// TRYAGAIN, CLUSTERDOWN, LOADING, MASTERDOWN or READONLY.
+        Busy => "busy",
+        /// No known owner of the slot, or its node could not be dialed:
+        /// nothing was sent to it.
+        Unrouted => "unrouted",
+    }
+}
+
+label_set! {
     /// The `cause` of `relay_redis_connect_errors_total`: why Redis could
     /// not be used. Only `unreachable` passes by itself; the others wait for
     /// an operator.

@@ -14,7 +14,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub use labels::{
     AdapterDirection, AdapterOp, ChatOutcome, ClientEventOutcome, DeferredJoin, DisconnectReason,
     HttpCloseReason, IdempotentOutcome, LocationOutcome, PresenceQueryRejection, PublishRejection,
-    RecoveryResult, RedisFailure, RefreshOutcome, ShedReason, StoreOp, StreamStage, Transport,
+    RecoveryResult, RedisFailure, RefreshOutcome, ResendReason, ShedReason, StoreOp, StreamStage,
+    Transport,
 };
 
 use crate::{
@@ -45,6 +46,9 @@ pub const CONNECTIONS_SHED: &str = "relay_connections_shed_total";
 pub const SLOW_CLIENTS: &str = "relay_slow_client_disconnects_total";
 pub const REDIS_REDIALS: &str = "relay_redis_redials_total";
 pub const REDIS_CONNECT_ERRORS: &str = "relay_redis_connect_errors_total";
+pub const REDIS_CLUSTER_RESENT: &str = "relay_redis_cluster_resent_total";
+pub const REDIS_CLUSTER_NODE_FAILURES: &str = "relay_redis_cluster_node_failures_total";
+pub const REDIS_CLUSTER_SLOT_MAPS: &str = "relay_redis_cluster_slot_map_refreshes_total";
 pub const TOKENS_EXPIRED: &str = "relay_token_expiry_disconnects_total";
 pub const TOKEN_REFRESHES: &str = "relay_token_refreshes_total";
 pub const CHAT_MESSAGES: &str = "relay_chat_messages_total";
@@ -243,6 +247,11 @@ pub fn install(node_id: &str, engine: &'static str) -> Result<PrometheusHandle, 
     for cause in RedisFailure::ALL {
         counter!(REDIS_CONNECT_ERRORS, "cause" => cause.as_str()).absolute(0);
     }
+    for reason in ResendReason::ALL {
+        counter!(REDIS_CLUSTER_RESENT, "reason" => reason.as_str()).absolute(0);
+    }
+    counter!(REDIS_CLUSTER_NODE_FAILURES).absolute(0);
+    counter!(REDIS_CLUSTER_SLOT_MAPS).absolute(0);
     for reason in ShedReason::ALL {
         counter!(CONNECTIONS_SHED, "reason" => reason.as_str()).absolute(0);
     }
@@ -349,6 +358,18 @@ fn describe() {
     describe_counter!(
         REDIS_CONNECT_ERRORS,
         "Failed attempts to use Redis, by cause (tls, auth, permission, unreachable)."
+    );
+    describe_counter!(
+        REDIS_CLUSTER_RESENT,
+        "Commands of per-node pipelines that did not run on their node and went through the cluster connection, by reason."
+    );
+    describe_counter!(
+        REDIS_CLUSTER_NODE_FAILURES,
+        "Per-node pipelines on a Redis Cluster that failed with an I/O error or a timeout (outcome unknown, not re-sent)."
+    );
+    describe_counter!(
+        REDIS_CLUSTER_SLOT_MAPS,
+        "Slot maps read from the Redis Cluster (CLUSTER SLOTS) for the per-node pipelines."
     );
     describe_counter!(
         SLOW_CLIENTS,
@@ -632,6 +653,23 @@ pub fn redis_redial() {
 /// group), by cause.
 pub fn redis_connect_error(cause: RedisFailure) {
     counter!(REDIS_CONNECT_ERRORS, "cause" => cause.as_str()).increment(1);
+}
+
+/// Commands of a per-node pipeline sent again through the cluster
+/// connection, because their node did not run them.
+pub fn redis_cluster_resent(reason: ResendReason, commands: usize) {
+    counter!(REDIS_CLUSTER_RESENT, "reason" => reason.as_str()).increment(commands as u64);
+}
+
+/// A per-node pipeline that failed on its connection: its commands'
+/// outcome is unknown.
+pub fn redis_cluster_node_failure() {
+    counter!(REDIS_CLUSTER_NODE_FAILURES).increment(1);
+}
+
+/// A fresh slot map for the per-node pipelines.
+pub fn redis_cluster_slot_map() {
+    counter!(REDIS_CLUSTER_SLOT_MAPS).increment(1);
 }
 
 /// A socket disconnected because it stopped reading and its buffer filled.

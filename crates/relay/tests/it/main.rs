@@ -28,6 +28,7 @@ mod offers;
 mod presence;
 mod recovery;
 mod redis_cluster;
+mod redis_cluster_pipelines;
 mod redis_tls;
 mod refresh;
 mod resubscribe;

@@ -23,12 +23,14 @@ const ACL_USER: &str = "relay on >relay-password resetkeys ~relay:* resetchannel
      +xreadgroup +xtrim";
 
 /// What the same user needs on top on every node of a Redis Cluster
-/// (docs/deploy.md): the slot map the cluster client reads, the health
-/// check's CLUSTER INFO, and sharded pub/sub. Without any one of the first
-/// four a node never gets ready or an event never arrives; SUNSUBSCRIBE and
-/// PUBSUB SHARDNUMSUB are sent on paths this test does not take.
-const ACL_CLUSTER_EXTRAS: &str =
-    "+cluster|slots +cluster|info +spublish +ssubscribe +sunsubscribe +pubsub|shardnumsub";
+/// (docs/deploy.md): the slot map the cluster client and the per-node
+/// pipelines read, the health check's CLUSTER INFO, ASKING (an ASK
+/// redirection while a slot migrates), and sharded pub/sub. Without any
+/// one of CLUSTER SLOTS, CLUSTER INFO, SPUBLISH or SSUBSCRIBE a node never
+/// gets ready or an event never arrives; ASKING, SUNSUBSCRIBE and PUBSUB
+/// SHARDNUMSUB are sent on paths this test does not take.
+const ACL_CLUSTER_EXTRAS: &str = "+cluster|slots +cluster|info +asking +spublish +ssubscribe \
+     +sunsubscribe +pubsub|shardnumsub";
 
 fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("redis-tls-{name}.log"))
@@ -325,6 +327,25 @@ async fn redis_cluster_acl_user_on_every_node_relays_across_two_nodes() {
         assert!(
             !text.contains("NOPERM"),
             "a command the ACL user lacks on a cluster:\n{text}"
+        );
+    }
+    // The per-node pipelines log in as the same user: the slot map was
+    // read, and no pipeline fell back to the cluster connection for want
+    // of a node connection (a refused login would).
+    for i in 0..2 {
+        let url = cluster.url(i);
+        assert!(
+            metric(&url, "relay_redis_cluster_slot_map_refreshes_total").await >= 1.0,
+            "node {i} sent a pipeline per primary"
+        );
+        assert_eq!(
+            metric(
+                &url,
+                "relay_redis_cluster_resent_total{reason=\"unrouted\"}"
+            )
+            .await,
+            0.0,
+            "node {i} dialed every primary as the ACL user"
         );
     }
 }

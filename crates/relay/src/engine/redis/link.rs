@@ -11,18 +11,23 @@
 //! on the socket, many minutes later. The health watch notices the silence
 //! and calls [`Link::redial`]; every command after that goes out on a fresh
 //! connection.
+//!
+//! On a cluster, a plain pipeline goes out as one pipeline per primary on
+//! connections of the link's own ([`NodePipelines`]), not through the
+//! cluster connection: see [`Link::req_packed_commands`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures_util::future::join_all;
 use redis::{
-    Cmd, Pipeline, RedisFuture, RedisResult, Value,
+    Cmd, Pipeline, RedisFuture, RedisResult, Script, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
     cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo},
 };
+
+use super::node_pipelines::NodePipelines;
 
 #[derive(Clone)]
 pub struct Link {
@@ -32,6 +37,8 @@ pub struct Link {
 struct Inner {
     dialer: Dialer,
     current: RwLock<Conn>,
+    /// On a cluster: plain pipelines, one per primary.
+    pipelines: Option<NodePipelines>,
 }
 
 /// How a fresh connection is made.
@@ -71,23 +78,39 @@ impl Dialer {
 impl Link {
     /// A link to one server.
     pub fn server(client: redis::Client, config: ConnectionManagerConfig) -> RedisResult<Self> {
-        Self::with(Dialer::Server { client, config })
+        Self::with(Dialer::Server { client, config }, None)
     }
 
-    /// A link to a Redis Cluster. Must run inside the runtime: the cluster
-    /// connection's own task starts here.
-    pub fn cluster(client: ClusterClient, config: ClusterConfig) -> RedisResult<Self> {
-        Self::with(Dialer::Cluster { client, config })
+    /// A link to a Redis Cluster, whose plain pipelines go out through
+    /// `pipelines`. Must run inside the runtime: the cluster connection's
+    /// own task starts here.
+    pub fn cluster(
+        client: ClusterClient,
+        config: ClusterConfig,
+        pipelines: NodePipelines,
+    ) -> RedisResult<Self> {
+        Self::with(Dialer::Cluster { client, config }, Some(pipelines))
     }
 
-    fn with(dialer: Dialer) -> RedisResult<Self> {
+    fn with(dialer: Dialer, pipelines: Option<NodePipelines>) -> RedisResult<Self> {
         let current = dialer.dial()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 dialer,
                 current: RwLock::new(current),
+                pipelines,
             }),
         })
+    }
+
+    /// A Lua script to call with EVALSHA, also inside pipelines: on a
+    /// cluster a node that lacks it (after a failover or a SCRIPT FLUSH)
+    /// gets it loaded, and the call runs.
+    pub fn script(&self, code: &str) -> Script {
+        match &self.inner.pipelines {
+            Some(pipelines) => pipelines.know_script(code),
+            None => Script::new(code),
+        }
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -103,8 +126,9 @@ impl Link {
             .clone()
     }
 
-    /// Replaces the connection with a new one, dialed on first use. Commands
-    /// in flight on the old one end with their response timeout.
+    /// Replaces the connection with a new one, dialed on first use, and on
+    /// a cluster drops every per-node connection and the slot map too.
+    /// Commands in flight on the old ones end with their response timeout.
     pub fn redial(&self) -> RedisResult<()> {
         let fresh = self.inner.dialer.dial()?;
         *self
@@ -112,6 +136,9 @@ impl Link {
             .current
             .write()
             .unwrap_or_else(|e| e.into_inner()) = fresh;
+        if let Some(pipelines) = &self.inner.pipelines {
+            pipelines.reset();
+        }
         Ok(())
     }
 
@@ -199,6 +226,23 @@ impl ConnectionLike for Link {
         }
     }
 
+    /// On a cluster a transaction goes through the cluster connection
+    /// (it must be one slot, which the connection checks); a plain
+    /// pipeline goes out as one pipeline per primary ([`NodePipelines`]).
+    ///
+    /// Not through `ClusterConnection::req_packed_commands`: redis 1.8.1
+    /// refuses a pipeline whose keys span slots, and the relay's pipelines
+    /// span keys whose names the contract fixes (a driver's hash each). Not
+    /// through `ClusterConnection::route_pipeline` either: it re-sends such a
+    /// pipeline whole, to the redirect target, when any one of its replies
+    /// is MOVED, ASK, TRYAGAIN, CLUSTERDOWN or READONLY (cluster_async
+    /// request.rs `choose_response`), so the commands that already ran run
+    /// again (a SPUBLISH delivered twice); keys of the old owner then bounce
+    /// back, and once the retries are spent it returns only the first
+    /// redirect error, not which commands ran. Measured against a 3-node
+    /// cluster: INCR a, INCR b routed to a's node returned MOVED and left
+    /// a=2, b=2. [`NodePipelines`] sends again only the commands a node
+    /// refused (which did not run), one by one, each once.
     fn req_packed_commands<'a>(
         &'a mut self,
         pipeline: &'a Pipeline,
@@ -209,11 +253,15 @@ impl ConnectionLike for Link {
             Conn::Server(mut c) => {
                 Box::pin(async move { c.send_packed_commands(pipeline, offset, count).await })
             }
-            // A transaction must be one slot; the cluster connection checks it.
             Conn::Cluster(mut c) if pipeline.is_transaction() => {
                 Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
             }
-            Conn::Cluster(c) => Box::pin(split_by_key(c, pipeline)),
+            Conn::Cluster(mut c) => match &self.inner.pipelines {
+                Some(pipelines) => Box::pin(async move { pipelines.run(&c, pipeline).await }),
+                None => {
+                    Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+                }
+            },
         }
     }
 
@@ -223,48 +271,4 @@ impl ConnectionLike for Link {
             Conn::Cluster(_) => 0,
         }
     }
-}
-
-/// A plain pipeline on a cluster: the cluster connection refuses one whose
-/// keys lie in several slots, and the relay's pipelines span keys whose
-/// names the contract fixes (a driver's hash each). The commands of one key
-/// go out in their order, those of different keys side by side; the cluster
-/// connection batches what goes to one node. Every pipelined command of the
-/// relay names its key first.
-///
-/// Not one pipeline per node through `ClusterConnection::route_pipeline`:
-/// redis 1.8.1 re-sends such a pipeline whole, to the redirect target,
-/// when any one of its replies is MOVED, ASK, TRYAGAIN, CLUSTERDOWN or
-/// READONLY (cluster_async request.rs `choose_response`), so the commands
-/// that already ran run again (a SPUBLISH delivered twice); keys of the
-/// old owner then bounce back, and once the retries are spent it returns
-/// only the first redirect error, not which commands ran. Measured against
-/// a 3-node cluster: INCR a, INCR b routed to a's node returned MOVED and
-/// left a=2, b=2.
-async fn split_by_key(conn: ClusterConnection, pipeline: &Pipeline) -> RedisResult<Vec<Value>> {
-    let mut groups: HashMap<Option<&[u8]>, Vec<(usize, &Cmd)>> = HashMap::new();
-    for (i, cmd) in pipeline.cmd_iter().enumerate() {
-        let key = match cmd.args_iter().nth(1) {
-            Some(redis::Arg::Simple(key)) => Some(key),
-            _ => None,
-        };
-        groups.entry(key).or_default().push((i, cmd));
-    }
-    let runs = groups.into_values().map(|cmds| {
-        let mut conn = conn.clone();
-        async move {
-            let mut out = Vec::with_capacity(cmds.len());
-            for (i, cmd) in cmds {
-                out.push((i, conn.req_packed_command(cmd).await?));
-            }
-            RedisResult::Ok(out)
-        }
-    });
-    let mut replies = vec![Value::Nil; pipeline.len()];
-    for run in join_all(runs).await {
-        for (i, value) in run? {
-            replies[i] = value;
-        }
-    }
-    Ok(replies)
 }

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use redis::{Pipeline, Script, Value};
 
 use super::keys::KeySpace;
@@ -72,13 +71,13 @@ pub struct RedisLocations {
 impl RedisLocations {
     pub fn new(conn: Link, space: &KeySpace, ttl: Duration) -> Self {
         Self {
+            prune: conn.script(PRUNE),
+            write_hash: conn.script(WRITE_HASH),
             conn,
             geo: space.key("drivers:geo"),
             last_seen: format!("{}drivers:seen", space.beside("drivers:geo")),
             prefix: space.prefix().to_owned(),
             ttl,
-            prune: Script::new(PRUNE),
-            write_hash: Script::new(WRITE_HASH),
         }
     }
 
@@ -185,46 +184,44 @@ impl LocationCache for RedisLocations {
     /// a hash without its expiry. On one server the whole batch is one
     /// MULTI/EXEC (a plain pipeline is not atomic: Redis may serve another
     /// client between two reads of a long one). On a cluster each driver's
-    /// hash is in its own slot: one [`WRITE_HASH`] script per driver, all
-    /// side by side, which the cluster connection pipelines per node.
+    /// hash is in its own slot: one [`WRITE_HASH`] call (EVALSHA) per
+    /// driver, in one plain pipeline with the GEOADD and the ZADD, which
+    /// the link sends as one pipeline per primary (a node that lacks the
+    /// script gets it loaded, and the call runs).
     async fn write(&self, batch: &[(String, DriverLocation)]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut index = redis::pipe();
-        self.index_commands(&mut index, batch);
-        if !self.conn.is_cluster() {
-            index.atomic();
+        let mut pipe = redis::pipe();
+        self.index_commands(&mut pipe, batch);
+        if self.conn.is_cluster() {
+            let ttl = self.ttl.as_millis() as u64;
             for (driver, l) in batch {
-                self.hash_commands(&mut index, driver, l);
+                let mut write = redis::cmd("EVALSHA");
+                write
+                    .arg(self.write_hash.get_hash())
+                    .arg(1)
+                    .arg(self.driver_key(driver))
+                    .arg(ttl)
+                    .arg(l.lat)
+                    .arg(l.lng)
+                    .arg(l.ts);
+                // The same text as HSET would store (the redis crate's format).
+                for value in [l.heading, l.speed] {
+                    match value {
+                        Some(v) => write.arg(v),
+                        None => write.arg(""),
+                    };
+                }
+                pipe.add_command(write).ignore();
             }
-            let () = index.query_async(&mut self.conn.clone()).await?;
-            return Ok(());
-        }
-        let hashes = batch.iter().map(|(driver, l)| {
-            let mut write = self.write_hash.key(self.driver_key(driver));
-            write
-                .arg(self.ttl.as_millis() as u64)
-                .arg(l.lat)
-                .arg(l.lng)
-                .arg(l.ts);
-            // The same text as HSET would store (the redis crate's format).
-            for value in [l.heading, l.speed] {
-                match value {
-                    Some(v) => write.arg(v),
-                    None => write.arg(""),
-                };
+        } else {
+            pipe.atomic();
+            for (driver, l) in batch {
+                self.hash_commands(&mut pipe, driver, l);
             }
-            let mut conn = self.conn.clone();
-            async move { write.invoke_async::<i64>(&mut conn).await }
-        });
-        let mut conn = self.conn.clone();
-        let (index, hashes) =
-            futures_util::join!(index.query_async::<()>(&mut conn), join_all(hashes));
-        index?;
-        for written in hashes {
-            written?;
         }
+        let () = pipe.query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 

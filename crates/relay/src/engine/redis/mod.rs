@@ -6,16 +6,19 @@ mod idempotency;
 mod keys;
 mod link;
 mod locations;
+mod node_pipelines;
+mod nodes;
 mod order_store;
 mod presence;
 mod pubsub;
 mod rooms;
 mod sessions;
+mod slots;
 mod stream;
 mod values;
 mod watches;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use redis::{
@@ -34,12 +37,17 @@ use tokio_util::sync::CancellationToken;
 pub use chat::RedisChat;
 pub use history::RedisHistory;
 use keys::KeySpace;
-use link::Link;
+/// Public for the integration tests of the per-node pipelines only.
+#[doc(hidden)]
+pub use link::Link;
 pub use locations::RedisLocations;
+use node_pipelines::NodePipelines;
+use nodes::NodeClient;
 pub use order_store::RedisOrders;
 pub use presence::RedisPresence;
 pub use pubsub::{PubSubDriver, PubSubError};
 pub use rooms::RedisRooms;
+use slots::NodeAddr;
 pub use stream::{RedisStream, StreamSettings};
 pub use watches::RedisWatches;
 
@@ -245,16 +253,26 @@ impl Links {
                     .map_err(EngineError::Client)?;
                 let resp3 = open_cluster(&infos, tls, ProtocolVersion::RESP3)
                     .map_err(EngineError::Client)?;
+                let seed = &infos[0];
                 let driver = PubSubDriver::new(|router| {
-                    Link::cluster(resp3, cluster_config().set_push_sender(router))
+                    Link::cluster(
+                        resp3,
+                        cluster_config().set_push_sender(router),
+                        node_pipelines(seed, tls, ProtocolVersion::RESP3, RESPONSE_TIMEOUT),
+                    )
                 })
                 .map_err(EngineError::Client)?;
-                let lazy =
-                    |config| Link::cluster(resp2.clone(), config).map_err(EngineError::Client);
+                let lazy = |config, timeout| {
+                    let pipelines = node_pipelines(seed, tls, ProtocolVersion::RESP2, timeout);
+                    Link::cluster(resp2.clone(), config, pipelines).map_err(EngineError::Client)
+                };
                 Ok(Self {
                     driver,
-                    commands: lazy(cluster_config())?,
-                    blocking: lazy(cluster_config().set_response_timeout(blocking_timeout))?,
+                    commands: lazy(cluster_config(), RESPONSE_TIMEOUT)?,
+                    blocking: lazy(
+                        cluster_config().set_response_timeout(blocking_timeout),
+                        blocking_timeout,
+                    )?,
                 })
             }
         }
@@ -292,11 +310,47 @@ fn open_cluster(
     builder.build()
 }
 
+/// How long dialing a Redis connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a command may wait for its reply (blocking reads aside).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// As [`connection_config`], for a cluster connection.
 fn cluster_config() -> ClusterConfig {
     ClusterConfig::new()
-        .set_connection_timeout(Duration::from_secs(1))
-        .set_response_timeout(Duration::from_secs(2))
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+}
+
+/// The per-node pipelines of a cluster link. Each primary's client is made
+/// as the seeds' are (scheme, TLS files, ACL user and password, protocol),
+/// on the host and port `CLUSTER SLOTS` gives for it.
+fn node_pipelines(
+    seed: &ConnectionInfo,
+    tls: &RedisTls,
+    protocol: ProtocolVersion,
+    response_timeout: Duration,
+) -> NodePipelines {
+    let (seed, tls) = (seed.clone(), tls.clone());
+    let settings = seed.redis_settings().clone().set_protocol(protocol);
+    let client: NodeClient = Arc::new(move |node: &NodeAddr| {
+        let addr = match seed.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host: node.host.clone(),
+                port: node.port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(node.host.clone(), node.port),
+        };
+        let info = seed
+            .clone()
+            .set_addr(addr)
+            .set_redis_settings(settings.clone());
+        open_client(info, &tls)
+    });
+    NodePipelines::new(client, CONNECT_TIMEOUT, response_timeout)
 }
 
 /// Every Redis client of the engine is made here, so that every connection
@@ -328,8 +382,8 @@ fn open_client(info: ConnectionInfo, tls: &RedisTls) -> redis::RedisResult<redis
 /// rather than park every emit behind a long reconnect back-off.
 fn connection_config() -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
         .set_number_of_retries(2)
         .set_min_delay(Duration::from_millis(50))
         .set_max_delay(Duration::from_millis(500))
@@ -517,6 +571,13 @@ impl Engine for RedisEngine {
 }
 
 impl RedisEngine {
+    /// The link the stores' commands go through: public for the integration
+    /// tests of pipelines on a cluster (`tests/it/redis_cluster_pipelines.rs`).
+    #[doc(hidden)]
+    pub fn command_link(&self) -> Link {
+        self.commands.clone()
+    }
+
     /// Drops every connection for a new one. Harmless when Redis is simply
     /// down (the new connections dial lazily, with the usual back-off).
     async fn redial(&self) {

@@ -256,6 +256,18 @@ impl RedisCluster {
     /// reshard`, keys and all, while clients keep using it (they follow the
     /// ASK and MOVED redirections). Returns the primaries (from, to).
     pub async fn reshard_slot_of(&self, key: &str) -> (u16, u16) {
+        let migration = self.begin_migration(key).await;
+        while migration.migrate_some(100).await > 0 {}
+        migration.finish().await;
+        self.wait_ok().await;
+        (migration.from, migration.to)
+    }
+
+    /// Starts moving the slot of `key` to another primary: IMPORTING on the
+    /// target, MIGRATING on the source. Keys stay on the source until
+    /// [`Migration::migrate_some`] moves them; meanwhile the source answers
+    /// ASK for a key it no longer has (or never had).
+    pub async fn begin_migration(&self, key: &str) -> Migration {
         let slot = slot_of(key);
         let from = self.shard_of(key).await.primary;
         let shards = shards_seen_by(from).await.expect("CLUSTER SHARDS");
@@ -273,67 +285,105 @@ impl RedisCluster {
                 .expect("CLUSTER MYID")
         };
         let (from_id, to_id) = (id(from).await, id(to).await);
+        let mut others: Vec<u16> = shards
+            .iter()
+            .map(|(_, s)| s.primary)
+            .filter(|p| *p != to && *p != from)
+            .collect();
+        others.dedup();
+        let migration = Migration {
+            slot,
+            from,
+            to,
+            from_id,
+            to_id,
+            others,
+        };
         // `--cluster reshard` moves a number of slots from a node; the
         // exact one, step by step, is the documented SETSLOT/MIGRATE dance.
-        let (mut src, mut dst) = (
-            node_connection(from).await.expect("from"),
-            node_connection(to).await.expect("to"),
-        );
-        let setslot = |what: &str, node: &str| {
-            let mut cmd = redis::cmd("CLUSTER");
-            cmd.arg("SETSLOT").arg(slot).arg(what).arg(node);
-            cmd
-        };
-        let () = setslot("IMPORTING", &from_id)
-            .query_async(&mut dst)
+        let () = migration
+            .setslot("IMPORTING", &migration.from_id)
+            .query_async(&mut node_connection(to).await.expect("to"))
             .await
             .expect("IMPORTING");
-        let () = setslot("MIGRATING", &to_id)
-            .query_async(&mut src)
+        let () = migration
+            .setslot("MIGRATING", &migration.to_id)
+            .query_async(&mut node_connection(from).await.expect("from"))
             .await
             .expect("MIGRATING");
-        loop {
-            let keys: Vec<String> = redis::cmd("CLUSTER")
-                .arg("GETKEYSINSLOT")
-                .arg(slot)
-                .arg(100)
-                .query_async(&mut src)
-                .await
-                .expect("GETKEYSINSLOT");
-            if keys.is_empty() {
-                break;
-            }
-            let () = redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(to)
-                .arg("")
-                .arg(0)
-                .arg(5000)
-                .arg("KEYS")
-                .arg(&keys)
-                .query_async(&mut src)
-                .await
-                .expect("MIGRATE");
+        migration
+    }
+
+    /// Runs `cmd` on every live node, replicas included (SCRIPT FLUSH).
+    pub async fn on_every_node(&self, cmd: &redis::Cmd) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let mut conn = node_connection(node.port).await.expect("node");
+            let _: redis::Value = cmd.query_async(&mut conn).await.expect("command on a node");
         }
-        // The new owner first, then the old one, then the other primaries
-        // (replicas learn it from their primaries).
-        let mut primaries = vec![to, from];
-        primaries.extend(
-            shards
-                .iter()
-                .map(|(_, s)| s.primary)
-                .filter(|p| *p != to && *p != from),
-        );
-        primaries.dedup();
+    }
+}
+
+/// A slot on its way from one primary to another ([`RedisCluster::begin_migration`]).
+pub struct Migration {
+    pub slot: u16,
+    pub from: u16,
+    pub to: u16,
+    from_id: String,
+    to_id: String,
+    others: Vec<u16>,
+}
+
+impl Migration {
+    fn setslot(&self, what: &str, node: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(self.slot).arg(what).arg(node);
+        cmd
+    }
+
+    /// MIGRATE of up to `count` of the slot's keys still on the source;
+    /// returns how many moved.
+    pub async fn migrate_some(&self, count: usize) -> usize {
+        let mut src = node_connection(self.from).await.expect("from");
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(self.slot)
+            .arg(count)
+            .query_async(&mut src)
+            .await
+            .expect("GETKEYSINSLOT");
+        if keys.is_empty() {
+            return 0;
+        }
+        let () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(self.to)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut src)
+            .await
+            .expect("MIGRATE");
+        keys.len()
+    }
+
+    /// Gives the slot to the target: the new owner first, then the old one,
+    /// then the other primaries (replicas learn it from their primaries).
+    /// The source answers MOVED from here on. Keys still on the source are
+    /// moved first.
+    pub async fn finish(&self) {
+        while self.migrate_some(100).await > 0 {}
+        let mut primaries = vec![self.to, self.from];
+        primaries.extend(self.others.iter().copied());
         for port in primaries {
             let mut conn = node_connection(port).await.expect("node");
-            let _: redis::Value = setslot("NODE", &to_id)
+            let _: redis::Value = self
+                .setslot("NODE", &self.to_id)
                 .query_async(&mut conn)
                 .await
                 .expect("SETSLOT NODE");
         }
-        self.wait_ok().await;
-        (from, to)
     }
 }
 
@@ -395,7 +445,7 @@ fn cluster_ports(n: usize) -> Vec<u16> {
     ports
 }
 
-async fn node_connection(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+pub async fn node_connection(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_connection_timeout(Some(Duration::from_secs(1)));
