@@ -27,7 +27,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -259,7 +259,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
     let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    let Some(_internal_rx) = lock
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -267,11 +267,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let queue = &socket.queue;
 
     // map a packet to a websocket message
     // It is declared as a macro rather than a closure to avoid ownership issues
@@ -306,17 +302,18 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             };
         }
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
+    // Forward queued packets (and then the volatile one) until the queue is closed or the
+    // session is cancelled.
     loop {
         tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
+            items = std::future::poll_fn(|cx| queue.poll_pop(cx)) => {
                 match items {
                     Some(packets) => {
                         for item in packets {
                             map_fn!(item);
                         }
-                        while let Ok(packets) = buffered_rx.try_recv() {
+                        while let Some(packets) = queue.try_pop() {
                             for item in packets {
                                 map_fn!(item);
                             }
@@ -326,16 +323,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
-                }
-            },
         }
 
         #[cfg(feature = "tracing")]
@@ -410,10 +397,10 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
+    // It goes in even if the queue is full: a full queue has no polling request waiting.
     socket
-        .internal_tx
-        .send(smallvec![Packet::Noop])
-        .await
+        .queue
+        .push_control(smallvec![Packet::Noop])
         .map_err(|_| Error::Upgrade)?;
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
