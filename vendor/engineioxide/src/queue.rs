@@ -161,6 +161,7 @@ impl Queue {
     }
 
     /// Takes the next packet out, if there is one, without registering for a wake-up.
+    #[cfg(test)]
     pub(crate) fn try_pop(&self) -> Option<PacketBuf> {
         Self::pop(&mut self.lock())
     }
