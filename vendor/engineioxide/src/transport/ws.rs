@@ -124,6 +124,46 @@ pub async fn on_init<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Boxed: the task's state keeps, for the connection's whole life, room for the largest
+    // future it ever awaited, and the handshake's (about 1 KB) is larger than the rest.
+    let (socket, ws) = Box::pin(open(&engine, conn, protocol, sid, req_data)).await?;
+
+    let mut conn = Connection::new(&socket, ws);
+    match conn.serve(&engine).await {
+        Some(Err(ref e)) => {
+            let reason =
+                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
+
+            #[cfg(feature = "tracing")]
+            tracing::debug!("error when handling packet: {:?}", e);
+            engine.close_session(socket.id, reason);
+        }
+        Some(Ok(())) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "ws transport was closed");
+            engine.close_session(socket.id, DisconnectReason::TransportClose);
+        }
+        None => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "socket is closing");
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// The handshake of a new session, or the upgrade of a polling one: the socket and the
+/// stream, ready for [`Connection`].
+async fn open<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    conn: S,
+    protocol: ProtocolVersion,
+    sid: Option<Sid>,
+    req_data: Box<Parts>,
+) -> Result<(Arc<Socket<H::Data>>, WebSocketStream<S>), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(engine.config.ws_read_buffer_size)
         .max_message_size(Some(engine.config.ws_max_message_size))
@@ -170,29 +210,7 @@ where
         socket.start_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-
-    let mut conn = Connection::new(&socket, ws);
-    match conn.serve(&engine).await {
-        Some(Err(ref e)) => {
-            let reason =
-                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
-
-            #[cfg(feature = "tracing")]
-            tracing::debug!("error when handling packet: {:?}", e);
-            engine.close_session(socket.id, reason);
-        }
-        Some(Ok(())) => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "ws transport was closed");
-            engine.close_session(socket.id, DisconnectReason::TransportClose);
-        }
-        None => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "socket is closing");
-        }
-    }
-    conn.close().await;
-    Ok(())
+    Ok((socket, ws))
 }
 
 /// Handles one message from the client. `Break` ends the connection: `Ok` when the client
@@ -391,7 +409,7 @@ where
     /// close packet of [`Socket::close`] among it), flushes and sends the close frame. Then
     /// the queue's lock is released. If the writing never started (a polling request kept the
     /// lock until the session closed), the stream is only dropped.
-    async fn close(mut self) {
+    async fn close(&mut self) {
         if self.rx.is_none() {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %self.socket.id, "session closed before starting the ws writer");
@@ -815,6 +833,19 @@ mod tests {
         let end = tokio::time::timeout(TIMEOUT, conn).await.unwrap().unwrap();
         assert!(matches!(end, Some(Ok(()))));
         assert!(engine.get_socket(socket.id).is_none());
+    }
+
+    /// The task's state is allocated for the connection's whole life, at the size of its
+    /// largest state: the opening handshake must stay boxed, and `Connection::close` must
+    /// not take the connection by value (each of these cost about 1 KB per socket).
+    #[tokio::test]
+    async fn the_task_state_stays_small() {
+        let (engine, _socket, _messages) = session();
+        let (server, _client) = tokio::io::duplex(64);
+        let parts = Box::new(Request::<()>::default().into_parts().0);
+        let task = on_init(engine, server, ProtocolVersion::V4, None, parts);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 1024, "on_init's future takes {size} B");
     }
 
     #[tokio::test]
