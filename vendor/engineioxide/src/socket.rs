@@ -61,16 +61,12 @@ use std::{
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error};
+use crate::{config::EngineIoConfig, errors::Error, queue::Queue};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+use tokio::sync::{Mutex, mpsc::error::TrySendError};
 
 pub use engineioxide_core::Sid;
 #[cfg(feature = "__test_harness")]
@@ -112,19 +108,27 @@ impl From<&Error> for Option<DisconnectReason> {
 
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
+/// Dropped unused, it gives the place back.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, PacketBuf>,
+    queue: &'a Queue,
 }
 impl Permit<'_> {
+    fn send(self, packets: PacketBuf) {
+        let queue = self.queue;
+        // The reserved place is taken by the packet, not given back by `drop`.
+        std::mem::forget(self);
+        queue.push_reserved(packets);
+    }
+
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(smallvec![Packet::Message(msg)]);
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(smallvec![Packet::Binary(data)]);
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -136,7 +140,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -148,28 +152,23 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 }
 
-#[derive(Debug)]
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.queue.release();
+    }
+}
+
+/// The consumer's side of the socket's queue: whoever holds it (behind
+/// [`Socket::internal_rx`]) is the only one taking packets out of [`Socket::queue`].
+#[derive(Debug, Default)]
 pub(crate) struct InternalRx {
-    pub buffered_rx: Receiver<PacketBuf>,
+    /// A packet a polling request took out but could not fit in its payload: the next
+    /// request sends it first.
     pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
-}
-
-impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<PacketBuf>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
-        Self {
-            buffered_rx,
-            peeked_packet: None,
-            volatile_rx,
-        }
-    }
 }
 
 /// No heartbeat deadline pending.
@@ -231,26 +230,22 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
-    /// Channel to send [`PacketBuf`] to the connection
+    /// The right to take packets out of [`Socket::queue`], and the packet a polling request
+    /// peeked at.
     ///
-    /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
-    ///
-    /// It is locked if [`EngineIo`](crate::engine) is currently reading from it :
+    /// It is locked if [`EngineIo`](crate::engine) is currently reading from the queue :
     /// * In case of polling transport it will be locked and released for each request
     /// * In case of websocket transport it will always be locked until the connection is closed
     ///
     /// Closing behavior is driven by the [`Socket::cancellation_token`].
-    ///
-    /// The channel is made of a [`SmallVec`] of [`Packet`]s so that adjacent packets can be sent atomically.
     pub(crate) internal_rx: Mutex<InternalRx>,
 
-    /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
-
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    /// The packets waiting to be sent, and the latest volatile one.
+    ///
+    /// Each item is a [`SmallVec`] of [`Packet`]s so that adjacent packets are sent atomically.
+    /// It allocates only while packets wait; volatile packets bypass its bound and only the
+    /// latest is kept.
+    pub(crate) queue: Queue,
 
     /// Heartbeat deadlines, checked by the engine's sweeper task (one per engine, not one
     /// task and timer per socket).
@@ -283,19 +278,14 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         Self {
             id: Sid::new(),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
-
-            volatile_tx,
+            internal_rx: Mutex::new(InternalRx::default()),
+            queue: Queue::new(config.max_buffer_size),
 
             heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
@@ -314,8 +304,8 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(smallvec![packet])
+        self.queue
+            .try_push(smallvec![packet])
             .map_err(|p| match p {
                 TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
                 TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
@@ -366,7 +356,7 @@ where
                 self.heartbeat.deadline.store(deadline, Ordering::Relaxed);
                 #[cfg(feature = "tracing")]
                 tracing::trace!(sid = ?self.id, "ping received, sending pong");
-                if self.internal_tx.try_send(smallvec![Packet::Pong]).is_err() {
+                if self.queue.try_push(smallvec![Packet::Pong]).is_err() {
                     self.close(DisconnectReason::HeartbeatTimeout);
                 }
             }
@@ -405,7 +395,7 @@ where
         hb.deadline.store(now + millis(timeout), Ordering::Relaxed);
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = ?self.id, "emitting ping");
-        self.internal_tx.try_send(smallvec![Packet::Ping]).is_err()
+        self.queue.try_push(smallvec![Packet::Ping]).is_err()
     }
 
     /// Returns true if the [`Socket`] has a websocket [`TransportType`]
@@ -437,8 +427,8 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        self.queue.try_reserve()?;
+        Ok(Permit { queue: &self.queue })
     }
 
     /// Emits a message to the client.
@@ -467,13 +457,16 @@ where
 
     /// Returns true if the socket is closed
     /// It means that no more packets can be sent to the client
+    ///
+    /// A socket is closed once its session was closed and the transport let go of it,
+    /// right before [`on_disconnect`](crate::handler::EngineIoHandler::on_disconnect).
     pub fn is_closed(&self) -> bool {
-        self.internal_tx.is_closed()
+        self.queue.is_closed()
     }
 
     /// Wait for the socket to be fully closed
     pub async fn closed(&self) {
-        self.internal_tx.closed().await
+        self.queue.closed().await
     }
 
     /// Emits a binary message to the client.
@@ -499,11 +492,12 @@ where
     /// Volatile messages may be dropped if the transport is not ready to
     /// receive them.
     ///
-    /// Because volatile messages bypass the main mpsc buffer queue, they may
+    /// Because volatile messages bypass the main buffer queue, they may
     /// arrive out of order relative to regular messages.
     ///
-    /// Returns `true` if the message was queued for sending, `false` if it
-    /// was dropped (channel full or transport shutting down).
+    /// Returns `true` if the message was queued for sending (it may still be replaced by
+    /// a later volatile message before the transport sends it), `false` if it was dropped
+    /// because the socket is closed.
     #[inline]
     pub fn emit_volatile(&self, msg: impl Into<Str>) -> bool {
         self.send_volatile(smallvec![Packet::Message(msg.into())])
@@ -541,7 +535,7 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        self.queue.set_volatile(packets)
     }
 }
 
@@ -552,7 +546,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("protocol", &self.protocol)
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
-            .field("internal_tx", &self.internal_tx)
+            .field("queue", &self.queue)
             .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
@@ -600,19 +594,14 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         let sock = Self {
             id: sid,
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
-            internal_tx,
-
-            volatile_tx,
+            internal_rx: Mutex::new(InternalRx::default()),
+            queue: Queue::new(buffer_size),
 
             heartbeat: Heartbeat::new(),
             cancellation_token: CancellationToken::new(),
@@ -625,11 +614,12 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
-            let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
-            while let Some(packets) = internal_rx.buffered_rx.recv().await {
+            let _internal_rx = sock_clone.internal_rx.try_lock().unwrap();
+            let queue = &sock_clone.queue;
+            while let Some(packets) = std::future::poll_fn(|cx| queue.poll_pop(cx)).await {
                 for packet in packets {
                     tx.send(packet).await.unwrap();
                 }
