@@ -10,6 +10,7 @@ use std::{
     pin::pin,
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use futures_util::{SinkExt, StreamExt};
@@ -148,7 +149,8 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    conn.close().await;
+    // Boxed, like `open`: the closing step's timer is needed once, at the end.
+    Box::pin(conn.close(engine.config.ping_timeout)).await;
     Ok(())
 }
 
@@ -409,7 +411,12 @@ where
     /// close packet of [`Socket::close`] among it), flushes and sends the close frame. Then
     /// the queue's lock is released. If the writing never started (a polling request kept the
     /// lock until the session closed), the stream is only dropped.
-    async fn close(&mut self) {
+    ///
+    /// All of it within `within`: a client that stopped reading (a zero TCP window) would
+    /// otherwise keep the flush pending until the kernel gives up on the connection, and the
+    /// session's `on_disconnect` waits for the queue's lock. The engine passes its
+    /// `ping_timeout`, the time it gives any client to answer.
+    async fn close(&mut self, within: Duration) {
         if self.rx.is_none() {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %self.socket.id, "session closed before starting the ws writer");
@@ -417,8 +424,14 @@ where
         }
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %self.socket.id, "ws closing flush");
-        poll_fn(|cx| self.poll_write(cx)).await;
-        SinkExt::close(&mut self.ws).await.ok();
+        let closing = async {
+            poll_fn(|cx| self.poll_write(cx)).await;
+            SinkExt::close(&mut self.ws).await.ok();
+        };
+        if tokio::time::timeout(within, closing).await.is_err() {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %self.socket.id, "ws closing flush timed out, dropping the stream");
+        }
     }
 }
 
@@ -567,8 +580,6 @@ fn ws_bytes_to_str(bytes: tungstenite::Utf8Bytes) -> Str {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bytes::Bytes;
     use http::Request;
     use tokio::{io::DuplexStream, sync::mpsc, task::JoinHandle};
@@ -590,16 +601,19 @@ mod tests {
         fn on_binary(self: &Arc<Self>, _: Bytes, _: Arc<Socket<()>>) {}
     }
 
-    fn session() -> (
+    type Session = (
         Arc<EngineIo<RecordingHandler>>,
         Arc<Socket<()>>,
         mpsc::UnboundedReceiver<String>,
-    ) {
+    );
+
+    fn session() -> Session {
+        session_with(EngineIoConfig::default())
+    }
+
+    fn session_with(config: EngineIoConfig) -> Session {
         let (tx, rx) = mpsc::unbounded_channel();
-        let engine = Arc::new(EngineIo::new(
-            Arc::new(RecordingHandler(tx)),
-            EngineIoConfig::default(),
-        ));
+        let engine = Arc::new(EngineIo::new(Arc::new(RecordingHandler(tx)), config));
         let socket = engine.create_session(
             ProtocolVersion::V4,
             TransportType::Websocket,
@@ -629,7 +643,7 @@ mod tests {
         tokio::spawn(async move {
             let mut conn = Connection::new(&socket, ws);
             let end = conn.serve(&engine).await;
-            conn.close().await;
+            conn.close(engine.config.ping_timeout).await;
             end
         })
     }
@@ -818,6 +832,35 @@ mod tests {
 
         let end = tokio::time::timeout(TIMEOUT, conn).await.unwrap().unwrap();
         assert!(end.is_none());
+        tokio::time::timeout(TIMEOUT, socket.closed())
+            .await
+            .expect("the queue closes once the connection let go of it");
+    }
+
+    /// A client that stopped reading cannot hold the closing session: the closing flush
+    /// gives up after `ping_timeout` and the queue's lock is released.
+    #[tokio::test]
+    async fn closing_to_a_client_that_does_not_read_ends_after_the_ping_timeout() {
+        let config = EngineIoConfig::builder()
+            .ping_timeout(Duration::from_millis(200))
+            .build();
+        let (engine, socket, _messages) = session_with(config);
+        let (server, _client) = ws_pair(64).await;
+        let conn = spawn_connection(engine.clone(), socket.clone(), server);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+
+        socket.emit(Str::from("x".repeat(64 * 1024))).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = tokio::time::Instant::now();
+        socket.close(DisconnectReason::ClosingServer);
+
+        let bound = engine.config.ping_timeout + TIMEOUT;
+        let end = tokio::time::timeout(bound, conn)
+            .await
+            .expect("the connection should end once the closing flush gives up")
+            .unwrap();
+        assert!(end.is_none());
+        assert!(started.elapsed() >= engine.config.ping_timeout);
         tokio::time::timeout(TIMEOUT, socket.closed())
             .await
             .expect("the queue closes once the connection let go of it");
