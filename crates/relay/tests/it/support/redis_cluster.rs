@@ -408,22 +408,7 @@ pub fn slot_of(key: &str) -> u16 {
         },
         None => bytes,
     };
-    crc16_xmodem(hashed) % 16384
-}
-
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for byte in data {
-        crc ^= u16::from(*byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
 }
 
 /// Six ports whose cluster bus ports (port + 10000) are free too: the
