@@ -33,8 +33,12 @@ use crate::{
 /// debug builds only.
 pub const CRASH_HOOK: &str = "RELAY_TEST_CRASH_BEFORE_ACK";
 
-/// Stream entries one node works on at once (offers waiting for acks included).
+/// Stream entries one node works on at once (an offer waiting for its
+/// merchant gives its slot back and holds one of `MAX_OPEN_OFFERS`).
 const MAX_IN_FLIGHT: usize = 1024;
+/// Offers waiting for their merchant at once, per node: 16 times the read
+/// slots, a few KiB each (an outcome task, its timer and the entry).
+const MAX_OPEN_OFFERS: usize = 16 * MAX_IN_FLIGHT;
 
 /// Everything that can be checked before binding a port.
 pub struct Prepared {
@@ -219,6 +223,7 @@ pub(super) fn wire<E: Engine>(
         health.clone(),
         ConsumerSettings {
             max_in_flight: MAX_IN_FLIGHT,
+            max_open_offers: MAX_OPEN_OFFERS,
             claim_idle: config.stream.claim_idle,
             max_event_bytes: config.stream.max_event_bytes,
             drain: (config.shutdown_grace / 3).min(Duration::from_secs(5)),

@@ -30,9 +30,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
-    /// Entries held at once, offers waiting for acks included: a 60 s
-    /// merchant wait holds a slot, never the stream.
+    /// Entries being handled at once (read slots). An offer waiting for
+    /// its merchant gives its read slot back once its order's turn has
+    /// passed, and holds an offer slot instead.
     pub max_in_flight: usize,
+    /// Offers waiting for their outcome at once. Each may wait its whole
+    /// timer (60 s by default): were they counted against `max_in_flight`,
+    /// that many open offers would stop the node reading the stream, and
+    /// every status and chat event behind them would wait.
+    pub max_open_offers: usize,
     pub claim_idle: Duration,
     /// Entries beyond this size are dead-lettered undecoded (`too_large`).
     /// The Redis engine refuses them as it reads them; this catches the
@@ -60,6 +66,8 @@ pub struct Consumer<E: Engine> {
     health: Health,
     settings: ConsumerSettings,
     permits: Arc<Semaphore>,
+    /// Offers waiting for their outcome (see [`ConsumerSettings::max_open_offers`]).
+    offer_slots: Arc<Semaphore>,
     /// Entries this node holds (for keep-alive, claim exclusion, hand-back).
     in_flight: Arc<Mutex<HashSet<String>>>,
     tasks: TaskTracker,
@@ -74,6 +82,7 @@ impl<E: Engine> Clone for Consumer<E> {
             health: self.health.clone(),
             settings: self.settings.clone(),
             permits: self.permits.clone(),
+            offer_slots: self.offer_slots.clone(),
             in_flight: self.in_flight.clone(),
             tasks: self.tasks.clone(),
             stop: self.stop.clone(),
@@ -94,6 +103,7 @@ impl<E: Engine> Consumer<E> {
             dispatcher,
             health,
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+            offer_slots: Arc::new(Semaphore::new(settings.max_open_offers)),
             settings,
             in_flight: Arc::default(),
             tasks: TaskTracker::new(),
@@ -461,6 +471,16 @@ impl<E: Engine> Consumer<E> {
                 }
             }
             Effect::Offers(outcomes) => {
+                // The order's turn has passed (advanced above); from here the
+                // entry only waits for its merchant. It stays held (kept
+                // alive, handed back at shutdown) but gives its read slot
+                // back, so that open offers never stop the stream. Past the
+                // offer bound the read slot is kept: reading stops there.
+                let slot = match self.offer_slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                };
+                drop(permit);
                 let this = self.clone();
                 self.tasks.spawn(async move {
                     if outcomes.await {
@@ -469,7 +489,7 @@ impl<E: Engine> Consumer<E> {
                         // An outcome could not be written: redelivered later.
                         this.give_up(&entry.id);
                     }
-                    drop(permit);
+                    drop(slot);
                 });
                 return;
             }

@@ -72,6 +72,35 @@ async fn a_merchant_offline_when_the_order_arrives_gets_it_when_it_connects_on(k
     assert_eq!(settled_outcomes(&cluster, &id).await, ["acked"]);
 }
 
+/// More offers waiting for their merchants than a node has read slots
+/// (1,024): an event behind them is still read and handled at once, not
+/// after the offers' timers (60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_waiting_for_merchants_do_not_stop_the_stream_behind_them() {
+    let cluster = Cluster::start("open-offers", 1, &[]).await;
+    let mut conn = cluster.redis.connection().await;
+    let mut pipe = redis::pipe();
+    for i in 0..1_100 {
+        let data = json!({"order_id": format!("busy{i}"), "customer_id": "c1", "store_id": "s-closed", "items": [], "accept_timeout_s": 60});
+        pipe.cmd("XADD")
+            .arg(cluster.key("events"))
+            .arg("*")
+            .arg("type")
+            .arg("order.created")
+            .arg("data")
+            .arg(data.to_string())
+            .ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.expect("XADD");
+    let behind = cluster
+        .xadd(
+            "order.status",
+            json!({"order_id": "elsewhere", "status": "preparing"}),
+        )
+        .await;
+    cluster.wait_handled(&behind).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_merchant_that_drops_before_acking_gets_the_offer_again_on_reconnect() {
     let cluster = Cluster::start("reconnecting-merchant", 2, &[]).await;
