@@ -78,20 +78,12 @@ async fn a_merchant_offline_when_the_order_arrives_gets_it_when_it_connects_on(k
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_waiting_for_merchants_do_not_stop_the_stream_behind_them() {
     let cluster = Cluster::start("open-offers", 1, &[]).await;
-    let mut conn = cluster.redis.connection().await;
-    let mut pipe = redis::pipe();
-    for i in 0..1_100 {
-        let data = json!({"order_id": format!("busy{i}"), "customer_id": "c1", "store_id": "s-closed", "items": [], "accept_timeout_s": 60});
-        pipe.cmd("XADD")
-            .arg(cluster.key("events"))
-            .arg("*")
-            .arg("type")
-            .arg("order.created")
-            .arg("data")
-            .arg(data.to_string())
-            .ignore();
-    }
-    let () = pipe.query_async(&mut conn).await.expect("XADD");
+    cluster
+        .xadd_many((0..1_100).map(|i| {
+            let data = json!({"order_id": format!("busy{i}"), "customer_id": "c1", "store_id": "s-closed", "items": [], "accept_timeout_s": 60});
+            ("order.created", data)
+        }))
+        .await;
     let behind = cluster
         .xadd(
             "order.status",

@@ -237,33 +237,17 @@ async fn ten_thousand_status_events_arrive_complete_and_in_order_per_order() {
             .await,
         );
     }
-    let mut conn = cluster.redis.connection().await;
-    let mut pipe = redis::pipe();
-    for o in 0..ORDERS {
+    let created = (0..ORDERS).map(|o| {
         let data = json!({"order_id": format!("o{o}"), "customer_id": format!("c{}", o % CUSTOMERS), "store_id": "nobody", "items": []});
-        pipe.cmd("XADD")
-            .arg(cluster.key("events"))
-            .arg("*")
-            .arg("type")
-            .arg("order.created")
-            .arg("data")
-            .arg(data.to_string())
-            .ignore();
-    }
-    for s in 0..STATUSES {
-        for o in 0..ORDERS {
+        ("order.created", data)
+    });
+    let statuses = (0..STATUSES).flat_map(|s| {
+        (0..ORDERS).map(move |o| {
             let data = json!({"order_id": format!("o{o}"), "status": format!("s{s}")});
-            pipe.cmd("XADD")
-                .arg(cluster.key("events"))
-                .arg("*")
-                .arg("type")
-                .arg("order.status")
-                .arg("data")
-                .arg(data.to_string())
-                .ignore();
-        }
-    }
-    let () = pipe.query_async(&mut conn).await.expect("XADD batch");
+            ("order.status", data)
+        })
+    });
+    cluster.xadd_many(created.chain(statuses)).await;
 
     let mut duplicates = 0usize;
     let mut tasks = Vec::new();

@@ -111,6 +111,23 @@ impl Cluster {
             .expect("XADD")
     }
 
+    /// Many entries in one pipeline, in order: `(type, data)` each.
+    pub async fn xadd_many(&self, entries: impl IntoIterator<Item = (&str, serde_json::Value)>) {
+        let mut conn = self.redis.connection().await;
+        let mut pipe = redis::pipe();
+        for (kind, data) in entries {
+            pipe.cmd("XADD")
+                .arg(self.key("events"))
+                .arg("*")
+                .arg("type")
+                .arg(kind)
+                .arg("data")
+                .arg(data.to_string())
+                .ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.expect("XADD batch");
+    }
+
     /// `order.created` of `order` for `customer` at `store`, no items.
     pub async fn create_order(&self, order: &str, customer: &str, store: &str) -> String {
         self.xadd(
