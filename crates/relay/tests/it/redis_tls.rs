@@ -7,6 +7,7 @@ use std::{path::PathBuf, time::Duration};
 use relay::auth::Role;
 use serde_json::json;
 
+use crate::engine::eventually;
 use crate::support::{
     API_KEY, Backend, Cluster, NodeProcess, RedisCluster, TestCerts, TlsRedisServer, WAIT, connect,
     expect_event, http, metric, token,
@@ -331,13 +332,28 @@ async fn redis_cluster_acl_user_on_every_node_relays_across_two_nodes() {
     }
     // The per-node pipelines log in as the same user: the slot map was
     // read, and no pipeline fell back to the cluster connection for want
-    // of a node connection (a refused login would).
+    // of a node connection (a refused login would). Which node handled the
+    // order's entries is the consumer group's choice, so each node is made
+    // to send a pipeline of its own: a driver's location flush.
     for i in 0..2 {
         let url = cluster.url(i);
-        assert!(
-            metric(&url, "relay_redis_cluster_slot_map_refreshes_total").await >= 1.0,
-            "node {i} sent a pipeline per primary"
-        );
+        let driver = connect(&url, &token(&format!("d{i}"), Role::Driver)).await;
+        driver
+            .emit_with_ack(
+                "driver:location_update",
+                json!({"lat": 12.97, "lng": 77.59}),
+                WAIT,
+            )
+            .await
+            .expect("location ack");
+        eventually(&format!("node {i} sent a pipeline per primary"), || {
+            let url = url.clone();
+            async move {
+                (metric(&url, "relay_redis_cluster_slot_map_refreshes_total").await >= 1.0)
+                    .then_some(())
+            }
+        })
+        .await;
         assert_eq!(
             metric(
                 &url,
