@@ -1,22 +1,28 @@
 //! A private Redis Cluster: three primaries with one replica each, six
 //! `redis-server --cluster-enabled yes` processes on loopback joined by
 //! `redis-cli --cluster create`, in a directory of their own; killed and
-//! removed on drop. It starts in about a second.
+//! removed on drop. It starts in about a second. [`RedisCluster::start_tls`]
+//! starts one that speaks TLS only, on its client ports, its cluster bus and
+//! its replication links, as managed clusters with in-transit encryption do.
 
 use std::{
     path::PathBuf,
     process::Stdio,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use redis::{
-    cluster::{ClusterClient, ClusterConfig},
+    ClientTlsConfig, TlsCertificates,
+    cluster::{ClusterClientBuilder, ClusterConfig},
     cluster_async::ClusterConnection,
 };
 use tokio::process::{Child, Command};
 
-use super::WAIT;
+use super::{TestCerts, WAIT};
 
 /// Node timeout of a cluster started with [`RedisCluster::start`]: how
 /// long a primary must be silent before its replica takes over.
@@ -25,6 +31,51 @@ pub const NODE_TIMEOUT_MS: u64 = 2000;
 pub struct RedisCluster {
     dir: PathBuf,
     nodes: Vec<ClusterNode>,
+    dial: Dial,
+}
+
+/// How the test process reaches a node: plain TCP, or TLS with the test CA
+/// (and the client certificate, which a mutual-TLS cluster requires).
+#[derive(Clone)]
+enum Dial {
+    Plain,
+    Tls(Arc<TlsFiles>),
+}
+
+struct TlsFiles {
+    /// Paths, for `redis-server` and `redis-cli`.
+    ca: String,
+    cert: String,
+    key: String,
+    server_cert: String,
+    server_key: String,
+    mutual: bool,
+    /// The same files' contents, for the redis crate.
+    certificates: TlsCertificates,
+}
+
+impl Dial {
+    fn url(&self, port: u16) -> String {
+        match self {
+            Self::Plain => format!("redis://127.0.0.1:{port}"),
+            Self::Tls(_) => format!("rediss://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn node(&self, port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_connection_timeout(Some(Duration::from_secs(1)));
+        let client = match self {
+            Self::Plain => redis::Client::open(self.url(port))?,
+            Self::Tls(files) => {
+                redis::Client::build_with_tls(self.url(port), files.certificates.clone())?
+            }
+        };
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
 }
 
 struct ClusterNode {
@@ -45,6 +96,35 @@ impl RedisCluster {
 
     /// With a node timeout of its own (shorter in failover tests).
     pub async fn start_with_node_timeout(node_timeout_ms: u64) -> Self {
+        Self::start_dialing(Dial::Plain, node_timeout_ms).await
+    }
+
+    /// A cluster that speaks TLS only, with certificates `certs` signed;
+    /// `mutual`: it requires a client certificate of every client.
+    pub async fn start_tls(certs: &TestCerts, mutual: bool) -> Self {
+        let read = |file: &str| std::fs::read(certs.path(file)).expect("certificate file");
+        let files = TlsFiles {
+            ca: certs.path("ca.crt"),
+            cert: certs.path("client.crt"),
+            key: certs.path("client.key"),
+            server_cert: certs.path("server.crt"),
+            server_key: certs.path("server.key"),
+            mutual,
+            certificates: TlsCertificates {
+                client_tls: mutual.then(|| ClientTlsConfig {
+                    client_cert: read("client.crt"),
+                    client_key: read("client.key"),
+                }),
+                root_cert: Some(read("ca.crt")),
+            },
+        };
+        // The redis crate's rustls needs the process-wide provider the
+        // relay's engine installs too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self::start_dialing(Dial::Tls(Arc::new(files)), NODE_TIMEOUT_MS).await
+    }
+
+    async fn start_dialing(dial: Dial, node_timeout_ms: u64) -> Self {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "redis-cluster-{}-{}",
@@ -56,6 +136,7 @@ impl RedisCluster {
         let mut cluster = Self {
             dir,
             nodes: Vec::new(),
+            dial,
         };
         for port in cluster_ports(6) {
             let child = cluster.spawn_node(port, node_timeout_ms);
@@ -65,14 +146,23 @@ impl RedisCluster {
             });
         }
         for node in &cluster.nodes {
-            wait_for_ping(node.port).await;
+            wait_for_ping(&cluster.dial, node.port).await;
         }
         let addrs: Vec<String> = cluster
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let created = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Dial::Tls(files) = &cluster.dial {
+            create.args(["--tls", "--cacert", &files.ca]).args([
+                "--cert",
+                &files.cert,
+                "--key",
+                &files.key,
+            ]);
+        }
+        let created = create
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -89,8 +179,27 @@ impl RedisCluster {
 
     fn spawn_node(&self, port: u16, node_timeout_ms: u64) -> Child {
         let conf = self.dir.join(format!("nodes-{port}.conf"));
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut server = Command::new("redis-server");
+        match &self.dial {
+            Dial::Plain => server.args(["--port", &port.to_string()]),
+            // The bus (port + 10000) and replication speak TLS too; a node
+            // shows the client certificate to the others, which a server
+            // certificate (serverAuth only) could not be.
+            Dial::Tls(files) => server
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .args(["--tls-cert-file", &files.server_cert])
+                .args(["--tls-key-file", &files.server_key])
+                .args(["--tls-client-cert-file", &files.cert])
+                .args(["--tls-client-key-file", &files.key])
+                .args(["--tls-ca-cert-file", &files.ca])
+                .args([
+                    "--tls-auth-clients",
+                    if files.mutual { "yes" } else { "no" },
+                ]),
+        };
+        server
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -112,24 +221,23 @@ impl RedisCluster {
 
     /// Every seed, comma-separated: REDIS_CLUSTER_URLS.
     pub fn seeds(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.seed_urls().join(",")
     }
 
+    /// `redis://` or, on a TLS cluster, `rediss://` URLs of every node.
     pub fn seed_urls(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
-            .collect()
+        self.nodes.iter().map(|n| self.dial.url(n.port)).collect()
     }
 
     /// A cluster connection without a response timeout, so that tests can
     /// wait with XREAD BLOCK.
     pub async fn connection(&self) -> ClusterConnection {
-        ClusterClient::new(self.seed_urls())
+        let mut builder = ClusterClientBuilder::new(self.seed_urls());
+        if let Dial::Tls(files) = &self.dial {
+            builder = builder.certs(files.certificates.clone());
+        }
+        builder
+            .build()
             .expect("cluster client")
             .get_async_connection_with_config(ClusterConfig::new())
             .await
@@ -162,7 +270,7 @@ impl RedisCluster {
     async fn is_ok(&self, replicas: bool) -> bool {
         let mut views = Vec::new();
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let Ok(mut conn) = node_connection(node.port).await else {
+            let Ok(mut conn) = self.dial.node(node.port).await else {
                 return false;
             };
             let info: String = match redis::cmd("CLUSTER")
@@ -176,14 +284,14 @@ impl RedisCluster {
             if !info.contains("cluster_state:ok") {
                 return false;
             }
-            match shards_seen_by(node.port).await {
+            match shards_seen_by(&self.dial, node.port).await {
                 Some(view) => views.push(view),
                 None => return false,
             }
         }
         if replicas && let Some(view) = views.first() {
             for (_, shard) in view {
-                if !replicas_in_sync(shard.primary).await {
+                if !replicas_in_sync(&self.dial, shard.primary).await {
                     return false;
                 }
             }
@@ -200,7 +308,9 @@ impl RedisCluster {
             .find(|n| n.child.is_some())
             .expect("a live node")
             .port;
-        let shards = shards_seen_by(port).await.expect("CLUSTER SHARDS");
+        let shards = shards_seen_by(&self.dial, port)
+            .await
+            .expect("CLUSTER SHARDS");
         shards
             .into_iter()
             .find(|(range, _)| range.0 <= slot && slot <= range.1)
@@ -243,7 +353,7 @@ impl RedisCluster {
     pub async fn wait_replicas_synced(&self, key: &str) {
         let shard = self.shard_of(key).await;
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !replicas_in_sync(shard.primary).await {
+        while !replicas_in_sync(&self.dial, shard.primary).await {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no replica of {key}'s shard in sync within {WAIT:?}"
@@ -270,14 +380,16 @@ impl RedisCluster {
     pub async fn begin_migration(&self, key: &str) -> Migration {
         let slot = slot_of(key);
         let from = self.shard_of(key).await.primary;
-        let shards = shards_seen_by(from).await.expect("CLUSTER SHARDS");
+        let shards = shards_seen_by(&self.dial, from)
+            .await
+            .expect("CLUSTER SHARDS");
         let to = shards
             .iter()
             .map(|(_, s)| s.primary)
             .find(|p| *p != from)
             .expect("another primary");
         let id = |port: u16| async move {
-            let mut conn = node_connection(port).await.expect("node");
+            let mut conn = self.dial.node(port).await.expect("node");
             redis::cmd("CLUSTER")
                 .arg("MYID")
                 .query_async::<String>(&mut conn)
@@ -298,17 +410,18 @@ impl RedisCluster {
             from_id,
             to_id,
             others,
+            dial: self.dial.clone(),
         };
         // `--cluster reshard` moves a number of slots from a node; the
         // exact one, step by step, is the documented SETSLOT/MIGRATE dance.
         let () = migration
             .setslot("IMPORTING", &migration.from_id)
-            .query_async(&mut node_connection(to).await.expect("to"))
+            .query_async(&mut self.dial.node(to).await.expect("to"))
             .await
             .expect("IMPORTING");
         let () = migration
             .setslot("MIGRATING", &migration.to_id)
-            .query_async(&mut node_connection(from).await.expect("from"))
+            .query_async(&mut self.dial.node(from).await.expect("from"))
             .await
             .expect("MIGRATING");
         migration
@@ -317,7 +430,7 @@ impl RedisCluster {
     /// Runs `cmd` on every live node, replicas included (SCRIPT FLUSH).
     pub async fn on_every_node(&self, cmd: &redis::Cmd) {
         for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-            let mut conn = node_connection(node.port).await.expect("node");
+            let mut conn = self.dial.node(node.port).await.expect("node");
             let _: redis::Value = cmd.query_async(&mut conn).await.expect("command on a node");
         }
     }
@@ -331,6 +444,7 @@ pub struct Migration {
     from_id: String,
     to_id: String,
     others: Vec<u16>,
+    dial: Dial,
 }
 
 impl Migration {
@@ -343,7 +457,7 @@ impl Migration {
     /// MIGRATE of up to `count` of the slot's keys still on the source;
     /// returns how many moved.
     pub async fn migrate_some(&self, count: usize) -> usize {
-        let mut src = node_connection(self.from).await.expect("from");
+        let mut src = self.dial.node(self.from).await.expect("from");
         let keys: Vec<String> = redis::cmd("CLUSTER")
             .arg("GETKEYSINSLOT")
             .arg(self.slot)
@@ -377,7 +491,7 @@ impl Migration {
         let mut primaries = vec![self.to, self.from];
         primaries.extend(self.others.iter().copied());
         for port in primaries {
-            let mut conn = node_connection(port).await.expect("node");
+            let mut conn = self.dial.node(port).await.expect("node");
             let _: redis::Value = self
                 .setslot("NODE", &self.to_id)
                 .query_async(&mut conn)
@@ -430,19 +544,16 @@ fn cluster_ports(n: usize) -> Vec<u16> {
     ports
 }
 
+/// A plain connection to one node of a cluster made with
+/// [`RedisCluster::start`].
 pub async fn node_connection(port: u16) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_connection_timeout(Some(Duration::from_secs(1)));
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
+    Dial::Plain.node(port).await
 }
 
-async fn wait_for_ping(port: u16) {
+async fn wait_for_ping(dial: &Dial, port: u16) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(mut conn) = node_connection(port).await
+        if let Ok(mut conn) = dial.node(port).await
             && redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await
@@ -461,8 +572,8 @@ async fn wait_for_ping(port: u16) {
 /// Whether `primary` has replicas and each finished its first sync. Redis
 /// lists a replica in CLUSTER SLOTS only seconds later (once its offset
 /// has gone round the cluster bus), so they are found in CLUSTER NODES.
-async fn replicas_in_sync(primary: u16) -> bool {
-    let Ok(mut conn) = node_connection(primary).await else {
+async fn replicas_in_sync(dial: &Dial, primary: u16) -> bool {
+    let Ok(mut conn) = dial.node(primary).await else {
         return false;
     };
     let Ok(nodes) = redis::cmd("CLUSTER")
@@ -491,7 +602,7 @@ async fn replicas_in_sync(primary: u16) -> bool {
         return false;
     }
     for replica in replicas {
-        let Ok(mut conn) = node_connection(replica).await else {
+        let Ok(mut conn) = dial.node(replica).await else {
             return false;
         };
         let info: String = match redis::cmd("INFO")
@@ -511,8 +622,8 @@ async fn replicas_in_sync(primary: u16) -> bool {
 
 /// `CLUSTER SLOTS` as one node sees it: slot ranges and their shards,
 /// sorted. None when the node does not answer.
-async fn shards_seen_by(port: u16) -> Option<Vec<((u16, u16), Shard)>> {
-    let mut conn = node_connection(port).await.ok()?;
+async fn shards_seen_by(dial: &Dial, port: u16) -> Option<Vec<((u16, u16), Shard)>> {
+    let mut conn = dial.node(port).await.ok()?;
     let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut conn)
