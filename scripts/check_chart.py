@@ -33,7 +33,8 @@ For each value set in CASES it:
      - env: every RELAY_* setting present with its value, secrets
        (RELAY_JWT_SECRET, RELAY_API_KEY, REDIS_URL) only through secretKeyRef
        to the chart Secret or the existingSecret, never a literal value;
-       RELAY_NODE_ID from metadata.name; RELAY_LOG_FORMAT=json;
+       RELAY_NODE_ID from metadata.name; RELAY_WORKER_THREADS from the CPU
+       request unless relay.workerThreads is set; RELAY_LOG_FORMAT=json;
      - checksum annotations change when a setting or a secret changes;
      - replicas 3 by default, none when the HPA owns them;
      - HPA (autoscaling/v2) on CPU, and on relay_connected_sockets per pod
@@ -158,6 +159,7 @@ FULL = {
         "logLevel": "info,relay=debug",
         "corsOrigins": ["https://app.example.com", "http://localhost:5173"],
         "maxConnections": 30000,
+        "workerThreads": 2,
     },
     "podAnnotations": {"example.com/owner": "realtime"},
     "ingress": {
@@ -250,6 +252,7 @@ BAD_CASES: dict[str, tuple[dict[str, Any], str]] = {
     "schema: replicaCount string": (deep_merge(BASE, {"replicaCount": "3"}), "/replicaCount"),
     "schema: bad preStop mode": (deep_merge(BASE, {"shutdown": {"preStop": {"mode": "httpGet"}}}), "/shutdown/preStop/mode"),
     "schema: bad log format": (deep_merge(BASE, {"relay": {"logFormat": "xml"}}), "/relay/logFormat"),
+    "schema: too many worker threads": (deep_merge(BASE, {"relay": {"workerThreads": 4096}}), "/relay/workerThreads"),
     "schema: CORS origin without scheme": (
         deep_merge(BASE, {"relay": {"corsOrigins": ["app.example.com"]}}),
         "/relay/corsOrigins",
@@ -614,6 +617,8 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
         expected["RELAY_JWT_AUDIENCE"] = jwt["audience"]
     if r["corsOrigins"]:
         expected["RELAY_CORS_ORIGINS"] = ",".join(r["corsOrigins"])
+    if r.get("workerThreads") is not None:
+        expected["RELAY_WORKER_THREADS"] = str(r["workerThreads"])
     if jwt["mode"] == "publicKey":
         expected["RELAY_JWT_PUBLIC_KEY"] = f"/etc/relay/jwt/{jwt['publicKeyItem']}"
     tls = v["redis"].get("tls", {})
@@ -691,6 +696,12 @@ def check_deployment(docs: list[dict[str, Any]], v: dict[str, Any]) -> None:
     if v["relay"]["nodeIdFromPodName"]:
         check(env.get("RELAY_NODE_ID", {}).get("valueFrom") == {"fieldRef": {"fieldPath": "metadata.name"}},
               "RELAY_NODE_ID from metadata.name")
+    if v["relay"].get("workerThreads") is None:
+        want = {"resourceFieldRef": {"containerName": "relay", "resource": "requests.cpu", "divisor": "1"}}
+        check(env.get("RELAY_WORKER_THREADS", {}).get("valueFrom") == want,
+              "RELAY_WORKER_THREADS from the CPU request in whole cores")
+    else:
+        check("RELAY_WORKER_THREADS" not in env, "a set relay.workerThreads is the ConfigMap's")
     for extra in v["extraEnv"]:
         check(env.get(extra["name"]) == extra, f"extraEnv {extra['name']} passed through")
 

@@ -2,7 +2,7 @@
 //! that drive nodes from outside are `relay-sim simulate` and `relay-sim
 //! loadgen` (crates/relay-sim).
 
-use std::{process::ExitCode, time::Duration};
+use std::{num::NonZeroUsize, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, error::ContextKind, error::ErrorKind};
 
@@ -96,7 +96,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     // Kept to the end: dropping it flushes the lines still queued.
     let log = telemetry::init(config.0, &config.1);
     warn_unknown_variables();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime(prepared.config().worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             telemetry::print_error(format_args!("relay: cannot start the runtime: {e}"));
@@ -139,6 +139,20 @@ fn warn_unknown_variables() {
             ),
         }
     }
+}
+
+/// The node's runtime: `threads` workers, or one per CPU the process may
+/// use. Always set here, so that tokio never reads `TOKIO_WORKER_THREADS`
+/// (which it would panic on when malformed).
+fn runtime(threads: Option<NonZeroUsize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get);
+    tracing::info!(worker_threads = threads, "starting the runtime");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
 }
 
 fn prepared_config(prepared: &Prepared) -> (crate::config::LogFormat, String) {

@@ -66,6 +66,10 @@ fn bad_settings_stop_start_up_with_one_line_naming_them() {
             "RELAY_JWT_PUBLIC_KEY",
         ),
         (&[secret, ("RELAY_LOG_FORMAT", "xml")], "RELAY_LOG_FORMAT"),
+        (
+            &[secret, ("RELAY_WORKER_THREADS", "1025")],
+            "RELAY_WORKER_THREADS",
+        ),
         // Numbers out of their documented range (README, Configuration).
         (
             &[secret, ("RELAY_POLLING_MAX_PAYLOAD_BYTES", "1")],
@@ -250,4 +254,33 @@ async fn unknown_relay_variables_are_warned_about_once_and_the_node_starts() {
         !logs.contains("must-not-leak"),
         "a value was logged: {logs}"
     );
+}
+
+/// `RELAY_WORKER_THREADS` sets the runtime's worker threads (the start-up
+/// line says how many); tokio's own `TOKIO_WORKER_THREADS`, which makes
+/// tokio panic when malformed, is not read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_are_the_settings_and_tokios_variable_is_ignored() {
+    for threads in ["3", "1"] {
+        let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cli-worker-threads-{threads}.log"));
+        let mut node = NodeProcess::spawn_logging_to(
+            &[
+                ("RELAY_WORKER_THREADS", threads),
+                ("TOKIO_WORKER_THREADS", "not-a-number"),
+                ("RELAY_LOG_FORMAT", "json"),
+            ],
+            &log,
+        )
+        .await;
+        node.wait_ready().await;
+        node.terminate();
+        assert_eq!(node.exit_code().await, Some(0));
+        let logs = std::fs::read_to_string(&log).expect("log");
+        assert!(
+            logs.lines().any(|l| l.contains("starting the runtime")
+                && l.contains(&format!("\"worker_threads\":{threads}"))),
+            "RELAY_WORKER_THREADS={threads}: {logs}"
+        );
+    }
 }
