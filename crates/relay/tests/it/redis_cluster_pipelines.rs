@@ -303,3 +303,62 @@ async fn cluster_pipeline_works_after_a_redial() {
         "{pong:?}"
     );
 }
+
+/// A primary that stops answering in the middle of a pipeline (CLIENT
+/// PAUSE, longer than the link's 2 s response timeout): the pipeline fails
+/// as it would on one server, and nothing of it is sent again, because
+/// which of its commands ran is unknown to the link. Here the other
+/// primaries ran theirs at once, and the paused one dropped its queued
+/// commands with the connection the link gave up; a re-send would show as
+/// one INCR too many. The next pipeline, on a connection dialed again,
+/// works.
+#[tokio::test]
+async fn cluster_pipeline_to_a_primary_that_stops_answering_fails_and_is_not_resent() {
+    let (redis, engine, prefix) = on_cluster("pipe_timeout").await;
+    let cluster = redis.cluster();
+    let link = engine.command_link();
+    let keys = keys_on_every_primary(cluster, &format!("{prefix}t"), 12).await;
+    let paused = cluster.shard_of(&keys[0]).await.primary;
+    let mut on_paused = Vec::new();
+    for key in &keys {
+        on_paused.push(cluster.shard_of(key).await.primary == paused);
+    }
+    let incr = |keys: &[String]| {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("INCR").arg(key);
+        }
+        pipe
+    };
+    // Connections to every primary are open before the pause.
+    let first: Vec<i64> = query(&incr(&keys), &link).await.expect("before");
+    assert_eq!(first, vec![1; keys.len()]);
+
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        // Well past the response timeout: the link has given the
+        // connection up before the pause ends.
+        .arg(5000)
+        .arg("ALL")
+        .query_async(&mut node_connection(paused).await.expect("paused primary"))
+        .await
+        .expect("CLIENT PAUSE");
+    let failed: RedisResult<Vec<i64>> = query(&incr(&keys), &link).await;
+    let error = failed.expect_err("a pipeline with a silent primary fails");
+    assert!(error.is_timeout() || error.is_io_error(), "{error}");
+
+    // Reads of the paused primary's keys wait for the pause to end.
+    let mut check = cluster.connection().await;
+    for (key, paused) in keys.iter().zip(&on_paused) {
+        let count: i64 = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut check)
+            .await
+            .expect("GET");
+        let want = if *paused { 1 } else { 2 };
+        assert_eq!(count, want, "{key} (on the paused primary: {paused})");
+    }
+    let after: Vec<i64> = query(&incr(&keys), &link).await.expect("after the pause");
+    let want: Vec<i64> = on_paused.iter().map(|p| if *p { 2 } else { 3 }).collect();
+    assert_eq!(after, want);
+}

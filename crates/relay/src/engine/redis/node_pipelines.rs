@@ -22,8 +22,10 @@
 //!   outcome unknown: they are not sent again (that could run them twice),
 //!   the pipeline fails as it would on one server, and the connection is
 //!   dropped for a new one;
-//! - a MOVED, or a node that fails or cannot be dialed, reads the slot map
-//!   again, once the batch is done; batches meanwhile use the old one.
+//! - a MOVED, or a node that cannot be dialed, reads the slot map again,
+//!   once the batch is done; a node that failed, before the next batch
+//!   (the failed batch's caller hears of it at once). Batches meanwhile use
+//!   the old map, and a read waits one response timeout at most.
 //!
 //! **Order per key.** Commands of different keys were never ordered on a
 //! cluster (they go to different nodes), but those of one key must run in
@@ -77,6 +79,13 @@ pub struct NodePipelines {
     /// One `CLUSTER SLOTS` at a time; batches meanwhile use the old map.
     refreshing: AtomicBool,
     last_refresh: Mutex<Option<Instant>>,
+    /// A node failed: the next batch reads the map first. Not the failed
+    /// batch itself, whose caller should hear of the failure at once.
+    stale: AtomicBool,
+    /// Longest wait for `CLUSTER SLOTS`: the cluster connection's own
+    /// retries would otherwise hold a batch for several response timeouts
+    /// when the node it asks does not answer.
+    refresh_timeout: Duration,
     /// Script bodies by SHA1, for a node that answers NOSCRIPT.
     scripts: RwLock<HashMap<String, Arc<str>>>,
 }
@@ -98,6 +107,8 @@ impl NodePipelines {
             map: RwLock::new(None),
             refreshing: AtomicBool::new(false),
             last_refresh: Mutex::new(None),
+            stale: AtomicBool::new(false),
+            refresh_timeout: response_timeout,
             scripts: RwLock::default(),
         }
     }
@@ -135,6 +146,9 @@ impl NodePipelines {
     ) -> RedisResult<Vec<Value>> {
         let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
         let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
+        if self.stale.swap(false, Ordering::AcqRel) {
+            self.refresh(conn).await;
+        }
         let map = match self.current_map() {
             Some(map) => map,
             None => {
@@ -245,11 +259,12 @@ impl NodePipelines {
                 break;
             }
         }
+        if let Some(e) = failure {
+            self.stale.store(true, Ordering::Release);
+            return Err(e);
+        }
         if refresh {
             self.refresh(conn).await;
-        }
-        if let Some(e) = failure {
-            return Err(e);
         }
         if !diverted.is_empty() {
             self.resend(conn, &cmds, &diverted, &noscript, &mut replies)
@@ -449,10 +464,17 @@ impl NodePipelines {
         *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("SLOTS");
-        let reply = conn
-            .clone()
-            .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-            .await;
+        let reply = tokio::time::timeout(
+            self.refresh_timeout,
+            conn.clone()
+                .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        });
         match reply.map(|reply| SlotMap::from_cluster_slots(&reply)) {
             Ok(Some(map)) => {
                 metrics::redis_cluster_slot_map();
