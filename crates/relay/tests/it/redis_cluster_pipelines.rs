@@ -53,6 +53,15 @@ async fn query<T: redis::FromRedisValue>(pipe: &redis::Pipeline, link: &Link) ->
         .expect("pipeline within its bound")
 }
 
+/// INCR of every key, one pipeline.
+fn incr(keys: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("INCR").arg(key);
+    }
+    pipe
+}
+
 fn int(value: &Value) -> i64 {
     match value {
         Value::Int(n) => *n,
@@ -271,13 +280,6 @@ async fn cluster_pipeline_works_after_a_redial() {
     let (redis, engine, prefix) = on_cluster("pipe_redial").await;
     let link = engine.command_link();
     let keys = keys_on_every_primary(redis.cluster(), &format!("{prefix}r"), 12).await;
-    let incr = |keys: &[String]| {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("INCR").arg(key);
-        }
-        pipe
-    };
     let first: Vec<i64> = query(&incr(&keys), &link).await.expect("before");
     assert_eq!(first, vec![1; keys.len()]);
     link.redial().expect("redial");
@@ -323,13 +325,6 @@ async fn cluster_pipeline_to_a_primary_that_stops_answering_fails_and_is_not_res
     for key in &keys {
         on_paused.push(cluster.shard_of(key).await.primary == paused);
     }
-    let incr = |keys: &[String]| {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("INCR").arg(key);
-        }
-        pipe
-    };
     // Connections to every primary are open before the pause.
     let first: Vec<i64> = query(&incr(&keys), &link).await.expect("before");
     assert_eq!(first, vec![1; keys.len()]);
