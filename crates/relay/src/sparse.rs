@@ -58,10 +58,14 @@ mod tests {
         assert!(map.capacity() < full);
         assert!((19_990..20_000).all(|i| map.get(&i) == Some(&i)));
 
+        // Removals can lower `capacity()` by themselves (a removed entry may
+        // leave a tombstone, which hashbrown does not count as free), and
+        // by how much depends on the process's random hash seed: compare
+        // around the shrink only.
         let mut small: HashSet<u32> = (0..40).collect();
-        let capacity = small.capacity();
         small.retain(|i| *i < 2);
+        let capacity = small.capacity();
         small.shrink_when_sparse();
-        assert_eq!(small.capacity(), capacity);
+        assert_eq!(small.capacity(), capacity, "a table under 64 is left alone");
     }
 }
