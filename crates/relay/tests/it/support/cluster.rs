@@ -99,13 +99,7 @@ impl Cluster {
     /// `XADD {prefix}events * type <kind> data <json>`, as the backend does.
     pub async fn xadd(&self, kind: &str, data: serde_json::Value) -> String {
         let mut conn = self.redis.connection().await;
-        redis::cmd("XADD")
-            .arg(self.key("events"))
-            .arg("*")
-            .arg("type")
-            .arg(kind)
-            .arg("data")
-            .arg(data.to_string())
+        self.xadd_cmd(kind, &data)
             .query_async(&mut conn)
             .await
             .expect("XADD")
@@ -116,16 +110,20 @@ impl Cluster {
         let mut conn = self.redis.connection().await;
         let mut pipe = redis::pipe();
         for (kind, data) in entries {
-            pipe.cmd("XADD")
-                .arg(self.key("events"))
-                .arg("*")
-                .arg("type")
-                .arg(kind)
-                .arg("data")
-                .arg(data.to_string())
-                .ignore();
+            pipe.add_command(self.xadd_cmd(kind, &data)).ignore();
         }
         let () = pipe.query_async(&mut conn).await.expect("XADD batch");
+    }
+
+    fn xadd_cmd(&self, kind: &str, data: &serde_json::Value) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.key("events"))
+            .arg("*")
+            .arg("type")
+            .arg(kind)
+            .arg("data")
+            .arg(data.to_string());
+        cmd
     }
 
     /// `order.created` of `order` for `customer` at `store`, no items.
